@@ -1,0 +1,62 @@
+"""`ponderlm` command line: a thin map from subcommands to functions in the subpackages.
+
+Each area registers its own subcommands (`register(subparsers)`) so this file stays small and
+heavy imports (torch, transformers) happen only inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ponderlm.errors import PonderError
+
+# Modules that expose `register(subparsers)`. Missing optional areas are skipped.
+COMMAND_MODULES = (
+    "ponderlm.train.commands",
+    "ponderlm.data.commands",
+    "ponderlm.inference.commands",
+    "ponderlm.eval.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ponderlm",
+        description="Pretrain, evaluate and serve pondering language models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        argv = ["train"]  # `ponderlm` alone behaves like `ponderlm train`: the CPU quickstart
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except PonderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""`PonderConfig`: one validated source of truth for backbone shape, method and pondering options.
+
+The config is flat (like every Hugging Face config) so it round-trips through `config.json`;
+fields are grouped below by who reads them. Method-specific fields are ignored by other methods.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+BACKBONES = ("llama", "gpt_neox")
+METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
+# Methods that decide a per-token depth; only these accept a fixed-pruning depth policy.
+ADAPTIVE_METHODS = ("ponderlm3", "adaponder", "latent_cot")
+DEPTH_POLICIES = (None, "learned", "uniform", "geometric")
+# Methods whose latent slots are interleaved after each token (METHODS.md §5) and whose
+# token embeddings are scaled by sqrt(2.5 d) by default.
+INTERLEAVED_METHODS = ("pause", "ponderlm2", "ponderlm3", "latent_cot")
+
+
+class PonderConfig(PretrainedConfig):
+    """Configuration of a pondering language model.
+
+    Args (backbone):
+        backbone: "llama" (RMSNorm, SwiGLU, RoPE) or "gpt_neox" (LayerNorm, parallel residual,
+            partial rotary, GELU, biases).
+        vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+        num_key_value_heads, head_dim, max_position_embeddings, rope_theta, rotary_pct,
+        rms_norm_eps, layer_norm_eps, hidden_act, attention_bias, mlp_bias, use_parallel_residual,
+        tie_word_embeddings, initializer_range: as in the Hugging Face Llama / GPT-NeoX configs.
+
+    Args (pondering, all methods):
+        method: one of `METHODS`.
+        max_steps: K, the maximum number of *additional* steps per token (0 for vanilla).
+        embed_scale: multiplier of token embeddings; None = method default
+            (sqrt(2.5 d) for interleaved methods, sqrt(d) for ponderlm/adaponder, 1 otherwise).
+        tau: pruning / halting threshold used by adaptive methods.
+        alpha: inference router bias (PonderLM-3: logits + alpha * k).
+        depth_policy: None/"learned" (the method decides), or "uniform"/"geometric" fixed pruning
+            drawn independently of content with mean `depth_target` (METHODS.md §9).
+        depth_target: requested average executed additional steps for fixed pruning.
+        depth_seed: seed of the fixed-pruning depth draws.
+
+    Args (Jacobi, ponderlm2/ponderlm3):
+        jacobi_iters_train: the sweep counts R is drawn from uniformly at each training step.
+        jacobi_iters_eval: R used in eval mode.
+        jacobi_detach: stop gradients through all but the final pass (default: gradients flow).
+
+    Args (ponderlm3): router_hidden_size (0 = linear router), router_init ("full_depth" or
+        "uniform"), router_init_bias, mask_eps, lambda_steps, renormalize_pruned.
+
+    Args (adaponder): gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac,
+        halt_k_frac_ramp_steps.
+
+    Args (latent_cot): cot_router ("shared", "step", "mlp"), cot_router_init_bias, cot_lambda, cot_beta.
+    """
+
+    model_type = "ponder"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        backbone: str = "llama",
+        method: str = "vanilla",
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        intermediate_size: int | None = None,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
+        rotary_pct: float | None = None,
+        rms_norm_eps: float = 1e-6,
+        layer_norm_eps: float = 1e-5,
+        hidden_act: str | None = None,
+        attention_bias: bool | None = None,
+        mlp_bias: bool | None = None,
+        use_parallel_residual: bool = True,
+        tie_word_embeddings: bool = False,
+        initializer_range: float = 0.02,
+        # pondering, shared
+        max_steps: int = 0,
+        embed_scale: float | None = None,
+        tau: float = 1e-4,
+        alpha: float = 0.0,
+        depth_policy: str | None = None,
+        depth_target: float | None = None,
+        depth_seed: int = 0,
+        # Jacobi (ponderlm2, ponderlm3)
+        jacobi_iters_train: list[int] | tuple[int, ...] = (2, 3),
+        jacobi_iters_eval: int = 3,
+        jacobi_detach: bool = False,
+        # ponderlm3
+        router_hidden_size: int = 0,
+        router_init: str = "full_depth",
+        router_init_bias: float = 2.0,
+        mask_eps: float = 1e-6,
+        lambda_steps: float = 0.0,
+        renormalize_pruned: bool = False,
+        # adaponder
+        gate_hidden_size: int | None = None,
+        gate_init_bias: float = 3.0,
+        halt_lambda: float = 0.1,
+        halt_k_frac: float = 0.1,
+        halt_k_frac_ramp_steps: int = 1000,
+        # latent_cot
+        cot_router: str = "shared",
+        cot_router_init_bias: float = 2.0,
+        cot_lambda: float = 0.1,
+        cot_beta: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        self.backbone = backbone
+        self.method = method
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
+        self.head_dim = head_dim if head_dim is not None else (
+            hidden_size // num_attention_heads if num_attention_heads else 0
+        )
+        is_llama = backbone == "llama"
+        if intermediate_size is None:
+            # Llama: SwiGLU width ~ 8/3 d rounded to 64; NeoX: 4 d.
+            intermediate_size = 64 * math.ceil(8 * hidden_size / 3 / 64) if is_llama else 4 * hidden_size
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rotary_pct = rotary_pct if rotary_pct is not None else (1.0 if is_llama else 0.25)
+        self.rms_norm_eps = rms_norm_eps
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_act = hidden_act if hidden_act is not None else ("silu" if is_llama else "gelu")
+        self.attention_bias = attention_bias if attention_bias is not None else not is_llama
+        self.mlp_bias = mlp_bias if mlp_bias is not None else not is_llama
+        self.use_parallel_residual = use_parallel_residual
+        self.initializer_range = initializer_range
+
+        self.max_steps = max_steps
+        self.embed_scale = embed_scale
+        self.tau = tau
+        self.alpha = alpha
+        self.depth_policy = depth_policy
+        self.depth_target = depth_target
+        self.depth_seed = depth_seed
+
+        self.jacobi_iters_train = list(jacobi_iters_train)
+        self.jacobi_iters_eval = jacobi_iters_eval
+        self.jacobi_detach = jacobi_detach
+
+        self.router_hidden_size = router_hidden_size
+        self.router_init = router_init
+        self.router_init_bias = router_init_bias
+        self.mask_eps = mask_eps
+        self.lambda_steps = lambda_steps
+        self.renormalize_pruned = renormalize_pruned
+
+        self.gate_hidden_size = gate_hidden_size
+        self.gate_init_bias = gate_init_bias
+        self.halt_lambda = halt_lambda
+        self.halt_k_frac = halt_k_frac
+        self.halt_k_frac_ramp_steps = halt_k_frac_ramp_steps
+
+        self.cot_router = cot_router
+        self.cot_router_init_bias = cot_router_init_bias
+        self.cot_lambda = cot_lambda
+        self.cot_beta = cot_beta
+
+        kwargs.setdefault("use_cache", True)
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.validate()
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def default_embed_scale(self) -> float:
+        if self.method in INTERLEAVED_METHODS:
+            return math.sqrt(2.5 * self.hidden_size)
+        if self.method in ("ponderlm", "adaponder"):
+            return math.sqrt(self.hidden_size)
+        return 1.0
+
+    @property
+    def resolved_embed_scale(self) -> float:
+        return float(self.embed_scale) if self.embed_scale is not None else self.default_embed_scale
+
+    @property
+    def num_slots_per_token(self) -> int:
+        """Slots per token in the interleaved layout (1 for methods that do not interleave)."""
+        return self.max_steps + 1 if self.method in INTERLEAVED_METHODS else 1
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise one `ValueError` naming the first bad value."""
+
+        def bad(msg: str) -> None:
+            raise ValueError(f"PonderConfig: {msg}")
+
+        if self.backbone not in BACKBONES:
+            bad(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.method not in METHODS:
+            bad(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                bad(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            bad(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})")
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            bad(f"num_key_value_heads ({self.num_key_value_heads}) must divide "
+                f"num_attention_heads ({self.num_attention_heads})")
+        if self.backbone == "gpt_neox" and self.num_key_value_heads != self.num_attention_heads:
+            bad("gpt_neox does not support grouped-query attention (num_key_value_heads != num_attention_heads)")
+        if self.head_dim % 2 != 0:
+            bad(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if not (0.0 < self.rotary_pct <= 1.0):
+            bad(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_fast", "relu"):
+            bad(f"unsupported hidden_act {self.hidden_act!r}")
+        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
+            bad(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+        if self.method == "vanilla" and self.max_steps != 0:
+            bad(f"method 'vanilla' takes no additional steps, got max_steps={self.max_steps}")
+        if self.method not in ("vanilla",) and self.max_steps == 0:
+            bad(f"method {self.method!r} needs max_steps >= 1")
+        if self.embed_scale is not None and not self.embed_scale > 0:
+            bad(f"embed_scale must be > 0, got {self.embed_scale}")
+        if not (0.0 <= self.tau < 1.0):
+            bad(f"tau must be in [0, 1), got {self.tau}")
+        if not math.isfinite(self.alpha):
+            bad(f"alpha must be finite, got {self.alpha}")
+        if self.depth_policy not in DEPTH_POLICIES:
+            bad(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
+        if self.depth_policy in ("uniform", "geometric"):
+            if self.method not in ADAPTIVE_METHODS:
+                bad(f"depth_policy={self.depth_policy!r} needs an adaptive method ({', '.join(ADAPTIVE_METHODS)})")
+            if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
+                bad(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
+                    f"got {self.depth_target!r}")
+        iters = self.jacobi_iters_train
+        if not iters or any((not isinstance(r, int)) or r < 0 for r in iters):
+            bad(f"jacobi_iters_train must be a non-empty list of integers >= 0, got {iters!r}")
+        if not isinstance(self.jacobi_iters_eval, int) or self.jacobi_iters_eval < 0:
+            bad(f"jacobi_iters_eval must be an integer >= 0, got {self.jacobi_iters_eval!r}")
+        if self.router_init not in ("full_depth", "uniform"):
+            bad(f"router_init must be 'full_depth' or 'uniform', got {self.router_init!r}")
+        if self.router_hidden_size < 0:
+            bad(f"router_hidden_size must be >= 0, got {self.router_hidden_size}")
+        if not (0.0 < self.mask_eps < 1.0):
+            bad(f"mask_eps must be in (0, 1), got {self.mask_eps}")
+        if self.lambda_steps < 0 or self.halt_lambda < 0 or self.cot_lambda < 0:
+            bad("lambda_steps, halt_lambda and cot_lambda must be >= 0")
+        if not (0.0 <= self.halt_k_frac <= 1.0):
+            bad(f"halt_k_frac must be in [0, 1], got {self.halt_k_frac}")
+        if self.cot_router not in ("shared", "step", "mlp"):
+            bad(f"cot_router must be 'shared', 'step' or 'mlp', got {self.cot_router!r}")
+        if self.cot_beta < 0:
+            bad(f"cot_beta must be >= 0, got {self.cot_beta}")
