@@ -1,6 +1,7 @@
 """ponderlm: pretraining, evaluation and serving of pondering language models."""
 
 from ponderlm.config import PonderConfig
+from ponderlm.modeling import PonderForCausalLM
 
 __version__ = "0.1.0"
-__all__ = ["PonderConfig", "__version__"]
+__all__ = ["PonderConfig", "PonderForCausalLM", "__version__"]

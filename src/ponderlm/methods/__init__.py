@@ -1,0 +1,17 @@
+"""Pondering methods: one small policy module each, registered by name on the shared backbone."""
+
+from ponderlm.methods import interleaved, vanilla  # noqa: F401  (registration side effects)
+from ponderlm.methods.base import METHOD_REGISTRY, DecodeState, MethodOutput, PonderMethod, register_method
+
+
+def build_method(config) -> PonderMethod:
+    try:
+        cls = METHOD_REGISTRY[config.method]
+    except KeyError:
+        raise ValueError(
+            f"method {config.method!r} is not implemented; available: {', '.join(sorted(METHOD_REGISTRY))}"
+        ) from None
+    return cls(config)
+
+
+__all__ = ["METHOD_REGISTRY", "DecodeState", "MethodOutput", "PonderMethod", "build_method", "register_method"]

@@ -1,0 +1,138 @@
+"""A slot-aware KV cache.
+
+Unlike a plain token cache, every entry is a *slot* and carries metadata that methods turn into
+attention masks:
+
+- `position` [B,N]: the RoPE position id (all slots of one token share it);
+- `depth` [B,N]: the slot's step index k (0 = the token itself, k >= 1 = k-th extra step/pass);
+- `depth_last` [B,N]: the last depth this entry serves. An entry normally serves its own depth
+  only; AdaPonderLM's halted tokens *alias* their last active entry for all later passes by
+  setting `depth_last = K`, so the entry is reused without a copy;
+- `bias` [B,N]: additive attention bias of the key (0, `log w` for PonderLM-3 latent keys, or
+  -inf for an entry a row does not own: padding or a slot that row skipped in a batch).
+
+Storage is preallocated per layer and grows by doubling, so appending is amortised O(1) and no
+tensor is reallocated per token. Skipped slots are simply never appended (batch 1), or appended
+with bias -inf for rows that skip them while another row of the batch computes them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotKVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int = 256,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.num_layers = num_layers
+        self.batch_size = batch_size
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.capacity = 0
+        self.length = 0
+        self._pending: tuple[int, int] | None = None  # (start, count) of entries being written
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.position = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
+        self.depth = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
+        self.depth_last = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
+        self.bias = torch.zeros(batch_size, 0, dtype=torch.float32, device=self.device)
+        self._grow(max(1, capacity))
+
+    # ------------------------------------------------------------------ storage
+    def _grow(self, capacity: int) -> None:
+        def grow(t: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = capacity
+            out = torch.zeros(shape, dtype=t.dtype, device=t.device)
+            out.narrow(dim, 0, t.shape[dim]).copy_(t)
+            return out
+
+        if not self.keys:
+            shape = (self.batch_size, self.num_kv_heads, 0, self.head_dim)
+            empty = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.keys = [empty] * self.num_layers
+            self.values = [empty] * self.num_layers
+        self.keys = [grow(k, 2) for k in self.keys]
+        self.values = [grow(v, 2) for v in self.values]
+        self.position = grow(self.position, 1)
+        self.depth = grow(self.depth, 1)
+        self.depth_last = grow(self.depth_last, 1)
+        self.bias = grow(self.bias, 1)
+        self.capacity = capacity
+
+    def nbytes(self) -> int:
+        """Bytes of K/V actually holding entries (what early exit saves), not the preallocated capacity."""
+        per_entry = 2 * self.num_layers * self.batch_size * self.num_kv_heads * self.head_dim * self.keys[0].element_size()
+        return per_entry * self.length
+
+    # ------------------------------------------------------------------ writing
+    def reserve(
+        self,
+        position: torch.Tensor,
+        depth: torch.Tensor | int,
+        bias: torch.Tensor | float = 0.0,
+        depth_last: torch.Tensor | int | None = None,
+    ) -> int:
+        """Announce `n` new entries (position [B,n]) that the next forward writes; returns their start index."""
+        if self._pending is not None:
+            raise RuntimeError("SlotKVCache: previous entries were reserved but never committed")
+        count = position.shape[1]
+        start = self.length
+        if start + count > self.capacity:
+            self._grow(max(2 * self.capacity, start + count))
+        end = start + count
+        self.position[:, start:end] = position
+        self.depth[:, start:end] = depth
+        self.depth_last[:, start:end] = depth if depth_last is None else depth_last
+        self.bias[:, start:end] = bias
+        self._pending = (start, count)
+        return start
+
+    def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one layer's K/V for the reserved entries; return that layer's K/V up to them ([B,H,N,D])."""
+        if self._pending is None:
+            raise RuntimeError("SlotKVCache.update called without reserve()")
+        start, count = self._pending
+        self.keys[layer_idx][:, :, start : start + count] = key
+        self.values[layer_idx][:, :, start : start + count] = value
+        end = start + count
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def commit(self) -> None:
+        start, count = self._pending
+        self.length = start + count
+        self._pending = None
+
+    def rollback(self) -> None:
+        """Forget reserved-but-unwanted entries (their storage is overwritten by the next reserve)."""
+        self._pending = None
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def pending_end(self) -> int:
+        return self.length if self._pending is None else self._pending[0] + self._pending[1]
+
+    def entry_view(self) -> dict[str, torch.Tensor]:
+        """Metadata of all entries including the reserved ones: tensors [B, N]."""
+        end = self.pending_end
+        return {
+            "position": self.position[:, :end],
+            "depth": self.depth[:, :end],
+            "depth_last": self.depth_last[:, :end],
+            "bias": self.bias[:, :end],
+        }
+
+    def set_depth_last(self, index: int, depth_last: torch.Tensor) -> None:
+        """Re-point an entry to serve later depths too (alias instead of copy)."""
+        self.depth_last[:, index] = depth_last

@@ -1,0 +1,131 @@
+"""Start a pondering model from a Hugging Face Llama / GPT-NeoX checkpoint (continued pretraining).
+
+Only two small tables: how the HF config maps to `PonderConfig`, and how GPT-NeoX parameter
+names map to ours (Llama names are already identical).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ponderlm.config import PonderConfig
+
+# GPT-NeoX prefix renames; everything below `layers.N.` keeps Hugging Face's names.
+NEOX_RENAMES = (
+    ("gpt_neox.embed_in.", "model.embed_tokens."),
+    ("gpt_neox.final_layer_norm.", "model.norm."),
+    ("gpt_neox.layers.", "model.layers."),
+    ("embed_out.", "lm_head."),
+)
+# Buffers some HF versions store in checkpoints that we recompute instead.
+DROPPED_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
+
+
+def _rope(hf_config: Any) -> tuple[float, float | None]:
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise ValueError(f"RoPE type {rope_type!r} is not supported yet (only the default RoPE)")
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", getattr(hf_config, "rotary_emb_base", 10000.0)))
+    partial = params.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", None))
+    return float(theta), partial
+
+
+def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> PonderConfig:
+    """Translate a HF `LlamaConfig` / `GPTNeoXConfig` into a `PonderConfig` for `method`."""
+    model_type = hf_config.model_type
+    theta, partial = _rope(hf_config)
+    common = dict(
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        intermediate_size=hf_config.intermediate_size,
+        num_hidden_layers=hf_config.num_hidden_layers,
+        num_attention_heads=hf_config.num_attention_heads,
+        max_position_embeddings=hf_config.max_position_embeddings,
+        rope_theta=theta,
+        hidden_act=hf_config.hidden_act,
+        tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        bos_token_id=getattr(hf_config, "bos_token_id", None),
+        eos_token_id=getattr(hf_config, "eos_token_id", None),
+        pad_token_id=getattr(hf_config, "pad_token_id", None),
+    )
+    if model_type == "llama":
+        kwargs = dict(
+            backbone="llama",
+            num_key_value_heads=getattr(hf_config, "num_key_value_heads", None),
+            head_dim=getattr(hf_config, "head_dim", None),
+            rms_norm_eps=hf_config.rms_norm_eps,
+            attention_bias=bool(getattr(hf_config, "attention_bias", False)),
+            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
+            rotary_pct=1.0,
+        )
+    elif model_type == "gpt_neox":
+        kwargs = dict(
+            backbone="gpt_neox",
+            layer_norm_eps=hf_config.layer_norm_eps,
+            use_parallel_residual=bool(hf_config.use_parallel_residual),
+            attention_bias=bool(getattr(hf_config, "attention_bias", True)),
+            mlp_bias=True,
+            rotary_pct=0.25 if partial is None else float(partial),
+        )
+    else:
+        raise ValueError(f"from_backbone supports Llama and GPT-NeoX checkpoints, got model_type={model_type!r}")
+    max_steps = overrides.pop("max_steps", 0 if method == "vanilla" else 1)
+    return PonderConfig(method=method, max_steps=max_steps, **{**common, **kwargs, **overrides})
+
+
+def map_hf_state_dict(state_dict: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in state_dict.items():
+        if name.endswith(DROPPED_SUFFIXES):
+            continue
+        if model_type == "gpt_neox":
+            for old, new in NEOX_RENAMES:
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
+        out[name] = tensor
+    return out
+
+
+def from_hf_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrides: Any):
+    """See `PonderForCausalLM.from_backbone`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+    if isinstance(path_or_model, PreTrainedModel):
+        hf_model = path_or_model
+    else:
+        hf_cfg = AutoConfig.from_pretrained(path_or_model)
+        if hf_cfg.model_type == PonderConfig.model_type:
+            return _from_ponder_checkpoint(cls, path_or_model, method, **overrides)
+        hf_model = AutoModelForCausalLM.from_pretrained(path_or_model, dtype=torch.float32)
+    if getattr(hf_model.config, "model_type", None) == PonderConfig.model_type:
+        return _from_ponder_checkpoint(cls, hf_model, method, **overrides)
+    config = ponder_config_from_hf(hf_model.config, method, **overrides)
+    model = cls(config)
+    state = map_hf_state_dict(hf_model.state_dict(), hf_model.config.model_type)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    backbone_missing = [k for k in missing if not k.startswith("method.")
+                        and not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if backbone_missing or unexpected:
+        raise ValueError(f"checkpoint does not match the backbone: missing {backbone_missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
+def _from_ponder_checkpoint(cls, path_or_model: Any, method: str, **overrides: Any):
+    """Switch method on one of our own checkpoints (e.g. PonderLM v1 -> AdaPonderLM): keep every shared weight."""
+    source = path_or_model if isinstance(path_or_model, torch.nn.Module) else cls.from_pretrained(path_or_model)
+    config_dict = source.config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures"):
+        config_dict.pop(key, None)
+    config_dict.update(method=method, **overrides)
+    model = cls(PonderConfig(**config_dict))
+    own = model.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return model

@@ -1,0 +1,87 @@
+"""The token-by-token, KV-cached reference path: exactly what decoding executes."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from ponderlm.methods.base import DecodeState
+
+
+@contextmanager
+def decode_options(model, **options) -> Iterator[None]:
+    """Temporarily override inference options on the config (tau, alpha, depth_policy, ...)."""
+    config = model.config
+    saved = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if not hasattr(config, key):
+            raise ValueError(f"unknown decoding option {key!r}")
+        saved[key] = getattr(config, key)
+        setattr(config, key, value)
+    try:
+        if saved:
+            config.validate()
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+def new_state(model, batch_size: int, num_tokens: int, trace: bool = False) -> DecodeState:
+    param = next(model.parameters())
+    state = model.method.new_decode_state(
+        model, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype
+    )
+    if trace:
+        state.slot_trace = []
+    return state
+
+
+@torch.no_grad()
+def sequential_logits(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    tau: float | None = None,
+    alpha: float | None = None,
+    depth_policy: str | None = None,
+    depth_target: float | None = None,
+    return_state: bool = False,
+    trace: bool = False,
+):
+    """Run `model` token by token through its KV-cached decode path.
+
+    Returns (logits [B,T,V], executed_steps [B,T]) — and the final `DecodeState` if `return_state`
+    (cache, backbone call count, per-token slot states when `trace`). Padding (attention_mask == 0)
+    may be on either side; padded positions produce unspecified logits and 0 steps.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[1] > model.config.max_position_embeddings:
+        raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                         f"({model.config.max_position_embeddings})")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with decode_options(model, tau=tau, alpha=alpha, depth_policy=depth_policy, depth_target=depth_target):
+            batch, length = input_ids.shape
+            state = new_state(model, batch, length, trace=trace)
+            all_logits, all_steps = [], []
+            for t in range(length):
+                logits, steps = model.method.decode_token(model, state, input_ids[:, t], attention_mask[:, t].bool())
+                all_logits.append(logits)
+                all_steps.append(steps)
+    finally:
+        model.train(was_training)
+    logits = torch.stack(all_logits, dim=1)
+    steps = torch.stack(all_steps, dim=1)
+    if return_state:
+        return logits, steps, state
+    return logits, steps

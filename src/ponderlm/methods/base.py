@@ -1,0 +1,168 @@
+"""What a method is: a small policy module on the shared backbone.
+
+A method decides how slots / passes are formed, what feeds back, how depth is decided and how
+outputs fuse. It owns its extra parameters (router, gates, pause vectors) and never contains a
+transformer block. Two entry points must agree exactly:
+
+- `forward(model, input_ids, attention_mask)`: the parallel training/eval path (Jacobi, dense
+  passes, 2-D masks...), returning final hidden states, executed steps and an auxiliary loss;
+- `decode_token(model, state, input_ids, valid)`: the sequential, KV-cached path used by
+  `ponderlm.inference.sequential_logits` and `generate`, computing only the steps it executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from ponderlm.backbone.attention import NEG_INF, additive_mask
+from ponderlm.backbone.cache import SlotKVCache
+from ponderlm.config import PonderConfig
+
+if TYPE_CHECKING:
+    from ponderlm.modeling import PonderForCausalLM
+
+METHOD_REGISTRY: dict[str, type[PonderMethod]] = {}
+
+
+def register_method(name: str):
+    def wrap(cls: type[PonderMethod]) -> type[PonderMethod]:
+        cls.name = name
+        METHOD_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+@dataclass
+class MethodOutput:
+    """hidden [B,T,D]: the state the LM head reads for each token (None if `logits` is given).
+    executed_steps [B,T]: additional steps really computed per token (0 at padding)."""
+
+    hidden: torch.Tensor | None
+    executed_steps: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DecodeState:
+    """Per-sequence decoding state: caches, next position id per row, method extras, optional traces."""
+
+    caches: list[SlotKVCache]
+    next_position: torch.Tensor  # [B] long
+    extras: dict[str, Any] = field(default_factory=dict)
+    # If a list, decode_token appends per-token slot hidden states [B, n_slots, D] (Jacobi RMSE, analyses).
+    slot_trace: list[torch.Tensor] | None = None
+    # Number of single-slot backbone calls made (tests count them to prove pruned slots never run).
+    backbone_calls: int = 0
+
+    @property
+    def cache(self) -> SlotKVCache:
+        return self.caches[0]
+
+
+def padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding: the t-th real token of a row gets position t (left or right padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decode_mask(cache: SlotKVCache, allowed_extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive mask [B,1,Q,N] for the Q reserved entries of `cache` attending to all entries.
+
+    A key is visible if its bias is finite, it is not a later reserved entry, and `allowed_extra`
+    ([B,Q,N] bool, e.g. a depth predicate) allows it. A query always sees its own entry.
+    """
+    meta = cache.entry_view()
+    bias = meta["bias"]
+    total = bias.shape[1]
+    start = cache.length
+    count = total - start
+    idx = torch.arange(total, device=bias.device)
+    q_idx = start + torch.arange(count, device=bias.device)
+    allowed = (idx[None, :] <= q_idx[:, None])[None] & torch.isfinite(bias)[:, None, :]
+    if allowed_extra is not None:
+        allowed = allowed & allowed_extra
+    allowed = allowed | (idx[None, :] == q_idx[:, None])[None]
+    return additive_mask(allowed, torch.where(torch.isfinite(bias), bias, torch.zeros_like(bias)))
+
+
+class PonderMethod(nn.Module):
+    """Base class. Subclasses register with `@register_method("name")`."""
+
+    name = "base"
+
+    def __init__(self, config: PonderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.training_progress = 0
+
+    # -- parallel path ---------------------------------------------------------------------------
+    def forward(
+        self, model: PonderForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> MethodOutput:
+        raise NotImplementedError
+
+    # -- sequential path -------------------------------------------------------------------------
+    def num_caches(self) -> int:
+        return 1
+
+    def new_decode_state(
+        self, model: PonderForCausalLM, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
+    ) -> DecodeState:
+        cfg = self.config
+        caches = [
+            SlotKVCache(cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, cfg.head_dim,
+                        capacity=capacity, device=device, dtype=dtype)
+            for _ in range(self.num_caches())
+        ]
+        return DecodeState(caches=caches, next_position=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def decode_token(
+        self, model: PonderForCausalLM, state: DecodeState, input_ids: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B])."""
+        raise NotImplementedError
+
+    def decode_capacity(self, num_tokens: int) -> int:
+        """Cache entries needed for `num_tokens` tokens at full depth (caches grow if exceeded)."""
+        return num_tokens * self.config.num_slots_per_token
+
+    # -- helpers shared by methods ---------------------------------------------------------------
+    @staticmethod
+    def run_cached_slot(
+        model: PonderForCausalLM,
+        state: DecodeState,
+        inputs: torch.Tensor,
+        depth: int,
+        bias: torch.Tensor,
+        cache_index: int = 0,
+        allowed_extra_fn=None,
+        depth_last: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Append one slot per row (inputs [B,D]) at the rows' current position and run the backbone on it.
+
+        bias [B]: the new key's bias (-inf for rows that do not own the slot). Returns hidden [B,D].
+        """
+        cache = state.caches[cache_index]
+        position = state.next_position[:, None]
+        cache.reserve(position, depth, bias[:, None], depth_last=depth_last)
+        extra = allowed_extra_fn(cache) if allowed_extra_fn is not None else None
+        mask = decode_mask(cache, extra)
+        hidden = model.model(inputs[:, None], position, mask, cache=cache)
+        cache.commit()
+        state.backbone_calls += 1
+        return hidden[:, 0]
+
+    @staticmethod
+    def token_bias(valid: torch.Tensor) -> torch.Tensor:
+        """Key bias of a token's slots: 0 for real tokens, -inf for padding."""
+        return torch.where(valid, 0.0, NEG_INF).float()
+
+    def set_training_progress(self, step: int) -> None:
+        self.training_progress = step

@@ -1,0 +1,155 @@
+"""PonderLM-2 (METHODS.md §5): K latent thoughts interleaved after each token, solved by Jacobi.
+
+Layout: T(K+1) slots (1,0),(1,1)..(1,K),(2,0).. ; slot (t,0) is the token (scaled embedding),
+slot (t,k>=1) takes the previous slot's last hidden state as input; all slots of token t share
+position id t; causal attention over slot order; the prediction reads slot (t,K).
+
+Training solves the self-referential inputs in parallel: K stage-building passes over growing
+prefixes of the slot grid, R Jacobi sweeps over the full grid (R ~ U{jacobi_iters_train}), and a
+final pass whose output is used. With enough sweeps this equals token-by-token decoding exactly.
+
+`InterleavedPonder` is also the base of PonderLM-3: subclasses override `latent_key_bias`
+(soft mask on latent keys), `readout` (how slot states fuse into the prediction) and the decode
+depth decision, and reuse the Jacobi machinery.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+
+
+def interleave(slots: torch.Tensor) -> torch.Tensor:
+    """[B,T,n,...] slot grid -> [B,T*n,...] slot sequence in causal slot order."""
+    b, t, n = slots.shape[:3]
+    return slots.reshape(b, t * n, *slots.shape[3:])
+
+
+def deinterleave(seq: torch.Tensor, n: int) -> torch.Tensor:
+    b, s = seq.shape[:2]
+    return seq.reshape(b, s // n, n, *seq.shape[2:])
+
+
+@register_method("ponderlm2")
+class InterleavedPonder(PonderMethod):
+    """PonderLM-2: fixed K latent thoughts per token."""
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor | None:
+        """Additive bias [B,T,K] for latent keys (t,1..K) given the token slots' states h^(0) [B,T,D]."""
+        return None
+
+    def readout(self, slot_hidden: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fuse slot states [B,T,K+1,D] into the predicting state [B,T,D]; also return executed steps [B,T]."""
+        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
+        return slot_hidden[:, :, -1], steps
+
+    def aux_loss(self, slot_hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    # ------------------------------------------------------------------ parallel path
+    def num_sweeps(self) -> int:
+        if self.training:
+            return random.choice(self.config.jacobi_iters_train)
+        return self.config.jacobi_iters_eval
+
+    def grid_pass(
+        self,
+        model,
+        grid_inputs: torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        latent_bias: torch.Tensor | None,
+        slot_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run F over a slot grid [B,T,n,D] (n <= K+1 leading slots per token) -> hidden grid [B,T,n,D].
+
+        slot_valid [B,T,n] optionally removes slots (pruned latent steps) from attention.
+        """
+        b, t, n, _ = grid_inputs.shape
+        key_valid = valid[:, :, None].expand(b, t, n)
+        if slot_valid is not None:
+            key_valid = key_valid & slot_valid
+        key_bias = None
+        if latent_bias is not None and n > 1:
+            key_bias = torch.cat([torch.zeros_like(latent_bias[:, :, :1]), latent_bias[:, :, : n - 1]], dim=2)
+            key_bias = interleave(key_bias)
+        mask = slot_causal_mask(interleave(key_valid), key_bias)
+        pos = interleave(positions[:, :, None].expand(b, t, n))
+        hidden = model.model(interleave(grid_inputs), pos, mask)
+        return deinterleave(hidden, n)
+
+    def jacobi(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_sweeps: int,
+        slot_valid_fn=None,
+        trace: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Solve the slot grid; return the final pass's hidden grid [B,T,K+1,D].
+
+        slot_valid_fn(token_hidden [B,T,D]) -> [B,T,K+1] bool, if given, prunes slots (threshold eval).
+        trace, if a list, receives the hidden grid of the last stage and of every sweep (Jacobi RMSE).
+        """
+        K = self.config.max_steps
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        token_inputs = model.embed(input_ids)
+        detach = self.config.jacobi_detach and self.training
+        latents: list[torch.Tensor] = []  # inputs of slots 1..n-1, i.e. h^(0..n-2)
+        latent_bias = None
+        slot_valid = None
+
+        def inputs_grid() -> torch.Tensor:
+            lat = [x.detach() for x in latents] if detach else latents
+            return torch.stack([token_inputs, *lat], dim=2)
+
+        # (a) stage building: pass k sees stages 0..k, then stage k+1 gets inputs from it.
+        # All latent inputs are refreshed from the newest pass (a Jacobi update on the prefix grid).
+        for _ in range(K):
+            n = len(latents) + 1
+            hidden = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias,
+                                    None if slot_valid is None else slot_valid[:, :, :n])
+            latents = [hidden[:, :, j] for j in range(n)]
+            latent_bias, slot_valid = self._refresh(hidden[:, :, 0], slot_valid_fn)
+        # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
+        for sweep in range(num_sweeps + 1):
+            hidden = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias, slot_valid)
+            if trace is not None:
+                trace.append(hidden.detach())
+            if sweep < num_sweeps:
+                latents = [hidden[:, :, j] for j in range(K)]
+                latent_bias, slot_valid = self._refresh(hidden[:, :, 0], slot_valid_fn)
+        return hidden
+
+    def _refresh(self, token_hidden: torch.Tensor, slot_valid_fn) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        bias = self.latent_key_bias(token_hidden)
+        slot_valid = slot_valid_fn(token_hidden) if slot_valid_fn is not None else None
+        return bias, slot_valid
+
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        valid = attention_mask.bool()
+        hidden = self.jacobi(model, input_ids, attention_mask, self.num_sweeps())
+        fused, steps = self.readout(hidden, valid)
+        return MethodOutput(hidden=fused, executed_steps=steps, aux_loss=self.aux_loss(hidden, valid),
+                            stats={"slot_hidden": hidden})
+
+    # ------------------------------------------------------------------ sequential path
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        bias = self.token_bias(valid)
+        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias)
+        slots = [h]
+        for k in range(1, self.config.max_steps + 1):
+            h = self.run_cached_slot(model, state, h, k, bias)
+            slots.append(h)
+        state.next_position += valid.long()
+        if state.slot_trace is not None:
+            state.slot_trace.append(torch.stack(slots, dim=1))
+        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
+        return model.lm_head(slots[-1]), steps

@@ -1,0 +1,23 @@
+"""Vanilla LM (METHODS.md §1): one pass, no additional steps."""
+
+from __future__ import annotations
+
+import torch
+
+from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+
+
+@register_method("vanilla")
+class Vanilla(PonderMethod):
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        valid = attention_mask.bool()
+        hidden = model.model(model.embed(input_ids), padding_positions(attention_mask), slot_causal_mask(valid))
+        return MethodOutput(hidden=hidden, executed_steps=torch.zeros_like(input_ids, dtype=torch.float32))
+
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        hidden = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid))
+        state.next_position += valid.long()
+        if state.slot_trace is not None:
+            state.slot_trace.append(hidden[:, None])
+        return model.lm_head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)

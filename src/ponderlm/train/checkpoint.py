@@ -1,0 +1,171 @@
+"""Atomic, verifiable training checkpoints for exact resume.
+
+Layout of `<out>/checkpoints/step_000123/`:
+
+    config.json, model.safetensors   `save_pretrained` output: weights, loadable by `from_pretrained`
+    optimizer.pt                     `optimizer.state_dict()`: tensors and numbers only, read back with
+                                     `torch.load(weights_only=True)` (no arbitrary unpickling)
+    rng.safetensors                  torch CPU (and CUDA) generator states
+    trainer_state.json               step, tokens seen, data-loader position, python/numpy RNG, config hash
+    manifest.json                    size + sha256 of every file above; written last = the "complete" marker
+
+A checkpoint is assembled in a temp dir next to its final place, fsynced, then renamed in one step,
+so a crash leaves either the previous checkpoint set or a `.tmp-*` dir that is ignored and cleaned.
+The LR schedule is a pure function of the step (see `schedule.py`), so it needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file
+
+from ponderlm.errors import PonderError
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All RNG states: torch ones as tensors (for safetensors), python/numpy ones as JSON-able lists."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = state
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss),
+                                                              float(cached)]}
+    return tensors, plain
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, mt, gauss = plain["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with a manifest) under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / MANIFEST).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep_last: int) -> Path:
+    """Write `root/step_XXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng_tensors, rng_plain = capture_rng()
+    save_file(rng_tensors, str(tmp / "rng.safetensors"))
+    (tmp / STATE).write_text(json.dumps({**state, "step": step, "rng": rng_plain}, indent=1))
+    files = sorted(p for p in tmp.iterdir() if p.is_file())
+    for p in files:
+        _fsync(p)
+    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
+    _fsync(tmp / MANIFEST)
+    _fsync(tmp)
+    if final.exists():  # same step saved twice (e.g. a signal right after a periodic save): keep the newer
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    for _, old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_temp_dirs(root: Path) -> None:
+    """Remove half-written `.tmp-*` checkpoint dirs left by a crash."""
+    if root.is_dir():
+        for p in root.glob(".tmp-step_*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def verify_checkpoint(path: Path, identity_hash: str) -> dict[str, Any]:
+    """Check every file against the manifest and the checkpoint's config hash; return trainer_state.
+
+    Reads only: a bad checkpoint raises PonderError before anything in the run dir is touched.
+    """
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise PonderError(f"checkpoint {path} is incomplete (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError):
+        raise PonderError(f"checkpoint {path} has an unreadable {MANIFEST}") from None
+    for name, meta in manifest.items():
+        p = path / name
+        if not p.is_file():
+            raise PonderError(f"checkpoint {path} is missing {name}")
+        if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+            raise PonderError(f"checkpoint file {p} is corrupt or truncated (checksum mismatch)")
+    state = json.loads((path / STATE).read_text())
+    if state.get("identity_hash") != identity_hash:
+        theirs = state.get("model_config", {})
+        raise PonderError(f"checkpoint {path} belongs to a different model/data config "
+                          f"(hash {state.get('identity_hash')} != {identity_hash}; its model: {theirs})")
+    return state
+
+
+def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load weights, optimizer and RNG states from a verified checkpoint into live objects."""
+    # load_model understands the de-duplicated (tied) tensors that save_pretrained writes.
+    load_model(model, str(path / "model.safetensors"), strict=True)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    state = json.loads((path / STATE).read_text())
+    restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])

@@ -1,0 +1,353 @@
+"""Run config: the settings of one training run, apart from the model's own `PonderConfig`.
+
+A `RunConfig` is a small tree of dataclasses (model, data, optim, train, log, dist) that maps 1:1
+to the YAML recipes in `ponderlm/configs/`. Loading is strict: unknown keys are errors that name
+the closest valid key, values are type-checked, and dotted `key=value` overrides are parsed with
+`yaml.safe_load` (never `eval`). The resolved config is written to `<out>/config.yaml`.
+
+Note the two different "max steps": `model.max_steps` is K, the pondering steps per token;
+`train.steps` is the number of optimizer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ponderlm.errors import PonderError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "bf16")
+DIST_BACKENDS = ("ddp", "fsdp2")
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. `data_dir` empty = a cache dir keyed by inputs + tokenizer, prepared on first use."""
+
+    inputs: list[str] = field(default_factory=lambda: ["default"])
+    tokenizer: str = "default"
+    data_dir: str | None = None
+    seq_len: int = 256
+    val_fraction: float = 0.01
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_frac: float = 0.02
+    warmup_steps: int | None = None  # overrides warmup_frac when set
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # <= 0 disables clipping (the norm is still logged)
+
+
+@dataclass
+class TrainConfig:
+    """The loop: `steps` optimizer steps of `batch_size * grad_accum` sequences each (per process)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"  # auto = bf16 autocast on CUDA when supported, else fp32 (never autocast on CPU)
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 2
+    out: str | None = None  # empty = runs/<name>-<timestamp>
+    sample_prompt: str = "Once upon a time"
+    sample_tokens: int = 32
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "ponderlm"
+    log_every: int = 10  # console lines when stderr is not a TTY; metrics.jsonl gets every step
+
+
+@dataclass
+class DistConfig:
+    """Placeholders honoured by `train/parallel.py` (torchrun DDP / FSDP2); validated here already."""
+
+    backend: str = "ddp"
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    # PonderConfig keyword arguments, plus `init_from` (HF path or id) for continued pretraining.
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])  # YAML-friendly
+        return d
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The `PonderConfig` kwargs (without `init_from`)."""
+        return {k: v for k, v in self.model.items() if k != "init_from"}
+
+    def identity_hash(self) -> str:
+        """Hash of what a checkpoint's weights depend on: model shape/method and the token stream's vocabulary.
+
+        Training-loop settings (steps, lr, ...) are deliberately left out so a run can be resumed with a
+        longer schedule; a checkpoint whose hash differs is "foreign" and refused on resume.
+        """
+        ident = {"model": self.model_kwargs(), "tokenizer": self.data.tokenizer, "seq_len": self.data.seq_len}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig, "dist": DistConfig}
+TOP_LEVEL = ("name", "model", *SECTIONS)
+
+
+# ---------------------------------------------------------------------------------------------- type checks
+def _model_hints() -> dict[str, Any]:
+    """Valid `model.*` keys and their types, read from `PonderConfig.__init__` so the two never disagree."""
+    from ponderlm.config import PonderConfig  # imports transformers; only needed once a model key is checked
+
+    sig = inspect.signature(PonderConfig.__init__)
+    hints = typing.get_type_hints(PonderConfig.__init__)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    keys = {n: hints.get(n, Any) for n, p in sig.parameters.items() if n != "self" and p.kind in named}
+    keys["init_from"] = str | None
+    return keys
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` checked against the annotation `hint`, or raise PonderError naming `key`."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except PonderError:
+                continue
+        raise PonderError(f"{key} must be {_type_name(hint)}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise PonderError(f"{key} must have {len(args)} items, got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    elif origin is dict and isinstance(value, dict):
+        return value
+    raise PonderError(f"{key} must be {_type_name(hint)}, got {value!r}")
+
+
+def _unknown(key: str, valid: typing.Iterable[str]) -> PonderError:
+    *parents, leaf = key.split(".")
+    prefix = ".".join(parents) + "." if parents else ""
+    close = difflib.get_close_matches(leaf, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return PonderError(f"unknown config key '{key}'{hint}")
+
+
+# ---------------------------------------------------------------------------------------------- build
+def _set(cfg: RunConfig, key: str, value: Any, model_hints: dict[str, Any] | None = None) -> None:
+    """Set one dotted key on `cfg` with type checks (shared by YAML loading and CLI overrides)."""
+    parts = key.split(".")
+    top = parts[0]
+    if top not in TOP_LEVEL:
+        raise _unknown(key, TOP_LEVEL)
+    if top == "name":
+        if len(parts) > 1:
+            raise PonderError(f"'name' is a string, not a section: {key}")
+        cfg.name = _coerce(value, str, "name")
+        return
+    if len(parts) == 1:
+        if not isinstance(value, dict):
+            raise PonderError(f"'{top}' must be a mapping of keys, got {value!r}")
+        for sub, v in value.items():
+            _set(cfg, f"{top}.{sub}", v, model_hints)
+        return
+    if len(parts) > 2:
+        raise PonderError(f"config keys have one level below the section, got '{key}'")
+    leaf = parts[1]
+    if top == "model":
+        hints = model_hints if model_hints is not None else _model_hints()
+        if leaf not in hints:
+            raise _unknown(key, hints)
+        cfg.model[leaf] = _coerce(value, hints[leaf], key)
+        return
+    section = getattr(cfg, top)
+    hints = typing.get_type_hints(type(section))
+    if leaf not in hints:
+        raise _unknown(key, hints)
+    setattr(section, leaf, _coerce(value, hints[leaf], key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"optim.lr=3e-4"` -> `("optim.lr", 3e-4)`; the value is read with `yaml.safe_load`."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise PonderError(f"override must look like section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise PonderError(f"cannot parse the value of override {text!r}: {exc.problem}") from None
+    return key, value
+
+
+def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Build and validate a RunConfig from a YAML-shaped dict plus `key=value` overrides."""
+    if not isinstance(data, dict):
+        raise PonderError(f"a run config must be a mapping, got {type(data).__name__}")
+    cfg = RunConfig()
+    model_hints = _model_hints()
+    for key, value in data.items():
+        _set(cfg, str(key), value, model_hints)
+    for text in overrides:
+        _set(cfg, *parse_override(text), model_hints=model_hints)
+    validate(cfg)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PonderError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PonderError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    return data or {}
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
+                preset: str | None = None) -> RunConfig:
+    """Load a recipe from a file or a packaged preset name (default: the CPU quickstart) and apply overrides."""
+    if path is not None and preset is not None:
+        raise PonderError("give either a CONFIG file or --preset, not both")
+    if path is None:
+        path = preset_path(preset or "quickstart")
+    try:
+        return from_dict(load_yaml(path), overrides)
+    except PonderError as exc:
+        raise PonderError(f"{path}: {exc}") from None
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that type checks cannot express; raise PonderError naming the key."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise PonderError(msg)
+
+    d, o, t, lg, ds = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.dist
+    need(bool(d.inputs), "data.inputs must list at least one input")
+    need(d.seq_len >= 2, f"data.seq_len must be >= 2, got {d.seq_len}")
+    need(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    need(all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    need(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    need(0.0 <= o.warmup_frac <= 1.0, f"optim.warmup_frac must be in [0, 1], got {o.warmup_frac}")
+    need(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "keep_last",
+                 "log_every"):
+        value = getattr(lg if name == "log_every" else t, name)
+        need(value >= 1, f"{'log' if name == 'log_every' else 'train'}.{name} must be >= 1, got {value}")
+    need(t.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {t.sample_tokens}")
+    need(t.device in DEVICES or t.device.startswith("cuda:"),
+         f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {t.device!r}")
+    need(t.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {t.dtype!r}")
+    need(ds.backend in DIST_BACKENDS, f"dist.backend must be one of {', '.join(DIST_BACKENDS)}, got {ds.backend!r}")
+    max_pos = cfg.model.get("max_position_embeddings")
+    if max_pos is not None:
+        need(d.seq_len <= max_pos,
+             f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings ({max_pos})")
+
+
+def build_model_config(cfg: RunConfig) -> Any:
+    """`PonderConfig(**cfg.model)` with its ValueError turned into a one-line PonderError."""
+    from ponderlm.config import PonderConfig
+
+    try:
+        model_config = PonderConfig(**cfg.model_kwargs())
+    except (ValueError, TypeError) as exc:
+        raise PonderError(f"model: {exc}") from None
+    if cfg.data.seq_len > model_config.max_position_embeddings:
+        raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_position_embeddings "
+                          f"({model_config.max_position_embeddings})")
+    return model_config
+
+
+def save_yaml(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- presets
+def preset_names() -> list[str]:
+    root = resources.files("ponderlm") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """Path of a packaged recipe (`src/ponderlm/configs/<name>.yaml`), found after any kind of install."""
+    names = preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(names)}"
+        raise PonderError(f"unknown preset '{name}'; {hint}")
+    return Path(str(resources.files("ponderlm") / "configs" / f"{name}.yaml"))
