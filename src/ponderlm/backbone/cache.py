@@ -73,7 +73,8 @@ class SlotKVCache:
 
     def nbytes(self) -> int:
         """Bytes of K/V actually holding entries (what early exit saves), not the preallocated capacity."""
-        per_entry = 2 * self.num_layers * self.batch_size * self.num_kv_heads * self.head_dim * self.keys[0].element_size()
+        per_entry = 2 * self.num_layers * self.batch_size * self.num_kv_heads * self.head_dim
+        per_entry *= self.keys[0].element_size()
         return per_entry * self.length
 
     # ------------------------------------------------------------------ writing

@@ -6,7 +6,7 @@ cache and an optional K/V hook); it never knows which pondering method is runnin
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

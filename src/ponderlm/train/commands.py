@@ -1,0 +1,72 @@
+"""`ponderlm train`: parse the command line into a `RunConfig` and call `train()`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ponderlm.errors import PonderError
+
+DESCRIPTION = """\
+Pretrain a pondering language model. With no arguments, runs the CPU quickstart recipe
+(a tiny PonderLM on the bundled corpus, a few minutes on a laptop).
+
+CONFIG.yaml is a run recipe (see docs/TRAINING.md); --preset NAME picks a packaged one.
+key=value overrides any recipe key, e.g. optim.lr=3e-4 model.method=ponderlm3 train.steps=200.
+The flags below win over key=value overrides. Note: model.max_steps is K (pondering steps per
+token); --max-steps / train.steps is the number of training steps.
+
+Exit codes: 0 done; 2 bad input (one line on stderr); 130 / 143 stopped by SIGINT / SIGTERM
+after writing a checkpoint (continue with --out DIR --resume)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ponderlm.train.config import preset_names
+
+    p = subparsers.add_parser("train", help="pretrain a pondering LM (no arguments: the CPU quickstart)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=f"presets: {', '.join(preset_names())}")
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value", help="a recipe file and/or overrides")
+    p.add_argument("--preset", metavar="NAME", help="a packaged recipe by name (default: quickstart)")
+    p.add_argument("--method", metavar="M", help="pondering method (model.method); 'vanilla' also sets K=0")
+    p.add_argument("--max-steps", type=int, metavar="N", help="number of training steps (train.steps)")
+    p.add_argument("--out", metavar="DIR", help="run directory (train.out); default runs/<name>-<time>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (its config.yaml if no CONFIG given)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ponderlm.train.config import load_config, validate
+    from ponderlm.train.trainer import train
+
+    config, overrides = _split_positionals(args.args)
+    if args.resume and not args.out:
+        raise PonderError("--resume needs --out DIR (the run directory to continue)")
+    if args.resume and config is None and args.preset is None and (Path(args.out) / "config.yaml").is_file():
+        config = str(Path(args.out) / "config.yaml")
+    cfg = load_config(config, overrides, preset=args.preset)
+    if args.method is not None:
+        cfg.model["method"] = args.method
+        if args.method == "vanilla" and not any(o.startswith("model.max_steps=") for o in overrides):
+            cfg.model["max_steps"] = 0  # a vanilla baseline of any recipe, without a second flag
+    if args.max_steps is not None:
+        cfg.train.steps = args.max_steps
+    if args.out is not None:
+        cfg.train.out = args.out
+    validate(cfg)
+    return train(cfg, resume=args.resume).exit_code
+
+
+def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
+    """Items with '=' are overrides; at most one item without '=' is the recipe file."""
+    config = None
+    overrides = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None:
+            config = item
+        else:
+            raise PonderError(f"more than one CONFIG given ({config!r}, {item!r}); overrides look like key=value")
+    return config, overrides

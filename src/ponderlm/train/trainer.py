@@ -1,0 +1,400 @@
+"""The training loop, readable top to bottom (nanoGPT style).
+
+`train(cfg)` builds everything, optionally resumes from the newest complete checkpoint, then per
+step: fetch, micro-batch forward/backward, clip, optimizer step at the scheduled lr, log, eval,
+save. It ends with `<out>/final/` (weights + tokenizer), a summary and a greedy sample.
+
+Single process for now. The distributed seam is explicit: `_distributed()` (rank, world size),
+`_wrap_model()` (DDP/FSDP2 later, in `train/parallel.py`) and `is_main` guarding every write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ponderlm.errors import PonderError
+from ponderlm.train import checkpoint as ckpt
+from ponderlm.train.config import DataConfig, RunConfig, build_model_config, save_yaml
+from ponderlm.train.logging import MetricsLogger
+from ponderlm.train.schedule import lr_at, warmup_steps
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    tokens_seen: int
+    signal: int | None = None  # set when SIGINT/SIGTERM stopped the run after a checkpoint
+    stopped_early: bool = False  # `stop_after` reached (checkpoint written, no final/)
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    unigram_ppl: float | None = None
+    executed_steps: float | None = None
+    sample: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal if self.signal else 0  # 130 for SIGINT, 143 for SIGTERM, like a shell
+
+
+def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) training as described by `cfg`; return where things went and the final metrics.
+
+    `stop_after`: leave this invocation after that optimizer step (checkpoint written, no `final/`),
+    as if interrupted; useful for time-boxed jobs and for testing resume.
+    """
+    t, o = cfg.train, cfg.optim
+    rank, world_size = _distributed()
+    is_main = rank == 0
+    device, amp_dtype = resolve_device(t.device, t.dtype)
+    if t.out is None:
+        t.out = f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(t.out)
+    build_model_config(cfg)  # validate model keys and seq_len before any data work or disk writes
+    _check_out_dir(out, resume)
+
+    # ---- data (prepared into a cache on first use) and the vocabulary it implies
+    data_dir = resolve_data_dir(cfg.data)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    data_vocab = int(meta["vocab_size"])
+    cfg.model.setdefault("vocab_size", data_vocab)
+    if cfg.model["vocab_size"] < data_vocab:
+        raise PonderError(f"model.vocab_size ({cfg.model['vocab_size']}) is smaller than the data's "
+                          f"vocabulary ({data_vocab})")
+    model_config = build_model_config(cfg)
+    identity = cfg.identity_hash()
+
+    # ---- find and verify the checkpoint before writing anything (a bad one leaves the run dir untouched)
+    state: dict[str, Any] = {}
+    resume_from = None
+    if resume:
+        ckpt.clean_temp_dirs(out / "checkpoints")
+        resume_from = ckpt.latest_checkpoint(out / "checkpoints")
+        if resume_from is None:
+            raise PonderError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
+        state = ckpt.verify_checkpoint(resume_from, identity)
+    start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
+
+    if is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, out / "config.yaml")
+        except OSError as exc:
+            raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+
+    # ---- model, optimizer, data loader
+    from ponderlm.data.loader import TokenLoader
+    from ponderlm.modeling import PonderForCausalLM
+
+    torch.manual_seed(t.seed)  # same init on every rank and every fresh run
+    init_from = cfg.model.get("init_from")
+    if init_from:
+        model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
+    else:
+        model = PonderForCausalLM(model_config)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=rank,
+                         world_size=world_size)
+    if resume_from is not None:
+        ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer)
+        loader.load_state_dict(state["loader"])
+        print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
+    train_model = _wrap_model(model, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
+                           wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
+                           run_name=out.name) if is_main else None
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    warmup = warmup_steps(t.steps, o.warmup_frac, o.warmup_steps)
+    tokens_per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * world_size
+    base_state = {"identity_hash": identity, "model_config": cfg.model_kwargs(), "config_name": cfg.name}
+    print(f"{cfg.name}: {model_config.method} (K={model_config.max_steps}) {model_config.backbone}, "
+          f"{n_params / 1e6:.2f}M params, {t.steps} steps x {tokens_per_step:,} tokens on {device}"
+          f"{' ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}", file=sys.stderr)
+
+    def save(step: int) -> None:
+        if is_main:
+            ckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, keep_last=t.keep_last,
+                                 state={**base_state, "tokens_seen": tokens_seen, "loader": loader.state_dict()})
+
+    # ---- the loop
+    step, result = start_step, TrainResult(out, start_step, tokens_seen)
+    last_eval: dict[str, float] = {}
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=t.steps, initial=start_step, disable=not (is_main and interactive), unit="step",
+               dynamic_ncols=True)
+    train_model.train()
+    with _StopOnSignal() as stop:
+        while step < t.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, lr=o.lr, total_steps=t.steps, warmup=warmup, min_lr_ratio=o.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if hasattr(model, "set_training_progress"):
+                model.set_training_progress(step)
+            loss_sum = torch.zeros((), device=device)
+            exec_sum = torch.zeros((), device=device)
+            for _ in range(t.grad_accum):
+                x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
+                with autocast():
+                    output = train_model(input_ids=x, labels=x)
+                # Every micro-batch has the same number of predicted tokens, so dividing the mean loss by
+                # grad_accum is normalising by the global token count: accumulation leaves the loss unchanged.
+                (output.loss / t.grad_accum).backward()
+                loss_sum += output.loss.detach().float()
+                exec_sum += _mean_steps(output)
+            clip = o.grad_clip if o.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+
+            loss = loss_sum.item() / t.grad_accum
+            if not math.isfinite(loss):
+                raise PonderError(f"loss became {loss} at step {step}; lower optim.lr or raise optim.warmup_frac")
+            dt = time.perf_counter() - t0
+            row = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                   "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_step / dt,
+                   "executed_steps": exec_sum.item() / t.grad_accum}
+            if is_main:
+                logger.log(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                if not interactive and (step % cfg.log.log_every == 0 or step == t.steps or step == 1):
+                    print(f"step {step}/{t.steps} | loss {loss:.4f} | lr {lr:.2e} | grad {row['grad_norm']:.2f} "
+                          f"| {row['tokens_per_s']:,.0f} tok/s | steps {row['executed_steps']:.2f}", file=sys.stderr)
+
+            if step % t.eval_every == 0 or step == t.steps:
+                last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
+                if is_main:
+                    logger.log({"kind": "eval", "step": step, **last_eval})
+                    bar.write(f"eval @ {step}: val loss {last_eval['val_loss']:.4f} | ppl {last_eval['val_ppl']:.2f} "
+                              f"| steps {last_eval['val_executed_steps']:.2f}", file=sys.stderr)
+                train_model.train()
+            leaving = stop.signum is not None or (stop_after is not None and step >= stop_after)
+            if step % t.save_every == 0 or step == t.steps or leaving:
+                save(step)
+            if leaving:
+                break
+    bar.close()
+    if logger is not None:
+        logger.close()
+    result.step, result.tokens_seen = step, tokens_seen
+    if stop.signum is not None or step < t.steps:
+        result.signal, result.stopped_early = stop.signum, stop.signum is None
+        why = f"signal {signal.Signals(stop.signum).name}" if stop.signum else f"stop_after={stop_after}"
+        print(f"stopped after step {step} ({why}); checkpoint in {out / 'checkpoints'}; continue with "
+              f"`ponderlm train --out {out} --resume`", file=sys.stderr)
+        return result
+
+    # ---- final model, summary, sample
+    if not last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
+        last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
+    if is_main:
+        _finish(result, model, cfg, data_dir, last_eval, device)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype | None]:
+    """Pick the device and the autocast dtype (None = plain fp32). Never autocast on CPU: bf16 there is far slower."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PonderError(f"train.device={device} but CUDA is not available; use train.device=auto or cpu")
+    if dtype == "bf16" and dev.type != "cuda":
+        raise PonderError(f"train.dtype=bf16 needs CUDA (bf16 autocast on {dev.type} is much slower than fp32); "
+                          "use train.dtype=auto or fp32")
+    if dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        raise PonderError("train.dtype=bf16 but this GPU does not support bf16; use train.dtype=auto or fp32")
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    return dev, (torch.bfloat16 if use_bf16 else None)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on 1-D parameters (norms, biases) or embedding tables (as in GPT-NeoX/OLMo)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() yields shared (tied) tensors once
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or id(p) in embeddings else decay).append(p)
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: torch.device,
+             autocast: Any) -> dict[str, float]:
+    """Validation CE (without method aux losses), perplexity and average executed steps."""
+    from ponderlm.data.loader import iter_eval_batches
+
+    model.eval()
+    nll, count, rows, steps = 0.0, 0, 0, 0.0
+    for x in iter_eval_batches(data_dir, "val", cfg.data.seq_len, cfg.train.batch_size,
+                               max_batches=cfg.train.eval_batches):
+        x = x.to(device)
+        with autocast():
+            out = model(input_ids=x)
+        logits = out.logits[:, :-1].float()
+        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
+                                                 reduction="sum").item()
+        count += x[:, 1:].numel()
+        steps += _mean_steps(out).item() * x.size(0)
+        rows += x.size(0)
+    if count == 0:
+        raise PonderError(f"no validation data in {data_dir} (val split empty or shorter than data.seq_len)")
+    loss = nll / count
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_executed_steps": steps / rows,
+            "val_tokens": count}
+
+
+def _mean_steps(out: Any) -> torch.Tensor:
+    steps = getattr(out, "executed_steps", None)
+    return torch.zeros(()) if steps is None else steps.detach().float().mean().cpu()
+
+
+def cache_dir() -> Path:
+    """Root of ponderlm's caches: $PONDERLM_CACHE, else $XDG_CACHE_HOME/ponderlm, else ~/.cache/ponderlm."""
+    if os.environ.get("PONDERLM_CACHE"):
+        return Path(os.environ["PONDERLM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ponderlm"
+
+
+def resolve_data_dir(data: DataConfig) -> Path:
+    """The prepared-shards directory for `data`, preparing it (atomically) on first use."""
+    if data.data_dir:
+        path = Path(data.data_dir)
+    else:
+        key = json.dumps({"inputs": data.inputs, "tokenizer": data.tokenizer, "val_fraction": data.val_fraction},
+                         sort_keys=True)
+        path = cache_dir() / "data" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (path / "meta.json").is_file():
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise PonderError(f"data.data_dir {path} exists but holds no prepared data (no meta.json)")
+    from ponderlm.data.prepare import prepare_data
+    from ponderlm.data.tokenizer import load_tokenizer
+
+    print(f"preparing {', '.join(data.inputs)} with tokenizer {data.tokenizer} into {path} (first use only)",
+          file=sys.stderr)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_data(data.inputs, load_tokenizer(data.tokenizer), tmp, val_fraction=data.val_fraction)
+        if path.exists():
+            path.rmdir()  # empty (checked above)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PonderError(f"cannot prepare data in {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse unusable run dirs up front, before any work or writes."""
+    if resume:
+        if not (out / "checkpoints").is_dir():
+            raise PonderError(f"--resume: {out} has no checkpoints/ directory")
+        return
+    if (out / "config.yaml").exists() or (out / "checkpoints").exists():
+        raise PonderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    parent = out
+    while not parent.exists():  # nearest existing ancestor decides whether we can create `out`
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PonderError(f"cannot write to output directory {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PonderError(f"cannot write to output directory {out}: {parent} is not writable")
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size). Single process here; `train/parallel.py` will read them from torchrun's env."""
+    return 0, 1
+
+
+def _wrap_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    """Seam for DDP / FSDP2 / activation checkpointing (`train/parallel.py`); the identity in one process."""
+    return model
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+              "(send again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers only install there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float],
+            device: torch.device) -> None:
+    """Write `final/` (weights + tokenizer), print the summary, and a greedy sample."""
+    from ponderlm.data.loader import unigram_perplexity
+    from ponderlm.data.tokenizer import load_tokenizer
+
+    out = result.out_dir
+    final = out / "final"
+    model.save_pretrained(final)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer.save_pretrained(final)
+    result.val_loss, result.val_ppl = last_eval["val_loss"], last_eval["val_ppl"]
+    result.executed_steps = last_eval["val_executed_steps"]
+    result.unigram_ppl = unigram_perplexity(data_dir)
+    if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
+        ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=device)
+        model.eval()
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=cfg.train.sample_tokens, do_sample=False)
+        result.sample = tokenizer.decode(gen[0].tolist(), skip_special_tokens=True)
+    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "val_loss": result.val_loss,
+               "val_ppl": result.val_ppl, "unigram_ppl": result.unigram_ppl,
+               "avg_executed_steps": result.executed_steps, "max_steps_K": model.config.max_steps,
+               "final": str(final), "sample": result.sample}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\ndone: {result.step} steps, {result.tokens_seen:,} tokens\n"
+          f"val perplexity {result.val_ppl:.2f} (loss {result.val_loss:.4f}) vs unigram baseline "
+          f"{result.unigram_ppl:.2f}\n"
+          f"avg executed steps {result.executed_steps:.2f} of K={model.config.max_steps}\n"
+          f"run dir  {out}  (config.yaml, metrics.jsonl, checkpoints/, tb/)\n"
+          f"model    {final}  (PonderForCausalLM.from_pretrained)")
+    if result.sample is not None:
+        print(f"sample   {result.sample!r}")
