@@ -1,0 +1,147 @@
+"""PonderLM-3 (METHODS.md §6): PonderLM-2 + a router over depths, a tail-CDF soft mask and hard pruning.
+
+- Router on the token slot's state: `s_t = softmax(Router(h_t^(0)))` in R^{K+1}, `s_{t,k}` = P(token t
+  uses exactly k extra steps). At inference the logits get a bias `alpha * k`.
+- Tail-CDF mask score `w_{t,k} = sum_{j>=k} s_{t,j}` (w_0 = 1, non-increasing). In training every
+  query adds `log(max(w_{t,k}, eps))` to its attention logit on latent key (t,k), in every layer and
+  head: a differentiable stand-in for "slot k exists with probability w_k".
+- Fused output `h^_t = sum_k s_{t,k} h_t^(k)`.
+- Jacobi as in PonderLM-2, re-estimating the router from the current `h_t^(0)` inside every sweep.
+- Inference: `K^_t = max{k : w_{t,k} >= tau}`, known as soon as slot (t,0) has run, so slots beyond
+  K^_t are never computed nor cached; kept latent keys keep their `log w` bias in the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import initialization as init
+
+from ponderlm.methods.base import DecodeState, MethodOutput, padding_positions, register_method
+from ponderlm.methods.fixed_pruning import fixed_depths
+from ponderlm.methods.interleaved import InterleavedPonder
+
+
+class DepthRouter(nn.Module):
+    """Linear(d, K+1), or a 1-hidden-layer MLP when router_hidden_size > 0."""
+
+    def __init__(self, hidden_size: int, max_steps: int, router_hidden_size: int, init_kind: str, init_bias: float):
+        super().__init__()
+        if router_hidden_size > 0:
+            self.net = nn.Sequential(nn.Linear(hidden_size, router_hidden_size), nn.GELU(),
+                                     nn.Linear(router_hidden_size, max_steps + 1))
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, max_steps + 1))
+        self.init_kind = init_kind
+        self.init_bias = init_bias
+
+    def init_ponder_weights(self) -> None:
+        # Small output weights keep s near the bias-defined prior at the start of training.
+        out = self.net[-1]
+        init.normal_(out.weight, mean=0.0, std=1e-3)
+        bias = torch.zeros_like(out.bias)
+        if self.init_kind == "full_depth":
+            bias[-1] = self.init_bias
+        init.copy_(out.bias, bias)
+
+    def forward(self, h0: torch.Tensor) -> torch.Tensor:
+        return self.net(h0)
+
+
+def tail_cdf(step_probs: torch.Tensor) -> torch.Tensor:
+    """w_k = sum_{j>=k} s_j along the last dim ([..., K+1] -> [..., K+1], w_0 = 1)."""
+    return step_probs.flip(-1).cumsum(-1).flip(-1)
+
+
+@register_method("ponderlm3")
+class PonderLM3(InterleavedPonder):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.router = DepthRouter(config.hidden_size, config.max_steps, config.router_hidden_size,
+                                  config.router_init, config.router_init_bias)
+
+    # ------------------------------------------------------------------ router
+    def route(self, token_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0)."""
+        logits = self.router(token_hidden).float()
+        if not self.training and self.config.alpha != 0.0:
+            steps = torch.arange(self.config.max_steps + 1, device=logits.device, dtype=logits.dtype)
+            logits = logits + self.config.alpha * steps
+        s = torch.softmax(logits, dim=-1)
+        return s, tail_cdf(s)
+
+    def mask_bias(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.log(w.clamp(min=self.config.mask_eps))
+
+    def depth(self, w: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Inference depth K^ (long): a fixed-pruning draw if configured, else max{k : w_k >= tau}."""
+        fixed = fixed_depths(self.config, rows, positions)
+        if fixed is not None:
+            return fixed
+        return ((w >= self.config.tau).long().sum(-1) - 1).clamp(min=0)
+
+    # ------------------------------------------------------------------ Jacobi hooks
+    def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor:
+        _, w = self.route(token_hidden)
+        return self.mask_bias(w[..., 1:]).to(token_hidden.dtype)
+
+    def fuse(self, slot_hidden: torch.Tensor, s: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+        """sum_k s_k h^(k) over executed k <= depth (all k in training); optional renormalisation."""
+        weights = s
+        if depth is not None:
+            k = torch.arange(s.shape[-1], device=s.device)
+            weights = s * (k <= depth[..., None])
+            if self.config.renormalize_pruned:
+                weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+        return (weights.to(slot_hidden.dtype)[..., None] * slot_hidden).sum(-2)
+
+    def forward(self, model, input_ids, attention_mask, labels=None):
+        valid = attention_mask.bool()
+        K = self.config.max_steps
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        positions = padding_positions(attention_mask)
+        slot_valid_fn = None
+        if not self.training:
+            kk = torch.arange(K + 1, device=input_ids.device)
+
+            def slot_valid_fn(token_hidden: torch.Tensor) -> torch.Tensor:
+                return kk <= self.depth(self.route(token_hidden)[1], rows, positions)[..., None]
+
+        hidden = self.jacobi(model, input_ids, attention_mask, self.num_sweeps(), slot_valid_fn=slot_valid_fn)
+        s, w = self.route(hidden[:, :, 0])
+        expected = w[..., 1:].sum(-1)  # expected extra steps per token
+        if self.training:
+            depth = None
+            steps = torch.full(valid.shape, float(K), device=valid.device)
+        else:
+            depth = self.depth(w, rows, positions)
+            steps = depth.float()
+        fused = self.fuse(hidden, s, depth)
+        aux = None
+        validf = valid.float()
+        if self.training and self.config.lambda_steps > 0:
+            aux = self.config.lambda_steps * (expected * validf).sum() / validf.sum().clamp(min=1) / K
+        return MethodOutput(hidden=fused, executed_steps=steps * validf, aux_loss=aux,
+                            stats={"slot_hidden": hidden, "step_probs": s, "expected_steps": expected * validf})
+
+    # ------------------------------------------------------------------ sequential path (real early exit)
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        tok_bias = self.token_bias(valid)
+        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, tok_bias)
+        s, w = self.route(h)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        depth = torch.where(valid, self.depth(w, rows, state.next_position), 0)
+        slots = [h]
+        # The depth is known before any latent step runs: only slots 1..max(depth) are computed, and
+        # a row whose own depth is smaller contributes no visible key (bias -inf) for those slots.
+        for k in range(1, int(depth.max()) + 1):
+            active = depth >= k
+            bias = torch.where(active, self.mask_bias(w[:, k]), torch.full_like(w[:, k], float("-inf")))
+            h = self.run_cached_slot(model, state, h, k, bias)
+            slots.append(h)
+        state.next_position += valid.long()
+        stacked = torch.stack(slots, dim=1)
+        if state.slot_trace is not None:
+            state.slot_trace.append(stacked)
+        fused = self.fuse(stacked, s[:, : stacked.shape[1]], depth)
+        return model.lm_head(fused), depth.float() * valid
