@@ -89,9 +89,11 @@ def test_pruned_slots_are_never_computed_and_match_parallel(tau):
     ids, mask = batch("left")
     out = model(ids, attention_mask=mask)
     valid = mask.bool()
-    logits, steps = sequential_logits(model, ids, mask, tau=tau)
+    logits, steps, batch_state = sequential_logits(model, ids, mask, tau=tau, return_state=True)
     torch.testing.assert_close(out.logits[valid], logits[valid], atol=1e-4, rtol=0)
     assert torch.equal(out.executed_steps, steps * valid)
+    # Mixed depths in one batch: each latent slot is computed only for the rows that execute it.
+    assert batch_state.rows_computed == ids.numel() + int(steps.sum())
     assert 0 < steps[valid].mean() < 3, "the threshold should prune some but not all slots"
     # Batch 1: every backbone call is a computed slot, and the cache holds exactly the executed ones.
     for row in range(ids.shape[0]):

@@ -41,6 +41,7 @@ class SlotKVCache:
         self.capacity = 0
         self.length = 0
         self._pending: tuple[int, int] | None = None  # (start, count) of entries being written
+        self._rows: torch.Tensor | None = None  # batch rows computed by the pending forward (None = all)
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.position = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
@@ -84,8 +85,13 @@ class SlotKVCache:
         depth: torch.Tensor | int,
         bias: torch.Tensor | float = 0.0,
         depth_last: torch.Tensor | int | None = None,
+        rows: torch.Tensor | None = None,
     ) -> int:
-        """Announce `n` new entries (position [B,n]) that the next forward writes; returns their start index."""
+        """Announce `n` new entries (position [B,n]) that the next forward writes; returns their start index.
+
+        rows: if given, only these batch rows are computed by the next forward (the others own no
+        entry here: give them bias -inf); `update` then takes and returns K/V for those rows only.
+        """
         if self._pending is not None:
             raise RuntimeError("SlotKVCache: previous entries were reserved but never committed")
         count = position.shape[1]
@@ -98,6 +104,7 @@ class SlotKVCache:
         self.depth_last[:, start:end] = depth if depth_last is None else depth_last
         self.bias[:, start:end] = bias
         self._pending = (start, count)
+        self._rows = rows
         return start
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,10 +112,16 @@ class SlotKVCache:
         if self._pending is None:
             raise RuntimeError("SlotKVCache.update called without reserve()")
         start, count = self._pending
-        self.keys[layer_idx][:, :, start : start + count] = key
-        self.values[layer_idx][:, :, start : start + count] = value
         end = start + count
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._rows is None:
+            keys[:, :, start:end] = key
+            values[:, :, start:end] = value
+            return keys[:, :, :end], values[:, :, :end]
+        # Only the active rows run: write their entries, attend over their rows of the cache.
+        keys[self._rows, :, start:end] = key
+        values[self._rows, :, start:end] = value
+        return keys[:, :, :end].index_select(0, self._rows), values[:, :, :end].index_select(0, self._rows)
 
     def commit(self) -> None:
         start, count = self._pending

@@ -58,8 +58,10 @@ class DecodeState:
     extras: dict[str, Any] = field(default_factory=dict)
     # If a list, decode_token appends per-token slot hidden states [B, n_slots, D] (Jacobi RMSE, analyses).
     slot_trace: list[torch.Tensor] | None = None
-    # Number of single-slot backbone calls made (tests count them to prove pruned slots never run).
+    # Single-slot backbone calls made and batch rows they computed (tests count them to prove
+    # pruned slots never run).
     backbone_calls: int = 0
+    rows_computed: int = 0
 
     @property
     def cache(self) -> SlotKVCache:
@@ -144,20 +146,31 @@ class PonderMethod(nn.Module):
         cache_index: int = 0,
         allowed_extra_fn=None,
         depth_last: torch.Tensor | int | None = None,
+        active: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Append one slot per row (inputs [B,D]) at the rows' current position and run the backbone on it.
 
-        bias [B]: the new key's bias (-inf for rows that do not own the slot). Returns hidden [B,D].
+        bias [B]: the new key's bias (-inf for rows that do not own the slot). active [B] bool: if
+        given, only those rows are computed (others must have bias -inf; their returned hidden state
+        is the input, unchanged). Returns hidden [B,D].
         """
         cache = state.caches[cache_index]
         position = state.next_position[:, None]
-        cache.reserve(position, depth, bias[:, None], depth_last=depth_last)
+        rows = None
+        if active is not None and not bool(active.all()):
+            rows = active.nonzero()[:, 0]
+        cache.reserve(position, depth, bias[:, None], depth_last=depth_last, rows=rows)
         extra = allowed_extra_fn(cache) if allowed_extra_fn is not None else None
         mask = decode_mask(cache, extra)
-        hidden = model.model(inputs[:, None], position, mask, cache=cache)
+        if rows is None:
+            hidden = model.model(inputs[:, None], position, mask, cache=cache)[:, 0]
+        else:
+            out = model.model(inputs[rows, None], position[rows], mask[rows], cache=cache)[:, 0]
+            hidden = inputs.index_copy(0, rows, out.to(inputs.dtype))
         cache.commit()
         state.backbone_calls += 1
-        return hidden[:, 0]
+        state.rows_computed += inputs.shape[0] if rows is None else int(rows.numel())
+        return hidden
 
     @staticmethod
     def token_bias(valid: torch.Tensor) -> torch.Tensor:

@@ -137,7 +137,7 @@ class PonderLM3(InterleavedPonder):
         for k in range(1, int(depth.max()) + 1):
             active = depth >= k
             bias = torch.where(active, self.mask_bias(w[:, k]), torch.full_like(w[:, k], float("-inf")))
-            h = self.run_cached_slot(model, state, h, k, bias)
+            h = self.run_cached_slot(model, state, h, k, bias, active=active)
             slots.append(h)
         state.next_position += valid.long()
         stacked = torch.stack(slots, dim=1)
