@@ -1,0 +1,28 @@
+"""Data: the bundled corpus, tokenizers, token shards and the training loader.
+
+Imports are lazy so `import ponderlm.data` stays light (torch loads only with the loader).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "train_tokenizer": "ponderlm.data.tokenizer",
+    "load_tokenizer": "ponderlm.data.tokenizer",
+    "DEFAULT_TOKENIZER_DIR": "ponderlm.data.tokenizer",
+    "prepare_data": "ponderlm.data.prepare",
+    "TokenLoader": "ponderlm.data.loader",
+    "iter_eval_batches": "ponderlm.data.loader",
+    "unigram_perplexity": "ponderlm.data.loader",
+    "read_meta": "ponderlm.data.loader",
+    "iter_default_corpus": "ponderlm.data.corpus",
+    "CORPUS_DIR": "ponderlm.data.corpus",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ponderlm.data' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""Batches of token windows from a `prepare_data` directory, deterministic and exactly resumable.
+
+A split's shards are read as one memory-mapped token stream (shards are just where the stream was
+cut), so windows may cross shard boundaries. The stream is cut into non-overlapping windows of
+`seq_len` tokens (the tail shorter than seq_len is unused). Training order: epoch e is a permutation
+of all windows drawn from a generator seeded with (seed, e); epochs follow each other without gaps.
+A global batch is the next `batch_size * world_size` windows of that order and rank r takes the r-th
+slice of `batch_size`, so the union over ranks does not depend on how the global batch is split.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ponderlm.errors import PonderError
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise PonderError(f"{data_dir} is not a prepared data directory (no meta.json; run `ponderlm data prepare`)")
+    return json.loads(path.read_text())
+
+
+class TokenStream:
+    """The shards of one split as a single read-only token sequence."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        meta = read_meta(data_dir)
+        if split not in meta["shards"]:
+            raise PonderError(f"unknown split {split!r}; {data_dir} has {', '.join(meta['shards'])}")
+        self.meta, self.split = meta, split
+        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        self.shards = []
+        for shard in meta["shards"][split]:
+            path = Path(data_dir) / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+                raise PonderError(f"shard {path} is missing or has the wrong size; re-run `ponderlm data prepare`")
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.starts = [0]
+        for shard in self.shards:
+            self.starts.append(self.starts[-1] + len(shard))
+        self.num_tokens = self.starts[-1]
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int64, stitched across shard boundaries when needed."""
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        i = bisect.bisect_right(self.starts, start) - 1
+        while filled < length:
+            offset = start + filled - self.starts[i]
+            take = min(length - filled, len(self.shards[i]) - offset)
+            out[filled : filled + take] = self.shards[i][offset : offset + take]
+            filled += take
+            i += 1
+        return out
+
+    def num_windows(self, seq_len: int) -> int:
+        n = self.num_tokens // seq_len
+        if n == 0:
+            raise PonderError(
+                f"the {self.split} split has {self.num_tokens} tokens, fewer than seq_len={seq_len}; "
+                "use a shorter seq_len or more data"
+            )
+        return n
+
+
+class TokenLoader:
+    """Random windows for training; see the module docstring for the order.
+
+    >>> loader = TokenLoader("data/default", "train", seq_len=256, batch_size=8)
+    >>> x = loader.next_batch()        # LongTensor [8, 256]; labels are x too (the model shifts)
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        seq_len: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if seq_len < 1 or batch_size < 1:
+            raise PonderError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+        if not 0 <= rank < world_size:
+            raise PonderError(f"rank {rank} is outside world_size {world_size}")
+        self.stream = TokenStream(data_dir, split)
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_windows = self.stream.num_windows(seq_len)
+        self.epoch = 0
+        self.position = 0  # windows of this epoch already consumed by the whole world (global)
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._perm, self._perm_epoch = rng.permutation(self.num_windows), epoch
+        return self._perm
+
+    def _window(self, global_index: int) -> np.ndarray:
+        epoch, pos = divmod(global_index, self.num_windows)
+        start = int(self._permutation(epoch)[pos]) * self.seq_len
+        return self.stream.read(start, self.seq_len)
+
+    def next_batch(self) -> torch.Tensor:
+        """This rank's share of the next global batch: LongTensor [batch_size, seq_len]."""
+        first = self.epoch * self.num_windows + self.position + self.rank * self.batch_size
+        rows = [self._window(first + i) for i in range(self.batch_size)]
+        self.epoch, self.position = divmod(
+            self.epoch * self.num_windows + self.position + self.batch_size * self.world_size, self.num_windows
+        )
+        return torch.from_numpy(np.stack(rows))
+
+    def state_dict(self) -> dict:
+        """Plain ints. `position` counts windows of the epoch consumed by all ranks together."""
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "seq_len": self.seq_len, "num_windows": self.num_windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seq_len"] != self.seq_len or state["num_windows"] != self.num_windows:
+            raise PonderError(
+                f"data loader state is for seq_len={state['seq_len']} with {state['num_windows']} windows, "
+                f"but this loader has seq_len={self.seq_len} with {self.num_windows}; was the data re-prepared?"
+            )
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self._perm_epoch = -1
+
+
+def iter_eval_batches(
+    data_dir: str | Path, split: str, seq_len: int, batch_size: int, max_batches: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Consecutive non-overlapping windows from the start of the split, in order; the last batch may be
+    smaller. Every window is visited exactly once (up to max_batches)."""
+    stream = TokenStream(data_dir, split)
+    n = stream.num_windows(seq_len)
+    for b, first in enumerate(range(0, n, batch_size)):
+        if max_batches is not None and b >= max_batches:
+            return
+        count = min(batch_size, n - first)
+        yield torch.from_numpy(stream.read(first * seq_len, count * seq_len).reshape(count, seq_len))
+
+
+def _token_counts(stream: TokenStream, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for shard in stream.shards:
+        for i in range(0, len(shard), chunk):  # chunked: never the whole split in memory
+            counts += np.bincount(shard[i : i + chunk], minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_perplexity(data_dir: str | Path) -> float:
+    """Perplexity of the val split under train-split unigram frequencies with add-one smoothing: the
+    score of a model that ignores context, a floor any trained model should beat."""
+    meta = read_meta(data_dir)
+    vocab = int(meta["vocab_size"])
+    train = _token_counts(TokenStream(data_dir, "train"), vocab)
+    val = _token_counts(TokenStream(data_dir, "val"), vocab)
+    if val.sum() == 0:
+        raise PonderError(f"{data_dir} has no validation tokens")
+    log_p = np.log(train + 1.0) - math.log(train.sum() + vocab)
+    return float(math.exp(-(val * log_p).sum() / val.sum()))
