@@ -1,40 +1,16 @@
-"""Shared helpers for benchmarks: interleaved timing (this machine is noisy) and table printing."""
+"""Shared helpers for the benchmark scripts (the timing code lives in the package: `ponderlm.benchmarking`)."""
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 
+from ponderlm.benchmarking import format_table, interleaved_medians
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each fn, measured round-robin so drift hits all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+__all__ = ["interleaved_medians", "print_table", "setup_threads"]
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(_fmt(r[c]).ljust(widths[c]) for c in cols))
-
-
-def _fmt(v: object) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    print(format_table(rows))
 
 
 def setup_threads(threads: int | None) -> None:

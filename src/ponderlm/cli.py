@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ponderlm.data.commands",
     "ponderlm.inference.commands",
     "ponderlm.eval.commands",
+    "ponderlm.benchmarking",
 )
 
 

@@ -44,6 +44,18 @@ class PonderPreTrainedModel(PreTrainedModel):
         if callable(init_fn):
             init_fn()
 
+    def init_ponder_weights(self) -> None:
+        """Apply every method module's own init rule.
+
+        transformers 5 skips `_init_weights` for container modules without parameters of their
+        own (e.g. a router wrapping an nn.Sequential), so the rules are applied explicitly after
+        `post_init`. They use `transformers.initialization`, which leaves loaded weights untouched.
+        """
+        for module in self.modules():
+            init_fn = getattr(module, "init_ponder_weights", None)
+            if callable(init_fn) and module is not self:
+                init_fn()
+
 
 class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -54,6 +66,7 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.method = build_method(config)
         self.post_init()
+        self.init_ponder_weights()
 
     # ------------------------------------------------------------------ HF plumbing
     def get_input_embeddings(self) -> nn.Embedding:

@@ -1,0 +1,35 @@
+"""Evaluation and analysis: perplexity at a threshold, Pareto sweeps, difficulty / alpha / gate / Jacobi
+analyses, plots and lm-evaluation-harness. See docs/EVALUATION.md.
+
+Imports are lazy so `ponderlm --help` does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DecodeSettings": "ponderlm.eval.perplexity",
+    "PerplexityResult": "ponderlm.eval.perplexity",
+    "TokenStats": "ponderlm.eval.perplexity",
+    "collect_token_stats": "ponderlm.eval.perplexity",
+    "eval_batches": "ponderlm.eval.perplexity",
+    "flops_ratio": "ponderlm.eval.perplexity",
+    "load_model": "ponderlm.eval.perplexity",
+    "perplexity": "ponderlm.eval.perplexity",
+    "ParetoPoint": "ponderlm.eval.pareto",
+    "sweep_model": "ponderlm.eval.pareto",
+    "alpha_analysis": "ponderlm.eval.analysis",
+    "difficulty_analysis": "ponderlm.eval.analysis",
+    "gates_analysis": "ponderlm.eval.analysis",
+    "jacobi_analysis": "ponderlm.eval.analysis",
+    "run_lm_eval": "ponderlm.eval.lm_eval_adapter",
+    "build_tasks": "ponderlm.eval.tasks",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ponderlm.eval' has no attribute {name!r}")

@@ -62,6 +62,19 @@ def restore_rng(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None
 
 
 # ---------------------------------------------------------------------------------------------- files
+def save_pretrained_quietly(model: Any, directory: Path) -> None:
+    """`model.save_pretrained` as one safetensors file, without transformers' per-save progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(directory, max_shard_size="1000GB")  # one file: load_model reads model.safetensors
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,7 +121,7 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp)
+    save_pretrained_quietly(model, tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     rng_tensors, rng_plain = capture_rng()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))

@@ -40,7 +40,7 @@ class DataConfig:
     tokenizer: str = "default"
     data_dir: str | None = None
     seq_len: int = 256
-    val_fraction: float = 0.01
+    val_fraction: float | None = None  # None = prepare_data's default; inputs with their own split keep it
 
 
 @dataclass
@@ -296,7 +296,8 @@ def validate(cfg: RunConfig) -> None:
     d, o, t, lg, ds = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.dist
     need(bool(d.inputs), "data.inputs must list at least one input")
     need(d.seq_len >= 2, f"data.seq_len must be >= 2, got {d.seq_len}")
-    need(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    need(d.val_fraction is None or 0.0 <= d.val_fraction < 1.0,
+         f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     need(all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}")
     need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -101,7 +103,11 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     from ponderlm.data.loader import TokenLoader
     from ponderlm.modeling import PonderForCausalLM
 
-    torch.manual_seed(t.seed)  # same init on every rank and every fresh run
+    # Seed every RNG a method might draw from (PonderLM-2 draws its Jacobi sweep count with `random`):
+    # same init on every rank and every fresh run; a resume then restores the exact states.
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+    torch.manual_seed(t.seed)
     init_from = cfg.model.get("init_from")
     if init_from:
         model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
@@ -258,7 +264,7 @@ def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: tor
         nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
                                                  reduction="sum").item()
         count += x[:, 1:].numel()
-        steps += _mean_steps(out).item() * x.size(0)
+        steps += float(_mean_steps(out)) * x.size(0)
         rows += x.size(0)
     if count == 0:
         raise PonderError(f"no validation data in {data_dir} (val split empty or shorter than data.seq_len)")
@@ -267,9 +273,10 @@ def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: tor
             "val_tokens": count}
 
 
-def _mean_steps(out: Any) -> torch.Tensor:
+def _mean_steps(out: Any) -> torch.Tensor | float:
+    """Mean executed additional steps per token, left on the device (no sync per micro-batch)."""
     steps = getattr(out, "executed_steps", None)
-    return torch.zeros(()) if steps is None else steps.detach().float().mean().cpu()
+    return 0.0 if steps is None else steps.detach().float().mean()
 
 
 def cache_dir() -> Path:
@@ -280,7 +287,7 @@ def cache_dir() -> Path:
 
 
 def resolve_data_dir(data: DataConfig) -> Path:
-    """The prepared-shards directory for `data`, preparing it (atomically) on first use."""
+    """The prepared-shards directory for `data`, prepared on first use (`prepare_data` publishes atomically)."""
     if data.data_dir:
         path = Path(data.data_dir)
     else:
@@ -289,27 +296,11 @@ def resolve_data_dir(data: DataConfig) -> Path:
         path = cache_dir() / "data" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (path / "meta.json").is_file():
         return path
-    if path.exists() and any(path.iterdir()):
-        raise PonderError(f"data.data_dir {path} exists but holds no prepared data (no meta.json)")
     from ponderlm.data.prepare import prepare_data
-    from ponderlm.data.tokenizer import load_tokenizer
 
     print(f"preparing {', '.join(data.inputs)} with tokenizer {data.tokenizer} into {path} (first use only)",
           file=sys.stderr)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prepare_data(data.inputs, load_tokenizer(data.tokenizer), tmp, val_fraction=data.val_fraction)
-        if path.exists():
-            path.rmdir()  # empty (checked above)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise PonderError(f"cannot prepare data in {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+    prepare_data(data.inputs, data.tokenizer, path, val_fraction=data.val_fraction)
     return path
 
 
@@ -373,8 +364,9 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
 
     out = result.out_dir
     final = out / "final"
-    model.save_pretrained(final)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    ckpt.save_pretrained_quietly(model, final)
+    # The tokenizer that made the data (prepare_data keeps a copy), so final/ matches the tokens it saw.
+    tokenizer = load_tokenizer(data_dir / "tokenizer" if (data_dir / "tokenizer").is_dir() else cfg.data.tokenizer)
     tokenizer.save_pretrained(final)
     result.val_loss, result.val_ppl = last_eval["val_loss"], last_eval["val_ppl"]
     result.executed_steps = last_eval["val_executed_steps"]

@@ -1,0 +1,253 @@
+"""`ponderlm bench decode|train`: side-by-side speed measurements in one process.
+
+This machine (and most shared machines) is noisy, so every comparison is timed round-robin and
+reported as medians and ratios measured in the same run, never against a stored number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ponderlm.config import ADAPTIVE_METHODS, METHODS
+from ponderlm.errors import PonderError
+
+
+# --------------------------------------------------------------------------- timing helpers
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each fn, measured round-robin so machine drift hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(fmt(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul FLOP/s right now (a large square matmul, median of repeats)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = interleaved_medians({"mm": lambda: a @ b}, repeats=repeats)["mm"]
+    return 2 * size**3 / seconds
+
+
+# --------------------------------------------------------------------------- models
+def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab: int, seed: int = 0, **extra: Any):
+    from ponderlm import PonderConfig, PonderForCausalLM
+
+    torch.manual_seed(seed)
+    heads = max(1, hidden // 64)
+    steps = 0 if method == "vanilla" else max_steps
+    return PonderForCausalLM(PonderConfig(method=method, hidden_size=hidden, num_hidden_layers=layers,
+                                          num_attention_heads=heads, vocab_size=vocab, max_steps=steps, **extra))
+
+
+def load_model(path: str):
+    from ponderlm import PonderForCausalLM
+
+    directory = Path(path)
+    if (directory / "final" / "config.json").exists():
+        directory = directory / "final"
+    if not (directory / "config.json").exists():
+        raise PonderError(f"no model found at {path} (expected a save_pretrained directory or a run directory)")
+    return PonderForCausalLM.from_pretrained(directory).eval()
+
+
+# --------------------------------------------------------------------------- decode
+@torch.no_grad()
+def decode_run(model, prompt: torch.Tensor, new_tokens: int, **options: Any) -> dict[str, Any]:
+    """Greedy decode through the method's sequential path; returns steps, KV bytes and time."""
+    from ponderlm.inference.sequential import decode_options, new_state
+
+    model.eval()
+    with decode_options(model, **options):
+        state = new_state(model, prompt.shape[0], prompt.shape[1] + new_tokens)
+        valid = torch.ones(prompt.shape[0], dtype=torch.bool)
+        steps = []
+        start = time.perf_counter()
+        for t in range(prompt.shape[1]):
+            logits, s = model.method.decode_token(model, state, prompt[:, t], valid)
+            steps.append(s)
+        for _ in range(new_tokens):
+            logits, s = model.method.decode_token(model, state, logits.argmax(-1), valid)
+            steps.append(s)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "avg_steps": float(torch.stack(steps).mean()),
+            "kv_bytes": sum(c.nbytes() for c in state.caches)}
+
+
+def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Adaptive vs fixed-full-depth decode of the same model, per batch size, with the ideal ratio."""
+    config = model.config
+    K = config.max_steps
+    adaptive = config.method in ADAPTIVE_METHODS
+    # Full depth for any adaptive method: a degenerate fixed policy that gives every token K steps.
+    full = {"depth_policy": "uniform", "depth_target": float(K)} if adaptive else {}
+    rows = []
+    for batch in batches:
+        prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
+        results: dict[str, dict[str, Any]] = {}
+
+        def run(name: str, options: dict[str, Any], prompt=prompt, results=results) -> Callable[[], None]:
+            def fn() -> None:
+                results[name] = decode_run(model, prompt, new_tokens, **options)
+            return fn
+
+        fns = {"adaptive": run("adaptive", {})}
+        if adaptive:
+            fns["full"] = run("full", full)
+        times = interleaved_medians(fns, repeats=repeats)
+        tokens = batch * (prompt_len + new_tokens)
+        row: dict[str, Any] = {"batch": batch, "avg_steps": results["adaptive"]["avg_steps"],
+                               "tok/s": tokens / times["adaptive"],
+                               "ms/token": 1e3 * times["adaptive"] / (prompt_len + new_tokens),
+                               "kv_MB": results["adaptive"]["kv_bytes"] / 2**20}
+        if adaptive:
+            ideal = (1 + results["full"]["avg_steps"]) / (1 + results["adaptive"]["avg_steps"])
+            speedup = times["full"] / times["adaptive"]
+            row.update({"full tok/s": tokens / times["full"], "full kv_MB": results["full"]["kv_bytes"] / 2**20,
+                        "speedup": speedup, "ideal": ideal, "speedup/ideal": speedup / ideal})
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- train
+def bench_train(methods: list[str], hidden: int, layers: int, max_steps: int, vocab: int, seq_len: int, batch: int,
+                repeats: int, hf_reference: bool = True) -> tuple[list[dict[str, Any]], float]:
+    """Training step time per method (fwd + bwd + AdamW), achieved FLOP/s and fraction of the matmul peak."""
+    from ponderlm.flops import flops
+
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    models: dict[str, Any] = {}
+    flop_per_step: dict[str, float] = {}
+    for method in methods:
+        model = synthetic_model(method, hidden, layers, max_steps, vocab, max_position_embeddings=max(seq_len, 2048))
+        models[method] = model.train()
+    if hf_reference:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        ref = models.get("vanilla") or synthetic_model("vanilla", hidden, layers, 0, vocab)
+        c = ref.config
+        models["transformers Llama"] = LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=c.intermediate_size, num_hidden_layers=layers,
+            num_attention_heads=c.num_attention_heads, max_position_embeddings=max(seq_len, 2048),
+            attn_implementation="sdpa")).train()
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    executed: dict[str, float] = {}
+
+    def step(name: str) -> Callable[[], None]:
+        model, opt = models[name], optimizers[name]
+
+        def fn() -> None:
+            opt.zero_grad(set_to_none=True)
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            steps = getattr(out, "executed_steps", None)
+            executed[name] = float(steps.mean()) if steps is not None else 0.0
+        return fn
+
+    peak_before = matmul_peak_flops()
+    times = interleaved_medians({name: step(name) for name in models}, repeats=repeats)
+    peak = max(peak_before, matmul_peak_flops())
+    rows = []
+    for name, seconds in times.items():
+        config = models["vanilla"].config if name == "transformers Llama" else models[name].config
+        # Training FLOPs as executed by the dense parallel forward (+ backward), per token.
+        per_token = flops(config, seq_len, training=True,
+                          avg_steps=None if config.method not in ADAPTIVE_METHODS else executed[name])
+        flop_per_step[name] = per_token["training_executed"] * batch * seq_len
+        achieved = flop_per_step[name] / seconds
+        rows.append({"model": name, "s/step": seconds, "tok/s": batch * seq_len / seconds,
+                     "GFLOP/step": flop_per_step[name] / 1e9, "GFLOP/s": achieved / 1e9,
+                     "of peak": achieved / peak, "x vanilla time": seconds / times["vanilla"]})
+    return rows, peak
+
+
+# --------------------------------------------------------------------------- CLI
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="side-by-side decode / training speed measurements")
+    sub = bench.add_subparsers(dest="bench_command", metavar="{decode,train}", required=True)
+
+    dec = sub.add_parser("decode", help="adaptive vs fixed-depth decode tokens/s, latency and KV memory")
+    dec.add_argument("--model", help="checkpoint or run directory (default: a synthetic model of --method)")
+    dec.add_argument("--method", default="ponderlm3", choices=METHODS)
+    dec.add_argument("--hidden", type=int, default=256)
+    dec.add_argument("--layers", type=int, default=4)
+    dec.add_argument("--max-steps", type=int, default=3)
+    dec.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    dec.add_argument("--prompt-len", type=int, default=16)
+    dec.add_argument("--new-tokens", type=int, default=48)
+    dec.add_argument("--repeats", type=int, default=3)
+    dec.add_argument("--json", action="store_true", help="print rows as JSON")
+    dec.set_defaults(func=_cmd_decode)
+
+    tr = sub.add_parser("train", help="training tokens/s and FLOP/s per method vs vanilla and transformers' Llama")
+    tr.add_argument("--methods", default="vanilla,ponderlm2,ponderlm3",
+                    help="comma-separated methods (vanilla is always included)")
+    tr.add_argument("--hidden", type=int, default=512)
+    tr.add_argument("--layers", type=int, default=8)
+    tr.add_argument("--max-steps", type=int, default=1)
+    tr.add_argument("--vocab", type=int, default=4096)
+    tr.add_argument("--seq-len", type=int, default=256)
+    tr.add_argument("--batch", type=int, default=4)
+    tr.add_argument("--repeats", type=int, default=3)
+    tr.add_argument("--no-hf", action="store_true", help="skip the transformers LlamaForCausalLM reference row")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=_cmd_train)
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    if args.model:
+        model = load_model(args.model)
+    else:
+        extra = {"router_init": "uniform"} if args.method == "ponderlm3" else {}
+        model = synthetic_model(args.method, args.hidden, args.layers, args.max_steps, 4096, **extra).eval()
+        if args.method == "ponderlm3":  # a spread router so the untrained stand-in prunes some slots
+            torch.nn.init.normal_(model.method.router.net[0].weight, std=4.0 / args.hidden**0.5)
+    rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats)
+    cfg = model.config
+    print(f"# decode {cfg.method} d={cfg.hidden_size} L={cfg.num_hidden_layers} K={cfg.max_steps} tau={cfg.tau} "
+          f"threads={torch.get_num_threads()}")
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "vanilla" not in methods:
+        methods.insert(0, "vanilla")
+    rows, peak = bench_train(methods, args.hidden, args.layers, args.max_steps, args.vocab, args.seq_len,
+                             args.batch, args.repeats, hf_reference=not args.no_hf)
+    print(f"# train d={args.hidden} L={args.layers} K={args.max_steps} T={args.seq_len} B={args.batch} "
+          f"threads={torch.get_num_threads()} fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0

@@ -1,0 +1,248 @@
+"""Analyses of where pondering compute goes and what it buys (METHODS.md: allocation vs difficulty).
+
+- `difficulty`: intrinsic difficulty of a token = its NLL with zero additional steps. (a) CE gain per
+  difficulty bucket as a function of executed steps, (b) difficulty vs learned depth.
+- `alpha_sweep`: PonderLM-3's router bias alpha, its effect on easy vs hard tokens.
+- `gates`: NLL by executed steps and the most / least pondered tokens of halting methods.
+- `jacobi`: RMSE of the parallel Jacobi solution to sequential decoding, per sweep.
+
+How a forced depth is obtained. Adaptive methods (ponderlm3, adaponder, latent_cot) take a fixed-pruning
+policy (METHODS.md §9) in place of their learned depth, so the same checkpoint runs at a chosen depth:
+a `constant` policy when the installed `fixed_pruning` offers one; otherwise depth 0 and depth K come
+from the degenerate geometric policy (target 0 / K puts all mass on one depth), and each intermediate
+depth k is estimated from a run with depths drawn uniformly over 0..K, keeping the tokens that drew k
+(marked `random_depth` in the JSON). Vanilla is its own 0-step model. Fixed-depth methods (pondering
+with always K steps: pause, looped, ponderlm, ponderlm2) have no 0-step prediction and are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ponderlm.config import ADAPTIVE_METHODS, DEPTH_POLICIES
+from ponderlm.errors import PonderError
+from ponderlm.eval.perplexity import ALPHA_METHODS, AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
+
+# Halting methods: a per-token, content-dependent depth (their gates / routers decide).
+HALTING_METHODS = ADAPTIVE_METHODS
+# RMSE below this (relative to the initial error, at least 1) is float32 round-off, not Jacobi error.
+JACOBI_FLOOR = 1e-6
+
+
+# ------------------------------------------------------------------ forced depths
+def forced_depth_settings(config, k: int) -> DecodeSettings | None:
+    """Settings that give every token exactly k additional steps, or None if no policy does."""
+    if "constant" in DEPTH_POLICIES:
+        return DecodeSettings(depth_policy="constant", depth_target=float(k))
+    if k in (0, config.max_steps):
+        return DecodeSettings(depth_policy="geometric", depth_target=float(k))
+    return None
+
+
+def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -> TokenStats:
+    """Per-token NLL with zero additional steps (see the module docstring for how per method)."""
+    method = model.config.method
+    if method == "vanilla":
+        return collect_token_stats(model, batches, progress=progress, desc="depth 0")
+    if method not in ADAPTIVE_METHODS:
+        raise PonderError(
+            f"method {method!r} always runs K={model.config.max_steps} steps and cannot be forced to 0 steps, so "
+            f"its tokens have no 0-step difficulty; use an adaptive method ({', '.join(ADAPTIVE_METHODS)})"
+        )
+    stats = collect_token_stats(model, batches, forced_depth_settings(model.config, 0), progress=progress,
+                                desc="depth 0")
+    _check_depth(stats, 0)
+    return stats
+
+
+def _check_depth(stats: TokenStats, k: int) -> None:
+    # Guards against a fixed-pruning policy that is not degenerate at k: the analysis would silently mix depths.
+    if stats.steps.size and not np.allclose(stats.steps, k):
+        raise PonderError(f"forcing depth {k} did not give every token {k} steps (got mean {stats.steps.mean():.3f})")
+
+
+def difficulty_buckets(difficulty: np.ndarray, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile edges and bucket index per token (bucket 0 = easiest)."""
+    if num_buckets < 1:
+        raise PonderError(f"--buckets must be >= 1, got {num_buckets}")
+    edges = np.quantile(difficulty, np.linspace(0.0, 1.0, num_buckets + 1))
+    index = np.clip(np.searchsorted(edges, difficulty, side="right") - 1, 0, num_buckets - 1)
+    return edges, index
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation with average ranks for ties (steps are integers: many ties)."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return (starts + (counts - 1) / 2.0)[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ------------------------------------------------------------------ difficulty
+def difficulty_analysis(
+    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *, num_buckets: int = 5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Bucket tokens by 0-step NLL; CE gain per bucket at each forced depth; learned depth per bucket.
+
+    `settings` are the learned-depth decoding options (tau, alpha) for panel (b).
+    """
+    K = model.config.max_steps
+    base = zero_step_stats(model, batches, progress)
+    difficulty = base.nll
+    edges, bucket = difficulty_buckets(difficulty, num_buckets)
+    nll_by_depth: dict[int, np.ndarray] = {0: base.nll}
+    mask_by_depth: dict[int, np.ndarray] = {0: np.ones_like(base.nll, dtype=bool)}
+    source = {0: "exact"}
+    random_run: TokenStats | None = None
+    for k in range(1, K + 1):
+        forced = forced_depth_settings(model.config, k)
+        if forced is not None:
+            stats = collect_token_stats(model, batches, forced, progress=progress, desc=f"depth {k}")
+            _check_depth(stats, k)
+            nll_by_depth[k], mask_by_depth[k], source[k] = stats.nll, np.ones_like(stats.nll, dtype=bool), "exact"
+        else:
+            if random_run is None:  # uniform over 0..K: every depth drawn independently of content
+                random_run = collect_token_stats(model, batches, DecodeSettings(depth_policy="uniform",
+                                                 depth_target=K / 2), progress=progress, desc="random depths")
+            nll_by_depth[k], mask_by_depth[k], source[k] = random_run.nll, random_run.steps == k, "random_depth"
+    learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
+                                  if model.config.method in ADAPTIVE_METHODS else settings,
+                                  progress=progress, desc="learned depth")
+
+    buckets = []
+    for b in range(num_buckets):
+        in_b = bucket == b
+        gains, counts = {}, {}
+        for k in nll_by_depth:
+            sel = in_b & mask_by_depth[k]
+            counts[str(k)] = int(sel.sum())
+            gains[str(k)] = float((difficulty[sel] - nll_by_depth[k][sel]).mean()) if sel.any() else None
+        buckets.append({
+            "bucket": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "tokens": int(in_b.sum()),
+            "mean_difficulty": float(difficulty[in_b].mean()) if in_b.any() else float("nan"),
+            "gain_by_depth": gains, "count_by_depth": counts,
+            "learned_steps_mean": float(learned.steps[in_b].mean()) if in_b.any() else float("nan"),
+            "learned_steps_std": float(learned.steps[in_b].std()) if in_b.any() else float("nan"),
+            "learned_nll_mean": float(learned.nll[in_b].mean()) if in_b.any() else float("nan"),
+        })
+    return {
+        "analysis": "difficulty", "method": model.config.method, "max_steps": K, "tokens": int(difficulty.size),
+        "difficulty": "NLL of the next token with 0 additional steps (nats)",
+        "depths": list(range(K + 1)), "depth_source": {str(k): v for k, v in source.items()},
+        "learned_avg_steps": learned.avg_steps, "learned_loss": learned.loss, "zero_step_loss": base.loss,
+        "spearman_difficulty_steps": spearman(difficulty, learned.steps),
+        "buckets": buckets,
+    }
+
+
+# ------------------------------------------------------------------ alpha sweep
+def alpha_analysis(
+    model, batches: list[torch.Tensor], alphas: list[float], settings: DecodeSettings = AS_SAVED, *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Easy / hard halves by 0-step NLL; per alpha, each half's ΔLoss vs alpha = 0 and its avg steps."""
+    method = model.config.method
+    if method not in ALPHA_METHODS:
+        raise PonderError(f"analyze alpha needs a method with an inference router bias ({', '.join(ALPHA_METHODS)}); "
+                          f"this checkpoint is {method!r}")
+    alphas = sorted(set(float(a) for a in alphas) | {0.0})  # alpha = 0 is the reference of every delta
+    difficulty = zero_step_stats(model, batches, progress).nll
+    median = float(np.median(difficulty))
+    subsets = {"easy": difficulty <= median, "hard": difficulty > median}
+    runs = {}
+    for a in alphas:
+        runs[a] = collect_token_stats(model, batches, replace(settings, alpha=a, depth_policy="learned"),
+                                      progress=progress, desc=f"alpha {a:g}")
+    out: dict[str, list[dict[str, float]]] = {}
+    for name, sel in subsets.items():
+        ref = float(runs[0.0].nll[sel].mean()) if sel.any() else float("nan")
+        out[name] = [{
+            "alpha": a, "loss": float(r.nll[sel].mean()) if sel.any() else float("nan"),
+            "delta_loss": (float(r.nll[sel].mean()) - ref) if sel.any() else float("nan"),
+            "avg_steps": float(r.steps[sel].mean()) if sel.any() else float("nan"),
+        } for a, r in runs.items()]
+    return {
+        "analysis": "alpha", "method": method, "max_steps": model.config.max_steps,
+        "tokens": int(difficulty.size), "median_difficulty": median,
+        "subset_tokens": {name: int(sel.sum()) for name, sel in subsets.items()},
+        "overall": [{"alpha": a, "loss": r.loss, "avg_steps": r.avg_steps} for a, r in runs.items()],
+        "subsets": out,
+    }
+
+
+# ------------------------------------------------------------------ gates
+def gates_analysis(
+    model, tokenizer, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
+    top: int = 20, min_count: int = 5, progress: bool = True,
+) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+    """NLL distribution per executed steps and the most / least pondered token strings.
+
+    Returns (JSON-able result, raw NLL arrays per steps for the box plot).
+    """
+    method = model.config.method
+    if method not in HALTING_METHODS:
+        raise PonderError(f"analyze gates needs a halting method ({', '.join(HALTING_METHODS)}); "
+                          f"{method!r} gives every token the same depth")
+    stats = collect_token_stats(model, batches, settings, progress=progress, desc="gates")
+    steps = np.rint(stats.steps).astype(int)
+    nll_by_steps = {int(k): stats.nll[steps == k] for k in np.unique(steps)}
+    by_steps = {}
+    for k, v in nll_by_steps.items():
+        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+        by_steps[str(k)] = {"count": int(v.size), "fraction": v.size / steps.size, "mean_nll": float(v.mean()),
+                            "median_nll": float(med), "q1": float(q1), "q3": float(q3)}
+    ids, inverse, counts = np.unique(stats.token_ids, return_inverse=True, return_counts=True)
+    mean_steps = np.bincount(inverse, weights=stats.steps) / counts
+    mean_nll = np.bincount(inverse, weights=stats.nll) / counts
+    eligible = np.nonzero(counts >= min_count)[0]
+    order = eligible[np.lexsort((ids[eligible], -mean_steps[eligible]))]  # ties broken by id: deterministic
+
+    def row(i: int) -> dict[str, Any]:
+        return {"token": tokenizer.decode([int(ids[i])]), "id": int(ids[i]), "count": int(counts[i]),
+                "mean_steps": float(mean_steps[i]), "mean_nll": float(mean_nll[i])}
+
+    most = [row(i) for i in order[:top]]
+    least = [row(i) for i in order[::-1][:top]]
+    result = {
+        "analysis": "gates", "method": method, "max_steps": model.config.max_steps, "tokens": int(steps.size),
+        "avg_steps": stats.avg_steps, "loss": stats.loss, "min_count": min_count,
+        "spearman_nll_steps": spearman(stats.nll, stats.steps),
+        "nll_by_steps": by_steps, "most_pondered": most, "least_pondered": least,
+        "note": "steps of a token = additional steps spent at it, i.e. on predicting the token after it",
+    }
+    return result, nll_by_steps
+
+
+# ------------------------------------------------------------------ Jacobi
+def jacobi_analysis(model, input_ids: torch.Tensor, max_sweeps: int = 8) -> dict[str, Any]:
+    """Per-sweep RMSE of the parallel Jacobi solution to the sequential decode (`jacobi_rmse`)."""
+    from ponderlm.inference.jacobi import jacobi_rmse
+
+    if not hasattr(model.method, "jacobi"):
+        raise PonderError(f"analyze jacobi needs a method with a Jacobi solver (ponderlm2, ponderlm3); "
+                          f"{model.config.method!r} has none")
+    if max_sweeps < 1:
+        raise PonderError(f"--sweeps must be >= 1, got {max_sweeps}")
+    device = next(model.parameters()).device
+    rmse = jacobi_rmse(model, input_ids.to(device), None, max_sweeps)
+    ratios = [b / a if a > 0 else None for a, b in zip(rmse, rmse[1:])]
+    # Once the error reaches float round-off it stops contracting; the mean covers the sweeps before that.
+    floor = JACOBI_FLOOR * max(rmse[0], 1.0)
+    converging = [r for r, b in zip(ratios, rmse[1:]) if r is not None and b > floor]
+    mean = float(np.exp(np.mean(np.log(converging)))) if converging else None
+    return {
+        "analysis": "jacobi", "method": model.config.method, "max_steps": model.config.max_steps,
+        "sequences": int(input_ids.shape[0]), "seq_len": int(input_ids.shape[1]), "sweeps": max_sweeps,
+        "rmse": rmse, "contraction": ratios, "mean_contraction": mean, "floor": floor,
+        "note": "entry 0 is after stage building, entry r after r sweeps; reference = token-by-token decoding",
+    }

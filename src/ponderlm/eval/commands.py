@@ -1,0 +1,293 @@
+"""`ponderlm eval ppl`, `ponderlm pareto`, `ponderlm analyze difficulty|alpha|gates|jacobi`, `ponderlm lm-eval`.
+
+Thin: parse, load, call the typed functions in `ponderlm.eval`, write JSON (+ PNG), print where.
+Heavy imports happen inside the handlers so `ponderlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ponderlm.errors import PonderError
+
+POLICIES = ("learned", "uniform", "geometric")
+
+
+# ------------------------------------------------------------------ argument helpers
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _model_arg(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    help_text = "a saved model directory, or a run directory (its final/ is used)"
+    if multiple:
+        p.add_argument("--model", action="append", required=True, metavar="DIR", help=help_text + "; repeatable")
+    else:
+        p.add_argument("--model", required=True, metavar="DIR", help=help_text)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _data_args(p: argparse.ArgumentParser, max_batches: int | None, seq_len: int | None = None) -> None:
+    p.add_argument("--data", default="default", metavar="PATH",
+                   help="'default' (bundled corpus, fixed split, tokenized with the model's tokenizer), a "
+                        "`ponderlm data prepare` directory, or text/jsonl files (default: default)")
+    p.add_argument("--split", default="val", help="split of --data to score (default: val)")
+    p.add_argument("--seq-len", type=int, default=seq_len, metavar="N",
+                   help="window length (default: min(256, max_position_embeddings))" if seq_len is None
+                   else f"window length (default {seq_len})")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward (default 8)")
+    p.add_argument("--max-batches", type=int, default=max_batches, metavar="N",
+                   help=f"score at most N batches (default: {'all' if max_batches is None else max_batches})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def _decode_args(p: argparse.ArgumentParser, depth: bool = True) -> None:
+    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
+    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias alpha (default: the checkpoint's)")
+    if depth:
+        p.add_argument("--depth-policy", choices=POLICIES, metavar="P",
+                       help="learned, or a fixed-pruning control: uniform | geometric (needs --depth-target)")
+        p.add_argument("--depth-target", type=float, metavar="X", help="average additional steps for fixed pruning")
+    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config "
+                   "jacobi_iters_eval; ponderlm2/ponderlm3 only)")
+
+
+def _settings(args: argparse.Namespace):
+    from ponderlm.eval.perplexity import DecodeSettings
+
+    return DecodeSettings(tau=getattr(args, "tau", None), alpha=getattr(args, "alpha", None),
+                          depth_policy=getattr(args, "depth_policy", None),
+                          depth_target=getattr(args, "depth_target", None),
+                          jacobi_iters=getattr(args, "jacobi_iters", None))
+
+
+def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, list]:
+    """(model, tokenizer, evaluation batches) for one --model."""
+    from ponderlm.eval.perplexity import eval_batches, load_model
+
+    model, tokenizer = load_model(path or args.model, args.device)
+    seq_len = args.seq_len or min(256, model.config.max_position_embeddings)
+    if seq_len > model.config.max_position_embeddings:
+        raise PonderError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings "
+                          f"({model.config.max_position_embeddings})")
+    batches = eval_batches(args.data, tokenizer, split=args.split, seq_len=seq_len, batch_size=args.batch_size,
+                           max_batches=args.max_batches)
+    return model, tokenizer, batches
+
+
+def _write_json(data: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ registration
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="evaluate a checkpoint (perplexity)")
+    ev_sub = ev.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+    p = ev_sub.add_parser("ppl", help="perplexity, avg executed steps and FLOPs ratio on held-out text",
+                          description="Perplexity with the parallel eval forward (for PonderLM-3 the thresholded "
+                                      "Jacobi evaluation that agrees with decoding), average executed additional "
+                                      "steps per token and forward FLOPs relative to vanilla at those steps.")
+    _model_arg(p)
+    _data_args(p, max_batches=None)
+    _decode_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=cmd_ppl)
+
+    p = subparsers.add_parser("pareto", help="perplexity vs executed steps: adaptive sweeps + fixed-pruning controls",
+                              description="Sweep alpha (PonderLM-3) or tau (AdaPonderLM, latent CoT) per model and "
+                                          "run the fixed-pruning controls at the same average steps (iso-FLOPs). "
+                                          "Writes pareto.json and pareto.png.")
+    _model_arg(p, multiple=True)
+    _data_args(p, max_batches=16)
+    p.add_argument("--alpha", type=float_list, metavar="LIST", help="alphas for PonderLM-3 (default -8,-4,-2,-1,0,1,2)")
+    p.add_argument("--tau", type=float_list, metavar="LIST",
+                   help="taus: the sweep for AdaPonderLM / latent CoT (default 1e-4,.05,.2,.4,.6,.8); for PonderLM-3 "
+                        "crossed with --alpha (default: the checkpoint's tau)")
+    p.add_argument("--fixed", default="uniform,geometric", metavar="LIST",
+                   help="fixed-pruning policies to add, or 'none' (default uniform,geometric)")
+    p.add_argument("--targets", type=float_list, metavar="LIST",
+                   help="average steps of the fixed-pruning points (default: those measured at the adaptive points)")
+    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
+    p.add_argument("--out", default="results/pareto", metavar="DIR", help="output directory (default results/pareto)")
+    p.set_defaults(func=cmd_pareto)
+
+    an = subparsers.add_parser("analyze", help="where pondering compute goes: difficulty, alpha, gates, jacobi")
+    an_sub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True)
+    p = an_sub.add_parser("difficulty", help="CE gain per difficulty bucket vs steps; difficulty vs learned steps",
+                          description="Difficulty = NLL with 0 additional steps. Plots (a) the CE gain per difficulty "
+                                      "bucket at each forced number of steps and (b) mean learned steps per bucket.")
+    _model_arg(p)
+    _data_args(p, max_batches=16)
+    _decode_args(p, depth=False)
+    p.add_argument("--buckets", type=int, default=5, metavar="N", help="difficulty quantile buckets (default 5)")
+    p.add_argument("--out", default="results/difficulty", metavar="DIR")
+    p.set_defaults(func=cmd_difficulty)
+
+    p = an_sub.add_parser("alpha", help="alpha sweep: Δloss vs induced steps on easy and hard tokens (PonderLM-3)",
+                          description="Split tokens into easy / hard halves by 0-step NLL, sweep the router bias alpha "
+                                      "and plot each half's loss change relative to alpha = 0 against its avg steps.")
+    _model_arg(p)
+    _data_args(p, max_batches=16)
+    p.add_argument("--alpha", type=float_list, default=[-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0], metavar="LIST",
+                   help="alphas (0 is always added; default -4,-2,-1,0,1,2,4)")
+    p.add_argument("--tau", type=float, metavar="T", help="threshold (default: the checkpoint's)")
+    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
+    p.add_argument("--out", default="results/alpha", metavar="DIR")
+    p.set_defaults(func=cmd_alpha)
+
+    p = an_sub.add_parser("gates", help="NLL by executed steps and most / least pondered tokens (halting methods)")
+    _model_arg(p)
+    _data_args(p, max_batches=16)
+    _decode_args(p, depth=False)
+    p.add_argument("--top", type=int, default=20, metavar="N", help="tokens listed at each end (default 20)")
+    p.add_argument("--min-count", type=int, default=5, metavar="N", help="min occurrences of a listed token")
+    p.add_argument("--out", default="results/gates", metavar="DIR")
+    p.set_defaults(func=cmd_gates)
+
+    p = an_sub.add_parser("jacobi", help="Jacobi convergence: RMSE to the sequential solution per sweep",
+                          description="RMSE of the slot hidden states of the parallel Jacobi solve to token-by-token "
+                                      "decoding after each sweep (ponderlm2, ponderlm3).")
+    _model_arg(p)
+    _data_args(p, max_batches=1, seq_len=64)
+    p.add_argument("--sweeps", type=int, default=8, metavar="N", help="Jacobi sweeps to trace (default 8)")
+    p.add_argument("--num-seqs", type=int, default=2, metavar="N", help="sequences to trace (default 2)")
+    p.add_argument("--out", default="results/jacobi", metavar="DIR")
+    p.set_defaults(func=cmd_jacobi)
+
+    p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at a chosen tau / alpha",
+                              description="Run lm-evaluation-harness (pip install 'ponderlm[eval]'). Offline tasks "
+                                          "built from the bundled validation text: ponder_cloze, ponder_nextsent, "
+                                          "ponder_wikitext_style; other names go to lm-eval unchanged.")
+    _model_arg(p)
+    p.add_argument("--tasks", required=True, metavar="LIST", help="comma-separated task names")
+    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
+    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias (default: the checkpoint's)")
+    p.add_argument("--limit", type=float, metavar="N", help="at most N examples per task (a fraction if < 1)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--num-fewshot", type=int, metavar="N")
+    p.add_argument("--bootstrap-iters", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for stderr of non-mean metrics (0 = skip; default 1000)")
+    p.add_argument("--output", metavar="FILE", help="write the results JSON here")
+    p.set_defaults(func=cmd_lm_eval)
+
+
+# ------------------------------------------------------------------ handlers
+def cmd_ppl(args: argparse.Namespace) -> int:
+    from ponderlm.eval.perplexity import check_settings, perplexity
+
+    model, _, batches = _load(args)
+    settings = _settings(args)
+    check_settings(model.config, settings)  # fail before loading any batch into the model
+    result = perplexity(model, batches, settings, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    ratio = "n/a" if result.flops_ratio is None else f"{result.flops_ratio:.3f}x vanilla"
+    print(f"{result.method} (K={result.max_steps}) on {args.data}:{args.split}, {result.tokens:,} tokens "
+          f"in {result.sequences} x {result.seq_len}")
+    print(f"perplexity {result.ppl:.3f} (loss {result.loss:.4f})")
+    print(f"avg executed steps {result.avg_steps:.3f} of K={result.max_steps}")
+    print(f"forward FLOPs {ratio}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from ponderlm.eval.pareto import FIXED_POLICIES, pareto_result, sweep_model
+    from ponderlm.eval.perplexity import model_name
+    from ponderlm.eval.plots import plot_pareto
+
+    fixed = () if args.fixed.strip().lower() == "none" else tuple(x.strip() for x in args.fixed.split(",") if x.strip())
+    bad = [p for p in fixed if p not in FIXED_POLICIES]
+    if bad:
+        raise PonderError(f"unknown --fixed policy {', '.join(bad)}; choose from {', '.join(FIXED_POLICIES)} or none")
+    points, names, seq_len, sequences = [], set(), 0, 0
+    for i, path in enumerate(args.model):
+        name = model_name(path)
+        if name in names:
+            name = f"{name}#{i + 1}"
+        names.add(name)
+        model, _, batches = _load(args, path)
+        seq_len, sequences = int(batches[0].shape[1]), sum(int(b.shape[0]) for b in batches)
+        points += sweep_model(model, name, batches, alphas=args.alpha, taus=args.tau, fixed=fixed,
+                              targets=args.targets, jacobi_iters=args.jacobi_iters, progress=not args.no_progress)
+        del model
+    out = Path(args.out)
+    result = pareto_result(points, seq_len, sequences)
+    json_path = _write_json(result, out / "pareto.json")
+    png = plot_pareto(result["points"], out / "pareto.png")
+    for p in points:
+        print(f"{p.curve:40s} steps {p.avg_steps:6.3f}  ppl {p.ppl:9.3f}", file=sys.stderr)
+    print(f"wrote {json_path} and {png}")
+    return 0
+
+
+def cmd_difficulty(args: argparse.Namespace) -> int:
+    from ponderlm.eval.analysis import difficulty_analysis
+    from ponderlm.eval.plots import plot_difficulty
+
+    model, _, batches = _load(args)
+    result = difficulty_analysis(model, batches, _settings(args), num_buckets=args.buckets,
+                                 progress=not args.no_progress)
+    return _finish(result, Path(args.out), "difficulty", plot_difficulty)
+
+
+def cmd_alpha(args: argparse.Namespace) -> int:
+    from ponderlm.eval.analysis import alpha_analysis
+    from ponderlm.eval.plots import plot_alpha
+
+    model, _, batches = _load(args)
+    result = alpha_analysis(model, batches, args.alpha, _settings(args), progress=not args.no_progress)
+    return _finish(result, Path(args.out), "alpha", plot_alpha)
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    from ponderlm.eval.analysis import gates_analysis
+    from ponderlm.eval.plots import plot_gates
+
+    model, tokenizer, batches = _load(args)
+    result, nll_by_steps = gates_analysis(model, tokenizer, batches, _settings(args), top=args.top,
+                                          min_count=args.min_count, progress=not args.no_progress)
+    return _finish(result, Path(args.out), "gates", lambda r, path: plot_gates(nll_by_steps, r, path))
+
+
+def cmd_jacobi(args: argparse.Namespace) -> int:
+    from ponderlm.eval.analysis import jacobi_analysis
+    from ponderlm.eval.plots import plot_jacobi
+
+    args.batch_size = max(args.num_seqs, 1)
+    model, _, batches = _load(args)
+    result = jacobi_analysis(model, batches[0][: args.num_seqs], args.sweeps)
+    return _finish(result, Path(args.out), "jacobi", plot_jacobi)
+
+
+def _finish(result: dict[str, Any], out: Path, name: str, plot) -> int:
+    json_path = _write_json(result, out / f"{name}.json")
+    png = plot(result, out / f"{name}.png")
+    print(f"wrote {json_path} and {png}")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from ponderlm.eval.lm_eval_adapter import require_lm_eval, results_table, run_lm_eval
+    from ponderlm.eval.perplexity import DecodeSettings, load_model
+
+    require_lm_eval()  # before loading the model: one line telling how to install
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    model, tokenizer = load_model(args.model, args.device)
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    results = run_lm_eval(model, tokenizer, tasks, settings=DecodeSettings(tau=args.tau, alpha=args.alpha),
+                          limit=limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                          bootstrap_iters=args.bootstrap_iters)
+    print(results_table(results))
+    if args.output:
+        print(f"wrote {_write_json(results, Path(args.output))}")
+    return 0

@@ -1,0 +1,111 @@
+"""Quality vs compute: sweep each checkpoint's inference knob and its iso-FLOPs fixed-pruning controls.
+
+Per checkpoint:
+- adaptive methods trace a curve with the knob their config supports: PonderLM-3 sweeps the router
+  bias alpha (and tau if several are given); AdaPonderLM and adaptive latent CoT sweep the halting
+  threshold tau;
+- fixed-depth methods (vanilla, pause, looped, ponderlm, ponderlm2) give one point;
+- fixed-pruning controls (METHODS.md §9) of adaptive methods run the same checkpoint with depths drawn
+  independently of content. By default their targets are the average steps measured at the adaptive
+  points, so each control point sits at the same compute as a learned point (iso-FLOPs).
+x = average executed additional steps per token, y = perplexity.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ponderlm.config import ADAPTIVE_METHODS
+from ponderlm.errors import PonderError
+from ponderlm.eval.perplexity import ALPHA_METHODS, DecodeSettings, applied, collect_token_stats, flops_ratio
+
+DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
+DEFAULT_TAUS = (1e-4, 0.05, 0.2, 0.4, 0.6, 0.8)
+FIXED_POLICIES = ("uniform", "geometric")
+
+
+@dataclass
+class ParetoPoint:
+    model: str
+    method: str
+    curve: str  # legend label: one curve per (model, policy)
+    policy: str  # "learned" | "uniform" | "geometric" | "fixed" (a method without a depth choice)
+    alpha: float | None
+    tau: float | None
+    depth_target: float | None
+    avg_steps: float
+    ppl: float
+    loss: float
+    flops_ratio: float | None
+    tokens: int
+
+
+def adaptive_grid(config, alphas: list[float] | None, taus: list[float] | None) -> list[DecodeSettings]:
+    """The learned-depth settings to sweep for this method (empty list: nothing to sweep)."""
+    method = config.method
+    if method in ALPHA_METHODS:
+        return [DecodeSettings(alpha=a, tau=t, depth_policy="learned")
+                for t in (taus or [config.tau]) for a in (alphas or DEFAULT_ALPHAS)]
+    if method in ADAPTIVE_METHODS:
+        if alphas:
+            print(f"note: --alpha ignored for {method!r} (no router bias); sweeping tau", file=sys.stderr)
+        return [DecodeSettings(tau=t, depth_policy="learned") for t in (taus or DEFAULT_TAUS)]
+    return []
+
+
+def sweep_model(
+    model, name: str, batches: list[torch.Tensor], *, alphas: list[float] | None = None,
+    taus: list[float] | None = None, fixed: tuple[str, ...] = FIXED_POLICIES, targets: list[float] | None = None,
+    jacobi_iters: int | None = None, progress: bool = True,
+) -> list[ParetoPoint]:
+    """All Pareto points of one checkpoint (see the module docstring)."""
+    config = model.config
+    seq_len = int(batches[0].shape[1])
+    K = config.max_steps
+    points: list[ParetoPoint] = []
+
+    def run(settings: DecodeSettings, curve: str, policy: str, desc: str) -> ParetoPoint:
+        settings = DecodeSettings(**{**asdict(settings), "jacobi_iters": jacobi_iters})
+        stats = collect_token_stats(model, batches, settings, progress=progress, desc=desc)
+        with applied(model, settings):  # FLOPs of the configuration actually in force
+            ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
+            alpha = model.config.alpha if config.method in ALPHA_METHODS else None
+            tau = model.config.tau if config.method in ADAPTIVE_METHODS else None
+        return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy, alpha=alpha, tau=tau,
+                           depth_target=settings.depth_target, avg_steps=stats.avg_steps, ppl=stats.ppl,
+                           loss=stats.loss, flops_ratio=ratio, tokens=int(stats.nll.size))
+
+    grid = adaptive_grid(config, alphas, taus)
+    if not grid:
+        if fixed and targets:
+            print(f"note: {name} ({config.method}) has no per-token depth; no fixed-pruning controls", file=sys.stderr)
+        return [run(DecodeSettings(), f"{name} ({config.method}, K={K})", "fixed", f"{name}")]
+    for s in grid:
+        label = f"alpha={s.alpha:g}" if config.method in ALPHA_METHODS else f"tau={s.tau:g}"
+        points.append(run(s, f"{name} ({config.method})", "learned", f"{name} {label}"))
+    goal = sorted(targets) if targets else iso_flops_targets([p.avg_steps for p in points], K)
+    for policy in fixed:
+        for target in goal:
+            if not 0.0 <= target <= K:
+                raise PonderError(f"--targets value {target} is outside [0, K={K}] for {name}")
+            s = DecodeSettings(depth_policy=policy, depth_target=float(target))
+            points.append(run(s, f"{name} {policy}", policy, f"{name} {policy} {target:.2f}"))
+    return points
+
+
+def iso_flops_targets(avg_steps: list[float], max_steps: int, decimals: int = 4) -> list[float]:
+    """Distinct measured averages of the learned points, clipped to [0, K], ascending."""
+    return sorted({round(min(max(x, 0.0), float(max_steps)), decimals) for x in avg_steps})
+
+
+def pareto_result(points: list[ParetoPoint], seq_len: int, sequences: int) -> dict[str, Any]:
+    return {
+        "x": "avg executed additional steps per token", "y": "perplexity",
+        "seq_len": seq_len, "sequences": sequences,
+        "points": [asdict(p) for p in points],
+        "curves": sorted({p.curve for p in points}),
+    }

@@ -1,0 +1,365 @@
+"""Perplexity, executed steps and FLOPs of a checkpoint on held-out text, through the parallel eval forward.
+
+Everything in `ponderlm.eval` is built on `collect_token_stats`: one eval-mode forward per batch under
+given decoding options (tau, alpha, fixed-pruning policy, Jacobi sweeps), keeping the per-token NLL
+and executed steps. For PonderLM-3 the eval forward is the thresholded Jacobi solve that agrees with
+sequential decoding (METHODS.md §6), so these numbers are what decoding would give.
+
+Token alignment: position t of a window consumes token x_t, spends `executed_steps[t]` additional
+steps on it and predicts x_{t+1}; its NLL is -log p(x_{t+1}). The last position of a window has no
+target, but its steps are compute all the same, so averages of steps run over every position.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ponderlm.config import ADAPTIVE_METHODS
+from ponderlm.errors import PonderError
+
+# Methods whose inference router takes the `alpha * k` bias (METHODS.md §6).
+ALPHA_METHODS = ("ponderlm3",)
+# Methods with a Jacobi solver whose eval sweep count `jacobi_iters_eval` applies.
+JACOBI_METHODS = ("ponderlm2", "ponderlm3")
+
+
+# ------------------------------------------------------------------ model loading
+def resolve_model_dir(path: str | Path) -> Path:
+    """A `save_pretrained` directory, or a training run directory (then its `final/`)."""
+    path = Path(path).expanduser()
+    if (path / "final" / "config.json").is_file():
+        return path / "final"
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists():
+        raise PonderError(f"model directory {path} does not exist")
+    raise PonderError(f"{path} is neither a saved model (config.json) nor a run directory with final/config.json")
+
+
+def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a model or run directory. The tokenizer saved with the model
+    wins; a model saved without one falls back to the shipped default tokenizer if the vocabularies fit."""
+    import json
+
+    from ponderlm.data.tokenizer import load_tokenizer
+    from ponderlm.modeling import PonderForCausalLM
+
+    model_dir = resolve_model_dir(path)
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    if model_type != "ponder":
+        raise PonderError(f"{model_dir} holds a {model_type!r} model, not a ponderlm checkpoint; "
+                          "convert it with PonderForCausalLM.from_backbone(...) first")
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise on stderr
+    try:
+        model = PonderForCausalLM.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise PonderError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    model.to(resolve_device(device)).eval()
+    if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(model_dir)
+    else:
+        tokenizer = load_tokenizer("default")
+        print(f"note: {model_dir} has no tokenizer; using the shipped default tokenizer", file=sys.stderr)
+    if len(tokenizer) > model.config.vocab_size:
+        raise PonderError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+                          f"{model.config.vocab_size}; save the model with the tokenizer it was trained with")
+    return model, tokenizer
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PonderError(f"unknown device {device!r}") from None
+
+
+def model_name(path: str | Path) -> str:
+    """A short label for plots: the run directory's name rather than 'final'."""
+    model_dir = resolve_model_dir(path)
+    return model_dir.parent.name if model_dir.name == "final" else model_dir.name
+
+
+# ------------------------------------------------------------------ evaluation data
+def eval_batches(
+    data: str | Path,
+    tokenizer,
+    *,
+    split: str = "val",
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+) -> list[torch.Tensor]:
+    """Consecutive non-overlapping windows [b, seq_len] of held-out tokens, the same for every setting.
+
+    data: a `ponderlm data prepare` directory (its `split`), "default" (the bundled corpus's fixed
+    split, tokenized here with the model's tokenizer so any checkpoint can be scored), or text /
+    jsonl / parquet files and directories (all their documents; `split` is ignored).
+    """
+    if seq_len < 2 or batch_size < 1:
+        raise PonderError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
+    spec = str(data)
+    path = Path(spec).expanduser()
+    if (path / "meta.json").is_file():
+        from ponderlm.data.loader import iter_eval_batches, read_meta
+
+        vocab = int(read_meta(path)["vocab_size"])
+        if vocab > len(tokenizer):
+            raise PonderError(f"{path} was tokenized with a {vocab}-token vocabulary but the model's tokenizer has "
+                              f"{len(tokenizer)}; prepare the data with the model's tokenizer")
+        batches = list(iter_eval_batches(path, split, seq_len, batch_size, max_batches))
+    else:
+        # Windows are taken from the start, so with max_batches only that much text needs tokenizing.
+        needed = None if max_batches is None else max_batches * batch_size * seq_len
+        ids = _tokenize_documents(_documents(spec, split), tokenizer, needed)
+        n = len(ids) // seq_len
+        if n == 0:
+            raise PonderError(f"{spec} has {len(ids)} tokens, fewer than seq_len={seq_len}")
+        windows = torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len))
+        batches = list(windows.split(batch_size))
+        if max_batches is not None:
+            batches = batches[:max_batches]
+    if not batches:
+        raise PonderError(f"no evaluation batches from {spec} (max_batches={max_batches})")
+    return batches
+
+
+def _documents(spec: str, split: str) -> Iterable[str]:
+    from ponderlm.data.corpus import iter_default_corpus, resolve_inputs
+
+    if spec == "default":
+        if split not in ("val", "train"):
+            raise PonderError(f"the bundled corpus has splits val and train, not {split!r}")
+        return (record["text"] for record in iter_default_corpus(split))
+    sources = resolve_inputs([spec])
+    return (text for source in sources for _, text in source.documents())
+
+
+def _tokenize_documents(texts: Iterable[str], tokenizer, limit: int | None = None) -> np.ndarray:
+    """Like `prepare_data`: each document's ids followed by eos, concatenated (stops once `limit` ids exist)."""
+    eos = tokenizer.eos_token_id
+    out: list[int] = []
+    for text in texts:
+        out.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            out.append(eos)
+        if limit is not None and len(out) >= limit:
+            break
+    return np.asarray(out, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ decoding settings
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Inference options applied to the model config for one evaluation (None = the checkpoint's value)."""
+
+    tau: float | None = None
+    alpha: float | None = None
+    depth_policy: str | None = None
+    depth_target: float | None = None
+    jacobi_iters: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"tau": self.tau, "alpha": self.alpha, "depth_policy": self.depth_policy,
+                "depth_target": self.depth_target, "jacobi_iters_eval": self.jacobi_iters}
+
+
+# No overrides: decode with the options saved in the checkpoint's config.
+AS_SAVED = DecodeSettings()
+
+
+def check_settings(config, settings: DecodeSettings) -> list[str]:
+    """Refuse settings the method cannot honour; return notes for options it silently ignores."""
+    method = config.method
+    if settings.depth_policy not in (None, "learned") and method not in ADAPTIVE_METHODS:
+        raise PonderError(f"fixed pruning (--depth-policy {settings.depth_policy}) needs an adaptive method "
+                          f"({', '.join(ADAPTIVE_METHODS)}); this checkpoint is {method!r}")
+    if settings.depth_policy not in (None, "learned") and settings.depth_target is None:
+        raise PonderError(f"--depth-policy {settings.depth_policy} needs --depth-target")
+    notes = []
+    if settings.alpha not in (None, 0.0) and method not in ALPHA_METHODS:
+        notes.append(f"alpha has no effect on method {method!r} (only {', '.join(ALPHA_METHODS)} has a router bias)")
+    if settings.tau is not None and method not in ADAPTIVE_METHODS:
+        notes.append(f"tau has no effect on method {method!r} (it always runs K={config.max_steps} steps)")
+    if settings.jacobi_iters is not None and method not in JACOBI_METHODS:
+        notes.append(f"--jacobi-iters has no effect on method {method!r} (no Jacobi solver)")
+    return notes
+
+
+class applied:
+    """Context manager: `decode_options` with config validation errors turned into one-line user errors."""
+
+    def __init__(self, model, settings: DecodeSettings) -> None:
+        from ponderlm.inference import decode_options
+
+        self._ctx = decode_options(model, **settings.options())
+
+    def __enter__(self) -> None:
+        try:
+            self._ctx.__enter__()
+        except ValueError as exc:
+            raise PonderError(str(exc)) from None
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+# ------------------------------------------------------------------ per-token statistics
+@dataclass
+class TokenStats:
+    """Flattened over all scored positions: nll[i] = -log p(next token), steps[i] = executed steps there,
+    token_ids[i] = the consumed token, window[i] = index of the window it came from."""
+
+    nll: np.ndarray
+    steps: np.ndarray
+    token_ids: np.ndarray
+    window: np.ndarray
+    steps_all_positions: float  # sum of executed steps over every position (including unscored last ones)
+    positions: int  # number of positions processed
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return float(self.nll.mean())
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 50.0))
+
+    @property
+    def avg_steps(self) -> float:
+        return self.steps_all_positions / max(self.positions, 1)
+
+
+@torch.no_grad()
+def collect_token_stats(
+    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
+    progress: bool = True, desc: str = "eval",
+) -> TokenStats:
+    """Eval-mode forward of every batch under `settings`; per-token NLL and executed steps."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    nlls, steps, tokens, windows = [], [], [], []
+    total_steps, positions, offset = 0.0, 0, 0
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with applied(model, settings):
+            for x in tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
+                x = x.to(device)
+                out = model(input_ids=x)
+                logits = out.logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+                step = out.executed_steps
+                step = torch.zeros(x.shape, device=device) if step is None else step.float()
+                nlls.append(nll.cpu().reshape(-1))
+                steps.append(step[:, :-1].cpu().reshape(-1))
+                tokens.append(x[:, :-1].cpu().reshape(-1))
+                windows.append((torch.arange(x.shape[0])[:, None] + offset).expand(-1, x.shape[1] - 1).reshape(-1))
+                total_steps += float(step.sum())
+                positions += x.numel()
+                offset += x.shape[0]
+    finally:
+        model.train(was_training)
+    if not nlls:
+        raise PonderError("no evaluation batches")
+    return TokenStats(
+        nll=torch.cat(nlls).double().numpy(), steps=torch.cat(steps).double().numpy(),
+        token_ids=torch.cat(tokens).numpy(), window=torch.cat(windows).numpy(),
+        steps_all_positions=total_steps, positions=positions, seconds=time.perf_counter() - start,
+    )
+
+
+# ------------------------------------------------------------------ FLOPs
+_FLOPS_NOTE: list[str] = []
+
+
+def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
+    """Decode forward FLOPs per token relative to vanilla (`forward_ratio` of `ponderlm.flops.flops`) at the
+    measured average steps.
+
+    Returns None (and says why on stderr, once) when the FLOPs module is unavailable or cannot cost
+    this configuration: a missing number is better than an invented one.
+    """
+    try:
+        from ponderlm.flops import flops
+    except ImportError as exc:
+        _note_once(f"flops_ratio unavailable: ponderlm.flops could not be imported ({exc})")
+        return None
+    # Fixed-depth methods always run K steps; flops() checks that, so do not pass float noise.
+    steps = float(avg_steps) if config.method in ADAPTIVE_METHODS else None
+    try:
+        result = flops(config, seq_len, avg_steps=steps)
+    except ValueError as exc:
+        _note_once(f"flops_ratio unavailable: {exc}")
+        return None
+    ratio = result.get("forward_ratio")
+    if ratio is None:
+        _note_once(f"flops_ratio unavailable: ponderlm.flops returned no forward_ratio (keys: {sorted(result)})")
+        return None
+    return float(ratio)
+
+
+def _note_once(message: str) -> None:
+    if message not in _FLOPS_NOTE:
+        _FLOPS_NOTE.append(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ perplexity
+@dataclass
+class PerplexityResult:
+    ppl: float
+    loss: float
+    avg_steps: float
+    flops_ratio: float | None
+    tokens: int
+    method: str
+    max_steps: int
+    seq_len: int
+    sequences: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def perplexity(
+    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *, progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity, average executed additional steps per token, and the FLOPs ratio at those steps."""
+    for note in check_settings(model.config, settings):
+        print(f"note: {note}", file=sys.stderr)
+    stats = collect_token_stats(model, batches, settings, progress=progress, desc="ppl")
+    seq_len = int(batches[0].shape[1])
+    effective = {k: v for k, v in settings.options().items() if v is not None}
+    with applied(model, settings):  # report what was actually in force, including the checkpoint's own values
+        cfg = model.config
+        effective.update(tau=cfg.tau, alpha=cfg.alpha, depth_policy=cfg.depth_policy,
+                         depth_target=cfg.depth_target, jacobi_iters_eval=cfg.jacobi_iters_eval)
+        ratio = flops_ratio(cfg, seq_len, stats.avg_steps)
+    return PerplexityResult(
+        ppl=stats.ppl, loss=stats.loss, avg_steps=stats.avg_steps, flops_ratio=ratio, tokens=int(stats.nll.size),
+        method=model.config.method, max_steps=model.config.max_steps, seq_len=seq_len,
+        sequences=sum(int(b.shape[0]) for b in batches), settings=effective, seconds=stats.seconds,
+    )

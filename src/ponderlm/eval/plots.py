@@ -1,0 +1,148 @@
+"""Figures for the evaluation commands, drawn with matplotlib's object API on the Agg canvas.
+
+No pyplot: nothing global is touched, so these work headless and inside a user's own session.
+Every function takes plain data (what the JSON holds) and writes one PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """x = avg executed additional steps per token, y = perplexity; one curve per (model, policy)."""
+    fig, (ax,) = _figure(width=6.5, height=4.5)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        curves.setdefault(p["curve"], []).append(p)
+    for label, pts in curves.items():
+        pts = sorted(pts, key=lambda p: p["avg_steps"])
+        xs = [p["avg_steps"] for p in pts]
+        ys = [p["ppl"] for p in pts]
+        policy = pts[0]["policy"]
+        style = {"learned": "-o", "uniform": "--s", "geometric": ":^"}.get(policy, "D")
+        ax.plot(xs, ys, style, label=label, markersize=5)
+    ax.set_xlabel("avg executed additional steps per token")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Quality vs pondering compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
+    """(a) CE gain over depth 0 per difficulty bucket vs forced steps; (b) difficulty vs learned steps."""
+    fig, (ax_a, ax_b) = _figure(ncols=2)
+    depths = result["depths"]
+    for bucket in result["buckets"]:
+        gains = [bucket["gain_by_depth"].get(str(k)) for k in depths]
+        xs = [k for k, g in zip(depths, gains) if g is not None]
+        ys = [g for g in gains if g is not None]
+        ax_a.plot(xs, ys, "-o", label=f"NLL0 {bucket['lo']:.1f}-{bucket['hi']:.1f}")
+    estimated = [k for k in depths if result["depth_source"].get(str(k)) == "random_depth"]
+    title = "(a) CE gain vs executed steps"
+    if estimated:
+        title += f"\n(steps {', '.join(map(str, estimated))}: tokens at that depth under random depths)"
+    ax_a.set_title(title, fontsize=9)
+    ax_a.set_xlabel("executed additional steps")
+    ax_a.set_ylabel("CE gain over 0 steps (nats)")
+    ax_a.axhline(0.0, color="grey", lw=0.8)
+    ax_a.grid(alpha=0.3)
+    ax_a.legend(fontsize=7, title="difficulty bucket", title_fontsize=7)
+
+    centers = [b["mean_difficulty"] for b in result["buckets"]]
+    means = [b["learned_steps_mean"] for b in result["buckets"]]
+    stds = [b["learned_steps_std"] for b in result["buckets"]]
+    ax_b.errorbar(centers, means, yerr=stds, fmt="-o", capsize=3)
+    ax_b.set_title(f"(b) learned depth vs difficulty (Spearman {result['spearman_difficulty_steps']:.2f})",
+                   fontsize=9)
+    ax_b.set_xlabel("difficulty = NLL with 0 additional steps (bucket mean)")
+    ax_b.set_ylabel("executed additional steps (learned)")
+    ax_b.set_ylim(-0.1, result["max_steps"] + 0.1)
+    ax_b.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_alpha(result: dict[str, Any], path: str | Path) -> Path:
+    """One panel per subset: ΔLoss relative to alpha = 0 vs induced avg executed steps."""
+    subsets = list(result["subsets"])
+    fig, axes = _figure(ncols=len(subsets))
+    for ax, name in zip(axes, subsets):
+        rows = sorted(result["subsets"][name], key=lambda r: r["alpha"])
+        xs = [r["avg_steps"] for r in rows]
+        ys = [r["delta_loss"] for r in rows]
+        ax.plot(xs, ys, "-o")
+        for r in rows:
+            ax.annotate(f"{r['alpha']:g}", (r["avg_steps"], r["delta_loss"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(f"{name} tokens", fontsize=10)
+        ax.set_xlabel("avg executed additional steps (labels: alpha)")
+        ax.set_ylabel("Δ loss vs alpha = 0 (nats)")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_gates(nll_by_steps: dict[int, np.ndarray], result: dict[str, Any], path: str | Path) -> Path:
+    """NLL distribution per executed steps (box plot) and the most / least pondered tokens."""
+    fig, (ax, ax_t) = _figure(ncols=2)
+    keys = sorted(nll_by_steps)
+    ax.boxplot([nll_by_steps[k] for k in keys], showfliers=False)
+    ax.set_xticks(range(1, len(keys) + 1), [str(k) for k in keys])  # `tick_labels=` needs matplotlib >= 3.9
+    for i, k in enumerate(keys):
+        ax.annotate(f"n={len(nll_by_steps[k])}", (i + 1, 0), fontsize=7, ha="center",
+                    xycoords=("data", "axes fraction"), xytext=(0, 3), textcoords="offset points")
+    ax.set_xlabel("executed additional steps")
+    ax.set_ylabel("NLL of the next token (nats)")
+    ax.set_title("NLL by executed steps", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+
+    top = result["most_pondered"][:10]
+    bottom = result["least_pondered"][:10]
+    labels = [repr(t["token"]) for t in top] + [""] + [repr(t["token"]) for t in bottom]
+    values = [t["mean_steps"] for t in top] + [0.0] + [t["mean_steps"] for t in bottom]
+    colors = ["tab:red"] * len(top) + ["white"] + ["tab:blue"] * len(bottom)
+    ys = np.arange(len(labels))
+    ax_t.barh(ys, values, color=colors)
+    ax_t.set_yticks(ys, labels, fontsize=7)
+    ax_t.invert_yaxis()
+    ax_t.set_xlabel("mean executed steps")
+    ax_t.set_title(f"most (red) / least (blue) pondered tokens, count >= {result['min_count']}", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_jacobi(result: dict[str, Any], path: str | Path) -> Path:
+    """RMSE of the parallel solution to the sequential one after each Jacobi sweep (log scale)."""
+    fig, (ax,) = _figure()
+    rmse = np.asarray(result["rmse"], dtype=float)
+    sweeps = np.arange(len(rmse))
+    floor = np.finfo(np.float32).tiny  # exact zeros cannot be drawn on a log axis
+    ax.semilogy(sweeps, np.maximum(rmse, floor), "-o")
+    ax.set_xlabel("Jacobi sweeps (0 = after stage building)")
+    ax.set_ylabel("RMSE to sequential hidden states")
+    factor = result.get("mean_contraction")
+    ax.set_title("Jacobi convergence" + (f" (mean contraction {factor:.2f}x / sweep)" if factor else ""),
+                 fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

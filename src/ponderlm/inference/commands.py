@@ -1,0 +1,91 @@
+"""`ponderlm generate`: decode from a prompt with real early exit; optionally show the steps per token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ponderlm.errors import PonderError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate text from a prompt (real early exit); --show-steps colours tokens by depth",
+        description="Generate a continuation of --prompt token by token on the KV-cached decode path, where pruned "
+                    "latent steps are never computed. --show-steps colours each token by the additional steps spent "
+                    "at it (the pondering that produced the next token); --html writes the same view as a page.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a saved model directory or a run directory")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
+    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
+    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias alpha (default: the checkpoint's)")
+    p.add_argument("--depth-policy", choices=("learned", "uniform", "geometric"), metavar="P",
+                   help="learned, or a fixed-pruning control (needs --depth-target)")
+    p.add_argument("--depth-target", type=float, metavar="X", help="average additional steps for fixed pruning")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+    p.add_argument("--show-steps", action="store_true", help="colour tokens by executed steps (ANSI) with a legend")
+    p.add_argument("--html", metavar="FILE", help="write a standalone HTML page of the depth view")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ponderlm.eval.perplexity import DecodeSettings, check_settings, load_model
+    from ponderlm.inference.render import depth_view, legend_ansi, render_ansi, render_html
+
+    if args.max_new_tokens < 1:
+        raise PonderError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise PonderError(f"--temperature must be >= 0, got {args.temperature}")
+    model, tokenizer = load_model(args.model, args.device)
+    settings = DecodeSettings(tau=args.tau, alpha=args.alpha, depth_policy=args.depth_policy,
+                              depth_target=args.depth_target)
+    for note in check_settings(model.config, settings):
+        print(f"note: {note}", file=sys.stderr)
+    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+    if not ids:  # an empty prompt starts from the document separator, as documents do in training
+        ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    sampling = {}
+    if args.temperature > 0:
+        sampling = {"do_sample": True, "temperature": args.temperature, "top_k": args.top_k or 0,
+                    "top_p": args.top_p if args.top_p is not None else 1.0}
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    ponder = {k: v for k, v in settings.options().items() if v is not None and k != "jacobi_iters_eval"}
+    try:
+        out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, generator=generator,
+                             **sampling, **ponder)
+    except ValueError as exc:  # invalid option combinations reported by config validation / generate
+        raise PonderError(str(exc)) from None
+    sequence = out.sequences[0].tolist()
+    steps = out.executed_steps[0].float().tolist()
+    K = model.config.max_steps
+    if args.show_steps:
+        view = depth_view(tokenizer, sequence, steps, len(ids))
+        print(render_ansi(view, K))
+        print(legend_ansi(K))
+        generated = steps[len(ids):] if len(steps) > len(ids) else []
+        avg = sum(steps) / len(steps) if steps else 0.0
+        print(f"avg executed steps {avg:.2f} of K={K} over {len(steps)} consumed tokens"
+              + (f" ({sum(generated) / len(generated):.2f} on generated ones)" if generated else ""))
+    else:
+        print(tokenizer.decode(sequence, skip_special_tokens=True))
+    if args.html:
+        view = depth_view(tokenizer, sequence, steps, len(ids))
+        tau = model.config.tau if args.tau is None else args.tau
+        alpha = model.config.alpha if args.alpha is None else args.alpha
+        subtitle = f"{model.config.method}, K={K}, tau={tau:g}, alpha={alpha:g}"
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(view, K, subtitle=subtitle), encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

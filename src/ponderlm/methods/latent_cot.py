@@ -1,0 +1,235 @@
+"""Adaptive latent CoT (METHODS.md §8): per-step halting over latent thoughts under a 2-D causal mask.
+
+Slots (t,k), k = 0..K: `u_t^(0) = E[x_t] * sqrt(2.5 d)`, `u_t^(k) = h_t^(k-1)`, all at position id t.
+After every executed slot a router gives the continue probability `g_{t,k} = sigmoid(Router(h_t^(k)))`;
+reach `r_{t,0} = 1`, `r_{t,k+1} = r_{t,k} g_{t,k}`; slot k+1 runs iff `k+1 <= K` and `r_{t,k+1} > tau`
+(the same hard rule in training and decoding). Exit weights `p_{t,k} = r_{t,k}(1 - g_{t,k})` below the
+last executed step K^_t, `p_{t,K^_t} = r_{t,K^_t}`; output `h^_t = sum_k p_{t,k} h_t^(k)`.
+
+2-D causal mask: query (t,k) sees executed keys (t',k') with t' <= t and k' <= k. A depth-k query
+therefore never reads a key deeper than itself, so the K+1 depth passes below are exact in one
+sweep each (no Jacobi) and each pass only needs to run the slots of tokens still active:
+
+    pass k: queries = packed active slots (t,k); keys = stored K/V of all executed slots of depths < k
+            (kept per layer from the earlier passes by a kv_hook) + the pass's own fresh K/V.
+
+Training compute is therefore (T + sum_t K^_t) slots, not T(K+1): it falls with the learned depth.
+Decoding runs the same mask over a `SlotKVCache` whose entries keep their depth index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import initialization as init
+
+from ponderlm.backbone.attention import NEG_INF, additive_mask
+from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.fixed_pruning import fixed_depths
+
+
+class ContinueRouter(nn.Module):
+    """Continue logit of step k from h^(k): "shared" Linear(d,1), "step" one Linear(d,1) per step k < K
+    (row k of `weight`), or "mlp" Linear(d,d)-GELU-Linear(d,1) shared across steps.
+
+    The output layer's weight/bias are direct parameters of this module: HF's initialiser skips custom
+    modules without direct parameters, so `init_ponder_weights` would otherwise never run.
+    """
+
+    def __init__(self, hidden_size: int, max_steps: int, kind: str, init_bias: float, init_std: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.init_bias = init_bias
+        self.init_std = init_std
+        self.hidden = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU()) if kind == "mlp" else None
+        n_out = max_steps if kind == "step" else 1
+        self.weight = nn.Parameter(torch.empty(n_out, hidden_size))
+        self.bias = nn.Parameter(torch.empty(n_out))
+
+    def init_ponder_weights(self) -> None:
+        # A small content-dependent spread around the prior g = sigmoid(cot_router_init_bias).
+        init.normal_(self.weight, mean=0.0, std=self.init_std)
+        init.constant_(self.bias, self.init_bias)
+
+    def forward(self, hidden: torch.Tensor, step: int) -> torch.Tensor:
+        """hidden [..., D] -> continue probability g [...] (float32) of step `step`."""
+        row = step if self.kind == "step" else 0
+        x = self.hidden(hidden) if self.hidden is not None else hidden
+        logit = F.linear(x, self.weight[row : row + 1], self.bias[row : row + 1])
+        return torch.sigmoid(logit[..., 0].float())
+
+
+def exit_weights(gates: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reach r [..., n+1] and exit weights p [..., n+1] from continue probs g [..., n] and depths K^ [...].
+
+    r_0 = 1, r_{k+1} = r_k g_k; p_k = r_k (1 - g_k) for k < K^, p_{K^} = r_{K^}, 0 beyond (sums to 1).
+    Gates past a token's depth may be garbage (never executed); they never reach p.
+    """
+    reach = [torch.ones_like(gates[..., 0]) if gates.shape[-1] else torch.ones(depth.shape, device=depth.device)]
+    for k in range(gates.shape[-1]):
+        reach.append(reach[-1] * gates[..., k])
+    r = torch.stack(reach, dim=-1)
+    g = torch.cat([gates, torch.ones_like(r[..., :1])], dim=-1)
+    k = torch.arange(r.shape[-1], device=r.device)
+    d = depth[..., None]
+    p = torch.where(k < d, r * (1 - g), torch.where(k == d, r, torch.zeros_like(r)))
+    return r, p
+
+
+def _pack(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active token indices per row, left-aligned: idx [B,A] (A = max count), idx_valid [B,A]."""
+    order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices
+    width = int(active.sum(1).max())
+    idx = order[:, :width]
+    return idx, active.gather(1, idx)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx[..., None].expand(*idx.shape, x.shape[-1]))
+
+
+@register_method("latent_cot")
+class LatentCoT(PonderMethod):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.router = ContinueRouter(config.hidden_size, config.max_steps, config.cot_router,
+                                     config.cot_router_init_bias, config.initializer_range)
+
+    def keep_going(self, reach: torch.Tensor, step: int, fixed: torch.Tensor | None) -> torch.Tensor:
+        """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth."""
+        return reach > self.config.tau if fixed is None else fixed > step
+
+    # ------------------------------------------------------------------ parallel path
+    def depth_pass(
+        self, model, inputs: torch.Tensor, positions: torch.Tensor, q_tok: torch.Tensor, q_valid: torch.Tensor,
+        past: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]]:
+        """Run the backbone on packed slots of one depth (inputs [B,A,D]) against the stored keys `past`.
+
+        q_tok [B,A]: token index t of each slot (causal order); q_valid [B,A]: False for packing filler.
+        past = (per-layer (K, V) of earlier depths, key token index [B,N], key valid [B,N]) or None.
+        Returns (hidden [B,A,D], the updated `past` including this pass's keys).
+        """
+        layers_kv, key_tok, key_valid = past if past is not None else (None, q_tok[:, :0], q_valid[:, :0])
+        fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def hook(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # Idempotent (gradient-checkpoint recomputation calls it again): reads only the captured past.
+            if layers_kv is not None:
+                k = torch.cat([layers_kv[layer][0], k], dim=2)
+                v = torch.cat([layers_kv[layer][1], v], dim=2)
+            fresh[layer] = (k, v)
+            return k, v
+
+        key_tok = torch.cat([key_tok, q_tok], dim=1)
+        key_valid = torch.cat([key_valid, q_valid], dim=1)
+        n_old, n_new = key_tok.shape[1] - q_tok.shape[1], q_tok.shape[1]
+        # Older depths are all <= this one, so the 2-D predicate reduces to t' <= t on executed keys.
+        allowed = key_valid[:, None, :] & (key_tok[:, None, :] <= q_tok[:, :, None])
+        own = torch.cat([torch.zeros(n_new, n_old, dtype=torch.bool, device=q_tok.device),
+                         torch.eye(n_new, dtype=torch.bool, device=q_tok.device)], dim=1)
+        hidden = model.model(inputs, positions, additive_mask(allowed | own[None]), kv_hook=hook)
+        return hidden, ([fresh[i] for i in range(len(fresh))], key_tok, key_valid)
+
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        """K+1 exact depth passes over the still-active tokens (METHODS.md §8)."""
+        K, (B, T) = self.config.max_steps, input_ids.shape
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, T)
+        fixed = fixed_depths(self.config, rows, positions)
+        inputs, active, reach = model.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
+        hidden, gates, executed = [], [], []
+        past, slots_computed = None, 0
+        for k in range(K + 1):
+            # Depth 0 is a plain dense pass (padding included, like vanilla); later depths pack the active slots.
+            idx, q_valid = _pack(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
+            out, past = self.depth_pass(model, _gather(inputs, idx), positions.gather(1, idx), idx, q_valid, past)
+            slots_computed += idx.numel()
+            dense = torch.zeros_like(inputs).scatter(1, idx[..., None].expand_as(out), out)
+            hidden.append(torch.where(active[..., None], dense, torch.zeros_like(dense)))
+            executed.append(active)
+            if k == K:
+                break
+            gates.append(self.router(hidden[-1], k))
+            reach = reach * gates[-1]
+            active = active & self.keep_going(reach, k, fixed)
+            if not active.any():
+                break
+            inputs = hidden[-1]
+        depth = torch.stack(executed[1:], -1).sum(-1) if len(executed) > 1 else torch.zeros_like(input_ids)
+        gate_t = torch.stack(gates, -1) if gates else torch.ones(B, T, 0, device=input_ids.device)
+        r, p = exit_weights(gate_t, depth)
+        slot_hidden = torch.stack(hidden, dim=2)  # [B,T,n,D], zeros at non-executed slots
+        fused = (p[..., : slot_hidden.shape[2], None].to(slot_hidden.dtype) * slot_hidden).sum(2)
+        # r_{t,k} is defined where slot k-1 ran: k <= K^_t + 1 (the last one is <= tau, the halting reach).
+        k_idx = torch.arange(r.shape[-1], device=r.device)
+        defined = (k_idx >= 1) & (k_idx <= depth[..., None] + 1)
+        expected = (r * defined).sum(-1) * valid
+        aux = None
+        if self.training and labels is not None and self.config.cot_lambda > 0:
+            aux = self.penalty(model, hidden, r, defined, labels, valid)
+        # Diagnostics only (detached). slots_computed counts backbone slots incl. per-batch packing filler.
+        stats = {"slots_computed": slots_computed, "slots_executed": int(valid.sum() + depth.sum()),
+                 "expected_steps": expected.detach(), "exit_weights": p.detach(), "continue_probs": gate_t.detach(),
+                 "slot_hidden": slot_hidden.detach()}
+        return MethodOutput(hidden=fused, executed_steps=depth.float() * valid, aux_loss=aux, stats=stats)
+
+    def penalty(self, model, hidden: list[torch.Tensor], r: torch.Tensor, defined: torch.Tensor, labels: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        """cot_lambda * mean_t sum_{k>=1} r_{t,k} sg(q_{t,k-1})^beta, q = p(x_{t+1}) read from slot (t,k-1)."""
+        B, T = labels.shape
+        target = torch.cat([labels[:, 1:], labels[:, :1]], dim=1).clamp(min=0)
+        has_target = torch.zeros_like(valid)
+        has_target[:, :-1] = valid[:, :-1] & valid[:, 1:] & (labels[:, 1:] != -100)
+        terms = torch.zeros(B, T, device=labels.device)
+        with torch.no_grad():  # q is a stop-gradient weight; computed only on executed slots with a target
+            qs = []
+            for j in range(min(len(hidden), r.shape[-1] - 1)):
+                sel = has_target & defined[..., j + 1]
+                q = torch.zeros(B, T, device=labels.device)
+                if sel.any():
+                    logp = torch.log_softmax(model.lm_head(hidden[j][sel]).float(), dim=-1)
+                    q[sel] = logp.gather(1, target[sel][:, None])[:, 0].exp()
+                qs.append(q)
+        for j, q in enumerate(qs):
+            terms = terms + torch.where(defined[..., j + 1], r[..., j + 1] * q.pow(self.config.cot_beta), 0.0)
+        count = has_target.sum().clamp(min=1)
+        return self.config.cot_lambda * (terms * has_target).sum() / count
+
+    # ------------------------------------------------------------------ sequential path
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
+        while others continue gets -inf-biased entries (invisible); with batch 1 nothing is written."""
+        K = self.config.max_steps
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        fixed = fixed_depths(self.config, rows, state.next_position)
+
+        def upto(depth: int):
+            return lambda cache: cache.entry_view()["depth"][:, None, :] <= depth
+
+        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid),
+                                 allowed_extra_fn=upto(0))
+        slots, gates, active = [h], [], valid
+        reach = torch.ones(valid.shape, device=valid.device)
+        depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+        for k in range(K):
+            gates.append(self.router(h, k))
+            reach = reach * gates[-1]
+            active = active & self.keep_going(reach, k, fixed)
+            if not active.any():
+                break
+            bias = torch.where(active, 0.0, NEG_INF).float()
+            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=upto(k + 1))
+            # A halted row's h here is computed but unused (zero exit weight, invisible key).
+            slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
+            depth += active.long()
+        state.next_position += valid.long()
+        stacked = torch.stack(slots, dim=1)
+        if state.slot_trace is not None:
+            state.slot_trace.append(stacked)
+        gate_t = torch.stack(gates, -1) if gates else torch.ones(valid.shape[0], 0, device=valid.device)
+        _, p = exit_weights(gate_t, depth)
+        fused = (p[:, : stacked.shape[1], None].to(stacked.dtype) * stacked).sum(1)
+        return model.lm_head(fused), depth.float() * valid

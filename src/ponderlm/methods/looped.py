@@ -1,0 +1,67 @@
+"""Looped (weight-shared) transformer (METHODS.md §3): the layer stack runs K+1 times on its own output.
+
+    x^0 = embed_scale * E[x];   x^{i+1} = Layers(x^i) for i = 0..K;   H = Norm(x^{K+1})
+
+Every loop uses the same positions and causal mask; the final norm is applied once, after the last
+loop (the stack's residual stream is fed back un-normalised). The prediction reads the final loop.
+Decoding keeps one KV cache per loop (`num_caches = K+1`): loop i's layers write and read cache i,
+so each cache holds one entry per token and layer indices stay 0..L-1.
+Cost: K+1 stack runs; executed additional steps = K for every real token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    decode_mask,
+    padding_positions,
+    register_method,
+)
+
+
+@register_method("looped")
+class Looped(PonderMethod):
+    """Weight-shared depth recurrence: K+1 runs of the same layers; no extra parameters."""
+
+    def num_loops(self) -> int:
+        return self.config.max_steps + 1
+
+    # ------------------------------------------------------------------ parallel path
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        mask = slot_causal_mask(valid)  # built once, shared by every loop and layer
+        x = model.embed(input_ids)  # [B,T,D]
+        for _ in range(self.num_loops()):
+            x = model.model.run_layers(x, positions, mask)
+        hidden = model.model.norm(x)
+        steps = float(self.config.max_steps) * valid.float()
+        return MethodOutput(hidden=hidden, executed_steps=steps)
+
+    # ------------------------------------------------------------------ sequential path
+    def num_caches(self) -> int:
+        return self.num_loops()
+
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        bias = self.token_bias(valid)[:, None]  # [B,1]: padding rows own no visible key
+        position = state.next_position[:, None]
+        x = model.embed(input_ids)[:, None]  # [B,1,D]
+        loops = []
+        for i, cache in enumerate(state.caches):
+            # Like `run_cached_slot`, but without the final norm: the next loop reads the raw residual stream.
+            cache.reserve(position, i, bias)
+            x = model.model(x, position, decode_mask(cache), cache=cache, apply_norm=False)
+            cache.commit()
+            state.backbone_calls += 1
+            loops.append(x[:, 0])
+        state.next_position += valid.long()
+        if state.slot_trace is not None:
+            state.slot_trace.append(torch.stack(loops, dim=1))
+        hidden = model.model.norm(x[:, 0])
+        steps = float(self.config.max_steps) * valid.float()
+        return model.lm_head(hidden), steps

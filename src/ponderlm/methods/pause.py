@@ -1,0 +1,64 @@
+"""Pause tokens (METHODS.md §2): K learned pause slots after each token, one pass, no feedback.
+
+Layout is PonderLM-2's interleaved grid (§5): T(K+1) slots (1,0),(1,1)..(1,K),(2,0).. ; all slots
+of token t share position id t; causal attention over slot order; the prediction reads slot (t,K).
+Slot (t,0) takes the scaled token embedding; slot (t,k>=1) takes the learned pause vector `P_k`
+(one per slot index), *not* a hidden state. Since no slot reads another slot's output, one
+parallel pass is exact: no Jacobi. Decoding runs K+1 cached single-slot passes per token.
+Cost: (K+1)x slots; executed additional steps = K for every real token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import initialization as init
+
+from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.interleaved import InterleavedPonder
+
+
+@register_method("pause")
+class Pause(PonderMethod):
+    """Learned pause vectors interleaved after every token (no Jacobi: inputs never depend on outputs)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        # P_k, k = 1..K: [K, D]. Filled by `init_ponder_weights` (HF `_init_weights`) or by a checkpoint.
+        self.pause_embeds = nn.Parameter(torch.empty(config.max_steps, config.hidden_size))
+
+    def init_ponder_weights(self) -> None:
+        # Like a row of the embedding matrix: a pause slot is an extra "vocabulary token" whose input goes
+        # through the same `embed_scale` as real tokens, so the two start at the same magnitude.
+        init.normal_(self.pause_embeds, mean=0.0, std=self.config.initializer_range)
+
+    def pause_inputs(self) -> torch.Tensor:
+        """Scaled pause inputs `P_k * embed_scale` [K, D]."""
+        return self.pause_embeds * self.config.resolved_embed_scale
+
+    # ------------------------------------------------------------------ parallel path (one pass, exact)
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        valid = attention_mask.bool()
+        b, t = input_ids.shape
+        tokens = model.embed(input_ids)  # [B,T,D]
+        pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)  # [B,T,K,D]
+        grid = torch.cat([tokens[:, :, None], pauses], dim=2)  # [B,T,K+1,D]
+        # `grid_pass` builds the interleaved positions and slot-causal mask; it reads no PonderLM-2 state.
+        hidden = InterleavedPonder.grid_pass(self, model, grid, padding_positions(attention_mask), valid, None)
+        steps = float(self.config.max_steps) * valid.float()
+        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps, stats={"slot_hidden": hidden})
+
+    # ------------------------------------------------------------------ sequential path
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        bias = self.token_bias(valid)
+        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias)
+        slots = [h]
+        pauses = self.pause_inputs().to(h.dtype)
+        for k in range(1, self.config.max_steps + 1):
+            h = self.run_cached_slot(model, state, pauses[k - 1].expand_as(h), k, bias)
+            slots.append(h)
+        state.next_position += valid.long()
+        if state.slot_trace is not None:
+            state.slot_trace.append(torch.stack(slots, dim=1))
+        steps = float(self.config.max_steps) * valid.float()
+        return model.lm_head(h), steps

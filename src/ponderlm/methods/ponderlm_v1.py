@@ -1,0 +1,163 @@
+"""PonderLM v1 (METHODS.md §4): K extra full passes fed by the probability-weighted embedding.
+
+    U^0 = gamma E[x];  for k = 1..K:  H^k = F(U^{k-1}),  P^k = softmax(W_out H^k),
+    U^k = U^{k-1} + P^k (gamma E);    final pass H = F(U^K), prediction/loss on H only.
+
+Each pass is a full causal pass over all positions (padding masked). `RecurrentPonder` owns the
+pass loop of both paths and is also the base of AdaPonderLM (§7), which overrides one hook,
+`halting`, to scale updates by gates and drop halted tokens from later passes.
+
+Decoding (design choice): ONE shared `SlotKVCache`. Pass j = 0..K of a token writes an entry of
+depth j at the token's position, and a pass-j query sees the entries with
+`depth <= j <= depth_last`. In v1 every entry has `depth_last == depth`, so a pass-j query sees
+exactly pass j's keys (the same as K+1 separate caches); AdaPonderLM re-points a halted token's
+last entry to `depth_last = K`, so it serves every later pass without a copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.backbone.cache import SlotKVCache
+from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+
+
+class RecurrentPonder(PonderMethod):
+    """The K+1-pass loop shared by PonderLM v1 and AdaPonderLM (both paths)."""
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def halting(
+        self, index: int, hidden: torch.Tensor, active: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """After pass `index` (1..K): (update scale s or None for 1, mask of tokens active in the next pass).
+
+        hidden [..., D] is the state of the pass just run, active [...] bool the tokens that ran it.
+        v1 never halts and adds the full feedback.
+        """
+        return None, active
+
+    def aux_loss(self, gates: list[tuple[torch.Tensor, torch.Tensor]], valid: torch.Tensor) -> torch.Tensor | None:
+        """Extra loss from the (gate values, evaluated mask) pairs `halting` produced in the dense path."""
+        return None
+
+    # ------------------------------------------------------------------ shared pieces
+    def feedback(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        """e = P (gamma E) with P = softmax(W_out H): the expected next-token embedding, [..., D]."""
+        probs = torch.softmax(model.lm_head(hidden).float(), dim=-1).to(hidden.dtype)
+        return (probs @ model.model.embed_tokens.weight) * self.config.resolved_embed_scale
+
+    @staticmethod
+    def next_inputs(inputs: torch.Tensor, feedback: torch.Tensor, scale: torch.Tensor | None,
+                    active: torch.Tensor) -> torch.Tensor:
+        """U^i = U^{i-1} + m^i s^i e^i (v1: s = m = 1)."""
+        if scale is None:
+            return inputs + feedback
+        return inputs + (scale * active).to(feedback.dtype)[..., None] * feedback
+
+    # ------------------------------------------------------------------ parallel path
+    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+        K = self.config.max_steps
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        mask = slot_causal_mask(valid)
+        inputs = model.embed(input_ids)
+        active = valid
+        steps = torch.zeros(valid.shape, device=valid.device)
+        gates: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hidden = None
+        kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.config.num_hidden_layers
+        for j in range(K + 1):
+            # Only real tokens that halted need their old K/V and state; padding keys are masked anyway.
+            frozen = valid & ~active
+            kv_out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(kv)
+            hook = _kv_reuse_hook(active if (j > 0 and bool(frozen.any())) else None, kv, kv_out)
+            new = model.model(inputs, positions, mask, kv_hook=hook)
+            hidden = new if hidden is None or not bool(frozen.any()) else torch.where(active[..., None], new, hidden)
+            kv = kv_out
+            if j == K:
+                break
+            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
+            if scale is not None:
+                gates.append((scale, active))
+            steps = steps + nxt.float()
+            if not bool(nxt.any()):  # everyone halted: later passes would change nothing
+                break
+            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            active = nxt
+        steps = steps * valid
+        return MethodOutput(hidden=hidden, executed_steps=steps, aux_loss=self.aux_loss(gates, valid),
+                            stats={"gates": gates})
+
+    # ------------------------------------------------------------------ sequential path
+    def decode_capacity(self, num_tokens: int) -> int:
+        return num_tokens * (self.config.max_steps + 1)
+
+    def decode_token(self, model, state: DecodeState, input_ids, valid):
+        """K+1 single-token passes at most; pass j attends to the entries serving depth j (see module doc)."""
+        K = self.config.max_steps
+        cache = state.cache
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        positions = state.next_position
+        inputs = model.embed(input_ids)
+        active = valid
+        steps = torch.zeros(valid.shape, device=valid.device)
+        hidden = None
+        trace = []
+        for j in range(K + 1):
+            # Rows not active in this pass (padding, halted while another row continues) own no visible key.
+            new = self.run_cached_slot(model, state, inputs, j, self.token_bias(active),
+                                       allowed_extra_fn=_depth_window(j))
+            hidden = new if hidden is None else torch.where(active[:, None], new, hidden)
+            trace.append(hidden)
+            if j == K:
+                break
+            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
+            halted = active & ~nxt
+            if bool(halted.any()):
+                # Alias, not copy: the entry just written serves every later pass of these rows.
+                cache.set_depth_last(cache.length - 1, torch.where(halted, K, j))
+            steps = steps + nxt.float()
+            if not bool(nxt.any()):
+                break
+            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            active = nxt
+        state.next_position += valid.long()
+        if state.slot_trace is not None:
+            state.slot_trace.append(torch.stack(trace, dim=1))
+        return model.lm_head(hidden), steps * valid
+
+
+def _kv_reuse_hook(active: torch.Tensor | None, kv_in: list, kv_out: list):
+    """kv_hook for one dense pass: halted tokens keep the K/V of their last active pass.
+
+    Reads the previous pass's K/V from `kv_in` and records this pass's into `kv_out`; the lists
+    are per pass and `kv_in` is never mutated, so re-running a layer (activation checkpointing)
+    reproduces the same result.
+    """
+
+    def hook(layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if active is not None:
+            keep = active[:, None, :, None]  # [B,1,T,1] against K/V [B,H,T,D]
+            prev_k, prev_v = kv_in[layer_idx]
+            key, value = torch.where(keep, key, prev_k), torch.where(keep, value, prev_v)
+        kv_out[layer_idx] = (key, value)
+        return key, value
+
+    return hook
+
+
+def _depth_window(j: int):
+    """Decode predicate for a pass-j query: entries with depth <= j <= depth_last ([B,1,N] bool)."""
+
+    def allowed(cache: SlotKVCache) -> torch.Tensor:
+        meta = cache.entry_view()
+        return ((meta["depth"] <= j) & (meta["depth_last"] >= j))[:, None, :]
+
+    return allowed
+
+
+@register_method("ponderlm")
+class PonderLMv1(RecurrentPonder):
+    """PonderLM v1: every token runs all K+1 passes (executed additional steps = K)."""

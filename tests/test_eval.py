@@ -1,0 +1,303 @@
+"""ponderlm.eval library functions: token statistics, agreement with decoding, sweeps, analyses, rendering, tasks.
+
+`tiny_checkpoint` (also used by test_eval_cli.py and test_lm_eval.py) trains a ponderlm3 model (hidden 32,
+2 layers, K=2) for 30 AdamW steps on bundled text and saves it with the default tokenizer, once per session.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ponderlm import PonderConfig, PonderForCausalLM
+from ponderlm.errors import PonderError
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128)
+
+
+class single_thread:
+    """Tiny models run fastest on one thread, and far faster than two when other jobs share the CPU."""
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.saved)
+
+
+def tiny_checkpoint(root: Path, method: str = "ponderlm3", train_steps: int = 30) -> Path:
+    """Build (once per `root`) a small trained checkpoint + tokenizer directory and return it."""
+    from ponderlm.data.corpus import iter_default_corpus
+    from ponderlm.data.tokenizer import load_tokenizer
+
+    out = root / f"tiny-{method}"
+    if (out / "config.json").is_file():
+        return out
+    tok = load_tokenizer("default")
+    K = 0 if method == "vanilla" else 2
+    # router_init="uniform": the router starts undecided, so thresholds give a spread of depths.
+    extra = {"router_init": "uniform"} if method == "ponderlm3" else {}
+    cfg = PonderConfig(method=method, vocab_size=len(tok), max_steps=K, **TINY, **extra)
+    torch.manual_seed(0)
+    model = PonderForCausalLM(cfg)
+    if train_steps:
+        text = "\n\n".join(r["text"] for _, r in zip(range(3), iter_default_corpus("train")))
+        ids = torch.tensor(tok(text)["input_ids"][: 32 * 64]).view(-1, 32)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(0)
+        model.train()
+        with single_thread():
+            for _ in range(train_steps):
+                x = ids[torch.randint(0, ids.shape[0], (8,), generator=gen)]
+                loss = model(input_ids=x, labels=x).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def page_text(page: str) -> str:
+    """The text shown in a depth-view page: the token spans' contents, unescaped."""
+    import html
+    import re
+
+    body = page.split('<div class="text">', 1)[1].rsplit("</div>", 1)[0]
+    return html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+@torch.no_grad()
+def split_tau(model, input_ids: torch.Tensor) -> float:
+    """A PonderLM-3 threshold that splits these tokens between depth K and less: the median of w_K.
+
+    The tiny router is barely trained, so the default tau (1e-4) would run every token at full depth."""
+    model.eval()
+    hidden = model.method.jacobi(model, input_ids, torch.ones_like(input_ids), model.config.jacobi_iters_eval)
+    _, w = model.method.route(hidden[:, :, 0])
+    return float(w[..., -1].median())
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    from ponderlm.eval.perplexity import eval_batches, load_model
+
+    model, tok = load_model(checkpoint, "cpu")
+    batches = eval_batches("default", tok, seq_len=24, batch_size=3, max_batches=2)
+    model.config.tau = split_tau(model, batches[0])  # the checkpoint's own tau in these tests
+    return model, tok, batches
+
+
+def test_load_model_accepts_run_dir(checkpoint, tmp_path):
+    from ponderlm.eval.perplexity import resolve_model_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "final").symlink_to(checkpoint, target_is_directory=True)
+    assert resolve_model_dir(run) == run / "final"
+    with pytest.raises(PonderError, match="does not exist"):
+        resolve_model_dir(tmp_path / "nope")
+
+
+def test_token_stats_match_manual_cross_entropy(loaded):
+    from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats
+
+    model, _, batches = loaded
+    stats = collect_token_stats(model, batches, DecodeSettings(alpha=0.5), progress=False)
+    n = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
+    assert stats.nll.shape == stats.steps.shape == stats.token_ids.shape == (n,)
+    assert model.config.alpha == 0.0  # settings are restored afterwards
+    with torch.no_grad():
+        model.config.alpha = 0.5
+        out = model(input_ids=batches[0])
+        model.config.alpha = 0.0
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2).float(), batches[0][:, 1:],
+                                            reduction="none").reshape(-1)
+    np.testing.assert_allclose(stats.nll[: ref.numel()], ref.double().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(stats.steps[: ref.numel()], out.executed_steps[:, :-1].reshape(-1).double().numpy())
+    np.testing.assert_array_equal(stats.token_ids[: ref.numel()], batches[0][:, :-1].reshape(-1).numpy())
+    assert 0.0 <= stats.avg_steps <= model.config.max_steps
+
+
+def test_parallel_perplexity_agrees_with_sequential_decoding(loaded):
+    """eval ppl uses the parallel (Jacobi, thresholded) forward; it must score what decoding would."""
+    from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats
+    from ponderlm.inference import sequential_logits
+
+    model, _, batches = loaded
+    x = batches[0][:2, :16]
+    stats = collect_token_stats(model, [x], DecodeSettings(jacobi_iters=40), progress=False)
+    logits, steps = sequential_logits(model, x)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
+    assert stats.steps.min() < stats.steps.max()  # split_tau gives a spread of depths
+    np.testing.assert_array_equal(stats.steps, steps[:, :-1].reshape(-1).double().numpy())
+    np.testing.assert_allclose(stats.nll, nll.reshape(-1).double().numpy(), atol=1e-3)
+
+
+def test_perplexity_result_and_flops(loaded):
+    from ponderlm.eval.perplexity import DecodeSettings, perplexity
+
+    model, _, batches = loaded
+    full = perplexity(model, batches, DecodeSettings(tau=0.0), progress=False)
+    pruned = perplexity(model, batches, DecodeSettings(), progress=False)
+    assert math.isclose(full.ppl, math.exp(full.loss), rel_tol=1e-9)
+    assert full.avg_steps == pytest.approx(2.0)
+    assert pruned.avg_steps < full.avg_steps
+    assert full.tokens == sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
+    try:
+        import ponderlm.flops  # noqa: F401
+    except ImportError:
+        assert full.flops_ratio is None
+    else:
+        assert full.flops_ratio > pruned.flops_ratio > 1.0
+
+
+def test_fixed_pruning_sweep_is_monotone_and_iso_flops(loaded):
+    from ponderlm.eval.pareto import iso_flops_targets, sweep_model
+
+    model, _, batches = loaded
+    tau = [model.config.tau]
+    points = sweep_model(model, "tiny", batches, alphas=[0.0], taus=tau, fixed=("uniform", "geometric"),
+                         targets=[0.0, 0.5, 1.0, 1.5, 2.0], progress=False)
+    assert [p.policy for p in points].count("learned") == 1
+    for policy in ("uniform", "geometric"):
+        steps = [p.avg_steps for p in points if p.policy == policy]
+        assert len(steps) == 5 and all(b >= a for a, b in zip(steps, steps[1:])), steps
+        assert steps[0] == 0.0 and steps[-1] == 2.0
+    # default targets: the learned points' measured averages, clipped to [0, K]
+    assert iso_flops_targets([2.3, 0.5, 0.5, -1.0], 2) == [0.0, 0.5, 2.0]
+    default = sweep_model(model, "tiny", batches, alphas=[0.0], taus=tau, fixed=("uniform",), progress=False)
+    learned, control = default
+    assert control.depth_target == pytest.approx(learned.avg_steps, abs=1e-4)
+    assert control.avg_steps == pytest.approx(learned.avg_steps, abs=0.35)  # random draws on few tokens
+
+
+def test_forced_depth_gives_exact_depths(loaded):
+    from ponderlm.eval.analysis import forced_depth_settings
+    from ponderlm.eval.perplexity import collect_token_stats
+
+    model, _, batches = loaded
+    for k in (0, model.config.max_steps):
+        stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=False)
+        assert np.all(stats.steps == k)
+
+
+def test_analyses_on_tiny_checkpoint(loaded):
+    from ponderlm.eval.analysis import alpha_analysis, difficulty_analysis, gates_analysis, jacobi_analysis
+    from ponderlm.eval.perplexity import DecodeSettings
+
+    model, tok, batches = loaded
+    diff = difficulty_analysis(model, batches, DecodeSettings(), num_buckets=3, progress=False)
+    assert diff["depths"] == [0, 1, 2] and len(diff["buckets"]) == 3
+    assert all(b["gain_by_depth"]["0"] == 0.0 for b in diff["buckets"])
+    assert sum(b["tokens"] for b in diff["buckets"]) == diff["tokens"]
+    alpha = alpha_analysis(model, batches, [-8.0, 8.0], DecodeSettings(), progress=False)
+    easy = {r["alpha"]: r for r in alpha["subsets"]["easy"]}
+    assert easy[0.0]["delta_loss"] == 0.0
+    assert easy[-8.0]["avg_steps"] <= easy[0.0]["avg_steps"] <= easy[8.0]["avg_steps"]
+    gates, raw = gates_analysis(model, tok, batches, DecodeSettings(), top=5, min_count=2, progress=False)
+    assert sum(v["count"] for v in gates["nll_by_steps"].values()) == gates["tokens"] == sum(map(len, raw.values()))
+    means = [t["mean_steps"] for t in gates["most_pondered"]]
+    assert means == sorted(means, reverse=True) and gates["most_pondered"][0]["count"] >= 2
+    jac = jacobi_analysis(model, batches[0][:1, :12], max_sweeps=6)
+    assert len(jac["rmse"]) == 7 and jac["rmse"][-1] < 1e-4 < jac["rmse"][0]
+
+
+def test_analyses_refuse_unsupported_methods(tmp_path):
+    from ponderlm.eval.analysis import alpha_analysis, gates_analysis, jacobi_analysis, zero_step_stats
+
+    cfg = PonderConfig(method="ponderlm2", vocab_size=300, max_steps=1, **TINY)
+    model = PonderForCausalLM(cfg).eval()
+    x = [torch.randint(0, 300, (1, 8))]
+    with pytest.raises(PonderError, match="cannot be forced to 0 steps"):
+        zero_step_stats(model, x, progress=False)
+    with pytest.raises(PonderError, match="router bias"):
+        alpha_analysis(model, x, [1.0], progress=False)
+    with pytest.raises(PonderError, match="halting method"):
+        gates_analysis(model, None, x, progress=False)
+    vanilla = PonderForCausalLM(PonderConfig(method="vanilla", vocab_size=300, **TINY)).eval()
+    with pytest.raises(PonderError, match="Jacobi"):
+        jacobi_analysis(vanilla, x[0])
+
+
+def test_spearman_and_buckets():
+    from ponderlm.eval.analysis import difficulty_buckets, spearman
+
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a * 10) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a, np.ones(4)) == 0.0
+    edges, index = difficulty_buckets(np.arange(10.0), 2)
+    assert list(index) == [0] * 5 + [1] * 5 and edges[0] == 0.0 and edges[-1] == 9.0
+
+
+def test_eval_batches_from_prepared_directory(tmp_path):
+    from ponderlm.data.prepare import prepare_data
+    from ponderlm.data.tokenizer import load_tokenizer
+    from ponderlm.eval.perplexity import eval_batches
+
+    tok = load_tokenizer("default")
+    src = tmp_path / "text.txt"
+    src.write_text("\n\n".join(f"Paragraph {i} says something about the number {i}." for i in range(40)))
+    prepare_data([str(src)], tok, tmp_path / "data", val_fraction=0.5, num_proc=1, progress=False)
+    from_dir = eval_batches(tmp_path / "data", tok, split="val", seq_len=8, batch_size=4)
+    from_text = eval_batches(str(src), tok, seq_len=8, batch_size=4)
+    assert from_dir[0].shape == (4, 8) and from_text[0].shape == (4, 8)
+    with pytest.raises(PonderError, match="unknown split"):
+        eval_batches(tmp_path / "data", tok, split="test", seq_len=8)
+    with pytest.raises(PonderError, match="fewer than seq_len"):
+        eval_batches(str(src), tok, seq_len=10**6)
+
+
+def test_depth_view_rendering():
+    from ponderlm.data.tokenizer import load_tokenizer
+    from ponderlm.inference.render import depth_view, legend_ansi, render_ansi, render_html
+
+    tok = load_tokenizer("default")
+    text = "Naïve <b>café</b> & 日本"  # multi-byte characters split across byte-level tokens, HTML specials
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    view = depth_view(tok, ids, [k % 3 for k in range(len(ids) - 1)], prompt_len=2)
+    assert "".join(t.text for t in view) == text
+    assert view[-1].steps is None and view[1].generated is False and view[2].generated is True
+    coloured = render_ansi(view, 2)
+    assert "\x1b[38;5;" in coloured and "\x1b[0m" in coloured and "2" in legend_ansi(2)
+    page = render_html(view, 2)
+    assert page.startswith("<!DOCTYPE html>") and "<b>" not in page and page_text(page) == text
+    assert 'title="2 additional step(s)"' in page
+
+
+def test_offline_task_builder_is_deterministic(tmp_path):
+    import json
+
+    import yaml
+
+    from ponderlm.eval.tasks import TASK_NAMES, build_tasks
+
+    a, b = build_tasks(tmp_path / "a"), build_tasks(tmp_path / "b")
+    assert build_tasks(tmp_path / "a") == a  # cached
+    for name in TASK_NAMES:
+        assert (a / f"{name}.jsonl").read_bytes() == (b / f"{name}.jsonl").read_bytes()
+        cfg = yaml.safe_load((a / f"{name}.yaml").read_text().replace("!function", ""))
+        assert cfg["task"] == name and cfg["dataset_path"] == "json"
+        assert Path(cfg["dataset_kwargs"]["data_files"]["test"]) == a / f"{name}.jsonl"
+    items = [json.loads(line) for line in (a / "ponder_nextsent.jsonl").read_text().splitlines()]
+    assert len(items) >= 50 and all(len(i["choices"]) == 4 and 0 <= i["label"] < 4 for i in items)
+    assert len({i["label"] for i in items}) == 4  # the gold answer is not always in one place
+    cloze = [json.loads(line)["text"] for line in (a / "ponder_cloze.jsonl").read_text().splitlines()]
+    assert len(cloze) >= 50 and all(c.split(" ")[-1].isalpha() for c in cloze)

@@ -1,0 +1,271 @@
+"""Run config loading/overrides/validation and the `ponderlm train` command line."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ponderlm.errors import PonderError
+from ponderlm.train import config as run_config
+from ponderlm.train.config import from_dict, load_config, parse_override, preset_names, preset_path
+from ponderlm.train.schedule import lr_at, warmup_steps
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("quickstart", "pythia-70m-ponderlm2", "pythia-160m-ponderlm2", "pythia-410m-ponderlm2",
+           "pythia-1.4b-ponderlm2", "llama-410m-ponderlm2")
+
+
+# ---------------------------------------------------------------------------------------------- YAML keys
+def test_typo_key_names_key_and_suggestion(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  stesp: 10\n")
+    with pytest.raises(PonderError, match=r"unknown config key 'train\.stesp'; did you mean 'train\.steps'\?"):
+        load_config(path)
+
+
+def test_typo_in_model_and_section_names():
+    with pytest.raises(PonderError, match=r"'model\.hiden_size'.*'model\.hidden_size'"):
+        from_dict({"model": {"hiden_size": 64}})
+    with pytest.raises(PonderError, match=r"'optm'.*'optim'"):
+        from_dict({"optm": {"lr": 1e-3}})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(PonderError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_wrong_types_are_errors():
+    with pytest.raises(PonderError, match=r"train\.steps must be int, got 'ten'"):
+        from_dict({"train": {"steps": "ten"}})
+    with pytest.raises(PonderError, match=r"log\.tensorboard must be bool"):
+        from_dict({"log": {"tensorboard": 1}})
+    with pytest.raises(PonderError, match=r"optim\.betas must have 2 items"):
+        from_dict({"optim": {"betas": [0.9]}})
+    with pytest.raises(PonderError, match=r"model\.hidden_size must be int"):
+        from_dict({"model": {"hidden_size": 6.5}})
+
+
+def test_values_are_validated():
+    with pytest.raises(PonderError, match=r"dist\.backend must be one of ddp, fsdp2"):
+        from_dict({"dist": {"backend": "horovod"}})
+    with pytest.raises(PonderError, match=r"train\.grad_accum must be >= 1"):
+        from_dict({"train": {"grad_accum": 0}})
+    with pytest.raises(PonderError, match=r"seq_len \(512\) exceeds model\.max_position_embeddings \(256\)"):
+        from_dict({"model": {"max_position_embeddings": 256}, "data": {"seq_len": 512}})
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+def test_overrides_parse_and_apply():
+    assert parse_override("optim.lr=3e-4") == ("optim.lr", "3e-4")  # PyYAML 1.1 reads this as a string...
+    cfg = from_dict({}, ["optim.lr=3e-4", "model.method=ponderlm3", "train.steps=200", "optim.betas=[0.8, 0.9]",
+                         "train.out=runs/x=y", "data.inputs=[a.txt, b.txt]", "optim.warmup_steps=null"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)  # ...and the float field accepts it
+    assert cfg.model["method"] == "ponderlm3"
+    assert cfg.train.steps == 200
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.train.out == "runs/x=y"  # only the first '=' splits
+    assert cfg.data.inputs == ["a.txt", "b.txt"]
+    assert cfg.optim.warmup_steps is None
+
+
+def test_override_errors():
+    with pytest.raises(PonderError, match=r"train\.steps must be int, got 2\.5"):
+        from_dict({}, ["train.steps=2.5"])
+    with pytest.raises(PonderError, match=r"'train\.stpes'.*'train\.steps'"):
+        from_dict({}, ["train.stpes=2"])
+    with pytest.raises(PonderError, match="section.key=value"):
+        from_dict({}, ["train.steps"])
+    with pytest.raises(PonderError, match="cannot parse"):
+        from_dict({}, ["optim.betas=[0.9, 0.95"])
+    with pytest.raises(PonderError, match="one level below"):
+        from_dict({}, ["train.steps.x=1"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = from_dict({"name": "rt", "model": {"hidden_size": 64, "jacobi_iters_train": [1, 2]}}, ["optim.lr=5e-4"])
+    run_config.save_yaml(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert again.identity_hash() == cfg.identity_hash()
+    assert from_dict(cfg.to_dict(), ["train.steps=7"]).identity_hash() == cfg.identity_hash()  # loop settings
+    assert from_dict(cfg.to_dict(), ["model.hidden_size=32"]).identity_hash() != cfg.identity_hash()
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    w = warmup_steps(100, 0.02)
+    assert w == 2
+    lrs = [lr_at(s, lr=1.0, total_steps=100, warmup=w, min_lr_ratio=0.1) for s in range(100)]
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(0.1)
+    assert warmup_steps(100, 0.02, warmup_steps=10) == 10
+
+
+# ---------------------------------------------------------------------------------------------- presets
+def test_presets_are_packaged_and_mirrored_at_repo_root():
+    assert set(PRESETS) <= set(preset_names())
+    for name in PRESETS:
+        packaged = preset_path(name)
+        assert packaged.parent.name == "configs" and packaged.parent.parent.name == "ponderlm"
+        root_copy = REPO / "configs" / f"{name}.yaml"
+        # configs/ is a plain copy of src/ponderlm/configs/ (the canonical, installed one): keep them equal.
+        assert root_copy.is_file() and filecmp.cmp(packaged, root_copy, shallow=False), f"configs/{name}.yaml differs"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_build_a_valid_model_config(name):
+    cfg = load_config(preset=name)
+    model_config = run_config.build_model_config(cfg)
+    assert cfg.data.seq_len <= model_config.max_position_embeddings
+    if name != "quickstart":
+        assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.1
+        assert cfg.optim.min_lr_ratio == 0.1 and cfg.optim.warmup_frac == 0.02
+        assert cfg.data.seq_len == 2048 and model_config.max_steps == 1 and model_config.method == "ponderlm2"
+        tokens = cfg.data.seq_len * cfg.train.batch_size * cfg.train.grad_accum
+        assert 0.4e6 < tokens < 0.6e6 * 8  # ~0.5M tokens per step on one node of up to 8 GPUs
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(PonderError, match="did you mean 'quickstart'"):
+        load_config(preset="quickstar")
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    from ponderlm.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"optim": {"lr": 1e-3, "wieght_decay": 0.1}}))
+    cases = [
+        (["train", str(bad)], "did you mean 'optim.weight_decay'?"),
+        (["train", str(tmp_path / "missing.yaml")], "config file not found"),
+        (["train", "train.steps=x"], "train.steps must be int"),
+        (["train", "data.seq_len=100000"], "exceeds model.max_position_embeddings"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["train", "a.yaml", "b.yaml"], "more than one CONFIG"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_cli_unwritable_out_dir_writes_nothing(tmp_path, capsys):
+    from ponderlm.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--out", str(blocker / "run"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to output directory" in err and len(err.splitlines()) == 1
+    assert blocker.read_text() == "not a directory"
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
+    from ponderlm.cli import main
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert main(["train", "--out", str(tmp_path), "--max-steps", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "config.yaml").read_text() == "name: x\n"
+
+
+def test_cli_help_lists_presets(capsys):
+    from ponderlm.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "pythia-410m-ponderlm2" in out and "--max-steps" in out
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "model.max_position_embeddings=64", "data.seq_len=32", "train.batch_size=2", "train.eval_every=2",
+        "train.eval_batches=2", "train.save_every=3", "train.sample_tokens=4", "train.device=cpu"]
+
+
+@pytest.fixture()
+def corpus(tmp_path, monkeypatch) -> Path:
+    """A small text file; data is auto-prepared into a private cache on first use."""
+    import random
+
+    monkeypatch.setenv("PONDERLM_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = "a cat and the dog saw one red bird sing near an old tree by the river at noon".split()
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(120)))
+    return path
+
+
+def test_cli_end_to_end_run_directory(tmp_path, corpus, capsys):
+    from ponderlm.cli import main
+    from ponderlm.train import read_metrics
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--method", "ponderlm2", f"data.inputs=[{corpus}]", "train.steps=4", *TINY]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "val perplexity" in printed and "unigram baseline" in printed and "sample" in printed
+
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoints", "final", "tb",
+                                                "summary.json"}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["steps"] == 4 and resolved["model"]["method"] == "ponderlm2"
+    assert resolved["data"]["inputs"] == [str(corpus)] and resolved["model"]["vocab_size"] == 4096
+    train_rows, eval_rows = read_metrics(out, "train"), read_metrics(out, "eval")
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4] and [r["step"] for r in eval_rows] == [2, 4]
+    assert all(r["executed_steps"] == 1.0 for r in train_rows)  # ponderlm2 with K=1 runs every latent step
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000003", "step_000004"]
+    assert list((tmp_path / "cache" / "data").iterdir())  # prepared into the cache on first use
+
+    final = out / "final"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in final.iterdir()}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ponderlm import PonderForCausalLM  # importing ponderlm registers the Auto* classes
+
+    model = PonderForCausalLM.from_pretrained(final)
+    assert model.config.max_steps == 1 and type(AutoModelForCausalLM.from_pretrained(final)) is PonderForCausalLM
+    assert len(AutoTokenizer.from_pretrained(final)) == model.config.vocab_size
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["val_ppl"] == eval_rows[-1]["val_ppl"] and summary["avg_executed_steps"] == 1.0
+    assert 1.0 < summary["unigram_ppl"] < 4096 and summary["steps"] == 4 and summary["tokens_seen"] == 4 * 2 * 32
+
+
+def test_cli_sigterm_checkpoints_then_resume_finishes(tmp_path, corpus, monkeypatch, capsys):
+    import os
+    import signal
+
+    from ponderlm.cli import main
+    from ponderlm.modeling import PonderForCausalLM
+
+    original = PonderForCausalLM.set_training_progress
+
+    def progress(self, step):  # SIGTERM arrives while step 2 runs
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step)
+
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), f"data.inputs=[{corpus}]", "train.steps=5", *TINY]
+    with monkeypatch.context() as m:
+        m.setattr(PonderForCausalLM, "set_training_progress", progress)
+        assert main(base) == 143
+    assert "SIGTERM" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002"]
+    assert not (out / "final").exists()
+    # --resume with no CONFIG reuses the run's config.yaml; overrides still apply.
+    assert main(["train", "--out", str(out), "--resume", "train.steps=6"]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+    from ponderlm.train import read_metrics
+
+    assert [r["step"] for r in read_metrics(out, "train")] == [1, 2, 3, 4, 5, 6]
