@@ -158,3 +158,24 @@ def test_sigterm_between_steps_checkpoints_and_returns_143(tmp_path, data_dir, m
     assert result.signal == 15 and result.exit_code == 143 and result.step == 2
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2]
     assert not (tmp_path / "final").exists()
+
+
+def test_continued_pretraining_from_a_hf_backbone(tmp_path, data_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=64))
+    hf.save_pretrained(tmp_path / "hf")
+    cfg = from_dict({"model": {"init_from": str(tmp_path / "hf"), "method": "ponderlm2", "max_steps": 1},
+                     "data": {"data_dir": str(data_dir), "seq_len": 32},
+                     "train": {"steps": 1, "batch_size": 2, "eval_batches": 1, "out": str(tmp_path / "run"),
+                               "sample_tokens": 0, "device": "cpu"},
+                     "log": {"tensorboard": False}})
+    train(cfg)
+    from ponderlm import PonderForCausalLM
+
+    model = PonderForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.method == "ponderlm2" and model.config.hidden_size == 32
+    # One step at lr 1e-3 moves each weight by about 1e-3: the backbone weights came from the HF model.
+    assert torch.allclose(model.get_input_embeddings().weight, hf.model.embed_tokens.weight, atol=1e-2)

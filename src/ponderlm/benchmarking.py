@@ -106,8 +106,8 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
     config = model.config
     K = config.max_steps
     adaptive = config.method in ADAPTIVE_METHODS
-    # Full depth for any adaptive method: a degenerate fixed policy that gives every token K steps.
-    full = {"depth_policy": "uniform", "depth_target": float(K)} if adaptive else {}
+    # Full depth for any adaptive method: the constant policy gives every token K steps.
+    full = {"depth_policy": "constant", "depth_target": float(K)} if adaptive else {}
     rows = []
     for batch in batches:
         prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))

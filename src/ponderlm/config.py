@@ -15,7 +15,7 @@ BACKBONES = ("llama", "gpt_neox")
 METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
 # Methods that decide a per-token depth; only these accept a fixed-pruning depth policy.
 ADAPTIVE_METHODS = ("ponderlm3", "adaponder", "latent_cot")
-DEPTH_POLICIES = (None, "learned", "uniform", "geometric")
+DEPTH_POLICIES = (None, "learned", "uniform", "geometric", "constant")
 # Methods whose latent slots are interleaved after each token (METHODS.md §5) and whose
 # token embeddings are scaled by sqrt(2.5 d) by default.
 INTERLEAVED_METHODS = ("pause", "ponderlm2", "ponderlm3", "latent_cot")
@@ -40,7 +40,8 @@ class PonderConfig(PretrainedConfig):
         tau: pruning / halting threshold used by adaptive methods.
         alpha: inference router bias (PonderLM-3: logits + alpha * k).
         depth_policy: None/"learned" (the method decides), or "uniform"/"geometric" fixed pruning
-            drawn independently of content with mean `depth_target` (METHODS.md §9).
+            drawn independently of content with mean `depth_target` (METHODS.md §9), or "constant"
+            (every token exactly `depth_target` steps; used by analyses).
         depth_target: requested average executed additional steps for fixed pruning.
         depth_seed: seed of the fixed-pruning depth draws.
 
@@ -236,12 +237,14 @@ class PonderConfig(PretrainedConfig):
             bad(f"alpha must be finite, got {self.alpha}")
         if self.depth_policy not in DEPTH_POLICIES:
             bad(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
-        if self.depth_policy in ("uniform", "geometric"):
+        if self.depth_policy in ("uniform", "geometric", "constant"):
             if self.method not in ADAPTIVE_METHODS:
                 bad(f"depth_policy={self.depth_policy!r} needs an adaptive method ({', '.join(ADAPTIVE_METHODS)})")
             if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
                 bad(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
                     f"got {self.depth_target!r}")
+            if self.depth_policy == "constant" and float(self.depth_target) != round(self.depth_target):
+                bad(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
         iters = self.jacobi_iters_train
         if not iters or any((not isinstance(r, int)) or r < 0 for r in iters):
             bad(f"jacobi_iters_train must be a non-empty list of integers >= 0, got {iters!r}")

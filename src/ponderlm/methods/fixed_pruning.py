@@ -70,6 +70,8 @@ def geometric_probs(target: float, K: int) -> torch.Tensor:
 
 
 def policy_probs(policy: str, target: float, K: int) -> torch.Tensor:
+    if policy == "constant":  # every token exactly `target` steps (analyses that force a depth)
+        return torch.nn.functional.one_hot(torch.tensor(round(target)), K + 1).double()
     if policy == "uniform":
         return uniform_probs(target, K)
     if policy == "geometric":

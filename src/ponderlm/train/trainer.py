@@ -74,11 +74,11 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     data_dir = resolve_data_dir(cfg.data)
     meta = json.loads((data_dir / "meta.json").read_text())
     data_vocab = int(meta["vocab_size"])
-    cfg.model.setdefault("vocab_size", data_vocab)
-    if cfg.model["vocab_size"] < data_vocab:
-        raise PonderError(f"model.vocab_size ({cfg.model['vocab_size']}) is smaller than the data's "
-                          f"vocabulary ({data_vocab})")
+    init_from = cfg.model.get("init_from")
+    if not init_from:  # a pretrained backbone brings its own vocabulary
+        cfg.model.setdefault("vocab_size", data_vocab)
     model_config = build_model_config(cfg)
+    _check_vocab(model_config.vocab_size, data_vocab)
     identity = cfg.identity_hash()
 
     # ---- find and verify the checkpoint before writing anything (a bad one leaves the run dir untouched)
@@ -108,9 +108,13 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     random.seed(t.seed)
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)
-    init_from = cfg.model.get("init_from")
     if init_from:
         model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
+        model_config = model.config
+        _check_vocab(model_config.vocab_size, data_vocab)
+        if cfg.data.seq_len > model_config.max_position_embeddings:
+            raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {init_from}'s max_position_embeddings "
+                              f"({model_config.max_position_embeddings})")
     else:
         model = PonderForCausalLM(model_config)
     model.to(device)
@@ -319,6 +323,12 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise PonderError(f"cannot write to output directory {out}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PonderError(f"cannot write to output directory {out}: {parent} is not writable")
+
+
+def _check_vocab(model_vocab: int, data_vocab: int) -> None:
+    if model_vocab < data_vocab:
+        raise PonderError(f"model.vocab_size ({model_vocab}) is smaller than the data's vocabulary ({data_vocab}); "
+                          "leave model.vocab_size unset to take the data's")
 
 
 def _distributed() -> tuple[int, int]:
