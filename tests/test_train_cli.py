@@ -112,7 +112,7 @@ def test_presets_are_packaged_and_mirrored_at_repo_root():
         packaged = preset_path(name)
         assert packaged.parent.name == "configs" and packaged.parent.parent.name == "ponderlm"
         root_copy = REPO / "configs" / f"{name}.yaml"
-        # configs/ is a plain copy of src/ponderlm/configs/ (the canonical, installed one): keep them equal.
+        # configs/ at the repo root is a symlink to src/ponderlm/configs/ (the canonical, installed one).
         assert root_copy.is_file() and filecmp.cmp(packaged, root_copy, shallow=False), f"configs/{name}.yaml differs"
 
 

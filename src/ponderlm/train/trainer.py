@@ -150,62 +150,62 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     bar = tqdm(total=t.steps, initial=start_step, disable=not (is_main and interactive), unit="step",
                dynamic_ncols=True)
     train_model.train()
-    with _StopOnSignal() as stop:
-        while step < t.steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, lr=o.lr, total_steps=t.steps, warmup=warmup, min_lr_ratio=o.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if hasattr(model, "set_training_progress"):
-                model.set_training_progress(step)
-            loss_sum = torch.zeros((), device=device)
-            exec_sum = torch.zeros((), device=device)
-            for _ in range(t.grad_accum):
-                x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
-                with autocast():
-                    output = train_model(input_ids=x, labels=x)
-                # Every micro-batch has the same number of predicted tokens, so dividing the mean loss by
-                # grad_accum is normalising by the global token count: accumulation leaves the loss unchanged.
-                (output.loss / t.grad_accum).backward()
-                loss_sum += output.loss.detach().float()
-                exec_sum += _mean_steps(output)
-            clip = o.grad_clip if o.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
+    try:
+        with _StopOnSignal() as stop:
+            while step < t.steps:
+                t0 = time.perf_counter()
+                lr = lr_at(step, lr=o.lr, total_steps=t.steps, warmup=warmup, min_lr_ratio=o.min_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if hasattr(model, "set_training_progress"):
+                    model.set_training_progress(step)
+                loss_sum = torch.zeros((), device=device)
+                exec_sum = torch.zeros((), device=device)
+                for _ in range(t.grad_accum):
+                    x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
+                    with autocast():
+                        output = train_model(input_ids=x, labels=x)
+                    # Every micro-batch has the same number of predicted tokens, so dividing the mean loss by
+                    # grad_accum is normalising by the global token count: accumulation leaves the loss unchanged.
+                    (output.loss / t.grad_accum).backward()
+                    loss_sum += output.loss.detach().float()
+                    exec_sum += _mean_steps(output)
+                clip = o.grad_clip if o.grad_clip > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens_seen += tokens_per_step
 
-            loss = loss_sum.item() / t.grad_accum
-            if not math.isfinite(loss):
-                raise PonderError(f"loss became {loss} at step {step}; lower optim.lr or raise optim.warmup_frac")
-            dt = time.perf_counter() - t0
-            row = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                   "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_step / dt,
-                   "executed_steps": exec_sum.item() / t.grad_accum}
-            if is_main:
-                logger.log(row)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                if not interactive and (step % cfg.log.log_every == 0 or step == t.steps or step == 1):
-                    print(f"step {step}/{t.steps} | loss {loss:.4f} | lr {lr:.2e} | grad {row['grad_norm']:.2f} "
-                          f"| {row['tokens_per_s']:,.0f} tok/s | steps {row['executed_steps']:.2f}", file=sys.stderr)
-
-            if step % t.eval_every == 0 or step == t.steps:
-                last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
+                loss = loss_sum.item() / t.grad_accum
+                if not math.isfinite(loss):
+                    raise PonderError(f"loss became {loss} at step {step}; lower optim.lr or raise optim.warmup_frac")
+                dt = time.perf_counter() - t0
+                row = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                       "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_step / dt,
+                       "executed_steps": exec_sum.item() / t.grad_accum}
                 if is_main:
-                    logger.log({"kind": "eval", "step": step, **last_eval})
-                    bar.write(f"eval @ {step}: val loss {last_eval['val_loss']:.4f} | ppl {last_eval['val_ppl']:.2f} "
-                              f"| steps {last_eval['val_executed_steps']:.2f}", file=sys.stderr)
-                train_model.train()
-            leaving = stop.signum is not None or (stop_after is not None and step >= stop_after)
-            if step % t.save_every == 0 or step == t.steps or leaving:
-                save(step)
-            if leaving:
-                break
-    bar.close()
-    if logger is not None:
-        logger.close()
+                    logger.log(row)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                    if not interactive and (step % cfg.log.log_every == 0 or step == t.steps or step == 1):
+                        print(_train_line(row, t.steps), file=sys.stderr)
+
+                if step % t.eval_every == 0 or step == t.steps:
+                    last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
+                    if is_main:
+                        logger.log({"kind": "eval", "step": step, **last_eval})
+                        bar.write(_eval_line(step, last_eval), file=sys.stderr)
+                    train_model.train()
+                leaving = stop.signum is not None or (stop_after is not None and step >= stop_after)
+                if step % t.save_every == 0 or step == t.steps or leaving:
+                    save(step)
+                if leaving:
+                    break
+    finally:  # close the metrics file and TensorBoard writer even when a step raises
+        bar.close()
+        if logger is not None:
+            logger.close()
     result.step, result.tokens_seen = step, tokens_seen
     if stop.signum is not None or step < t.steps:
         result.signal, result.stopped_early = stop.signum, stop.signum is None
@@ -323,6 +323,16 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise PonderError(f"cannot write to output directory {out}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PonderError(f"cannot write to output directory {out}: {parent} is not writable")
+
+
+def _train_line(row: dict[str, Any], total: int) -> str:
+    return (f"step {row['step']}/{total} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | grad {row['grad_norm']:.2f} "
+            f"| {row['tokens_per_s']:,.0f} tok/s | steps {row['executed_steps']:.2f}")
+
+
+def _eval_line(step: int, ev: dict[str, float]) -> str:
+    return (f"eval @ {step}: val loss {ev['val_loss']:.4f} | ppl {ev['val_ppl']:.2f} "
+            f"| steps {ev['val_executed_steps']:.2f}")
 
 
 def _check_vocab(model_vocab: int, data_vocab: int) -> None:
