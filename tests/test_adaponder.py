@@ -6,24 +6,19 @@ import math
 
 import pytest
 import torch
+from helpers import VOCAB, padded_batch, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ponderlm.methods.ponderlm_v1 as v1
-from ponderlm import PonderConfig, PonderForCausalLM
+from ponderlm import PonderForCausalLM
 from ponderlm.inference import sequential_logits
 from ponderlm.methods.adaponder import freeze_backbone_for_gates
 from ponderlm.methods.fixed_pruning import fixed_depths
 from ponderlm.methods.ponderlm_v1 import _depth_window
 
-VOCAB = 61
-
 
 def make(K: int = 3, backbone: str = "llama", method: str = "adaponder", **kw) -> PonderForCausalLM:
-    cfg = dict(backbone=backbone, method=method, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, max_steps=K)
-    cfg.update(kw)
-    torch.manual_seed(0)
-    return PonderForCausalLM(PonderConfig(**cfg)).eval()
+    return tiny_model(method, backbone, max_steps=K, **kw)
 
 
 def set_gate(model: PonderForCausalLM, i: int, bias: float, std: float = 0.0, seed: int = 0) -> None:
@@ -43,16 +38,7 @@ def mixed(backbone: str = "llama", **kw) -> PonderForCausalLM:
 
 
 def batch(side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (3, 8), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "left":
-        mask[1, :3] = 0
-        mask[2, :1] = 0
-    elif side == "right":
-        mask[1, -3:] = 0
-        mask[2, -1:] = 0
-    return ids, mask
+    return padded_batch(side, length=8)
 
 
 def no_kv_reuse(active, kv_in, kv_out):

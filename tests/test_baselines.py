@@ -9,34 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import VOCAB, padded_batch, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ponderlm import PonderConfig, PonderForCausalLM
+from ponderlm import PonderForCausalLM
 from ponderlm.inference import sequential_logits
 
-VOCAB = 61
 METHODS = ("pause", "looped")
 
-
 def tiny(method: str, backbone: str = "llama", K: int = 2, **kw) -> PonderForCausalLM:
-    base = dict(backbone=backbone, method=method, max_steps=K, vocab_size=VOCAB, hidden_size=32,
-                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2)
-    base.update(kw)
-    torch.manual_seed(0)
-    return PonderForCausalLM(PonderConfig(**base)).eval()
-
-
-def padded_batch(side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "left":
-        mask[1, :3] = 0
-        mask[2, :1] = 0
-    else:
-        mask[1, -3:] = 0
-        mask[2, -1:] = 0
-    return ids, mask
+    return tiny_model(method, backbone, max_steps=K, **kw)
 
 
 # --------------------------------------------------------------------------- 1. parallel == sequential decode

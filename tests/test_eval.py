@@ -1,7 +1,6 @@
 """ponderlm.eval library functions: token statistics, agreement with decoding, sweeps, analyses, rendering, tasks.
 
-`tiny_checkpoint` (also used by test_eval_cli.py and test_lm_eval.py) trains a ponderlm3 model (hidden 32,
-2 layers, K=2) for 30 AdamW steps on bundled text and saves it with the default tokenizer, once per session.
+The `checkpoint` fixture (tests/conftest.py) is a tiny ponderlm3 model trained for a few steps on bundled text.
 """
 
 from __future__ import annotations
@@ -12,87 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, page_text, split_tau
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.errors import PonderError
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128)
-
-
-class single_thread:
-    """Tiny models run fastest on one thread, and far faster than two when other jobs share the CPU."""
-
-    def __enter__(self) -> None:
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.saved)
-
-
-def tiny_checkpoint(root: Path, method: str = "ponderlm3", train_steps: int = 30) -> Path:
-    """Build (once per `root`) a small trained checkpoint + tokenizer directory and return it."""
-    from ponderlm.data.corpus import iter_default_corpus
-    from ponderlm.data.tokenizer import load_tokenizer
-
-    out = root / f"tiny-{method}"
-    if (out / "config.json").is_file():
-        return out
-    tok = load_tokenizer("default")
-    K = 0 if method == "vanilla" else 2
-    # router_init="uniform": the router starts undecided, so thresholds give a spread of depths.
-    extra = {"router_init": "uniform"} if method == "ponderlm3" else {}
-    cfg = PonderConfig(method=method, vocab_size=len(tok), max_steps=K, **TINY, **extra)
-    torch.manual_seed(0)
-    model = PonderForCausalLM(cfg)
-    if train_steps:
-        text = "\n\n".join(r["text"] for _, r in zip(range(3), iter_default_corpus("train")))
-        ids = torch.tensor(tok(text)["input_ids"][: 32 * 64]).view(-1, 32)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        gen = torch.Generator().manual_seed(0)
-        model.train()
-        with single_thread():
-            for _ in range(train_steps):
-                x = ids[torch.randint(0, ids.shape[0], (8,), generator=gen)]
-                loss = model(input_ids=x, labels=x).loss
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def page_text(page: str) -> str:
-    """The text shown in a depth-view page: the token spans' contents, unescaped."""
-    import html
-    import re
-
-    body = page.split('<div class="text">', 1)[1].rsplit("</div>", 1)[0]
-    return html.unescape(re.sub(r"<[^>]+>", "", body))
-
-
-@torch.no_grad()
-def split_tau(model, input_ids: torch.Tensor) -> float:
-    """A PonderLM-3 threshold that splits these tokens between depth K and less: the median of w_K.
-
-    The tiny router is barely trained, so the default tau (1e-4) would run every token at full depth."""
-    model.eval()
-    hidden = model.method.jacobi(model, input_ids, torch.ones_like(input_ids), model.config.jacobi_iters_eval)
-    _, w = model.method.route(hidden[:, :, 0])
-    return float(w[..., -1].median())
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def loaded(checkpoint):

@@ -8,25 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval import TINY, page_text, single_thread, split_tau, tiny_checkpoint
+from helpers import TINY, page_text, split_tau, tiny_checkpoint
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.cli import main
 from ponderlm.config import ADAPTIVE_METHODS
 from ponderlm.methods import METHOD_REGISTRY
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ["--seq-len", "32", "--batch-size", "4", "--max-batches", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

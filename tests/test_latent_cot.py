@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import VOCAB, padded_batch, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from ponderlm import PonderConfig, PonderForCausalLM
@@ -15,16 +16,10 @@ from ponderlm.inference import sequential_logits
 from ponderlm.methods.base import padding_positions
 from ponderlm.methods.fixed_pruning import fixed_depths
 
-VOCAB = 61
-
 
 def make(K: int = 3, backbone: str = "llama", router_std: float = 0.5, router_bias: float = 0.5, tau: float = 0.3,
          **kw) -> PonderForCausalLM:
-    cfg = dict(backbone=backbone, method="latent_cot", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, max_steps=K, tau=tau)
-    cfg.update(kw)
-    torch.manual_seed(0)
-    model = PonderForCausalLM(PonderConfig(**cfg)).eval()
+    model = tiny_model("latent_cot", backbone, max_steps=K, tau=tau, **kw)
     router = model.method.router
     with torch.no_grad():  # a router with real spread, so tokens halt at different depths
         router.weight.normal_(0.0, router_std)
@@ -33,16 +28,7 @@ def make(K: int = 3, backbone: str = "llama", router_std: float = 0.5, router_bi
 
 
 def batch(side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, VOCAB, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "left":
-        mask[1, :3] = 0
-        mask[2, :1] = 0
-    elif side == "right":
-        mask[1, -3:] = 0
-        mask[2, -1:] = 0
-    return ids, mask
+    return padded_batch(side, seed=3)
 
 
 def force_router(model: PonderForCausalLM, logit: float) -> None:
@@ -95,9 +81,11 @@ def test_parallel_equals_decode_and_dense_reference(backbone, side):
     ids, mask = batch(side)
     valid = mask.bool()
     out = model(ids, attention_mask=mask)
-    logits, steps = sequential_logits(model, ids, mask)
+    logits, steps, state = sequential_logits(model, ids, mask, return_state=True)
     torch.testing.assert_close(out.logits[valid], logits[valid], atol=1e-4, rtol=0)
     assert torch.equal(out.executed_steps, steps * valid)
+    # Batched decode computes only the rows still thinking: B rows per token slot + one per executed step.
+    assert state.rows_computed == ids.numel() + int(steps.sum())
     mix = set(steps[valid].tolist())
     assert {0.0, 3.0} <= mix and len(mix) >= 3, f"tokens must halt at different depths, got {mix}"
     assert torch.all(out.executed_steps[~valid] == 0)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from test_eval import single_thread, tiny_checkpoint
+from helpers import single_thread
 
 from ponderlm.cli import main
 
@@ -22,11 +21,6 @@ def lm_eval_missing() -> str | None:
 
 
 needs_lm_eval = pytest.mark.skipif(lm_eval_missing() is not None, reason=lm_eval_missing() or "")
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)

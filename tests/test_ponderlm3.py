@@ -4,35 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import VOCAB, padded_batch, tiny_model
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.inference import sequential_logits
 from ponderlm.methods.ponderlm3 import tail_cdf
 
-VOCAB = 61
-
 
 def make(K: int = 2, backbone: str = "llama", router_scale: float = 0.5, **kw) -> PonderForCausalLM:
-    cfg = dict(backbone=backbone, method="ponderlm3", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, max_steps=K,
-               jacobi_iters_eval=8 * (K + 1), router_init="uniform")
+    cfg = dict(max_steps=K, jacobi_iters_eval=8 * (K + 1), router_init="uniform")
     cfg.update(kw)
-    torch.manual_seed(0)
-    model = PonderForCausalLM(PonderConfig(**cfg)).eval()
+    model = tiny_model("ponderlm3", backbone, **cfg)
     # A router with real spread so tokens get different depths.
     torch.nn.init.normal_(model.method.router.net[0].weight, std=router_scale)
     return model
 
 
 def batch(side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, VOCAB, (3, 7), generator=g)
-    mask = torch.ones_like(ids)
-    if side == "left":
-        mask[1, :3] = 0
-    else:
-        mask[1, -3:] = 0
-    return ids, mask
+    return padded_batch(side, seed=3)
 
 
 def force_router(model: PonderForCausalLM, k: int) -> None:

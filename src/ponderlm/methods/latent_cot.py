@@ -13,7 +13,7 @@ sweep each (no Jacobi) and each pass only needs to run the slots of tokens still
     pass k: queries = packed active slots (t,k); keys = stored K/V of all executed slots of depths < k
             (kept per layer from the earlier passes by a kv_hook) + the pass's own fresh K/V.
 
-Training compute is therefore (T + sum_t K^_t) slots, not T(K+1): it falls with the learned depth.
+Training compute is (T + sum_t K^_t) slots (+ packing filler in a batch), not T(K+1): it falls with the depth.
 Decoding runs the same mask over a `SlotKVCache` whose entries keep their depth index.
 """
 
@@ -201,7 +201,8 @@ class LatentCoT(PonderMethod):
     # ------------------------------------------------------------------ sequential path
     def decode_token(self, model, state: DecodeState, input_ids, valid):
         """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
-        while others continue gets -inf-biased entries (invisible); with batch 1 nothing is written."""
+        while others continue is not computed and gets a -inf-biased entry (invisible); with batch 1
+        nothing is written for skipped depths."""
         K = self.config.max_steps
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         fixed = fixed_depths(self.config, rows, state.next_position)
@@ -221,8 +222,8 @@ class LatentCoT(PonderMethod):
             if not active.any():
                 break
             bias = torch.where(active, 0.0, NEG_INF).float()
-            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=upto(k + 1))
-            # A halted row's h here is computed but unused (zero exit weight, invisible key).
+            # Only the active rows are computed; halted rows keep their input and own no visible entry.
+            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=upto(k + 1), active=active)
             slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long()

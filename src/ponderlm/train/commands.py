@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from ponderlm.errors import PonderError
@@ -16,8 +18,12 @@ key=value overrides any recipe key, e.g. optim.lr=3e-4 model.method=ponderlm3 tr
 The flags below win over key=value overrides. Note: model.max_steps is K (pondering steps per
 token); --max-steps / train.steps is the number of training steps.
 
+Several processes (see docs/DISTRIBUTED.md): --nproc N re-launches this command through torchrun
+on N local processes (GPUs); `torchrun --nproc-per-node N -m ponderlm train ...` does the same and
+also spans nodes. dist.backend=ddp|fsdp2 in the recipe picks the wrapping.
+
 Exit codes: 0 done; 2 bad input (one line on stderr); 130 / 143 stopped by SIGINT / SIGTERM
-after writing a checkpoint (continue with --out DIR --resume)."""
+after writing a checkpoint (continue with --out DIR --resume); 1 a rank failed (--nproc)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory (train.out); default runs/<name>-<time>")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint (its config.yaml if no CONFIG given)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N local processes (one per GPU) by re-launching through torchrun")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ponderlm.train import parallel
+
+    if parallel.under_torchrun():  # a worker: torchrun's error summary then shows this rank's exception
+        if args.nproc is not None:
+            raise PonderError("--nproc launches torchrun itself; leave it out when running under torchrun")
+        try:
+            return parallel.record(_run)(args)
+        except PonderError:
+            if os.environ.get("RANK") != "0":
+                return 2  # every rank raises the same bad-input error; rank 0 prints it
+            raise
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ponderlm.train.config import load_config, validate
     from ponderlm.train.trainer import train
 
@@ -55,7 +78,32 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         cfg.train.out = args.out
     validate(cfg)
+    if args.nproc is not None and args.nproc < 1:
+        raise PonderError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1:
+        return _relaunch(args, cfg)
     return train(cfg, resume=args.resume).exit_code
+
+
+def _relaunch(args: argparse.Namespace, cfg) -> int:
+    """Same command on N processes: the config was validated here, the run dir is fixed for all ranks."""
+    from datetime import datetime
+
+    from ponderlm.train import checkpoint, parallel
+
+    out = args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    argv = ["train", *args.args, "--out", out]
+    for flag, value in (("--preset", args.preset), ("--method", args.method), ("--max-steps", args.max_steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.resume:
+        argv.append("--resume")
+    code = parallel.relaunch(args.nproc, argv)
+    if code == 1:
+        last = checkpoint.latest_checkpoint(Path(out) / "checkpoints")
+        print(f"last complete checkpoint: {last or 'none'}; continue with "
+              f"`ponderlm train --out {out} --resume --nproc {args.nproc}`", file=sys.stderr)
+    return code
 
 
 def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:

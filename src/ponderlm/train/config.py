@@ -30,6 +30,7 @@ from ponderlm.errors import PonderError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16")
 DIST_BACKENDS = ("ddp", "fsdp2")
+DIST_CHECKPOINTS = ("auto", "dcp")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     grad_accum: int = 1
+    global_batch_size: int | None = None  # sequences per step over all ranks; sets grad_accum per world size
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"  # auto = bf16 autocast on CUDA when supported, else fp32 (never autocast on CPU)
@@ -74,6 +76,7 @@ class TrainConfig:
     out: str | None = None  # empty = runs/<name>-<timestamp>
     sample_prompt: str = "Once upon a time"
     sample_tokens: int = 32
+    freeze_backbone_steps: int = 0  # AdaPonderLM continued pretraining: train only the gates for N steps
 
 
 @dataclass
@@ -86,10 +89,12 @@ class LogConfig:
 
 @dataclass
 class DistConfig:
-    """Placeholders honoured by `train/parallel.py` (torchrun DDP / FSDP2); validated here already."""
+    """Multi-process settings, applied by `train/parallel.py` under torchrun (see docs/DISTRIBUTED.md)."""
 
-    backend: str = "ddp"
-    activation_checkpointing: bool = False
+    backend: str = "ddp"  # ddp | fsdp2
+    activation_checkpointing: bool = False  # per decoder layer; also in one process
+    checkpoint: str = "auto"  # auto = sharded (torch.distributed.checkpoint) when world size > 1; dcp = always
+    timeout_minutes: float = 30.0  # collective timeout (in-job data preparation must finish within it)
 
 
 @dataclass
@@ -314,6 +319,16 @@ def validate(cfg: RunConfig) -> None:
          f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {t.device!r}")
     need(t.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {t.dtype!r}")
     need(ds.backend in DIST_BACKENDS, f"dist.backend must be one of {', '.join(DIST_BACKENDS)}, got {ds.backend!r}")
+    need(ds.checkpoint in DIST_CHECKPOINTS,
+         f"dist.checkpoint must be one of {', '.join(DIST_CHECKPOINTS)}, got {ds.checkpoint!r}")
+    need(ds.timeout_minutes > 0, f"dist.timeout_minutes must be > 0, got {ds.timeout_minutes}")
+    need(t.global_batch_size is None or (t.global_batch_size > 0 and t.global_batch_size % t.batch_size == 0),
+         f"train.global_batch_size ({t.global_batch_size}) must be a positive multiple of train.batch_size "
+         f"({t.batch_size})")
+    need(t.freeze_backbone_steps >= 0, f"train.freeze_backbone_steps must be >= 0, got {t.freeze_backbone_steps}")
+    need(t.freeze_backbone_steps == 0 or cfg.model.get("method") == "adaponder",
+         f"train.freeze_backbone_steps needs model.method=adaponder (it trains the halting gates first), "
+         f"got method {cfg.model.get('method', 'vanilla')!r}")
     max_pos = cfg.model.get("max_position_embeddings")
     if max_pos is not None:
         need(d.seq_len <= max_pos,

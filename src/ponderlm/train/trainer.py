@@ -4,8 +4,10 @@
 step: fetch, micro-batch forward/backward, clip, optimizer step at the scheduled lr, log, eval,
 save. It ends with `<out>/final/` (weights + tokenizer), a summary and a greedy sample.
 
-Single process for now. The distributed seam is explicit: `_distributed()` (rank, world size),
-`_wrap_model()` (DDP/FSDP2 later, in `train/parallel.py`) and `is_main` guarding every write.
+The same code runs in one process and under torchrun (`ponderlm train --nproc N` or `torchrun ... -m
+ponderlm train`): `train/parallel.py` owns the process group and wraps the unchanged model (DDP or
+FSDP2), `train/dist_checkpoint.py` writes sharded checkpoints, each rank reads its slice of every
+global batch, and only rank 0 (`d.is_main`) logs and writes files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from tqdm import tqdm
 
 from ponderlm.errors import PonderError
 from ponderlm.train import checkpoint as ckpt
+from ponderlm.train import dist_checkpoint as dckpt
+from ponderlm.train import parallel
 from ponderlm.train.config import DataConfig, RunConfig, build_model_config, save_yaml
 from ponderlm.train.logging import MetricsLogger
 from ponderlm.train.schedule import lr_at, warmup_steps
@@ -60,18 +64,25 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     `stop_after`: leave this invocation after that optimizer step (checkpoint written, no `final/`),
     as if interrupted; useful for time-boxed jobs and for testing resume.
     """
+    device, amp_dtype = resolve_device(cfg.train.device, cfg.train.dtype)
+    d, device = parallel.init(device, cfg.dist.timeout_minutes)  # torchrun's process group, or one process
+    try:
+        return _train(cfg, d, device, amp_dtype, resume, stop_after)
+    finally:
+        parallel.teardown(d)
+
+
+def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: torch.dtype | None, resume: bool,
+           stop_after: int | None) -> TrainResult:
     t, o = cfg.train, cfg.optim
-    rank, world_size = _distributed()
-    is_main = rank == 0
-    device, amp_dtype = resolve_device(t.device, t.dtype)
-    if t.out is None:
-        t.out = f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    t.out = parallel.broadcast_object(d, t.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
     out = Path(t.out)
     build_model_config(cfg)  # validate model keys and seq_len before any data work or disk writes
-    _check_out_dir(out, resume)
+    parallel.on_main(d, lambda: _check_out_dir(out, resume))
+    accum = grad_accum_for(cfg, d.world_size)
 
-    # ---- data (prepared into a cache on first use) and the vocabulary it implies
-    data_dir = resolve_data_dir(cfg.data)
+    # ---- data (prepared into a cache on first use, by one process) and the vocabulary it implies
+    data_dir = parallel.main_first(d, lambda: resolve_data_dir(cfg.data))
     meta = json.loads((data_dir / "meta.json").read_text())
     data_vocab = int(meta["vocab_size"])
     init_from = cfg.model.get("init_from")
@@ -85,106 +96,126 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     state: dict[str, Any] = {}
     resume_from = None
     if resume:
-        ckpt.clean_temp_dirs(out / "checkpoints")
-        resume_from = ckpt.latest_checkpoint(out / "checkpoints")
-        if resume_from is None:
-            raise PonderError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
-        state = ckpt.verify_checkpoint(resume_from, identity)
+        resume_from, state = dckpt.find_resume(out / "checkpoints", identity, d)
     start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
 
-    if is_main:
+    if d.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, out / "config.yaml")
         except OSError as exc:
             raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
 
-    # ---- model, optimizer, data loader
+    # ---- model (wrapped for DDP/FSDP2), optimizer over the wrapped parameters, data loader, resume
     from ponderlm.data.loader import TokenLoader
-    from ponderlm.modeling import PonderForCausalLM
 
     # Seed every RNG a method might draw from (PonderLM-2 draws its Jacobi sweep count with `random`):
-    # same init on every rank and every fresh run; a resume then restores the exact states.
+    # same init and the same draws on every rank and every fresh run; a resume then restores the states.
     random.seed(t.seed)
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)
-    if init_from:
-        model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
-        model_config = model.config
-        _check_vocab(model_config.vocab_size, data_vocab)
-        if cfg.data.seq_len > model_config.max_position_embeddings:
-            raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {init_from}'s max_position_embeddings "
-                              f"({model_config.max_position_embeddings})")
-    else:
-        model = PonderForCausalLM(model_config)
+    build = lambda: build_model(cfg, model_config, data_vocab)  # noqa: E731
+    model = parallel.main_first(d, build) if init_from else build()  # hub downloads happen once
+    model_config = model.config
     model.to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=rank,
-                         world_size=world_size)
+    freeze_steps = t.freeze_backbone_steps
+    train_model = parallel.wrap(model, d, backend=cfg.dist.backend, amp_dtype=amp_dtype,
+                                activation_checkpointing=cfg.dist.activation_checkpointing,
+                                find_unused=start_step < freeze_steps)
+    optimizer = build_optimizer(model, cfg, device)  # every parameter, frozen or not: the switch needs no rebuild
+    loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=d.rank,
+                         world_size=d.world_size)
     if resume_from is not None:
-        ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer)
+        dckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, d=d)
         loader.load_state_dict(state["loader"])
-        print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
-    train_model = _wrap_model(model, cfg)
+        if d.is_main:
+            print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
+    frozen = None
+    if start_step < freeze_steps:  # AdaPonderLM continued pretraining: gates only until step freeze_steps
+        from ponderlm.methods.adaponder import freeze_backbone_for_gates
+
+        parallel.prepare_for_freeze(model)
+        frozen = freeze_backbone_for_gates(model)
     n_params = sum(p.numel() for p in model.parameters())
     logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
                            wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
-                           run_name=out.name) if is_main else None
+                           run_name=out.name) if d.is_main else None
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     warmup = warmup_steps(t.steps, o.warmup_frac, o.warmup_steps)
-    tokens_per_step = t.batch_size * cfg.data.seq_len * t.grad_accum * world_size
+    tokens_per_step = t.batch_size * cfg.data.seq_len * accum * d.world_size
     base_state = {"identity_hash": identity, "model_config": cfg.model_kwargs(), "config_name": cfg.name}
-    print(f"{cfg.name}: {model_config.method} (K={model_config.max_steps}) {model_config.backbone}, "
-          f"{n_params / 1e6:.2f}M params, {t.steps} steps x {tokens_per_step:,} tokens on {device}"
-          f"{' ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}", file=sys.stderr)
+    sharded = d.world_size > 1 or cfg.dist.checkpoint == "dcp"
+    if d.is_main:
+        where = f"{d.world_size} x {device.type} ({cfg.dist.backend})" if d.world_size > 1 else str(device)
+        print(f"{cfg.name}: {model_config.method} (K={model_config.max_steps}) {model_config.backbone}, "
+              f"{n_params / 1e6:.2f}M params, {t.steps} steps x {tokens_per_step:,} tokens on {where}"
+              f"{' ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}", file=sys.stderr)
 
     def save(step: int) -> None:
-        if is_main:
-            ckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, keep_last=t.keep_last,
-                                 state={**base_state, "tokens_seen": tokens_seen, "loader": loader.state_dict()})
+        st = {**base_state, "tokens_seen": tokens_seen, "loader": loader.state_dict()}
+        if sharded:  # collective: every rank writes its shard
+            dckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, state=st,
+                                  keep_last=t.keep_last, d=d)
+        elif d.is_main:
+            ckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, state=st,
+                                 keep_last=t.keep_last)
 
     # ---- the loop
     step, result = start_step, TrainResult(out, start_step, tokens_seen)
     last_eval: dict[str, float] = {}
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=t.steps, initial=start_step, disable=not (is_main and interactive), unit="step",
+    bar = tqdm(total=t.steps, initial=start_step, disable=not (d.is_main and interactive), unit="step",
                dynamic_ncols=True)
     train_model.train()
     try:
         with _StopOnSignal() as stop:
             while step < t.steps:
                 t0 = time.perf_counter()
+                if frozen is not None and step >= freeze_steps:  # from now on the whole model trains
+                    frozen.restore()
+                    frozen = None
                 lr = lr_at(step, lr=o.lr, total_steps=t.steps, warmup=warmup, min_lr_ratio=o.min_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if hasattr(model, "set_training_progress"):
-                    model.set_training_progress(step)
+                model.set_training_progress(step)
+                parallel.maybe_fail(d, step + 1)
+                batches = [loader.next_batch().to(device, non_blocking=True) for _ in range(accum)]  # (B, T) each
+                # Normalise by the global number of predicted tokens (torchtitan): the sum of token losses over
+                # all micro-batches and ranks / that count, so accumulation and world size leave it unchanged.
+                counts = [(x[:, 1:] != -100).sum() for x in batches]  # labels are the inputs (-100: ignored)
+                total = parallel.all_reduce_sum(d, torch.stack(counts).sum().float())
                 loss_sum = torch.zeros((), device=device)
                 exec_sum = torch.zeros((), device=device)
-                for _ in range(t.grad_accum):
-                    x = loader.next_batch().to(device, non_blocking=True)  # (B, T)
-                    with autocast():
-                        output = train_model(input_ids=x, labels=x)
-                    # Every micro-batch has the same number of predicted tokens, so dividing the mean loss by
-                    # grad_accum is normalising by the global token count: accumulation leaves the loss unchanged.
-                    (output.loss / t.grad_accum).backward()
-                    loss_sum += output.loss.detach().float()
+                for i, (x, n) in enumerate(zip(batches, counts)):
+                    with parallel.gradient_sync(train_model, sync=i == accum - 1):
+                        with autocast():
+                            output = train_model(input_ids=x, labels=x)
+                        micro = output.lm_loss * (n / total)
+                        if output.aux_loss is not None:  # method terms are means: average them over micro-batches
+                            micro = micro + output.aux_loss / (accum * d.world_size)
+                        (micro * d.world_size).backward()  # DDP / FSDP2 average gradients over ranks
+                    loss_sum += micro.detach().float()
                     exec_sum += _mean_steps(output)
                 clip = o.grad_clip if o.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                grad_norm = parallel.clip_grad_norm(train_model, clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 tokens_seen += tokens_per_step
 
-                loss = loss_sum.item() / t.grad_accum
+                # One all-reduce per step: global loss, executed steps and whether any rank got a signal.
+                sig = stop.signum or 0
+                stats = torch.stack([loss_sum, exec_sum, torch.tensor(float(sig == signal.SIGINT), device=device),
+                                     torch.tensor(float(sig == signal.SIGTERM), device=device)])
+                loss, exec_steps, got_int, got_term = parallel.all_reduce_sum(d, stats).tolist()
+                stop.signum = int(signal.SIGINT) if got_int else int(signal.SIGTERM) if got_term else None
                 if not math.isfinite(loss):
                     raise PonderError(f"loss became {loss} at step {step}; lower optim.lr or raise optim.warmup_frac")
                 dt = time.perf_counter() - t0
                 row = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                        "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_step / dt,
-                       "executed_steps": exec_sum.item() / t.grad_accum}
-                if is_main:
+                       "executed_steps": exec_steps / (accum * d.world_size)}
+                if d.is_main:
                     logger.log(row)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
@@ -192,8 +223,8 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
                         print(_train_line(row, t.steps), file=sys.stderr)
 
                 if step % t.eval_every == 0 or step == t.steps:
-                    last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
-                    if is_main:
+                    last_eval = evaluate(model, data_dir, cfg, device, autocast)  # every rank, same batches
+                    if d.is_main:
                         logger.log({"kind": "eval", "step": step, **last_eval})
                         bar.write(_eval_line(step, last_eval), file=sys.stderr)
                     train_model.train()
@@ -202,6 +233,11 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
                     save(step)
                 if leaving:
                     break
+    except Exception as exc:
+        if d.world_size > 1:  # say which rank and step; torchrun's summary names the first rank that failed
+            print(f"rank {d.rank}/{d.world_size}: training failed in step {step + 1}: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr, flush=True)
+        raise
     finally:  # close the metrics file and TensorBoard writer even when a step raises
         bar.close()
         if logger is not None:
@@ -210,15 +246,17 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     if stop.signum is not None or step < t.steps:
         result.signal, result.stopped_early = stop.signum, stop.signum is None
         why = f"signal {signal.Signals(stop.signum).name}" if stop.signum else f"stop_after={stop_after}"
-        print(f"stopped after step {step} ({why}); checkpoint in {out / 'checkpoints'}; continue with "
-              f"`ponderlm train --out {out} --resume`", file=sys.stderr)
+        if d.is_main:
+            print(f"stopped after step {step} ({why}); checkpoint in {out / 'checkpoints'}; continue with "
+                  f"`ponderlm train --out {out} --resume`", file=sys.stderr)
         return result
 
-    # ---- final model, summary, sample
+    # ---- final model (consolidated from the shards), summary, sample
     if not last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
-        last_eval = evaluate(train_model, data_dir, cfg, device, autocast)
-    if is_main:
-        _finish(result, model, cfg, data_dir, last_eval, device)
+        last_eval = evaluate(model, data_dir, cfg, device, autocast)
+    plain = dckpt.export_pretrained(model, out / "final", d)
+    if d.is_main:
+        _finish(result, plain, cfg, data_dir, last_eval)
     return result
 
 
@@ -237,6 +275,33 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype |
         raise PonderError("train.dtype=bf16 but this GPU does not support bf16; use train.dtype=auto or fp32")
     use_bf16 = dtype == "bf16" or (dtype == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
     return dev, (torch.bfloat16 if use_bf16 else None)
+
+
+def grad_accum_for(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per step: `train.grad_accum`, or what `train.global_batch_size` needs at this world size."""
+    t = cfg.train
+    if t.global_batch_size is None:
+        return t.grad_accum
+    per_step = t.batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise PonderError(f"train.global_batch_size ({t.global_batch_size}) is not a multiple of train.batch_size x "
+                          f"world size ({t.batch_size} x {world_size}); change train.batch_size or the process count")
+    return t.global_batch_size // per_step
+
+
+def build_model(cfg: RunConfig, model_config: Any, data_vocab: int) -> torch.nn.Module:
+    """A fresh model, or one continued from a Hugging Face backbone (`model.init_from`)."""
+    from ponderlm.modeling import PonderForCausalLM
+
+    init_from = cfg.model.get("init_from")
+    if not init_from:
+        return PonderForCausalLM(model_config)
+    model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
+    _check_vocab(model.config.vocab_size, data_vocab)
+    if cfg.data.seq_len > model.config.max_position_embeddings:
+        raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {init_from}'s max_position_embeddings "
+                          f"({model.config.max_position_embeddings})")
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
@@ -341,16 +406,6 @@ def _check_vocab(model_vocab: int, data_vocab: int) -> None:
                           "leave model.vocab_size unset to take the data's")
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world_size). Single process here; `train/parallel.py` will read them from torchrun's env."""
-    return 0, 1
-
-
-def _wrap_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
-    """Seam for DDP / FSDP2 / activation checkpointing (`train/parallel.py`); the identity in one process."""
-    return model
-
-
 class _StopOnSignal:
     """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
 
@@ -376,15 +431,13 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float],
-            device: torch.device) -> None:
-    """Write `final/` (weights + tokenizer), print the summary, and a greedy sample."""
+def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float]) -> None:
+    """Complete `final/` (weights are already there) with the tokenizer, print the summary and a greedy sample."""
     from ponderlm.data.loader import unigram_perplexity
     from ponderlm.data.tokenizer import load_tokenizer
 
     out = result.out_dir
     final = out / "final"
-    ckpt.save_pretrained_quietly(model, final)
     # The tokenizer that made the data (prepare_data keeps a copy), so final/ matches the tokens it saw.
     tokenizer = load_tokenizer(data_dir / "tokenizer" if (data_dir / "tokenizer").is_dir() else cfg.data.tokenizer)
     tokenizer.save_pretrained(final)
@@ -392,7 +445,7 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
     result.executed_steps = last_eval["val_executed_steps"]
     result.unigram_ppl = unigram_perplexity(data_dir)
     if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
-        ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=device)
+        ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=model.device)
         model.eval()
         with torch.no_grad():
             gen = model.generate(ids, max_new_tokens=cfg.train.sample_tokens, do_sample=False)

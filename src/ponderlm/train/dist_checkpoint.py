@@ -1,0 +1,174 @@
+"""Sharded checkpoints (torch.distributed.checkpoint) and the consolidated `final/` export.
+
+With world size > 1 (or `dist.checkpoint: dcp`) a checkpoint is written by every rank together:
+
+    checkpoints/step_000123/
+      config.json                      the model's PonderConfig (for tools; weights are in dcp/)
+      dcp/.metadata, dcp/__R_0.distcp  model + optimizer, each rank's shard; loads at any world size
+      rng/rank_00000.{safetensors,json}  every rank's torch / python / numpy RNG states
+      trainer_state.json               step, tokens seen, loader position, config hash, format, world size
+      manifest.json                    size + sha256 of every file (hashing shared by the ranks), written last
+
+It keeps the single-process contract of `checkpoint.py`: files go to a `.tmp-*` directory, every rank
+fsyncs what it wrote, a barrier, then rank 0 writes the manifest and renames the directory into place.
+A rank dying mid-save leaves only a `.tmp-*` directory; the previous checkpoint stays complete.
+
+Loading reshards: the state is read into this run's (possibly differently sharded) model and optimizer
+through `get_state_dict` / `set_state_dict`. Single-file checkpoints (world size 1) still load with
+`checkpoint.load_checkpoint`, also on several DDP ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from ponderlm.errors import PonderError
+from ponderlm.train import checkpoint as ckpt
+from ponderlm.train.parallel import Dist, barrier, broadcast_object, is_fsdp, on_main
+
+DCP_DIR = "dcp"
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / DCP_DIR).is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- save
+def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep_last: int, d: Dist) -> Path:
+    """Collective: every rank must call it. Returns the final directory."""
+    final = root / ckpt.step_dir_name(step)
+    tmp = Path(broadcast_object(d, str(root / f".tmp-{final.name}-{os.getpid()}")))
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "rng").mkdir(parents=True)
+        model.config.to_json_file(tmp / "config.json")
+        (tmp / ckpt.STATE).write_text(json.dumps({**state, "step": step, "format": "dcp",
+                                                   "world_size": d.world_size}, indent=1))
+    barrier(d)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))  # fsyncs its files
+    tensors, plain = ckpt.capture_rng()
+    name = tmp / "rng" / f"rank_{d.rank:05d}"
+    save_file(tensors, f"{name}.safetensors")
+    Path(f"{name}.json").write_text(json.dumps(plain))
+    barrier(d)  # every rank's files are on disk
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    mine = {str(p.relative_to(tmp)): _describe(p) for i, p in enumerate(files) if i % d.world_size == d.rank}
+    manifest = _gather_dicts(d, mine)
+    if d.is_main:
+        (tmp / ckpt.MANIFEST).write_text(json.dumps({"step": step, "files": dict(sorted(manifest.items()))},
+                                                    indent=1))
+        for sub in (tmp / ckpt.MANIFEST, tmp / DCP_DIR, tmp / "rng", tmp):
+            ckpt._fsync(sub)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        ckpt._fsync(root)
+        for _, old in ckpt.list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(d)  # nobody moves on (or exits) before the checkpoint is complete
+    return final
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    ckpt._fsync(path)
+    return {"bytes": path.stat().st_size, "sha256": ckpt._sha256(path)}
+
+
+def _gather_dicts(d: Dist, mine: dict[str, Any]) -> dict[str, Any]:
+    if d.world_size == 1:
+        return mine
+    parts: list[Any] = [None] * d.world_size
+    dist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in part.items()}
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def find_resume(root: Path, identity_hash: str, d: Dist) -> tuple[Path, dict[str, Any]]:
+    """Rank 0 cleans temp dirs, picks the newest complete checkpoint and verifies every file; all ranks get
+    (path, trainer_state) or raise the same PonderError, before anything is written."""
+
+    def find() -> tuple[str, dict[str, Any]]:
+        ckpt.clean_temp_dirs(root)
+        path = ckpt.latest_checkpoint(root)
+        if path is None:
+            raise PonderError(f"--resume: no complete checkpoint in {root}")
+        return str(path), ckpt.verify_checkpoint(path, identity_hash)
+
+    path, state = on_main(d, find)
+    return Path(path), state
+
+
+def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> None:
+    """Load a verified checkpoint of either format into the (wrapped) model and its optimizer."""
+    if not is_sharded(path):
+        if is_fsdp(model):
+            raise PonderError(f"{path} is a single-process checkpoint; resume it with dist.backend=ddp "
+                              "(or one process) and save once, then switch to fsdp2")
+        ckpt.load_checkpoint(path, model=model, optimizer=optimizer)  # every DDP rank reads the full files
+        return
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the shapes this run expects (a template)
+    reader = dcp.FileSystemReader(str(path / DCP_DIR))
+    saved = set(reader.read_metadata().state_dict_metadata)
+    missing = [k for k in model_sd if f"model.{k}" not in saved]
+    if missing:
+        raise PonderError(f"checkpoint {path} has no weights for {missing[:3]}")
+    state = {"model": model_sd, "optim": optim_sd}
+    # Partial: parameters frozen so far (AdaPonderLM's gates-only stage) have no optimizer state yet.
+    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # The template had every state initialised; drop those the checkpoint lacked so AdamW starts them
+    # fresh exactly when the uninterrupted run would have.
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if f"optim.state.{names[id(p)]}.step" not in saved:
+                optimizer.state.pop(p, None)
+    rng = path / "rng" / f"rank_{d.rank:05d}"
+    if not Path(f"{rng}.json").is_file():  # a different world size: ranks share rank 0's states
+        rng = path / "rng" / "rank_00000"
+    ckpt.restore_rng(load_file(f"{rng}.safetensors"), json.loads(Path(f"{rng}.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------- final/
+def export_pretrained(model: torch.nn.Module, directory: Path, d: Dist) -> torch.nn.Module | None:
+    """Collective: write a consolidated `save_pretrained` directory from rank 0.
+
+    Returns a plain, unsharded model on rank 0 (the same object unless FSDP2 sharded it) and None elsewhere.
+    """
+    if not is_fsdp(model):
+        if d.is_main:
+            ckpt.save_pretrained_quietly(model, directory)
+            return model
+        return None
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not d.is_main:
+        return None
+    from ponderlm.modeling import PonderForCausalLM
+
+    with torch.device("meta"):
+        plain = PonderForCausalLM(model.config)
+    plain.load_state_dict(full, assign=True)
+    if model.config.tie_word_embeddings:
+        plain.tie_weights()
+    ckpt.save_pretrained_quietly(plain, directory)
+    return plain
