@@ -200,6 +200,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec.add_argument("--hidden", type=int, default=256)
     dec.add_argument("--layers", type=int, default=4)
     dec.add_argument("--max-steps", type=int, default=3)
+    dec.add_argument("--router-scale", type=float, default=12.0,
+                     help="synthetic ponderlm3 only: router weight std x sqrt(hidden) (larger = more pruning)")
+    dec.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     dec.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     dec.add_argument("--prompt-len", type=int, default=16)
     dec.add_argument("--new-tokens", type=int, default=48)
@@ -223,13 +226,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model:
         model = load_model(args.model)
     else:
         extra = {"router_init": "uniform"} if args.method == "ponderlm3" else {}
         model = synthetic_model(args.method, args.hidden, args.layers, args.max_steps, 4096, **extra).eval()
         if args.method == "ponderlm3":  # a spread router so the untrained stand-in prunes some slots
-            torch.nn.init.normal_(model.method.router.net[0].weight, std=4.0 / args.hidden**0.5)
+            torch.nn.init.normal_(model.method.router.net[0].weight, std=args.router_scale / args.hidden**0.5)
     rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats)
     cfg = model.config
     print(f"# decode {cfg.method} d={cfg.hidden_size} L={cfg.num_hidden_layers} K={cfg.max_steps} tau={cfg.tau} "

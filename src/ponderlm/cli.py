@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ponderlm.inference.commands",
     "ponderlm.eval.commands",
     "ponderlm.benchmarking",
+    "ponderlm.plan",
 )
 
 

@@ -55,6 +55,9 @@ class DecoderStack(nn.Module):
         kv_hook: KVHook | None = None,
     ) -> torch.Tensor:
         rotary = rotary_cos_sin(position_ids, self.rotary_dim, self.config.rope_theta, x.dtype)
+        if mask is not None and mask.dtype != x.dtype:
+            # Cast once per pass: a per-layer cast would keep one copy per layer alive for autograd.
+            mask = mask.to(x.dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, rotary, mask, None, kv_hook, self.attention_backend, use_reentrant=False)

@@ -335,6 +335,18 @@ def validate(cfg: RunConfig) -> None:
              f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings ({max_pos})")
 
 
+def grad_accum_for(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per step: `train.grad_accum`, or what `train.global_batch_size` needs at this world size."""
+    t = cfg.train
+    if t.global_batch_size is None:
+        return t.grad_accum
+    per_step = t.batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise PonderError(f"train.global_batch_size ({t.global_batch_size}) is not a multiple of train.batch_size x "
+                          f"world size ({t.batch_size} x {world_size}); change train.batch_size or the process count")
+    return t.global_batch_size // per_step
+
+
 def build_model_config(cfg: RunConfig) -> Any:
     """`PonderConfig(**cfg.model)` with its ValueError turned into a one-line PonderError."""
     from ponderlm.config import PonderConfig

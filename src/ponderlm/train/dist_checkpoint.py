@@ -65,7 +65,8 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
                                                    "world_size": d.world_size}, indent=1))
     barrier(d)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))  # fsyncs its files
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR),  # fsyncs its files
+             no_dist=not dist.is_initialized())
     tensors, plain = ckpt.capture_rng()
     name = tmp / "rng" / f"rank_{d.rank:05d}"
     save_file(tensors, f"{name}.safetensors")
@@ -134,7 +135,8 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         raise PonderError(f"checkpoint {path} has no weights for {missing[:3]}")
     state = {"model": model_sd, "optim": optim_sd}
     # Partial: parameters frozen so far (AdaPonderLM's gates-only stage) have no optimizer state yet.
-    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True),
+             no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     # The template had every state initialised; drop those the checkpoint lacked so AdamW starts them
     # fresh exactly when the uninterrupted run would have.

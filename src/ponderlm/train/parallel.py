@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,10 +81,19 @@ def barrier(d: Dist) -> None:
 def main_first(d: Dist, fn: Callable[[], T]) -> T:
     """Run `fn` on global rank 0, then on each node's local rank 0, then everywhere else.
 
-    For work that fills a cache (data preparation, hub downloads): one process does it, the others
-    find it done. Node-local caches are filled once per node; a shared one only once.
+    For work that fills a cache (data preparation, hub downloads): one process does it, the others find
+    it done (node-local caches are filled once per node). Bad input on rank 0 raises on every rank.
     """
-    for turn in (d.rank == 0, d.rank != 0 and d.local_rank == 0, d.local_rank != 0):
+    result, error = None, None
+    if d.is_main:
+        try:
+            result = fn()
+        except PonderError as exc:
+            error = str(exc)
+    error = broadcast_object(d, error)  # also the barrier after rank 0's turn
+    if error is not None:
+        raise PonderError(error)
+    for turn in (d.rank != 0 and d.local_rank == 0, d.local_rank != 0):
         if turn:
             result = fn()
         barrier(d)
@@ -142,15 +152,15 @@ def wrap(model: nn.Module, d: Dist, *, backend: str, activation_checkpointing: b
                    find_unused_parameters=find_unused or variable)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32) if amp_dtype else MixedPrecisionPolicy()
+    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32 if amp_dtype else None)
     # fully_shard cannot shard 0-d parameters (AdaPonderLM's gate biases): they stay replicated and
     # `gradient_sync` averages their gradients.
-    scalars = {p for p in model.parameters() if p.ndim == 0}
+    scalars = [p for p in model.parameters() if p.ndim == 0]
     if not variable:
         for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp, ignored_params=scalars)
-    fully_shard(model, mp_policy=mp, ignored_params=scalars)
-    model._replicated_params = sorted(scalars, key=lambda p: [id(q) for q in model.parameters()].index(id(p)))
+            fully_shard(layer, mp_policy=mp, ignored_params=set(scalars))
+    fully_shard(model, mp_policy=mp, ignored_params=set(scalars))
+    model._replicated_params = scalars
     return model
 
 
@@ -193,18 +203,12 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     if isinstance(total, DTensor):  # partial norms of the shards -> the global norm
         total = total.full_tensor()
     if replicated:
-        total = torch.linalg.vector_norm(torch.stack([total, torch.nn.utils.get_total_norm([p.grad for p in replicated])]))
+        rest = torch.nn.utils.get_total_norm([p.grad for p in replicated])
+        total = torch.linalg.vector_norm(torch.stack([total, rest]))
     for group in (sharded, replicated):
         if group:
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
     return total
-
-
-def prepare_for_freeze(model: nn.Module) -> None:
-    """FSDP2 fixes each parameter group's gradient dtypes at its lazy init from the parameters that
-    require grad then: initialise while everything still trains, so unfreezing later works."""
-    if is_fsdp(model):
-        model._get_fsdp_state()._lazy_init()
 
 
 # ---------------------------------------------------------------------------------------------- failures
@@ -229,16 +233,23 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     Returns the exit code: 0; 130/143 when every rank stopped on a signal (checkpoint written); 2 for bad
     input (rank 0 printed it); else 1 after a one-line summary of which rank failed and how.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "ponderlm", *argv])
     try:
         run(args)
+    except SignalException as exc:  # torchrun passed the signal on; the ranks had up to 30 s to checkpoint
+        print(f"stopped by {exc.sigval.name}", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = {f.exitcode for f in exc.failures.values()}
-        if codes <= {130, 143} or codes == {2}:  # stopped on a signal after a checkpoint / bad input (printed)
-            return max(codes)
+        if codes == {2}:  # bad input, printed by rank 0
+            return 2
+        stopped = codes & {130, 143}  # stopped on a signal after a checkpoint (torchrun may kill the slower ranks)
+        if stopped and codes <= {130, 143, -signal.SIGINT, -signal.SIGTERM}:
+            return max(stopped)
         # Ranks that exited by themselves first; the ones torchrun then stopped (SIGTERM) last.
         failures = sorted(exc.failures.items(), key=lambda kv: (kv[1].exitcode < 0, kv[1].timestamp, kv[0]))
         what = [f"rank {rank} exited with code {f.exitcode}" if f.exitcode > 0 else

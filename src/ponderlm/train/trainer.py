@@ -35,7 +35,7 @@ from ponderlm.errors import PonderError
 from ponderlm.train import checkpoint as ckpt
 from ponderlm.train import dist_checkpoint as dckpt
 from ponderlm.train import parallel
-from ponderlm.train.config import DataConfig, RunConfig, build_model_config, save_yaml
+from ponderlm.train.config import DataConfig, RunConfig, build_model_config, grad_accum_for, save_yaml
 from ponderlm.train.logging import MetricsLogger
 from ponderlm.train.schedule import lr_at, warmup_steps
 
@@ -134,7 +134,6 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     if start_step < freeze_steps:  # AdaPonderLM continued pretraining: gates only until step freeze_steps
         from ponderlm.methods.adaponder import freeze_backbone_for_gates
 
-        parallel.prepare_for_freeze(model)
         frozen = freeze_backbone_for_gates(model)
     n_params = sum(p.numel() for p in model.parameters())
     logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
@@ -168,7 +167,7 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
                dynamic_ncols=True)
     train_model.train()
     try:
-        with _StopOnSignal() as stop:
+        with _StopOnSignal(grace=5.0 if d.world_size > 1 else 0.0, verbose=d.is_main) as stop:
             while step < t.steps:
                 t0 = time.perf_counter()
                 if frozen is not None and step >= freeze_steps:  # from now on the whole model trains
@@ -204,9 +203,8 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
                 tokens_seen += tokens_per_step
 
                 # One all-reduce per step: global loss, executed steps and whether any rank got a signal.
-                sig = stop.signum or 0
-                stats = torch.stack([loss_sum, exec_sum, torch.tensor(float(sig == signal.SIGINT), device=device),
-                                     torch.tensor(float(sig == signal.SIGTERM), device=device)])
+                flags = [float(stop.signum == s) for s in (signal.SIGINT, signal.SIGTERM)]
+                stats = torch.cat([torch.stack([loss_sum, exec_sum]), torch.tensor(flags, device=device)])
                 loss, exec_steps, got_int, got_term = parallel.all_reduce_sum(d, stats).tolist()
                 stop.signum = int(signal.SIGINT) if got_int else int(signal.SIGTERM) if got_term else None
                 if not math.isfinite(loss):
@@ -275,18 +273,6 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype |
         raise PonderError("train.dtype=bf16 but this GPU does not support bf16; use train.dtype=auto or fp32")
     use_bf16 = dtype == "bf16" or (dtype == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
     return dev, (torch.bfloat16 if use_bf16 else None)
-
-
-def grad_accum_for(cfg: RunConfig, world_size: int) -> int:
-    """Micro-batches per step: `train.grad_accum`, or what `train.global_batch_size` needs at this world size."""
-    t = cfg.train
-    if t.global_batch_size is None:
-        return t.grad_accum
-    per_step = t.batch_size * world_size
-    if t.global_batch_size % per_step:
-        raise PonderError(f"train.global_batch_size ({t.global_batch_size}) is not a multiple of train.batch_size x "
-                          f"world size ({t.batch_size} x {world_size}); change train.batch_size or the process count")
-    return t.global_batch_size // per_step
 
 
 def build_model(cfg: RunConfig, model_config: Any, data_vocab: int) -> torch.nn.Module:
@@ -407,18 +393,26 @@ def _check_vocab(model_vocab: int, data_vocab: int) -> None:
 
 
 class _StopOnSignal:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once; under torchrun a
+    repeat within `grace` seconds is the same request (the launcher forwards what the terminal or scheduler
+    already sent). `signum` is the agreed request: any rank's signal, after the per-step all-reduce."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float = 0.0, verbose: bool = True) -> None:
         self.signum: int | None = None
+        self.grace, self.verbose = grace, verbose
+        self._first: float | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-              "(send again to abort without saving)", file=sys.stderr)
+        now = time.monotonic()
+        if self._first is not None:
+            if now - self._first > self.grace:
+                raise KeyboardInterrupt
+            return
+        self._first, self.signum = now, self.signum or signum
+        if self.verbose:
+            print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                  "(send again to abort without saving)", file=sys.stderr)
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signal handlers only install there
