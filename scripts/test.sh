@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ruff check src tests benchmarks scripts
-python -m pytest tests -q -p no:cacheprovider "$@"
+python -m pytest tests -p no:cacheprovider "$@"
