@@ -27,22 +27,6 @@ from ponderlm.train import from_dict, load_config, read_metrics, train
 from ponderlm.train.checkpoint import list_checkpoints, verify_checkpoint
 from ponderlm.train.config import save_yaml
 
-WORDS = ("the cat sat on a mat while a dog ran to the red door and then the bird sang a song about "
-         "rain over the hill near old town where people walk slowly every morning").split()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from ponderlm.data.prepare import prepare_data
-
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) for _ in range(200)]
-    (root / "corpus.txt").write_text("\n\n".join(paragraphs))
-    prepare_data([str(root / "corpus.txt")], "default", root / "prepared", val_fraction=0.1, num_proc=1,
-                 progress=False)
-    return root / "prepared"
-
 
 def tiny(out: Path, data_dir: Path, *overrides: str):
     """2-layer, 32-wide PonderLM-2 (K=1); the Jacobi sweep count is random, so ranks must draw alike."""
