@@ -101,3 +101,11 @@ def split_tau(model, input_ids: torch.Tensor) -> float:
     hidden = model.method.jacobi(model, input_ids, torch.ones_like(input_ids), model.config.jacobi_iters_eval)
     _, w = model.method.route(hidden[:, :, 0])
     return float(w[..., -1].median())
+
+
+def assert_every_parameter_has_finite_gradient(model: PonderForCausalLM) -> None:
+    """After a backward: every parameter got a gradient, finite and not identically zero."""
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import VOCAB, padded_batch, tiny_model
+from helpers import VOCAB, assert_every_parameter_has_finite_gradient, padded_batch, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ponderlm import PonderForCausalLM
@@ -119,10 +119,7 @@ def test_every_parameter_gets_finite_gradient(method):
     model = tiny(method).train()
     ids, mask = padded_batch("right")
     model(ids, attention_mask=mask, labels=ids).loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_finite_gradient(model)
 
 
 def test_pause_vectors_are_initialised_like_embeddings():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import VOCAB, padded_batch, tiny_model
+from helpers import VOCAB, assert_every_parameter_has_finite_gradient, padded_batch, tiny_model
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from ponderlm import PonderConfig, PonderForCausalLM
@@ -89,10 +89,7 @@ def test_every_parameter_gets_finite_gradient(method, K):
     ids, mask = padded_batch("right")
     out = model(ids, attention_mask=mask, labels=ids)
     out.loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_finite_gradient(model)
 
 
 def test_save_pretrained_roundtrip_and_auto(tmp_path):

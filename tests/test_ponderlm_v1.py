@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import VOCAB, padded_batch, tiny_model
+from helpers import VOCAB, assert_every_parameter_has_finite_gradient, padded_batch, tiny_model
 
 from ponderlm import PonderForCausalLM
 from ponderlm.backbone.attention import slot_causal_mask
@@ -89,10 +89,7 @@ def test_every_parameter_gets_finite_gradient(backbone):
     model = tiny(backbone=backbone, max_steps=2).train()
     ids, mask = padded_batch("right")
     model(ids, attention_mask=mask, labels=ids).loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_finite_gradient(model)
 
 
 def test_gradient_checkpointing_gives_same_gradients():
