@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ponderlm.inference.sequential import sequential_logits
+from ponderlm.inference.sequential import decode_options, sequential_logits
 
 
 @torch.no_grad()
@@ -29,23 +29,11 @@ def jacobi_rmse(
                                         trace=True)
         reference = torch.stack(state.slot_trace, dim=1)  # [B,T,K+1,D]
         trace: list[torch.Tensor] = []
-        with _no_pruning(model):
+        # tau = 0 and alpha = 0 so the parallel solve keeps every slot, like the traced decode above.
+        with decode_options(model, tau=0.0, alpha=0.0):
             method.jacobi(model, input_ids, attention_mask, max_sweeps, trace=trace)
     finally:
         model.train(was_training)
     valid = attention_mask.bool()
     return [float(((h - reference)[valid] ** 2).mean().sqrt()) for h in trace]
 
-
-class _no_pruning:
-    """tau = 0 and alpha = 0 so the parallel solve keeps every slot, like the traced decode above."""
-
-    def __init__(self, model) -> None:
-        self.config = model.config
-
-    def __enter__(self) -> None:
-        self.saved = (self.config.tau, self.config.alpha)
-        self.config.tau, self.config.alpha = 0.0, 0.0
-
-    def __exit__(self, *exc) -> None:
-        self.config.tau, self.config.alpha = self.saved
