@@ -91,11 +91,10 @@ def generate(
         with decode_options(model, **ponder):
             batch = input_ids.shape[0]
             state = new_state(model, batch, prompt_len + max_new)
-            steps_log = []
-            logits = None
-            for t in range(prompt_len):
-                logits, steps = model.method.decode_token(model, state, input_ids[:, t], attention_mask[:, t].bool())
-                steps_log.append(steps)
+            # The prompt in a few parallel passes where the method allows (see PonderMethod.prefill).
+            prompt_logits, prompt_steps = model.method.prefill(model, state, input_ids, attention_mask)
+            logits = prompt_logits[:, -1]
+            steps_log = list(prompt_steps.unbind(1))
             sequences = input_ids
             finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
             if streamer is not None:

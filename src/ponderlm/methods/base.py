@@ -93,6 +93,39 @@ def decode_mask(cache: SlotKVCache, allowed_extra: torch.Tensor | None = None) -
     return additive_mask(allowed, torch.where(torch.isfinite(bias), bias, torch.zeros_like(bias)))
 
 
+def prompt_positions(state: DecodeState, valid: torch.Tensor) -> torch.Tensor:
+    """Position ids [B,T] that T `decode_token` calls would give a prompt: the row's next position plus
+    the number of real tokens before t (a padding token sits at the next real token's position)."""
+    before = valid.long().cumsum(-1) - valid.long()
+    return state.next_position[:, None] + before
+
+
+def pack_active(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the indices of the active tokens in order, left-packed: (index [B,n] long, present [B,n] bool).
+
+    n is the largest active count of a row; shorter rows are filled up with indices of their inactive
+    tokens (present False), so the indices of a row are distinct and scattering back is well defined.
+    """
+    counts = active.sum(-1)
+    n = int(counts.max()) if active.numel() else 0
+    order = torch.argsort((~active).to(torch.int8), dim=-1, stable=True)[:, :n]
+    present = torch.arange(n, device=active.device)[None, :] < counts[:, None]
+    return order, present
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B,T,...] at index [B,n] -> [B,n,...]."""
+    shape = index.shape + x.shape[2:]
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
+
+
+def scatter_tokens(x: torch.Tensor, index: torch.Tensor, present: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Copy of x [B,T,D] with values [B,n,D] written at index [B,n] where present."""
+    current = gather_tokens(x, index)
+    values = torch.where(present[..., None], values.to(x.dtype), current)
+    return x.scatter(1, index[..., None].expand_as(values), values)
+
+
 class PonderMethod(nn.Module):
     """Base class. Subclasses register with `@register_method("name")`."""
 
@@ -130,6 +163,24 @@ class PonderMethod(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B])."""
         raise NotImplementedError
+
+    def prefill(
+        self, model: PonderForCausalLM, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consume a whole prompt (input_ids [B,T], attention_mask [B,T]); return (logits [B,T,V], steps [B,T]).
+
+        Must leave `state` exactly as T calls of `decode_token` would (same cache entries up to
+        packing filler, same positions), so decoding continues identically. This default *is* those
+        T calls; methods whose slots do not depend on later slots of earlier tokens override it with
+        a few parallel passes (vanilla, pause, looped, PonderLM v1, AdaPonderLM, latent CoT).
+        """
+        valid = attention_mask.bool()
+        logits, steps = [], []
+        for t in range(input_ids.shape[1]):
+            out, s = self.decode_token(model, state, input_ids[:, t], valid[:, t])
+            logits.append(out)
+            steps.append(s)
+        return torch.stack(logits, 1), torch.stack(steps, 1)
 
     def decode_capacity(self, num_tokens: int) -> int:
         """Cache entries needed for `num_tokens` tokens at full depth (caches grow if exceeded)."""
@@ -170,6 +221,37 @@ class PonderMethod(nn.Module):
         cache.commit()
         state.backbone_calls += 1
         state.rows_computed += inputs.shape[0] if rows is None else int(rows.numel())
+        return hidden
+
+    @staticmethod
+    def run_cached_block(
+        model: PonderForCausalLM,
+        state: DecodeState,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        depth: torch.Tensor | int,
+        bias: torch.Tensor,
+        cache_index: int = 0,
+        allowed_extra_fn=None,
+        apply_norm: bool = True,
+    ) -> torch.Tensor:
+        """Append n slots per row (inputs [B,n,D] at positions [B,n]) and run the backbone on all of them at once.
+
+        The parallel-prefill counterpart of `run_cached_slot`. Within the block, slot order is causal
+        order (a slot sees the block's earlier slots); across the cache, a key is also only visible if
+        its position is <= the query's, because a prefill may have cached deeper slots of *later* tokens
+        in an earlier block (depth-major passes). bias [B,n]: -inf for slots a row does not own.
+        """
+        cache = state.caches[cache_index]
+        cache.reserve(positions, depth, bias)
+        meta = cache.entry_view()
+        allowed = meta["position"][:, None, :] <= positions[:, :, None]
+        if allowed_extra_fn is not None:
+            allowed = allowed & allowed_extra_fn(cache)
+        hidden = model.model(inputs, positions, decode_mask(cache, allowed), cache=cache, apply_norm=apply_norm)
+        cache.commit()
+        state.backbone_calls += 1
+        state.rows_computed += inputs.shape[0] * inputs.shape[1]
         return hidden
 
     @staticmethod

@@ -25,7 +25,17 @@ import torch.nn.functional as F
 from transformers import initialization as init
 
 from ponderlm.backbone.attention import NEG_INF, additive_mask
-from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    gather_tokens,
+    pack_active,
+    padding_positions,
+    prompt_positions,
+    register_method,
+    scatter_tokens,
+)
 from ponderlm.methods.fixed_pruning import fixed_depths
 
 
@@ -199,6 +209,39 @@ class LatentCoT(PonderMethod):
         return self.config.cot_lambda * (terms * has_target).sum() / count
 
     # ------------------------------------------------------------------ sequential path
+    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+        """Depth-major, as in training: depth k runs once over the prompt's tokens still thinking at k,
+        packed left per row. The 2-D mask makes this exact (a depth-k slot reads no deeper key)."""
+        K = self.config.max_steps
+        valid = attention_mask.bool()
+        positions = prompt_positions(state, valid)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        fixed = fixed_depths(self.config, rows, positions)
+        h = self.run_cached_block(model, state, model.embed(input_ids), positions, 0, self.token_bias(valid),
+                                  allowed_extra_fn=_depth_at_most(0))
+        slots, gates, active = [h], [], valid
+        reach = torch.ones(valid.shape, device=valid.device)
+        depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+        for k in range(K):
+            gates.append(self.router(h, k))
+            reach = reach * gates[-1]
+            active = active & self.keep_going(reach, k, fixed)
+            if not active.any():
+                break
+            index, present = pack_active(active)
+            bias = torch.where(present, 0.0, NEG_INF).float()
+            new = self.run_cached_block(model, state, gather_tokens(h, index), gather_tokens(positions, index),
+                                        k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1))
+            h = scatter_tokens(h, index, present, new)
+            slots.append(torch.where(active[..., None], h, torch.zeros_like(h)))
+            depth += active.long()
+        state.next_position += valid.long().sum(-1)
+        stacked = torch.stack(slots, dim=-2)  # [B,T,S,D]
+        gate_t = torch.stack(gates, -1) if gates else torch.ones(*valid.shape, 0, device=valid.device)
+        _, p = exit_weights(gate_t, depth)
+        fused = (p[..., : stacked.shape[-2], None].to(stacked.dtype) * stacked).sum(-2)
+        return model.lm_head(fused), depth.float() * valid
+
     def decode_token(self, model, state: DecodeState, input_ids, valid):
         """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
         while others continue is not computed and gets a -inf-biased entry (invisible); with batch 1
@@ -207,11 +250,8 @@ class LatentCoT(PonderMethod):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         fixed = fixed_depths(self.config, rows, state.next_position)
 
-        def upto(depth: int):
-            return lambda cache: cache.entry_view()["depth"][:, None, :] <= depth
-
         h = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid),
-                                 allowed_extra_fn=upto(0))
+                                 allowed_extra_fn=_depth_at_most(0))
         slots, gates, active = [h], [], valid
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
@@ -223,7 +263,8 @@ class LatentCoT(PonderMethod):
                 break
             bias = torch.where(active, 0.0, NEG_INF).float()
             # Only the active rows are computed; halted rows keep their input and own no visible entry.
-            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=upto(k + 1), active=active)
+            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
+                                     active=active)
             slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long()
@@ -234,3 +275,8 @@ class LatentCoT(PonderMethod):
         _, p = exit_weights(gate_t, depth)
         fused = (p[:, : stacked.shape[1], None].to(stacked.dtype) * stacked).sum(1)
         return model.lm_head(fused), depth.float() * valid
+
+
+def _depth_at_most(depth: int):
+    """Decode predicate of the 2-D mask for a depth-`depth` query: keys of depth <= it ([B,1,N] bool)."""
+    return lambda cache: cache.entry_view()["depth"][:, None, :] <= depth

@@ -20,6 +20,7 @@ from ponderlm.methods.base import (
     PonderMethod,
     decode_mask,
     padding_positions,
+    prompt_positions,
     register_method,
 )
 
@@ -65,3 +66,15 @@ class Looped(PonderMethod):
         hidden = model.model.norm(x[:, 0])
         steps = float(self.config.max_steps) * valid.float()
         return model.lm_head(hidden), steps
+
+    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+        """K+1 cached passes over the whole prompt, loop i writing cache i."""
+        valid = attention_mask.bool()
+        positions = prompt_positions(state, valid)
+        bias = self.token_bias(valid)
+        x = model.embed(input_ids)
+        for i in range(self.num_loops()):
+            x = self.run_cached_block(model, state, x, positions, i, bias, cache_index=i, apply_norm=False)
+        state.next_position += valid.long().sum(-1)
+        steps = float(self.config.max_steps) * valid.float()
+        return model.lm_head(model.model.norm(x)), steps

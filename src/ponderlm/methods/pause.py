@@ -14,7 +14,14 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
-from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    padding_positions,
+    prompt_positions,
+    register_method,
+)
 from ponderlm.methods.interleaved import InterleavedPonder
 
 
@@ -62,3 +69,19 @@ class Pause(PonderMethod):
             state.slot_trace.append(torch.stack(slots, dim=1))
         steps = float(self.config.max_steps) * valid.float()
         return model.lm_head(h), steps
+
+    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+        """The prompt's T(K+1) interleaved slots in one cached pass (no slot reads another's output)."""
+        valid = attention_mask.bool()
+        b, t = input_ids.shape
+        slots = self.config.max_steps + 1
+        tokens = model.embed(input_ids)
+        pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)
+        grid = torch.cat([tokens[:, :, None], pauses], dim=2).reshape(b, t * slots, -1)
+        positions = prompt_positions(state, valid).repeat_interleave(slots, dim=1)
+        depth = torch.arange(slots, device=input_ids.device).repeat(t)[None].expand(b, -1)
+        bias = self.token_bias(valid).repeat_interleave(slots, dim=1)
+        hidden = self.run_cached_block(model, state, grid, positions, depth, bias).view(b, t, slots, -1)
+        state.next_position += valid.long().sum(-1)
+        steps = float(self.config.max_steps) * valid.float()
+        return model.lm_head(hidden[:, :, -1]), steps

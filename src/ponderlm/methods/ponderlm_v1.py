@@ -18,9 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.backbone.attention import NEG_INF, slot_causal_mask
 from ponderlm.backbone.cache import SlotKVCache
-from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    gather_tokens,
+    pack_active,
+    padding_positions,
+    prompt_positions,
+    register_method,
+    scatter_tokens,
+)
 
 
 class RecurrentPonder(PonderMethod):
@@ -126,6 +136,45 @@ class RecurrentPonder(PonderMethod):
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(trace, dim=1))
+        return model.lm_head(hidden), steps * valid
+
+
+    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+        """Pass-major: pass j runs once over the prompt's tokens still active at j, packed left per row
+        (halted tokens cost nothing and, with batch 1, write nothing). Same entries, depths and aliases
+        as `decode_token`, in pass-major instead of token-major order."""
+        K = self.config.max_steps
+        cache = state.cache
+        valid = attention_mask.bool()
+        positions = prompt_positions(state, valid)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
+        inputs = model.embed(input_ids)
+        hidden = torch.zeros_like(inputs)
+        active = valid
+        steps = torch.zeros(valid.shape, device=valid.device)
+        for j in range(K + 1):
+            # Pass 0 keeps padding as invisible entries, exactly like decode_token; later passes pack.
+            index, present = pack_active(active if j > 0 else torch.ones_like(active))
+            owned = present & gather_tokens(active, index)
+            bias = torch.where(owned, 0.0, NEG_INF).float()
+            new = self.run_cached_block(model, state, gather_tokens(inputs, index), gather_tokens(positions, index),
+                                        j, bias, allowed_extra_fn=_depth_window(j))
+            start = cache.length - index.shape[1]
+            hidden = scatter_tokens(hidden, index, owned, new)
+            if j == K:
+                break
+            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
+            halted = active & ~nxt
+            if bool(halted.any()):
+                # Alias, not copy: the entries just written serve every later pass of halted tokens.
+                block = cache.depth_last[:, start:cache.length]
+                cache.depth_last[:, start:cache.length] = torch.where(gather_tokens(halted, index) & owned, K, block)
+            steps = steps + nxt.float()
+            if not bool(nxt.any()):
+                break
+            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            active = nxt
+        state.next_position += valid.long().sum(-1)
         return model.lm_head(hidden), steps * valid
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from ponderlm.backbone.attention import slot_causal_mask
-from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    padding_positions,
+    prompt_positions,
+    register_method,
+)
 
 
 @register_method("vanilla")
@@ -20,4 +27,12 @@ class Vanilla(PonderMethod):
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(hidden[:, None])
+        return model.lm_head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)
+
+    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+        """The whole prompt in one cached pass."""
+        valid = attention_mask.bool()
+        hidden = self.run_cached_block(model, state, model.embed(input_ids), prompt_positions(state, valid), 0,
+                                       self.token_bias(valid))
+        state.next_position += valid.long().sum(-1)
         return model.lm_head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)

@@ -1,0 +1,89 @@
+"""Parallel prompt prefill must leave decoding exactly where token-by-token decoding would.
+
+Reference: `sequential_logits`, which feeds the prompt one token at a time through `decode_token`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import padded_batch, tiny_model
+from test_adaponder import mixed as mixed_adaponder
+from test_latent_cot import make as mixed_latent_cot
+
+from ponderlm.inference.generate import generate
+from ponderlm.inference.sequential import new_state, sequential_logits
+
+BUILDERS = {
+    "vanilla": lambda backbone: tiny_model("vanilla", backbone),
+    "pause": lambda backbone: tiny_model("pause", backbone, max_steps=2),
+    "looped": lambda backbone: tiny_model("looped", backbone, max_steps=2),
+    "ponderlm": lambda backbone: tiny_model("ponderlm", backbone, max_steps=2),
+    "adaponder": lambda backbone: mixed_adaponder(backbone),
+    "latent_cot": lambda backbone: mixed_latent_cot(3, backbone),
+    # The default prefill (token by token): PonderLM-3's depth depends on earlier tokens' latent slots.
+    "ponderlm3": lambda backbone: tiny_model("ponderlm3", backbone, max_steps=2, tau=0.3),
+}
+PARALLEL = ("vanilla", "pause", "looped", "ponderlm", "adaponder", "latent_cot")
+EXTRA = 4  # tokens decoded after the prompt
+
+
+@torch.no_grad()
+def _continue(model, state, logits: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
+    out = []
+    for _ in range(EXTRA):
+        logits, _ = model.method.decode_token(model, state, logits.argmax(-1), valid)
+        out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("side", ["left", "none"])
+@pytest.mark.parametrize("method", list(BUILDERS))
+def test_prefill_equals_token_by_token_and_decoding_continues_identically(method, side, backbone):
+    model = BUILDERS[method](backbone)
+    ids, mask = padded_batch(side, length=8)
+    valid = mask.bool()
+    ref_logits, ref_steps, ref_state = sequential_logits(model, ids, mask, return_state=True)
+    with torch.no_grad():
+        state = new_state(model, ids.shape[0], ids.shape[1] + EXTRA)
+        logits, steps = model.method.prefill(model, state, ids, mask)
+    torch.testing.assert_close(logits[valid], ref_logits[valid], atol=2e-5, rtol=1e-4)
+    assert torch.equal(steps[valid], ref_steps[valid])
+    assert torch.equal(state.next_position, ref_state.next_position)
+    if method in ("adaponder", "latent_cot"):
+        assert len(set(steps[valid].tolist())) >= 3, "the test model must mix depths"
+    if method in PARALLEL:
+        # A handful of passes over the whole prompt, not one call per token and step.
+        assert state.backbone_calls <= model.config.max_steps + 1 < ids.shape[1]
+    # Decoding on from either state gives the same logits: the caches hold the same visible entries.
+    last = torch.ones(ids.shape[0], dtype=torch.bool)
+    ours = _continue(model, state, logits[:, -1], last)
+    theirs = _continue(model, ref_state, ref_logits[:, -1], last)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["adaponder", "latent_cot"])
+def test_prefill_of_one_sequence_writes_only_executed_slots(method):
+    """Batch 1: halted / skipped steps write no cache entry, exactly as in token-by-token decoding."""
+    model = BUILDERS[method]("llama")
+    ids, _ = padded_batch("none", length=8)
+    ids, mask = ids[:1], torch.ones_like(ids[:1])
+    _, ref_steps, ref_state = sequential_logits(model, ids, mask, return_state=True)
+    with torch.no_grad():
+        state = new_state(model, 1, ids.shape[1])
+        _, steps = model.method.prefill(model, state, ids, mask)
+    assert state.cache.length == ref_state.cache.length == ids.shape[1] + int(ref_steps.sum())
+    assert state.rows_computed == ids.shape[1] + int(steps.sum())
+
+
+def test_generate_with_left_padding_matches_each_prompt_alone():
+    """Batched generate (parallel prefill of left-padded prompts) == each prompt generated on its own."""
+    model = BUILDERS["adaponder"]("llama")
+    ids, mask = padded_batch("left", length=8)
+    batched = generate(model, ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    for row in range(ids.shape[0]):
+        prompt = ids[row : row + 1, mask[row].bool()]
+        alone = generate(model, prompt, max_new_tokens=5, do_sample=False)
+        assert torch.equal(batched[row, -5:], alone[0, -5:])
