@@ -7,6 +7,7 @@ import torch
 from helpers import VOCAB, padded_batch, tiny_model
 
 from ponderlm import PonderConfig, PonderForCausalLM
+from ponderlm.backbone.cache import SlotKVCache
 from ponderlm.inference import sequential_logits
 from ponderlm.methods.ponderlm3 import tail_cdf
 
@@ -73,7 +74,10 @@ def test_no_pruning_both_backbones(backbone):
 
 # ---------------------------------------------------------------- 2. tau > 0: pruned slots never computed
 @pytest.mark.parametrize("tau", [0.15, 0.3])
-def test_pruned_slots_are_never_computed_and_match_parallel(tau):
+@pytest.mark.parametrize("full_batch_from", [0.0, 2.0], ids=["attend-whole-batch", "gather-active-rows"])
+def test_pruned_slots_are_never_computed_and_match_parallel(tau, full_batch_from, monkeypatch):
+    # Both ways of attending for a subset of rows: over the whole batch's K/V, or over gathered rows.
+    monkeypatch.setattr(SlotKVCache, "full_batch_attention_min_fraction", full_batch_from)
     model = make(3, tau=tau)
     ids, mask = batch("left")
     out = model(ids, attention_mask=mask)

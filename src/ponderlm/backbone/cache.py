@@ -22,6 +22,9 @@ import torch
 
 
 class SlotKVCache:
+    # Attend over the whole batch (dummy queries for inactive rows) when at least this fraction of the
+    # rows is active in a forward; below it, gather the active rows' K/V (see `reserve`).
+    full_batch_attention_min_fraction = 1 / 3
     def __init__(
         self,
         num_layers: int,
@@ -42,6 +45,7 @@ class SlotKVCache:
         self.length = 0
         self._pending: tuple[int, int] | None = None  # (start, count) of entries being written
         self._rows: torch.Tensor | None = None  # batch rows computed by the pending forward (None = all)
+        self.full_batch_attention = False
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.position = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)
@@ -105,6 +109,11 @@ class SlotKVCache:
         self.bias[:, start:end] = bias
         self._pending = (start, count)
         self._rows = rows
+        # With most rows active, attention runs over the whole batch (inactive rows get dummy queries
+        # whose output is dropped): reading every row's K/V once is cheaper than gathering the active
+        # rows' K/V, which copies that part of the cache in every layer. With few active rows, gather.
+        self.full_batch_attention = (
+            rows is not None and rows.numel() >= self.full_batch_attention_min_fraction * self.batch_size)
         return start
 
     def update(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +130,16 @@ class SlotKVCache:
         # Only the active rows run: write their entries, attend over their rows of the cache.
         keys[self._rows, :, start:end] = key
         values[self._rows, :, start:end] = value
+        if self.full_batch_attention:
+            return keys[:, :, :end], values[:, :, :end]
         return keys[:, :, :end].index_select(0, self._rows), values[:, :, :end].index_select(0, self._rows)
+
+    @property
+    def query_rows(self) -> torch.Tensor | None:
+        """Rows whose queries the pending forward computes when `update` returned the whole batch's K/V
+        (the attention must place its queries at these rows); None if queries and K/V rows already match."""
+        return self._rows if self._pending is not None and self._rows is not None and self.full_batch_attention \
+            else None
 
     def commit(self) -> None:
         start, count = self._pending

@@ -59,9 +59,15 @@ def _attend(
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if kv_hook is not None:
         k, v = kv_hook(layer_idx, k, v)
+    rows = None
     if cache is not None:
         k, v = cache.update(layer_idx, k, v)
+        rows = cache.query_rows
+        if rows is not None:  # K/V of the whole batch: put the active rows' queries at their rows
+            q = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy(0, rows, q)
     out = attention(q, k, v, mask, backend)
+    if rows is not None:
+        out = out.index_select(0, rows)
     batch, heads, seq, dim = out.shape
     return out.transpose(1, 2).reshape(batch, seq, heads * dim)
 

@@ -216,7 +216,9 @@ class PonderMethod(nn.Module):
         if rows is None:
             hidden = model.model(inputs[:, None], position, mask, cache=cache)[:, 0]
         else:
-            out = model.model(inputs[rows, None], position[rows], mask[rows], cache=cache)[:, 0]
+            # The mask keeps every row if the cache attends over the whole batch (see SlotKVCache.reserve).
+            rows_mask = mask if cache.full_batch_attention else mask[rows]
+            out = model.model(inputs[rows, None], position[rows], rows_mask, cache=cache)[:, 0]
             hidden = inputs.index_copy(0, rows, out.to(inputs.dtype))
         cache.commit()
         state.backbone_calls += 1
