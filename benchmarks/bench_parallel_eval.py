@@ -1,4 +1,4 @@
-"""Parallel thresholded evaluation (Jacobi with pruned slots masked) vs sequential decoding on the same text.
+"""Parallel thresholded evaluation (Jacobi with pruned slots removed) vs sequential decoding on the same text.
 
 Both compute per-token NLL of the same sequences at the same tau; prints wall time, speedup, both
 perplexities and the max NLL difference. Target (fast-inference issue): >= 5x faster, equal perplexity.

@@ -20,7 +20,16 @@ import random
 import torch
 
 from ponderlm.backbone.attention import slot_causal_mask
-from ponderlm.methods.base import DecodeState, MethodOutput, PonderMethod, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    gather_tokens,
+    pack_active,
+    padding_positions,
+    register_method,
+    scatter_tokens,
+)
 
 
 def interleave(slots: torch.Tensor) -> torch.Tensor:
@@ -78,9 +87,18 @@ class InterleavedPonder(PonderMethod):
         if latent_bias is not None and n > 1:
             key_bias = torch.cat([torch.zeros_like(latent_bias[:, :, :1]), latent_bias[:, :, : n - 1]], dim=2)
             key_bias = interleave(key_bias)
-        mask = slot_causal_mask(interleave(key_valid), key_bias)
         pos = interleave(positions[:, :, None].expand(b, t, n))
-        hidden = model.model(interleave(grid_inputs), pos, mask)
+        inputs = interleave(grid_inputs)
+        if slot_valid is not None:
+            # Pruned (and padding) slots are removed, not masked: the pass runs only the kept slots,
+            # packed left per row in slot order (so causal order is index order). A removed slot's
+            # output is its input, a starting guess should a later sweep's router keep it.
+            index, present = pack_active(interleave(key_valid))
+            bias = None if key_bias is None else gather_tokens(key_bias, index)
+            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index),
+                                 slot_causal_mask(present, bias))
+            return deinterleave(scatter_tokens(inputs, index, present, packed), n)
+        hidden = model.model(inputs, pos, slot_causal_mask(interleave(key_valid), key_bias))
         return deinterleave(hidden, n)
 
     def jacobi(
