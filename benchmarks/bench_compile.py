@@ -44,7 +44,7 @@ def main() -> None:
         ids = torch.randint(0, 4096, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
         optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
 
-        def train_step(name: str):
+        def train_step(name: str, models=models, optims=optims, ids=ids):
             def fn() -> None:
                 model = models[name].train()
                 loss = model(ids, labels=ids).loss
@@ -53,7 +53,7 @@ def main() -> None:
                 optims[name].zero_grad(set_to_none=True)
             return fn
 
-        def decode(name: str):
+        def decode(name: str, models=models, ids=ids):
             def fn() -> None:
                 with torch.inference_mode():
                     decode_run(models[name].eval(), ids[:1, :16], args.new_tokens)

@@ -46,11 +46,10 @@ def main() -> None:
             ids = torch.randint(0, 4096, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
             mask = torch.ones_like(ids)
 
-            def run(prefill):
+            def run(prefill, model=model, options=options, ids=ids, mask=mask):
                 def fn() -> None:
                     with torch.inference_mode(), decode_options(model, **options):
-                        state = new_state(model, batch, args.prompt)
-                        prefill(model, state, ids, mask)
+                        prefill(model, new_state(model, ids.shape[0], ids.shape[1]), ids, mask)
                 return fn
 
             times = interleaved_medians({"token_by_token": run(PonderMethod.prefill.__get__(model.method)),

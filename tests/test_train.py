@@ -124,6 +124,18 @@ def test_grad_accumulation_leaves_loss_and_gradient_unchanged(tmp_path, data_dir
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
 
 
+def test_compiled_layers_train_like_eager_and_save_the_same_names(tmp_path, data_dir):
+    common = ("model.method=ponderlm2", "train.steps=2", "train.eval_every=100", "model.jacobi_iters_train=[1]")
+    eager = train(tiny(tmp_path / "eager", data_dir, *common))
+    compiled = train(tiny(tmp_path / "compiled", data_dir, *common, "train.compile=true"))
+    for a, b in zip(read_metrics(eager.out_dir, "train"), read_metrics(compiled.out_dir, "train")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    a = load_file(str(tmp_path / "eager" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "compiled" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_sigterm_between_steps_checkpoints_and_returns_143(tmp_path, data_dir, monkeypatch):
     # Deliver SIGTERM from inside step 2's forward: the step finishes, a checkpoint is written, the loop stops.
     from ponderlm.modeling import PonderForCausalLM

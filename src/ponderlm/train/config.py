@@ -77,6 +77,7 @@ class TrainConfig:
     sample_prompt: str = "Once upon a time"
     sample_tokens: int = 32
     freeze_backbone_steps: int = 0  # AdaPonderLM continued pretraining: train only the gates for N steps
+    compile: bool = False  # torch.compile each decoder layer (dynamic shapes); docs/PERFORMANCE.md has the gain
 
 
 @dataclass

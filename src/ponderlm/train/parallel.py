@@ -132,8 +132,12 @@ def all_reduce_sum(d: Dist, tensor: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- wrapping
 def wrap(model: nn.Module, d: Dist, *, backend: str, activation_checkpointing: bool, amp_dtype: torch.dtype | None,
-         find_unused: bool = False) -> nn.Module:
-    """Apply activation checkpointing, then DDP or FSDP2. Returns the module to call for training.
+         find_unused: bool = False, compile: bool = False) -> nn.Module:
+    """Apply activation checkpointing and torch.compile, then DDP or FSDP2. Returns the module to call for training.
+
+    `compile` compiles each decoder layer in place (`Module.compile`: parameter names and checkpoints are
+    unchanged), before sharding, as torchtitan does; shapes are dynamic because the slot grid of
+    pondering methods changes from pass to pass.
 
     FSDP2 shards in place (`model` itself becomes the FSDP module); DDP returns a wrapper around it.
     `find_unused`: some parameters may get no gradient in a step (frozen backbone stage).
@@ -141,6 +145,9 @@ def wrap(model: nn.Module, d: Dist, *, backend: str, activation_checkpointing: b
     fp32 master weights; DDP keeps fp32 weights under bf16 autocast. On CPU everything stays fp32.
     """
     model.model.gradient_checkpointing = activation_checkpointing  # per layer, in backbone/stack.py
+    if compile:
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
     if d.world_size == 1:
         return model
     variable = getattr(model.config, "method", None) in VARIABLE_PASSES

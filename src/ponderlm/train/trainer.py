@@ -121,7 +121,7 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     freeze_steps = t.freeze_backbone_steps
     train_model = parallel.wrap(model, d, backend=cfg.dist.backend, amp_dtype=amp_dtype,
                                 activation_checkpointing=cfg.dist.activation_checkpointing,
-                                find_unused=start_step < freeze_steps)
+                                find_unused=start_step < freeze_steps, compile=t.compile)
     optimizer = build_optimizer(model, cfg, device)  # every parameter, frozen or not: the switch needs no rebuild
     loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=d.rank,
                          world_size=d.world_size)
