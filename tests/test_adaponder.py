@@ -57,8 +57,10 @@ def test_dense_equals_decode_with_mixed_halting(backbone, side, monkeypatch):
     valid = mask.bool()
     with torch.no_grad():
         out = model(ids, attention_mask=mask)
-    logits, steps = sequential_logits(model, ids, mask)
+    logits, steps, batch_state = sequential_logits(model, ids, mask, return_state=True)
     assert {0.0, 1.0, 3.0} <= set(steps[valid].tolist()), steps  # halt after pass 1, after pass 2, never
+    # Batched decoding computes each pass only for the rows still active (halted rows and padding never run).
+    assert batch_state.rows_computed == int(valid.sum()) + int(steps.sum())
     assert torch.equal(out.executed_steps, steps) and torch.equal(steps[~valid], torch.zeros_like(steps[~valid]))
     torch.testing.assert_close(out.logits[valid], logits[valid], atol=1e-4, rtol=0)
     # Batch 1: halted passes are never run, and each row alone gives the batched result.

@@ -211,6 +211,9 @@ class PonderMethod(nn.Module):
         if active is not None and not bool(active.all()):
             rows = active.nonzero()[:, 0]
         cache.reserve(position, depth, bias[:, None], depth_last=depth_last, rows=rows)
+        if rows is not None and rows.numel() == 0:  # no row owns this slot: an invisible entry, no compute
+            cache.commit()
+            return inputs
         extra = allowed_extra_fn(cache) if allowed_extra_fn is not None else None
         mask = decode_mask(cache, extra)
         if rows is None:

@@ -117,8 +117,9 @@ class RecurrentPonder(PonderMethod):
         trace = []
         for j in range(K + 1):
             # Rows not active in this pass (padding, halted while another row continues) own no visible key.
+            # Halted rows are not computed at all (only the active rows run this pass).
             new = self.run_cached_slot(model, state, inputs, j, self.token_bias(active),
-                                       allowed_extra_fn=_depth_window(j))
+                                       allowed_extra_fn=_depth_window(j), active=active)
             hidden = new if hidden is None else torch.where(active[:, None], new, hidden)
             trace.append(hidden)
             if j == K:
