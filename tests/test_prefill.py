@@ -10,6 +10,7 @@ import torch
 from helpers import padded_batch, tiny_model
 from test_adaponder import mixed as mixed_adaponder
 from test_latent_cot import make as mixed_latent_cot
+from test_ponderlm3 import make as mixed_ponderlm3
 
 from ponderlm.inference.generate import generate
 from ponderlm.inference.sequential import new_state, sequential_logits
@@ -22,7 +23,7 @@ BUILDERS = {
     "adaponder": lambda backbone: mixed_adaponder(backbone),
     "latent_cot": lambda backbone: mixed_latent_cot(3, backbone),
     # The default prefill (token by token): PonderLM-3's depth depends on earlier tokens' latent slots.
-    "ponderlm3": lambda backbone: tiny_model("ponderlm3", backbone, max_steps=2, tau=0.3),
+    "ponderlm3": lambda backbone: mixed_ponderlm3(3, backbone, tau=0.15),
 }
 PARALLEL = ("vanilla", "pause", "looped", "ponderlm", "adaponder", "latent_cot")
 EXTRA = 4  # tokens decoded after the prompt
@@ -87,3 +88,20 @@ def test_generate_with_left_padding_matches_each_prompt_alone():
         prompt = ids[row : row + 1, mask[row].bool()]
         alone = generate(model, prompt, max_new_tokens=5, do_sample=False)
         assert torch.equal(batched[row, -5:], alone[0, -5:])
+
+
+@pytest.mark.parametrize("method", ["ponderlm3", "adaponder", "latent_cot", "ponderlm"])
+def test_continuous_batching_generates_what_each_row_alone_generates(method):
+    """Rows decoupled (each call advances every row by one slot of its own token) == each prompt alone,
+    and every cache entry is a slot its row computed (no invisible entries for skipped steps)."""
+    model = BUILDERS[method]("llama")
+    ids, mask = padded_batch("left", length=8)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    new_steps = out.executed_steps[:, ids.shape[1]:]
+    if method != "ponderlm":
+        assert len(set(new_steps.flatten().tolist())) >= 2, "the test model must mix depths while generating"
+    for row in range(ids.shape[0]):
+        prompt = ids[row : row + 1, mask[row].bool()]
+        alone = generate(model, prompt, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+        assert torch.equal(out.new_tokens[row], alone.new_tokens[0])
+        assert torch.equal(new_steps[row], alone.executed_steps[0, prompt.shape[1]:])

@@ -80,29 +80,55 @@ def load_model(path: str):
 
 # --------------------------------------------------------------------------- decode
 @torch.no_grad()
-def decode_run(model, prompt: torch.Tensor, new_tokens: int, **options: Any) -> dict[str, Any]:
-    """Greedy decode through the method's sequential path; returns steps, KV bytes and time."""
+def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = False,
+               **options: Any) -> dict[str, Any]:
+    """Greedy decode through the method's sequential path; returns steps, KV bytes, backbone calls and time.
+
+    Every token (prompt and new) is consumed by `decode_token` in lockstep across the batch, or, with
+    `continuous` and a method that supports it, by the per-row slot schedule (continuous batching,
+    `ponderlm.inference.continuous`), each row greedily continuing its own text.
+    """
+    from ponderlm.inference import continuous as rows_schedule
     from ponderlm.inference.sequential import decode_options, new_state
 
     model.eval()
+    batch, total = prompt.shape[0], prompt.shape[1] + new_tokens
     with decode_options(model, **options):
-        state = new_state(model, prompt.shape[0], prompt.shape[1] + new_tokens)
-        valid = torch.ones(prompt.shape[0], dtype=torch.bool)
+        state = new_state(model, batch, total)
+        valid = torch.ones(batch, dtype=torch.bool)
         steps = []
         start = time.perf_counter()
-        for t in range(prompt.shape[1]):
-            logits, s = model.method.decode_token(model, state, prompt[:, t], valid)
-            steps.append(s)
-        for _ in range(new_tokens):
-            logits, s = model.method.decode_token(model, state, logits.argmax(-1), valid)
-            steps.append(s)
+        if continuous and rows_schedule.supports(model):
+            consumed = torch.zeros(batch, dtype=torch.long)
+            model.method.row_start(model, state, prompt[:, 0], valid)
+            while bool(state.extras["row"]["busy"].any()):
+                done, logits, s = rows_schedule.run_row_slots(model, state)
+                steps.append(s[done])
+                consumed += done.long()
+                more = done & (consumed < total)
+                if bool(more.any()):
+                    nxt = prompt.gather(1, consumed.clamp(max=prompt.shape[1] - 1)[:, None])[:, 0]
+                    nxt = torch.where(consumed < prompt.shape[1], nxt, logits.argmax(-1) if logits is not None else nxt)
+                    model.method.row_start(model, state, nxt, more)
+            steps_all = torch.cat(steps)
+        else:
+            for t in range(prompt.shape[1]):
+                logits, s = model.method.decode_token(model, state, prompt[:, t], valid)
+                steps.append(s)
+            for _ in range(new_tokens):
+                logits, s = model.method.decode_token(model, state, logits.argmax(-1), valid)
+                steps.append(s)
+            steps_all = torch.stack(steps)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "avg_steps": float(torch.stack(steps).mean()),
+    return {"seconds": seconds, "avg_steps": float(steps_all.float().mean()), "calls": state.backbone_calls,
             "kv_bytes": sum(c.nbytes() for c in state.caches)}
 
 
-def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """Adaptive vs fixed-full-depth decode of the same model, per batch size, with the ideal ratio."""
+def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, repeats: int,
+                 continuous: bool = False) -> list[dict[str, Any]]:
+    """Adaptive vs fixed-full-depth decode of the same model, per batch size, with the ideal ratio.
+
+    continuous: decode batches with the per-row slot schedule (see `decode_run`) instead of lockstep."""
     config = model.config
     K = config.max_steps
     adaptive = config.method in ADAPTIVE_METHODS
@@ -115,7 +141,7 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
 
         def run(name: str, options: dict[str, Any], prompt=prompt, results=results) -> Callable[[], None]:
             def fn() -> None:
-                results[name] = decode_run(model, prompt, new_tokens, **options)
+                results[name] = decode_run(model, prompt, new_tokens, continuous=continuous, **options)
             return fn
 
         fns = {"adaptive": run("adaptive", {})}
@@ -123,14 +149,16 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
             fns["full"] = run("full", full)
         times = interleaved_medians(fns, repeats=repeats)
         tokens = batch * (prompt_len + new_tokens)
-        row: dict[str, Any] = {"batch": batch, "avg_steps": results["adaptive"]["avg_steps"],
+        row: dict[str, Any] = {"batch": batch, "schedule": "rows" if continuous else "lockstep",
+                               "avg_steps": results["adaptive"]["avg_steps"],
                                "tok/s": tokens / times["adaptive"],
                                "ms/token": 1e3 * times["adaptive"] / (prompt_len + new_tokens),
                                "kv_MB": results["adaptive"]["kv_bytes"] / 2**20}
         if adaptive:
             ideal = (1 + results["full"]["avg_steps"]) / (1 + results["adaptive"]["avg_steps"])
             speedup = times["full"] / times["adaptive"]
-            row.update({"full tok/s": tokens / times["full"], "full kv_MB": results["full"]["kv_bytes"] / 2**20,
+            row.update({"calls": results["adaptive"]["calls"], "full calls": results["full"]["calls"],
+                        "full tok/s": tokens / times["full"], "full kv_MB": results["full"]["kv_bytes"] / 2**20,
                         "speedup": speedup, "ideal": ideal, "speedup/ideal": speedup / ideal})
         rows.append(row)
     return rows
@@ -207,6 +235,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec.add_argument("--prompt-len", type=int, default=16)
     dec.add_argument("--new-tokens", type=int, default=48)
     dec.add_argument("--repeats", type=int, default=3)
+    dec.add_argument("--continuous", action="store_true",
+                     help="also measure batches > 1 with continuous batching (per-row slot schedule)")
     dec.add_argument("--json", action="store_true", help="print rows as JSON")
     dec.set_defaults(func=_cmd_decode)
 
@@ -236,6 +266,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         if args.method == "ponderlm3":  # a spread router so the untrained stand-in prunes some slots
             torch.nn.init.normal_(model.method.router.net[0].weight, std=args.router_scale / args.hidden**0.5)
     rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats)
+    if args.continuous and model.config.method in ADAPTIVE_METHODS:
+        rows += bench_decode(model, [b for b in args.batch if b > 1], args.prompt_len, args.new_tokens,
+                             args.repeats, continuous=True)
     cfg = model.config
     print(f"# decode {cfg.method} d={cfg.hidden_size} L={cfg.num_hidden_layers} K={cfg.max_steps} tau={cfg.tau} "
           f"threads={torch.get_num_threads()}")

@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from ponderlm.inference import continuous
 from ponderlm.inference.sequential import decode_options, new_state
 
 PONDER_OPTIONS = ("tau", "alpha", "depth_policy", "depth_target")
@@ -40,6 +41,62 @@ def _logits_processors(cfg: GenerationConfig) -> LogitsProcessorList:
         if cfg.top_p is not None and cfg.top_p < 1.0:
             procs.append(TopPLogitsWarper(cfg.top_p))
     return procs
+
+
+def _choose(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if cfg.do_sample:
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+    return scores.argmax(dim=-1)
+
+
+def _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors, eos_ids, pad_id, stops, tokenizer,
+                      generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Batched generation with continuous batching (`ponderlm.inference.continuous`): each backbone call
+    advances every unfinished row by one slot of its own token, so rows at different depths never wait
+    for each other. Returns the padded sequences and the executed steps of each consumed new token."""
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    rows_new: list[list[int]] = [[] for _ in range(batch)]
+    rows_steps: list[list[float]] = [[] for _ in range(batch)]
+    open_rows = torch.ones(batch, dtype=torch.bool, device=device)
+
+    def emit(row: int, row_logits: torch.Tensor) -> int | None:
+        """Pick row's next token; return it if the row must consume it (not finished), else None."""
+        seq = torch.cat([input_ids[row], torch.tensor(rows_new[row], dtype=input_ids.dtype, device=device)])
+        token = int(_choose(processors(seq[None], row_logits[None].float()), cfg, generator)[0])
+        rows_new[row].append(token)
+        done = len(rows_new[row]) >= max_new or (len(eos_ids) and token in eos_ids.tolist())
+        if stops and not done:
+            done = any(stop in tokenizer.decode(rows_new[row]) for stop in stops)
+        return None if done else token
+
+    def start(candidates: list[tuple[int, torch.Tensor]]) -> None:
+        tokens = torch.full((batch,), pad_id, dtype=input_ids.dtype, device=device)
+        rows = torch.zeros(batch, dtype=torch.bool, device=device)
+        for row, row_logits in candidates:
+            token = emit(row, row_logits)
+            if token is None:
+                open_rows[row] = False
+            else:
+                tokens[row], rows[row] = token, True
+        if bool(rows.any()):
+            model.method.row_start(model, state, tokens, rows)
+
+    if max_new > 0:
+        start([(row, logits[row]) for row in range(batch)])
+        while bool(open_rows.any()):
+            done, done_logits, steps = continuous.run_row_slots(model, state)
+            finished = done.nonzero()[:, 0].tolist()
+            for row in finished:
+                rows_steps[row].append(float(steps[row]))
+            start([(row, done_logits[row]) for row in finished])
+    width = max(len(r) for r in rows_new)
+    new = torch.full((batch, width), pad_id, dtype=input_ids.dtype, device=device)
+    steps_out = torch.zeros(batch, max(width - 1, 0), device=device)
+    for row in range(batch):
+        new[row, : len(rows_new[row])] = torch.tensor(rows_new[row], dtype=input_ids.dtype)
+        steps_out[row, : len(rows_steps[row])] = torch.tensor(rows_steps[row])
+    return torch.cat([input_ids, new], dim=1), list(steps_out.unbind(1))
 
 
 @torch.no_grad()
@@ -95,17 +152,18 @@ def generate(
             prompt_logits, prompt_steps = model.method.prefill(model, state, input_ids, attention_mask)
             logits = prompt_logits[:, -1]
             steps_log = list(prompt_steps.unbind(1))
-            sequences = input_ids
-            finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
             if streamer is not None:
                 streamer.put(input_ids.cpu())
+            sequences = input_ids
+            if batch > 1 and streamer is None and continuous.supports(model):
+                # Rows of different depths: continuous batching instead of the lockstep loop below.
+                sequences, row_steps = _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors,
+                                                         eos_ids, pad_id, stops, tokenizer, generator)
+                steps_log += row_steps
+                max_new = 0
+            finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
             for i in range(max_new):
-                scores = processors(sequences, logits.float())
-                if cfg.do_sample:
-                    probs = torch.softmax(scores, dim=-1)
-                    next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-                else:
-                    next_tokens = scores.argmax(dim=-1)
+                next_tokens = _choose(processors(sequences, logits.float()), cfg, generator)
                 next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
                 sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
                 if streamer is not None:

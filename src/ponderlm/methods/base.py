@@ -182,6 +182,29 @@ class PonderMethod(nn.Module):
             steps.append(s)
         return torch.stack(logits, 1), torch.stack(steps, 1)
 
+    # -- per-row slot schedule (continuous batching of mixed depths) -------------------------------
+    # Methods that decide depth per token implement these three hooks. Instead of running a token's
+    # steps in lockstep across the batch (a step runs whenever any row needs it), every backbone call
+    # then advances each row by one slot of its own token: row b may compute step 2 of its token while
+    # row c starts a new token. `ponderlm.inference.continuous` drives them; the per-row state lives
+    # in `state.extras["row"]` (tensors with a leading batch dim: "inputs", "depth", "busy", ...).
+    supports_row_schedule = False
+
+    def row_start(self, model: PonderForCausalLM, state: DecodeState, token_ids: torch.Tensor,
+                  rows: torch.Tensor) -> None:
+        """Begin a new token (token_ids [B]) at slot 0 in the rows where `rows` [B] bool is set."""
+        raise NotImplementedError
+
+    def row_slot(self, state: DecodeState) -> tuple[torch.Tensor, Any]:
+        """Key bias [B] of each row's next slot and its visibility predicate (an `allowed_extra_fn` or None)."""
+        raise NotImplementedError
+
+    def row_finish(self, model: PonderForCausalLM, state: DecodeState, hidden: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Consume the slot just computed (hidden [B,D], busy rows only). Returns (done [B] bool: the row's
+        token is complete, logits [B,V] of those rows (None if none), executed steps [B] of those rows)."""
+        raise NotImplementedError
+
     def decode_capacity(self, num_tokens: int) -> int:
         """Cache entries needed for `num_tokens` tokens at full depth (caches grow if exceeded)."""
         return num_tokens * self.config.num_slots_per_token
@@ -258,6 +281,14 @@ class PonderMethod(nn.Module):
         state.backbone_calls += 1
         state.rows_computed += inputs.shape[0] * inputs.shape[1]
         return hidden
+
+    @staticmethod
+    def rows_logits(model: PonderForCausalLM, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """LM-head logits [B,V] computed only for `rows` [B] bool (zeros elsewhere): in a per-row schedule
+        few rows finish a token per call, and the head costs as much as a layer at small sizes."""
+        index = rows.nonzero()[:, 0]
+        out = model.lm_head(hidden.index_select(0, index))
+        return out.new_zeros(hidden.shape[0], out.shape[-1]).index_copy(0, index, out)
 
     @staticmethod
     def token_bias(valid: torch.Tensor) -> torch.Tensor:

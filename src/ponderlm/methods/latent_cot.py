@@ -276,6 +276,68 @@ class LatentCoT(PonderMethod):
         fused = (p[:, : stacked.shape[1], None].to(stacked.dtype) * stacked).sum(1)
         return model.lm_head(fused), depth.float() * valid
 
+    # ------------------------------------------------------------------ per-row schedule (continuous batching)
+    supports_row_schedule = True
+
+    def _row(self, model, state: DecodeState) -> dict:
+        row = state.extras.get("row")
+        if row is None:
+            b, K, d = state.next_position.shape[0], self.config.max_steps, self.config.hidden_size
+            device, dtype = state.next_position.device, next(model.parameters()).dtype
+            row = state.extras["row"] = {
+                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
+                "depth": torch.zeros(b, dtype=torch.long, device=device),
+                "busy": torch.zeros(b, dtype=torch.bool, device=device),
+                "slots": torch.zeros(b, K + 1, d, device=device, dtype=dtype),
+                "gates": torch.ones(b, K, device=device),
+                "reach": torch.ones(b, device=device),
+            }
+        return row
+
+    def row_start(self, model, state: DecodeState, token_ids, rows):
+        row = self._row(model, state)
+        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
+        row["depth"] = torch.where(rows, 0, row["depth"])
+        row["reach"] = torch.where(rows, 1.0, row["reach"])
+        row["busy"] = row["busy"] | rows
+
+    def row_slot(self, state: DecodeState):
+        k = state.extras["row"]["depth"][:, None]
+        return (torch.zeros(k.shape[0], device=k.device),
+                lambda cache: (cache.entry_view()["depth"] <= k)[:, None, :])  # the 2-D mask, per row
+
+    def row_finish(self, model, state: DecodeState, hidden):
+        K = self.config.max_steps
+        row = state.extras["row"]
+        busy, k = row["busy"], row["depth"]
+        rows = torch.arange(busy.shape[0], device=busy.device)
+        slots = row["slots"].clone()
+        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
+        row["slots"] = slots
+        keep = torch.zeros_like(busy)
+        gates = row["gates"].clone()
+        fixed = fixed_depths(self.config, rows, state.next_position)
+        for step in range(K):
+            at = busy & (k == step)
+            if bool(at.any()):
+                g = self.router(hidden, step)
+                gates[:, step] = torch.where(at, g, gates[:, step])
+                reach = torch.where(at, row["reach"] * g, row["reach"])
+                keep = keep | (at & self.keep_going(reach, step, fixed))
+                row["reach"] = reach
+        row["gates"] = gates
+        done = busy & ~keep
+        logits = None
+        if bool(done.any()):
+            _, p = exit_weights(gates, k)
+            fused = (p[:, :, None].to(slots.dtype) * slots).sum(1)
+            logits = self.rows_logits(model, fused, done)
+            state.next_position += done.long()
+        row["inputs"] = hidden
+        row["depth"] = torch.where(busy & keep, k + 1, k)
+        row["busy"] = busy & keep
+        return done, logits, k.float()
+
 
 def _depth_at_most(depth: int):
     """Decode predicate of the 2-D mask for a depth-`depth` query: keys of depth <= it ([B,1,N] bool)."""

@@ -145,3 +145,59 @@ class PonderLM3(InterleavedPonder):
             state.slot_trace.append(stacked)
         fused = self.fuse(stacked, s[:, : stacked.shape[1]], depth)
         return model.lm_head(fused), depth.float() * valid
+
+    # ------------------------------------------------------------------ per-row schedule (continuous batching)
+    supports_row_schedule = True
+
+    def _row(self, model, state: DecodeState) -> dict:
+        row = state.extras.get("row")
+        if row is None:
+            b, K, d = state.next_position.shape[0], self.config.max_steps, self.config.hidden_size
+            device, dtype = state.next_position.device, next(model.parameters()).dtype
+            row = state.extras["row"] = {
+                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
+                "depth": torch.zeros(b, dtype=torch.long, device=device),
+                "busy": torch.zeros(b, dtype=torch.bool, device=device),
+                "slots": torch.zeros(b, K + 1, d, device=device, dtype=dtype),
+                "s": torch.zeros(b, K + 1, device=device),
+                "w": torch.ones(b, K + 1, device=device),
+                "target": torch.zeros(b, dtype=torch.long, device=device),
+            }
+        return row
+
+    def row_start(self, model, state: DecodeState, token_ids, rows):
+        row = self._row(model, state)
+        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
+        row["depth"] = torch.where(rows, 0, row["depth"])
+        row["busy"] = row["busy"] | rows
+
+    def row_slot(self, state: DecodeState):
+        row = state.extras["row"]
+        k = row["depth"]
+        # Token slots carry no bias; kept latent slot k carries log w_k of its token (as in decode_token).
+        latent = self.mask_bias(row["w"].gather(1, k[:, None])[:, 0])
+        return torch.where(k > 0, latent, 0.0), None
+
+    def row_finish(self, model, state: DecodeState, hidden):
+        row = state.extras["row"]
+        busy, k = row["busy"], row["depth"]
+        rows = torch.arange(busy.shape[0], device=busy.device)
+        slots = row["slots"].clone()
+        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
+        row["slots"] = slots
+        started = busy & (k == 0)
+        if bool(started.any()):  # the depth is decided from h^(0), before any latent slot runs
+            s, w = self.route(hidden)
+            target = self.depth(w, rows, state.next_position)
+            row["s"] = torch.where(started[:, None], s, row["s"])
+            row["w"] = torch.where(started[:, None], w, row["w"])
+            row["target"] = torch.where(started, target, row["target"])
+        done = busy & (k >= row["target"])
+        logits = None
+        if bool(done.any()):
+            logits = self.rows_logits(model, self.fuse(slots, row["s"], row["target"]), done)
+            state.next_position += done.long()
+        row["inputs"] = hidden
+        row["depth"] = torch.where(busy & ~done, k + 1, k)
+        row["busy"] = busy & ~done
+        return done, logits, row["target"].float()

@@ -179,6 +179,73 @@ class RecurrentPonder(PonderMethod):
         return model.lm_head(hidden), steps * valid
 
 
+    # ------------------------------------------------------------------ per-row schedule (continuous batching)
+    supports_row_schedule = True
+
+    def _row(self, model, state: DecodeState) -> dict:
+        row = state.extras.get("row")
+        if row is None:
+            b, d = state.next_position.shape[0], self.config.hidden_size
+            device, dtype = state.next_position.device, next(model.parameters()).dtype
+            row = state.extras["row"] = {
+                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
+                "depth": torch.zeros(b, dtype=torch.long, device=device),
+                "busy": torch.zeros(b, dtype=torch.bool, device=device),
+            }
+        return row
+
+    def row_start(self, model, state: DecodeState, token_ids, rows):
+        row = self._row(model, state)
+        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
+        row["depth"] = torch.where(rows, 0, row["depth"])
+        row["busy"] = row["busy"] | rows
+
+    def row_slot(self, state: DecodeState):
+        j = state.extras["row"]["depth"][:, None]
+
+        def visible(cache: SlotKVCache) -> torch.Tensor:  # pass j of each row: depth <= j <= depth_last
+            meta = cache.entry_view()
+            return ((meta["depth"] <= j) & (meta["depth_last"] >= j))[:, None, :]
+
+        return torch.zeros(j.shape[0], device=j.device), visible
+
+    def row_finish(self, model, state: DecodeState, hidden):
+        K = self.config.max_steps
+        row = state.extras["row"]
+        busy, j = row["busy"], row["depth"]
+        rows = torch.arange(busy.shape[0], device=busy.device)
+        # The gate after the pass just run (pass j -> gate j+1) decides whether the token continues.
+        scale = torch.ones(busy.shape, device=busy.device)
+        keep = torch.zeros_like(busy)
+        for index in range(1, K + 1):
+            at = busy & (j + 1 == index)
+            if bool(at.any()):
+                s, nxt = self.halting(index, hidden, at, rows, state.next_position)
+                keep = keep | (at & nxt)
+                if s is not None:
+                    scale = torch.where(at, s, scale)
+        done = busy & ~keep
+        cache = state.cache
+        halted_early = done & (j < K)
+        if bool(halted_early.any()):
+            # Alias, not copy: this row's entry just written serves all its later passes.
+            last = cache.length - 1
+            cache.depth_last[:, last] = torch.where(halted_early, K, cache.depth_last[:, last])
+        logits = None
+        if bool(done.any()):
+            logits = self.rows_logits(model, hidden, done)
+            state.next_position += done.long()
+        cont = busy & keep
+        if bool(cont.any()):
+            index = cont.nonzero()[:, 0]  # feedback (a full LM head + embedding mix) only where needed
+            mixed = self.feedback(model, hidden.index_select(0, index))
+            feedback = torch.zeros_like(hidden).index_copy(0, index, mixed)
+            row["inputs"] = self.next_inputs(row["inputs"], feedback, scale, cont)
+        row["depth"] = torch.where(cont, j + 1, j)
+        row["busy"] = cont
+        return done, logits, j.float()
+
+
 def _kv_reuse_hook(active: torch.Tensor | None, kv_in: list, kv_out: list):
     """kv_hook for one dense pass: halted tokens keep the K/V of their last active pass.
 
