@@ -219,3 +219,33 @@ def test_generate_reports_steps_and_matches_sequential():
     logits, steps = sequential_logits(model, out.sequences[:, :-1], tau=0.2)
     assert torch.equal(out.sequences[:, 3:], logits[:, 2:].argmax(-1))
     assert torch.equal(out.executed_steps, steps)
+
+
+def test_folded_key_bias_attention_equals_the_dense_soft_mask(monkeypatch):
+    """Training without padding folds log w into the attention heads (CausalKeyBias); loss and every
+    gradient must equal the dense float-mask formulation."""
+    from ponderlm.backbone.attention import slot_causal_mask
+    from ponderlm.methods import interleaved
+
+    model = make(3).train()
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+
+    def loss_and_grads():
+        torch.manual_seed(0)  # the same Jacobi sweep count
+        model.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    original = interleaved.CausalKeyBias
+    monkeypatch.setattr(interleaved, "CausalKeyBias", lambda bias: calls.append(1) or original(bias))
+    folded_loss, folded = loss_and_grads()
+    assert calls, "the folded path must be taken when there is no padding"
+    monkeypatch.setattr(interleaved, "CausalKeyBias",
+                        lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
+    dense_loss, dense = loss_and_grads()
+    torch.testing.assert_close(folded_loss, dense_loss, atol=1e-5, rtol=1e-5)
+    assert folded.keys() == dense.keys() and any("router" in n for n in folded)
+    for name in folded:
+        torch.testing.assert_close(folded[name], dense[name], atol=1e-5, rtol=1e-4, msg=name)

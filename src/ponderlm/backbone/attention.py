@@ -10,6 +10,7 @@ layers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,46 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 ATTENTION_BACKENDS = {"sdpa": sdpa_attention, "eager": eager_attention}
 
 
+@dataclass(frozen=True)
+class CausalKeyBias:
+    """A mask that is plain causal over the slot sequence plus a per-key additive bias `key_bias [B,S]`.
+
+    Equal to `slot_causal_mask(all valid, key_bias)`, but cheaper when the bias carries a gradient
+    (PonderLM-3's `log w` in training): a dense float mask with a gradient forces SDPA to build the
+    mask gradient for every layer and pass. Here the bias is folded into one extra head dimension
+    instead, q' = [q, 1], k' = [k, bias / scale], so q'.k' * scale = q.k * scale + bias, and SDPA
+    runs its causal kernel with no mask tensor; the bias gradient arrives through k'.
+    """
+
+    key_bias: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """The equivalent additive float mask [B,1,S,S]."""
+        valid = torch.ones(self.key_bias.shape, dtype=torch.bool, device=self.key_bias.device)
+        return slot_causal_mask(valid, self.key_bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.key_bias.dtype
+
+    def to(self, dtype: torch.dtype) -> CausalKeyBias:
+        return CausalKeyBias(self.key_bias.to(dtype))
+
+
+def _causal_key_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor
+                               ) -> torch.Tensor:
+    scale = q.shape[-1] ** -0.5
+    b, h, s, d = q.shape
+    pad = 8  # the extra dimension, padded so the head size stays a multiple of 8 for the kernels
+    zeros = q.new_zeros(b, h, s, pad - 1)
+    q2 = torch.cat([q, torch.ones_like(zeros[..., :1]), zeros], dim=-1)
+    bias = (key_bias.to(k.dtype) / scale)[:, None, :, None].expand(b, h, k.shape[2], 1)
+    k2 = torch.cat([k, bias, k.new_zeros(b, h, k.shape[2], pad - 1)], dim=-1)
+    v2 = torch.cat([v, v.new_zeros(b, h, v.shape[2], pad)], dim=-1)
+    out = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True, scale=scale)
+    return out[..., :d]
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, backend: str = "sdpa"
 ) -> torch.Tensor:
@@ -43,6 +84,10 @@ def attention(
         groups = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
+    if isinstance(mask, CausalKeyBias):
+        if backend == "sdpa" and q.shape[2] == k.shape[2]:
+            return _causal_key_bias_attention(q, k, v, mask.key_bias)
+        mask = mask.dense()
     return ATTENTION_BACKENDS[backend](q, k, v, mask)
 
 

@@ -19,7 +19,7 @@ import random
 
 import torch
 
-from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.backbone.attention import CausalKeyBias, slot_causal_mask
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -98,8 +98,13 @@ class InterleavedPonder(PonderMethod):
             packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index),
                                  slot_causal_mask(present, bias))
             return deinterleave(scatter_tokens(inputs, index, present, packed), n)
-        hidden = model.model(inputs, pos, slot_causal_mask(interleave(key_valid), key_bias))
-        return deinterleave(hidden, n)
+        if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
+            # No padding: the mask is causal plus a key bias, which attention folds into the heads
+            # rather than differentiating a dense [B,1,S,S] mask (PonderLM-3 training).
+            mask = CausalKeyBias(key_bias)
+        else:
+            mask = slot_causal_mask(interleave(key_valid), key_bias)
+        return deinterleave(model.model(inputs, pos, mask), n)
 
     def jacobi(
         self,
