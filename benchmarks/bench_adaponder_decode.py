@@ -5,8 +5,10 @@ at a time) in one process, interleaved; "full" is tau = 0 (no gate value is belo
 token runs all K+1 passes). Tokens are a fixed random sequence fed token by token (what `generate`
 does per token minus sampling), so both variants consume identical inputs.
 The ideal speedup is (1+K)/(1+avg executed steps); the target is measured >= 0.9 x ideal at batch 1.
-At batch > 1 a pass runs whenever any row still needs it, so "call ratio" (backbone calls full /
-adaptive) is the attainable speedup there.
+At batch > 1 a pass runs whenever any row still needs it (lockstep), so "call ratio" (backbone calls
+full / adaptive) is the attainable speedup there; the "B rows" lines decode the same batch with
+continuous batching (each call advances every row by one slot of its own token: the first half of
+the tokens as prompt, the rest generated greedily), where calls fall with the average depth.
 
 Usage: python benchmarks/bench_adaponder_decode.py [--model RUN/final] [--batch 1 8] [--tokens 80]
 Without --model a d=256, 4-layer, K=3 model stands in whose gate biases are calibrated so that a
@@ -23,6 +25,7 @@ import torch
 from common import interleaved_medians, print_table, setup_threads
 
 from ponderlm import PonderConfig, PonderForCausalLM
+from ponderlm.benchmarking import decode_run
 from ponderlm.inference import sequential_logits
 
 
@@ -117,6 +120,27 @@ def main() -> None:
                      "speedup": speedup, "ideal": ideal, "speedup/ideal": speedup / ideal,
                      "KV MiB": kv / 2**20, "KV MiB full": kv_full / 2**20, "KV ratio": kv_full / kv,
                      "stored MiB": state.cache.nbytes() / 2**20})
+        if batch > 1:  # the same batch with continuous batching: every call advances each row by one slot
+            prompt = ids[:, : args.tokens // 2]
+            res_rows: dict[str, dict] = {}
+
+            def rows_run(key: str, run_tau: float, prompt=prompt, res_rows=res_rows):
+                def fn():
+                    res_rows[key] = decode_run(model, prompt, args.tokens - prompt.shape[1], continuous=True,
+                                               tau=run_tau)
+                return fn
+
+            t = interleaved_medians({"adaptive": rows_run("adaptive", tau), "full": rows_run("full", 0.0)},
+                                    repeats=args.repeats)
+            ada, full = res_rows["adaptive"], res_rows["full"]
+            ideal = (1 + full["avg_steps"]) / (1 + ada["avg_steps"])
+            rows.append({"batch": f"{batch} rows", "avg steps": ada["avg_steps"], "full steps": full["avg_steps"],
+                         "calls": ada["calls"], "calls full": full["calls"], "call ratio": full["calls"] / ada["calls"],
+                         "adaptive tok/s": n_tok / t["adaptive"], "full tok/s": n_tok / t["full"],
+                         "speedup": t["full"] / t["adaptive"], "ideal": ideal,
+                         "speedup/ideal": t["full"] / t["adaptive"] / ideal,
+                         "KV MiB": ada["kv_bytes"] / 2**20, "KV MiB full": full["kv_bytes"] / 2**20,
+                         "KV ratio": full["kv_bytes"] / ada["kv_bytes"], "stored MiB": ada["kv_bytes"] / 2**20})
     print(f"d={model.config.hidden_size} L={model.config.num_hidden_layers} K={K} tau={tau} tokens={args.tokens} "
           f"threads={torch.get_num_threads()} repeats={args.repeats} (medians, interleaved)")
     print_table(rows)
