@@ -190,10 +190,42 @@ class PonderMethod(nn.Module):
     # in `state.extras["row"]` (tensors with a leading batch dim: "inputs", "depth", "busy", ...).
     supports_row_schedule = False
 
+    def row_extras(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Method-specific per-row tensors of the schedule (slot states, router outputs...)."""
+        return {}
+
+    def row_state(self, model: PonderForCausalLM, state: DecodeState) -> dict[str, torch.Tensor]:
+        """The per-row schedule of `state`, created on first use: next slot inputs [B,D], its depth [B],
+        whether the row has a slot to run [B], plus `row_extras`."""
+        row = state.extras.get("row")
+        if row is None:
+            b, d = state.next_position.shape[0], self.config.hidden_size
+            device, dtype = state.next_position.device, next(model.parameters()).dtype
+            row = state.extras["row"] = {
+                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
+                "depth": torch.zeros(b, dtype=torch.long, device=device),
+                "busy": torch.zeros(b, dtype=torch.bool, device=device),
+                **self.row_extras(b, device, dtype),
+            }
+        return row
+
+    @staticmethod
+    def store_row_slot(row: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        """Write each busy row's new slot state into row["slots"][b, depth_b]; returns the slots [B,K+1,D]."""
+        busy, k = row["busy"], row["depth"]
+        rows = torch.arange(busy.shape[0], device=busy.device)
+        slots = row["slots"].clone()
+        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
+        row["slots"] = slots
+        return slots
+
     def row_start(self, model: PonderForCausalLM, state: DecodeState, token_ids: torch.Tensor,
                   rows: torch.Tensor) -> None:
         """Begin a new token (token_ids [B]) at slot 0 in the rows where `rows` [B] bool is set."""
-        raise NotImplementedError
+        row = self.row_state(model, state)
+        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
+        row["depth"] = torch.where(rows, 0, row["depth"])
+        row["busy"] = row["busy"] | rows
 
     def row_slot(self, state: DecodeState) -> tuple[torch.Tensor, Any]:
         """Key bias [B] of each row's next slot and its visibility predicate (an `allowed_extra_fn` or None)."""

@@ -279,27 +279,15 @@ class LatentCoT(PonderMethod):
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
 
-    def _row(self, model, state: DecodeState) -> dict:
-        row = state.extras.get("row")
-        if row is None:
-            b, K, d = state.next_position.shape[0], self.config.max_steps, self.config.hidden_size
-            device, dtype = state.next_position.device, next(model.parameters()).dtype
-            row = state.extras["row"] = {
-                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
-                "depth": torch.zeros(b, dtype=torch.long, device=device),
-                "busy": torch.zeros(b, dtype=torch.bool, device=device),
-                "slots": torch.zeros(b, K + 1, d, device=device, dtype=dtype),
-                "gates": torch.ones(b, K, device=device),
-                "reach": torch.ones(b, device=device),
-            }
-        return row
+    def row_extras(self, batch, device, dtype):
+        K, d = self.config.max_steps, self.config.hidden_size
+        return {"slots": torch.zeros(batch, K + 1, d, device=device, dtype=dtype),  # h^(0..k) of the token
+                "gates": torch.ones(batch, K, device=device), "reach": torch.ones(batch, device=device)}
 
     def row_start(self, model, state: DecodeState, token_ids, rows):
-        row = self._row(model, state)
-        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
-        row["depth"] = torch.where(rows, 0, row["depth"])
+        super().row_start(model, state, token_ids, rows)
+        row = state.extras["row"]
         row["reach"] = torch.where(rows, 1.0, row["reach"])
-        row["busy"] = row["busy"] | rows
 
     def row_slot(self, state: DecodeState):
         k = state.extras["row"]["depth"][:, None]
@@ -311,9 +299,7 @@ class LatentCoT(PonderMethod):
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
         rows = torch.arange(busy.shape[0], device=busy.device)
-        slots = row["slots"].clone()
-        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
-        row["slots"] = slots
+        slots = self.store_row_slot(row, hidden)
         keep = torch.zeros_like(busy)
         gates = row["gates"].clone()
         fixed = fixed_depths(self.config, rows, state.next_position)

@@ -149,27 +149,11 @@ class PonderLM3(InterleavedPonder):
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
 
-    def _row(self, model, state: DecodeState) -> dict:
-        row = state.extras.get("row")
-        if row is None:
-            b, K, d = state.next_position.shape[0], self.config.max_steps, self.config.hidden_size
-            device, dtype = state.next_position.device, next(model.parameters()).dtype
-            row = state.extras["row"] = {
-                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
-                "depth": torch.zeros(b, dtype=torch.long, device=device),
-                "busy": torch.zeros(b, dtype=torch.bool, device=device),
-                "slots": torch.zeros(b, K + 1, d, device=device, dtype=dtype),
-                "s": torch.zeros(b, K + 1, device=device),
-                "w": torch.ones(b, K + 1, device=device),
-                "target": torch.zeros(b, dtype=torch.long, device=device),
-            }
-        return row
-
-    def row_start(self, model, state: DecodeState, token_ids, rows):
-        row = self._row(model, state)
-        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
-        row["depth"] = torch.where(rows, 0, row["depth"])
-        row["busy"] = row["busy"] | rows
+    def row_extras(self, batch, device, dtype):
+        K, d = self.config.max_steps, self.config.hidden_size
+        return {"slots": torch.zeros(batch, K + 1, d, device=device, dtype=dtype),  # h^(0..k) of the token
+                "s": torch.zeros(batch, K + 1, device=device), "w": torch.ones(batch, K + 1, device=device),
+                "target": torch.zeros(batch, dtype=torch.long, device=device)}  # the token's depth K^
 
     def row_slot(self, state: DecodeState):
         row = state.extras["row"]
@@ -182,9 +166,7 @@ class PonderLM3(InterleavedPonder):
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
         rows = torch.arange(busy.shape[0], device=busy.device)
-        slots = row["slots"].clone()
-        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
-        row["slots"] = slots
+        slots = self.store_row_slot(row, hidden)
         started = busy & (k == 0)
         if bool(started.any()):  # the depth is decided from h^(0), before any latent slot runs
             s, w = self.route(hidden)

@@ -182,24 +182,6 @@ class RecurrentPonder(PonderMethod):
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
 
-    def _row(self, model, state: DecodeState) -> dict:
-        row = state.extras.get("row")
-        if row is None:
-            b, d = state.next_position.shape[0], self.config.hidden_size
-            device, dtype = state.next_position.device, next(model.parameters()).dtype
-            row = state.extras["row"] = {
-                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
-                "depth": torch.zeros(b, dtype=torch.long, device=device),
-                "busy": torch.zeros(b, dtype=torch.bool, device=device),
-            }
-        return row
-
-    def row_start(self, model, state: DecodeState, token_ids, rows):
-        row = self._row(model, state)
-        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
-        row["depth"] = torch.where(rows, 0, row["depth"])
-        row["busy"] = row["busy"] | rows
-
     def row_slot(self, state: DecodeState):
         j = state.extras["row"]["depth"][:, None]
 
