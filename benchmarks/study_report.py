@@ -179,6 +179,39 @@ def table(records: dict[tuple[str, int], dict[str, Any]], methods: tuple[str, ..
     return "\n".join(lines) + "\n"
 
 
+def plot_study_pareto(pareto: dict[int, list[dict[str, Any]]], records: dict[tuple[str, int], dict[str, Any]],
+                      path: Path) -> Path:
+    """One panel per adaptive method: learned depth vs the uniform / geometric controls at the same
+    average steps, every seed, with the fixed-depth methods of that seed as reference markers."""
+    from ponderlm.eval.plots import _figure, _save
+
+    adaptive = [m for m in ("ponderlm3", "adaponder", "latent_cot")
+                if any(p["method"] == m for pts in pareto.values() for p in pts)]
+    fig, axes = _figure(ncols=max(1, len(adaptive)), width=4.6, height=4.0)
+    styles = {"learned": "-o", "uniform": "--s", "geometric": ":^"}
+    refs = {"vanilla": "k", "pause": "tab:gray", "looped": "tab:brown", "ponderlm": "tab:olive",
+            "ponderlm2": "tab:red"}
+    for ax, method in zip(axes, adaptive):
+        for seed, points in sorted(pareto.items()):
+            for policy, pts in sorted(_by_policy(points, method).items()):
+                pts = sorted(pts, key=lambda p: p["avg_steps"])
+                ax.plot([p["avg_steps"] for p in pts], [p["ppl"] for p in pts], styles.get(policy, "o"),
+                        markersize=4, alpha=1.0 if seed == min(pareto) else 0.55,
+                        color={"learned": "tab:blue", "uniform": "tab:orange", "geometric": "tab:green"}[policy],
+                        label=f"{policy} (seed {seed})")
+            for ref, color in refs.items():
+                rec = records.get((ref, seed))
+                if rec is not None:
+                    ax.plot([rec["avg_steps"]], [rec["val_ppl"]], "D", color=color, markersize=5,
+                            alpha=1.0 if seed == min(pareto) else 0.55, label=f"{ref} (seed {seed})")
+        ax.set_title(method)
+        ax.set_xlabel("avg executed additional steps per token")
+        ax.set_ylabel("validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[int, ...], seq_len: int) -> None:
     records = {}
     for m in methods:
@@ -198,7 +231,9 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
     docs.mkdir(parents=True, exist_ok=True)
     for s, points in pareto.items():
         if points:
-            plot_pareto(points, docs / f"pareto-s{s}.png")
+            plot_pareto(points, docs / f"pareto-all-s{s}.png")
+    if any(pareto.values()):
+        plot_study_pareto(pareto, records, docs / "pareto.png")
     for method, name in PLOTS:
         src = out / "analysis" / f"s{seeds[0]}" / method / f"{name}.png"
         if src.exists():
