@@ -239,6 +239,10 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
         if src.exists():
             shutil.copyfile(src, docs / f"{name}-{method}.png")
     (docs / "table.md").write_text(table(records, methods, seeds, decode))
+    commands = out / "commands.txt"
+    if commands.exists():  # the exact command lines, with the interpreter path made portable
+        lines = [" ".join(["python", *line.split()[1:]]) for line in commands.read_text().splitlines() if line]
+        (docs / "commands.txt").write_text("\n".join(dict.fromkeys(lines)) + "\n")
     summary = {"seeds": list(seeds), "seq_len": seq_len,
                "runs": {f"{m}-s{s}": r for (m, s), r in records.items()},
                "claims": claims(records, pareto, analyses, seeds), "decode": decode,
