@@ -227,11 +227,10 @@ def test_folded_key_bias_attention_equals_the_dense_soft_mask(monkeypatch):
     from ponderlm.backbone.attention import slot_causal_mask
     from ponderlm.methods import interleaved
 
-    model = make(3).train()
+    model = make(3, jacobi_iters_train=[2]).train()  # a fixed sweep count: both runs solve the same grid
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
 
     def loss_and_grads():
-        torch.manual_seed(0)  # the same Jacobi sweep count
         model.zero_grad()
         loss = model(ids, labels=ids).loss
         loss.backward()
