@@ -106,6 +106,14 @@ class LatentCoT(PonderMethod):
         self.router = ContinueRouter(config.hidden_size, config.max_steps, config.cot_router,
                                      config.cot_router_init_bias, config.initializer_range)
 
+    def continue_step(self, h: torch.Tensor, step: int, gates: list[torch.Tensor], reach: torch.Tensor,
+                      active: torch.Tensor, fixed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """After slot `step` (states h): append its continue gate to `gates`; return the new reach and
+        which tokens run slot step+1 (shared by decoding and prefill)."""
+        gates.append(self.router(h, step))
+        reach = reach * gates[-1]
+        return reach, active & self.keep_going(reach, step, fixed)
+
     def keep_going(self, reach: torch.Tensor, step: int, fixed: torch.Tensor | None) -> torch.Tensor:
         """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth."""
         return reach > self.config.tau if fixed is None else fixed > step
@@ -223,9 +231,7 @@ class LatentCoT(PonderMethod):
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
         for k in range(K):
-            gates.append(self.router(h, k))
-            reach = reach * gates[-1]
-            active = active & self.keep_going(reach, k, fixed)
+            reach, active = self.continue_step(h, k, gates, reach, active, fixed)
             if not active.any():
                 break
             index, present = pack_active(active)
@@ -256,9 +262,7 @@ class LatentCoT(PonderMethod):
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
         for k in range(K):
-            gates.append(self.router(h, k))
-            reach = reach * gates[-1]
-            active = active & self.keep_going(reach, k, fixed)
+            reach, active = self.continue_step(h, k, gates, reach, active, fixed)
             if not active.any():
                 break
             bias = torch.where(active, 0.0, NEG_INF).float()
