@@ -30,6 +30,14 @@ ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
 FIXED = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2")
 
 
+@pytest.fixture(autouse=True)
+def dense_key_bias(monkeypatch):
+    """The analytic counts are the algorithm's (model FLOPs). PonderLM-3's folded-bias attention kernel
+    also multiplies 8 padding head dims (see COMPUTE.md), so counts are taken on the equivalent
+    dense-mask path."""
+    monkeypatch.setattr(interleaved, "CausalKeyBias",
+                        lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
+
 def make(method: str, backbone: str = "llama", K: int = 2, **kw) -> PonderForCausalLM:
     if method not in METHOD_REGISTRY:
         pytest.skip(f"{method} is not registered")
@@ -72,14 +80,8 @@ def test_parallel_forward_matches_flop_counter(method, backbone):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_training_step_matches_flop_counter(method, monkeypatch):
-    """Forward + backward of one training step against the counter (backward ~ 2x forward per pass).
-
-    The analytic count is the algorithm's (model FLOPs). PonderLM-3's unpadded training batches run a
-    folded-bias attention kernel that also multiplies 8 padding head dims (see COMPUTE.md), so the
-    count is taken on the equivalent dense-mask path."""
-    monkeypatch.setattr(interleaved, "CausalKeyBias",
-                        lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
+def test_training_step_matches_flop_counter(method):
+    """Forward + backward of one training step against the counter (backward ~ 2x forward per pass)."""
     model = make(method).train()
     ids = ids_for(method)
     with flop_counter() as counter:

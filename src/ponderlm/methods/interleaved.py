@@ -95,8 +95,10 @@ class InterleavedPonder(PonderMethod):
             # output is its input, a starting guess should a later sweep's router keep it.
             index, present = pack_active(interleave(key_valid))
             bias = None if key_bias is None else gather_tokens(key_bias, index)
-            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index),
-                                 slot_causal_mask(present, bias))
+            # Kept slots come first in every row, so a plain causal order never lets a kept slot see the
+            # filler behind it: the mask is causal + key bias, which attention folds into the heads.
+            mask = slot_causal_mask(present, None) if bias is None else CausalKeyBias(bias)
+            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index), mask)
             return deinterleave(scatter_tokens(inputs, index, present, packed), n)
         if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
             # No padding: the mask is causal plus a key bias, which attention folds into the heads
