@@ -73,16 +73,17 @@ def run_name(method: str, seed: int) -> str:
 
 class Study:
     def __init__(self, out: Path, docs: Path, workers: int, seeds: tuple[int, ...], methods: tuple[str, ...],
-                 steps: int = STEPS, eval_batches: int = EVAL_BATCHES):
+                 steps: int = STEPS, eval_batches: int = EVAL_BATCHES, threads: int = 1):
         self.out, self.docs, self.workers, self.seeds, self.methods = out, docs, workers, seeds, methods
-        self.steps, self.eval_batches = steps, eval_batches
+        self.steps, self.eval_batches, self.threads = steps, eval_batches, threads
         self.data = out / "data"
         self.runs = out / "runs"
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, cmd: list[str], log: Path) -> int:
         """Run one CLI command single-threaded, appending its output to `log` and the command to commands.txt."""
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        threads = str(self.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
         log.parent.mkdir(parents=True, exist_ok=True)
         line = " ".join(shlex.quote(c) for c in cmd)
         with open(self.out / "commands.txt", "a") as f:
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("phase", choices=["all", "prepare", "train", "eval", "analyze", "decode", "report"])
     p.add_argument("--out", default="results/study", type=Path)
     p.add_argument("--docs", default="docs/results", type=Path, help="where the report's table and plots go")
-    p.add_argument("--workers", type=int, default=2, help="processes at a time (each one thread)")
+    p.add_argument("--workers", type=int, default=2, help="processes at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", type=int, default=STEPS, help=f"training steps per run (default {STEPS})")
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    study = Study(args.out, args.docs, args.workers, seeds, methods, steps=args.steps, eval_batches=args.eval_batches)
+    study = Study(args.out, args.docs, args.workers, seeds, methods, steps=args.steps, eval_batches=args.eval_batches,
+                  threads=args.threads)
     phases = ["prepare", "train", "eval", "analyze", "decode", "report"] if args.phase == "all" else [args.phase]
     for phase in phases:
         start = time.time()
