@@ -70,6 +70,16 @@ class ContinueRouter(nn.Module):
         return torch.sigmoid(logit[..., 0].float())
 
 
+def stack_gates(gates: list[torch.Tensor], shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Continue probabilities of the executed steps as [*shape, n] (n = 0 if no step ran)."""
+    return torch.stack(gates, -1) if gates else torch.ones(*shape, 0, device=device)
+
+
+def fuse_exits(slot_hidden: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Output h^ = sum_k p_k h^(k) from slot states [..., S, D] and exit weights p [..., >= S]."""
+    return (p[..., : slot_hidden.shape[-2], None].to(slot_hidden.dtype) * slot_hidden).sum(-2)
+
+
 def exit_weights(gates: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reach r [..., n+1] and exit weights p [..., n+1] from continue probs g [..., n] and depths K^ [...].
 
@@ -85,18 +95,6 @@ def exit_weights(gates: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor
     d = depth[..., None]
     p = torch.where(k < d, r * (1 - g), torch.where(k == d, r, torch.zeros_like(r)))
     return r, p
-
-
-def _pack(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Active token indices per row, left-aligned: idx [B,A] (A = max count), idx_valid [B,A]."""
-    order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices
-    width = int(active.sum(1).max())
-    idx = order[:, :width]
-    return idx, active.gather(1, idx)
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, idx[..., None].expand(*idx.shape, x.shape[-1]))
 
 
 @register_method("latent_cot")
@@ -162,25 +160,23 @@ class LatentCoT(PonderMethod):
         past, slots_computed = None, 0
         for k in range(K + 1):
             # Depth 0 is a plain dense pass (padding included, like vanilla); later depths pack the active slots.
-            idx, q_valid = _pack(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
-            out, past = self.depth_pass(model, _gather(inputs, idx), positions.gather(1, idx), idx, q_valid, past)
+            idx, q_valid = pack_active(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
+            out, past = self.depth_pass(model, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid, past)
             slots_computed += idx.numel()
             dense = torch.zeros_like(inputs).scatter(1, idx[..., None].expand_as(out), out)
             hidden.append(torch.where(active[..., None], dense, torch.zeros_like(dense)))
             executed.append(active)
             if k == K:
                 break
-            gates.append(self.router(hidden[-1], k))
-            reach = reach * gates[-1]
-            active = active & self.keep_going(reach, k, fixed)
+            reach, active = self.continue_step(hidden[-1], k, gates, reach, active, fixed)
             if not active.any():
                 break
             inputs = hidden[-1]
         depth = torch.stack(executed[1:], -1).sum(-1) if len(executed) > 1 else torch.zeros_like(input_ids)
-        gate_t = torch.stack(gates, -1) if gates else torch.ones(B, T, 0, device=input_ids.device)
+        gate_t = stack_gates(gates, valid.shape, input_ids.device)
         r, p = exit_weights(gate_t, depth)
         slot_hidden = torch.stack(hidden, dim=2)  # [B,T,n,D], zeros at non-executed slots
-        fused = (p[..., : slot_hidden.shape[2], None].to(slot_hidden.dtype) * slot_hidden).sum(2)
+        fused = fuse_exits(slot_hidden, p)
         # r_{t,k} is defined where slot k-1 ran: k <= K^_t + 1 (the last one is <= tau, the halting reach).
         k_idx = torch.arange(r.shape[-1], device=r.device)
         defined = (k_idx >= 1) & (k_idx <= depth[..., None] + 1)
@@ -242,11 +238,8 @@ class LatentCoT(PonderMethod):
             slots.append(torch.where(active[..., None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long().sum(-1)
-        stacked = torch.stack(slots, dim=-2)  # [B,T,S,D]
-        gate_t = torch.stack(gates, -1) if gates else torch.ones(*valid.shape, 0, device=valid.device)
-        _, p = exit_weights(gate_t, depth)
-        fused = (p[..., : stacked.shape[-2], None].to(stacked.dtype) * stacked).sum(-2)
-        return model.lm_head(fused), depth.float() * valid
+        _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
+        return model.lm_head(fuse_exits(torch.stack(slots, dim=-2), p)), depth.float() * valid
 
     def decode_token(self, model, state: DecodeState, input_ids, valid):
         """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
@@ -275,10 +268,8 @@ class LatentCoT(PonderMethod):
         stacked = torch.stack(slots, dim=1)
         if state.slot_trace is not None:
             state.slot_trace.append(stacked)
-        gate_t = torch.stack(gates, -1) if gates else torch.ones(valid.shape[0], 0, device=valid.device)
-        _, p = exit_weights(gate_t, depth)
-        fused = (p[:, : stacked.shape[1], None].to(stacked.dtype) * stacked).sum(1)
-        return model.lm_head(fused), depth.float() * valid
+        _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
+        return model.lm_head(fuse_exits(stacked, p)), depth.float() * valid
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
@@ -320,8 +311,7 @@ class LatentCoT(PonderMethod):
         logits = None
         if bool(done.any()):
             _, p = exit_weights(gates, k)
-            fused = (p[:, :, None].to(slots.dtype) * slots).sum(1)
-            logits = self.rows_logits(model, fused, done)
+            logits = self.rows_logits(model, fuse_exits(slots, p), done)
             state.next_position += done.long()
         row["inputs"] = hidden
         row["depth"] = torch.where(busy & keep, k + 1, k)
