@@ -165,6 +165,7 @@ class SlotKVCache:
             "bias": self.bias[:, :end],
         }
 
-    def set_depth_last(self, index: int, depth_last: torch.Tensor) -> None:
-        """Re-point an entry to serve later depths too (alias instead of copy)."""
-        self.depth_last[:, index] = depth_last
+    def set_depth_last(self, index: int | slice, depth_last: int, rows: torch.Tensor) -> None:
+        """Re-point entries `index` (one or a slice) of the rows where `rows` ([B] or [B, n] bool) is set so
+        they serve every depth up to `depth_last` too (alias instead of copy); other rows keep theirs."""
+        self.depth_last[:, index] = torch.where(rows, depth_last, self.depth_last[:, index])

@@ -128,7 +128,7 @@ class RecurrentPonder(PonderMethod):
             halted = active & ~nxt
             if bool(halted.any()):
                 # Alias, not copy: the entry just written serves every later pass of these rows.
-                cache.set_depth_last(cache.length - 1, torch.where(halted, K, j))
+                cache.set_depth_last(cache.length - 1, K, halted)
             steps = steps + nxt.float()
             if not bool(nxt.any()):
                 break
@@ -168,8 +168,7 @@ class RecurrentPonder(PonderMethod):
             halted = active & ~nxt
             if bool(halted.any()):
                 # Alias, not copy: the entries just written serve every later pass of halted tokens.
-                block = cache.depth_last[:, start:cache.length]
-                cache.depth_last[:, start:cache.length] = torch.where(gather_tokens(halted, index) & owned, K, block)
+                cache.set_depth_last(slice(start, cache.length), K, gather_tokens(halted, index) & owned)
             steps = steps + nxt.float()
             if not bool(nxt.any()):
                 break
@@ -211,8 +210,7 @@ class RecurrentPonder(PonderMethod):
         halted_early = done & (j < K)
         if bool(halted_early.any()):
             # Alias, not copy: this row's entry just written serves all its later passes.
-            last = cache.length - 1
-            cache.depth_last[:, last] = torch.where(halted_early, K, cache.depth_last[:, last])
+            cache.set_depth_last(cache.length - 1, K, halted_early)
         logits = None
         if bool(done.any()):
             logits = self.rows_logits(model, hidden, done)
