@@ -90,6 +90,7 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
     """
     from ponderlm.inference import continuous as rows_schedule
     from ponderlm.inference.sequential import decode_options, new_state
+    from ponderlm.methods.base import PonderMethod
 
     model.eval()
     batch, total = prompt.shape[0], prompt.shape[1] + new_tokens
@@ -112,9 +113,11 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
                     model.method.row_start(model, state, nxt, more)
             steps_all = torch.cat(steps)
         else:
-            for t in range(prompt.shape[1]):
-                logits, s = model.method.decode_token(model, state, prompt[:, t], valid)
-                steps.append(s)
+            # Token by token (the base prefill), like every new token after it: decode speed, not prefill.
+            prompt_logits, prompt_steps = PonderMethod.prefill(model.method, model, state, prompt,
+                                                               torch.ones_like(prompt))
+            logits = prompt_logits[:, -1]
+            steps.extend(prompt_steps.unbind(1))
             for _ in range(new_tokens):
                 logits, s = model.method.decode_token(model, state, logits.argmax(-1), valid)
                 steps.append(s)

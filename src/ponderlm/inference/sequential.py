@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ponderlm.methods.base import DecodeState
+from ponderlm.methods.base import DecodeState, PonderMethod
 
 
 @contextmanager
@@ -73,15 +73,11 @@ def sequential_logits(
         with decode_options(model, tau=tau, alpha=alpha, depth_policy=depth_policy, depth_target=depth_target):
             batch, length = input_ids.shape
             state = new_state(model, batch, length, trace=trace)
-            all_logits, all_steps = [], []
-            for t in range(length):
-                logits, steps = model.method.decode_token(model, state, input_ids[:, t], attention_mask[:, t].bool())
-                all_logits.append(logits)
-                all_steps.append(steps)
+            # The base class's prefill is exactly one `decode_token` call per token (never a method's
+            # parallel override): this function is the reference the parallel paths are tested against.
+            logits, steps = PonderMethod.prefill(model.method, model, state, input_ids, attention_mask)
     finally:
         model.train(was_training)
-    logits = torch.stack(all_logits, dim=1)
-    steps = torch.stack(all_steps, dim=1)
     if return_state:
         return logits, steps, state
     return logits, steps
