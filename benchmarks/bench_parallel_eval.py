@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from common import interleaved_medians, print_table, setup_threads
 
-from ponderlm.benchmarking import load_model, synthetic_model
+from ponderlm.benchmarking import synthetic_model
+from ponderlm.eval.perplexity import load_model
 from ponderlm.inference import sequential_logits
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_threads(args.threads)
     if args.model:
-        model = load_model(args.model)
+        model, _ = load_model(args.model, "cpu")
     else:
         model = synthetic_model("ponderlm3", 128, 4, 3, 4096, router_init="uniform").eval()
         torch.nn.init.normal_(model.method.router.net[0].weight, std=4.0 / 128**0.5)

@@ -11,7 +11,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,17 +64,6 @@ def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab
     steps = 0 if method == "vanilla" else max_steps
     return PonderForCausalLM(PonderConfig(method=method, hidden_size=hidden, num_hidden_layers=layers,
                                           num_attention_heads=heads, vocab_size=vocab, max_steps=steps, **extra))
-
-
-def load_model(path: str):
-    from ponderlm import PonderForCausalLM
-
-    directory = Path(path)
-    if (directory / "final" / "config.json").exists():
-        directory = directory / "final"
-    if not (directory / "config.json").exists():
-        raise PonderError(f"no model found at {path} (expected a save_pretrained directory or a run directory)")
-    return PonderForCausalLM.from_pretrained(directory).eval()
 
 
 # --------------------------------------------------------------------------- decode
@@ -262,7 +250,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        model = load_model(args.model)
+        from ponderlm.eval.perplexity import load_model
+
+        model, _ = load_model(args.model, "cpu")
     else:
         extra = {"router_init": "uniform"} if args.method == "ponderlm3" else {}
         model = synthetic_model(args.method, args.hidden, args.layers, args.max_steps, 4096, **extra).eval()

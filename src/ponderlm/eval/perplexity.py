@@ -48,6 +48,9 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a model or run directory. The tokenizer saved with the model
     wins; a model saved without one falls back to the shipped default tokenizer if the vocabularies fit."""
     import json
+    import pickle
+
+    from safetensors import SafetensorError
 
     from ponderlm.data.tokenizer import load_tokenizer
     from ponderlm.modeling import PonderForCausalLM
@@ -63,7 +66,10 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise on stderr
     try:
         model = PonderForCausalLM.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError:  # transformers reads *.bin with weights_only=True: a payload is refused
+        raise PonderError(f"refusing the weights in {model_dir}: a *.bin file holds more than tensors, so "
+                          "loading it could run code; use model.safetensors") from None
+    except (OSError, ValueError, SafetensorError) as exc:
         raise PonderError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
     finally:
         if bar:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -179,6 +180,11 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     """Load weights, optimizer and RNG states from a verified checkpoint into live objects."""
     # load_model understands the de-duplicated (tied) tensors that save_pretrained writes.
     load_model(model, str(path / "model.safetensors"), strict=True)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    try:
+        optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise PonderError(f"refusing {path / 'optimizer.pt'}: it holds more than tensors and numbers, so "
+                          "loading it could run code") from None
+    optimizer.load_state_dict(optim_state)
     state = json.loads((path / STATE).read_text())
     restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])

@@ -16,12 +16,20 @@ A rank dying mid-save leaves only a `.tmp-*` directory; the previous checkpoint 
 Loading reshards: the state is read into this run's (possibly differently sharded) model and optimizer
 through `get_state_dict` / `set_state_dict`. Single-file checkpoints (world size 1) still load with
 `checkpoint.load_checkpoint`, also on several DDP ranks.
+
+Loading never executes code from the checkpoint. DCP's stock reader unpickles `.metadata` with plain
+`pickle` and its default planner reads non-tensor items with `torch.load(weights_only=False)`; a run
+directory someone else wrote could run anything through either. `SafeFileSystemReader` unpickles the
+metadata with an allowlist of DCP's own metadata types, and `SafeLoadPlanner` reads non-tensor items with
+`weights_only=True` (tensors already are). Anything else in those files is refused with a PonderError.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,11 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -47,6 +59,67 @@ DCP_DIR = "dcp"
 
 def is_sharded(path: Path) -> bool:
     return (path / DCP_DIR).is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- safe reading
+# Every global a DCP `.metadata` pickle written by torch.distributed.checkpoint refers to. Constructing any of
+# them with attacker-chosen arguments only builds inert data (dataclasses, a Size, a path, a dtype).
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                     torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name} (not a DCP metadata type)")
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """`FileSystemReader` whose metadata unpickling admits only DCP's own metadata types."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        try:
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except Exception as e:  # noqa: BLE001 - any failure to parse is the same user-facing problem
+            raise PonderError(f"unsafe or corrupt DCP metadata {path}: {e}") from None
+        if not isinstance(metadata, Metadata):
+            raise PonderError(f"unsafe or corrupt DCP metadata {path}: not a checkpoint Metadata object")
+        for info in (metadata.storage_data or {}).values():
+            rel = str(getattr(info, "relative_path", ""))
+            if not rel or "/" in rel or "\\" in rel or rel.startswith("."):
+                raise PonderError(f"DCP metadata {path} points outside its directory ({rel!r})")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """`DefaultLoadPlanner` reading non-tensor items (optimizer hyper-parameters) with `weights_only=True`."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except Exception:  # noqa: BLE001 - a refused global and a corrupt blob are the same problem here
+            raise PonderError(f"refusing checkpoint item {read_item.dest_index.fqn}: it is not plain data "
+                              "(a weights_only load failed), so loading it could run code") from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
 
 
 # ---------------------------------------------------------------------------------------------- save
@@ -128,15 +201,22 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         ckpt.load_checkpoint(path, model=model, optimizer=optimizer)  # every DDP rank reads the full files
         return
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the shapes this run expects (a template)
-    reader = dcp.FileSystemReader(str(path / DCP_DIR))
+    reader = SafeFileSystemReader(str(path / DCP_DIR))
     saved = set(reader.read_metadata().state_dict_metadata)
     missing = [k for k in model_sd if f"model.{k}" not in saved]
     if missing:
         raise PonderError(f"checkpoint {path} has no weights for {missing[:3]}")
     state = {"model": model_sd, "optim": optim_sd}
     # Partial: parameters frozen so far (AdaPonderLM's gates-only stage) have no optimizer state yet.
-    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True),
-             no_dist=not dist.is_initialized())
+    try:
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(allow_partial_load=True),
+                 no_dist=not dist.is_initialized())
+    except CheckpointException as e:  # DCP wraps every rank's failure; surface ours as one line
+        errors = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]  # (exception, traceback)
+        inner = [err for err in errors if isinstance(err, PonderError)]
+        if inner:
+            raise inner[0] from None
+        raise PonderError(f"cannot read sharded checkpoint {path}: {str(e).splitlines()[0]}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     # The template had every state initialised; drop those the checkpoint lacked so AdamW starts them
     # fresh exactly when the uninterrupted run would have.
