@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "ponderlm.eval.commands",
     "ponderlm.benchmarking",
     "ponderlm.plan",
+    "ponderlm.serve.commands",
 )
 
 

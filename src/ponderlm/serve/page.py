@@ -1,0 +1,145 @@
+"""The page at `/`: type a prompt, watch the completion stream in, each token coloured by its steps.
+
+Same look as `ponderlm generate --html` (`inference/render.py`: its colour ramp, token spans, legend);
+here a token is coloured by the latent steps executed to produce it (`ponder_steps`), which the
+server knows the moment the token is sampled.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from ponderlm.inference.render import HTML_RAMP
+
+
+def page_html(model_name: str, max_steps: int) -> str:
+    legend = "".join(f'<span class="tok" style="background:{_bg(k, max_steps)};color:{_fg(k, max_steps)}">{k}</span> '
+                     for k in range(max_steps + 1))
+    return _PAGE.replace("__TITLE__", html.escape(model_name)).replace("__LEGEND__", legend) \
+        .replace("__RAMP__", json.dumps(list(HTML_RAMP))).replace("__K__", str(max_steps)) \
+        .replace("__MODEL__", json.dumps(model_name))
+
+
+def _level(steps: float, max_steps: int) -> int:
+    # render.py's mapping of a step count onto the ramp, kept identical in the page's script below.
+    n = len(HTML_RAMP)
+    return 0 if max_steps <= 0 else min(n - 1, max(0, round(steps / max_steps * (n - 1))))
+
+
+def _bg(steps: float, max_steps: int) -> str:
+    return HTML_RAMP[_level(steps, max_steps)]
+
+
+def _fg(steps: float, max_steps: int) -> str:
+    return "#fff" if _level(steps, max_steps) >= len(HTML_RAMP) - 2 else "#000"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>ponderlm serve: __TITLE__</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; color: #222; }
+.text { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; font-size: 15px;
+  min-height: 4em; border: 1px solid #ddd; border-radius: 4px; padding: .5rem; }
+.tok { position: relative; border-radius: 3px; padding: 1px 0; }
+.prompt { text-decoration: underline dotted #555; }
+.tok[data-steps]:hover::after { content: attr(data-steps); position: absolute; left: 0; top: 1.7em;
+  background: #222; color: #fff; font: 12px system-ui, sans-serif; padding: 2px 6px; border-radius: 3px;
+  white-space: nowrap; z-index: 1; }
+.legend { margin: 1rem 0; font-size: 14px; }
+.meta { color: #666; font-size: 13px; }
+textarea { width: 100%; font: 15px ui-monospace, monospace; box-sizing: border-box; }
+.controls { margin: .5rem 0; font-size: 14px; }
+.controls input { width: 5em; }
+</style>
+</head>
+<body>
+<h2>ponderlm serve: __TITLE__</h2>
+<textarea id="prompt" rows="3" placeholder="Type a prompt">Once upon a time</textarea>
+<div class="controls">
+max tokens <input id="max_tokens" type="number" value="64" min="1">
+temperature <input id="temperature" type="number" value="0" min="0" max="2" step="0.1">
+tau <input id="tau" type="text" placeholder="default">
+<button id="go">Generate</button> <button id="stop" disabled>Stop</button>
+</div>
+<div class="legend">latent steps executed to produce each token: __LEGEND__ &nbsp; (dotted underline: prompt;
+<span id="avg">average -</span>; hover a token for its count)</div>
+<div class="text" id="out"></div>
+<p class="meta" id="status"></p>
+<script>
+const RAMP = __RAMP__, K = __K__, MODEL = __MODEL__;
+function level(s) { return K <= 0 ? 0 : Math.min(RAMP.length - 1, Math.max(0, Math.round(s / K * (RAMP.length - 1)))); }
+const out = document.getElementById("out"), statusEl = document.getElementById("status");
+let controller = null, total = 0, count = 0;
+function span(text, steps) {
+  const el = document.createElement("span");
+  el.textContent = text;
+  if (steps === null) { el.className = "tok prompt"; return el; }
+  const lv = level(steps);
+  el.className = "tok gen";
+  el.style.background = RAMP[lv];
+  el.style.color = lv >= RAMP.length - 2 ? "#fff" : "#000";
+  const label = steps + " additional step(s)";
+  el.dataset.steps = label; el.title = label;
+  return el;
+}
+async function run() {
+  out.textContent = ""; total = 0; count = 0;
+  const prompt = document.getElementById("prompt").value;
+  out.appendChild(span(prompt, null));
+  const body = { model: MODEL, prompt: prompt, stream: true,
+    max_tokens: parseInt(document.getElementById("max_tokens").value, 10),
+    temperature: parseFloat(document.getElementById("temperature").value) };
+  const tau = document.getElementById("tau").value.trim();
+  if (tau) body.tau = parseFloat(tau);
+  controller = new AbortController();
+  document.getElementById("stop").disabled = false;
+  statusEl.textContent = "streaming...";
+  try {
+    const resp = await fetch("/v1/completions", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body), signal: controller.signal });
+    if (!resp.ok) { const err = await resp.json(); statusEl.textContent = "error: " + err.error.message; return; }
+    const reader = resp.body.getReader(), decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\\n\\n")) >= 0) {
+        const line = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+        const chunk = JSON.parse(line.slice(6));
+        if (chunk.error) { statusEl.textContent = "error: " + chunk.error.message; continue; }
+        for (const c of chunk.choices) {
+          const steps = c.ponder_steps;
+          for (const s of steps) { total += s; count += 1; }
+          // A chunk carries one token; its text may be empty (held back) or finish a multi-byte character.
+          if (c.text) out.appendChild(span(c.text, steps.length ? steps[steps.length - 1] : 0));
+          if (c.finish_reason) statusEl.textContent = "finished: " + c.finish_reason;
+        }
+        document.getElementById("avg").textContent = "average " + (count ? (total / count).toFixed(2) : "-") +
+          " over " + count + " generated tokens";
+      }
+    }
+  } catch (e) {
+    statusEl.textContent = e.name === "AbortError" ? "stopped" : "error: " + e;
+  } finally {
+    document.getElementById("stop").disabled = true;
+  }
+}
+document.getElementById("go").onclick = run;
+document.getElementById("stop").onclick = () => controller && controller.abort();
+// /?prompt=...&max_tokens=...&autorun=1 starts a generation on load (links, headless screenshots).
+const query = new URLSearchParams(location.search);
+for (const key of ["prompt", "max_tokens", "temperature", "tau"]) {
+  if (query.has(key)) document.getElementById(key).value = query.get(key);
+}
+if (query.get("autorun")) run();
+</script>
+</body>
+</html>
+"""

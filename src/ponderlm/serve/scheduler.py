@@ -1,0 +1,369 @@
+"""The serving engine: one thread owns the model and runs continuous batching across requests.
+
+Requests wait in a bounded queue. Between backbone calls the engine admits waiting requests into
+free rows (each prompt prefilled alone by the method's own `prefill`, then spliced into the running
+batch, see `rows.py`), removes finished and cancelled ones, and advances every running row by one
+backbone call of the library's schedule: `continuous.run_row_slots` (one slot of each row's own
+token: real per-token early exit, skipped steps never computed) for methods with a per-row schedule,
+the method's `decode_token` (one token per running row) for the others. Rows with different
+`tau` / `alpha` cannot share a call (the threshold is read from the config), so each distinct pair
+runs as its own batch and the engine visits the batches in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from ponderlm.inference import continuous
+from ponderlm.inference.generate import _choose, _logits_processors
+from ponderlm.inference.sequential import decode_options, new_state
+from ponderlm.serve import rows as row_ops
+from ponderlm.serve.metrics import Metrics
+
+
+class QueueFull(Exception):
+    """The waiting queue is at --max-queue: the HTTP layer answers 429."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # None: none; k: the chosen token's plus the top k
+    echo: bool = False
+    tau: float | None = None  # None: the server's default
+    alpha: float | None = None
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None  # None for the first prompt token (nothing predicts it)
+    top: dict[str, float] | None
+
+
+@dataclass
+class Event:
+    """New output of one choice: text delta, its tokens, executed steps that produced each, logprobs."""
+
+    choice: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | None = None
+
+
+@dataclass
+class EngineRequest:
+    """One prompt with n choices. `emit` is called from the engine thread with Events, or an Exception."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event | Exception], None]
+    n: int = 1
+    cancelled: bool = False
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    open_choices: int = -1  # set to n on admission; the request is finished when it reaches 0
+
+
+@dataclass
+class _Choice:
+    req: EngineRequest
+    index: int
+    generator: torch.Generator
+    processors: Any
+    config: GenerationConfig
+    tokens: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of text already emitted
+    pending: int = 0  # last sampled token, consumed by the next lockstep call
+
+
+class _Batch:
+    """Running rows that share decoding options: one DecodeState of max_batch rows."""
+
+    def __init__(self, model, options: dict[str, Any], max_batch: int) -> None:
+        self.options = options
+        self.state = new_state(model, max_batch, 64)
+        self.choices: list[_Choice | None] = [None] * max_batch
+        self.released = False  # a row left since the last compaction check
+
+    def free_row(self) -> int | None:
+        return next((r for r, c in enumerate(self.choices) if c is None), None)
+
+    def running(self) -> int:
+        return sum(c is not None for c in self.choices)
+
+
+class Engine:
+    """Owns the model on one worker thread; `submit` and `cancel` are safe from any thread."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256, tau: float | None = None,
+                 alpha: float | None = None, metrics: Metrics | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.defaults = {"tau": model.config.tau if tau is None else tau,
+                         "alpha": model.config.alpha if alpha is None else alpha}
+        self.metrics = metrics or Metrics(model.config.max_steps)
+        self.row_schedule = continuous.supports(model)
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
+        self._waiting: deque[EngineRequest] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._batches: dict[tuple, _Batch] = {}
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ thread-safe API
+    def submit(self, req: EngineRequest) -> None:
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
+            self._waiting.append(req)
+            self.metrics.set_queue(len(self._waiting))
+        self._wake.set()
+
+    def cancel(self, req: EngineRequest) -> None:
+        req.cancelled = True
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ponderlm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            waiting = len(self._waiting)
+        return {"running": sum(b.running() for b in list(self._batches.values())), "waiting": waiting}
+
+    # ------------------------------------------------------------------ worker
+    def _loop(self) -> None:
+        while not self._stop:
+            self._drop_cancelled()
+            self._admit()
+            batches = [b for b in self._batches.values() if b.running()]
+            if not batches:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            for batch in batches:
+                self._step(batch)
+            self._tidy()
+
+    def _free_rows(self) -> int:
+        return self.max_batch - sum(b.running() for b in self._batches.values())
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting or (self._waiting[0].params.max_tokens > 0
+                                         and self._waiting[0].n > self._free_rows()):
+                    return
+                req = self._waiting.popleft()
+                self.metrics.set_queue(len(self._waiting))
+            if req.cancelled:
+                self.metrics.finished("cancelled")
+                continue
+            try:
+                self._prefill_and_place(req)
+            except Exception as exc:  # a request must never take the engine down
+                req.emit(exc)
+                self.metrics.finished("error")
+
+    def _options(self, params: SamplingParams) -> dict[str, Any]:
+        return {"tau": self.defaults["tau"] if params.tau is None else params.tau,
+                "alpha": self.defaults["alpha"] if params.alpha is None else params.alpha}
+
+    @torch.no_grad()
+    def _prefill_and_place(self, req: EngineRequest) -> None:
+        model, params = self.model, req.params
+        options = self._options(params)
+        ids = torch.tensor([req.prompt_ids], device=self.device)
+        with decode_options(model, **options):
+            state = new_state(model, 1, ids.shape[1] + params.max_tokens)
+            logits, steps = model.method.prefill(model, state, ids, torch.ones_like(ids))
+        self.metrics.prompt_tokens(ids.shape[1])
+        if params.echo and params.logprobs is not None:
+            req.prompt_logprobs = self._prompt_logprobs(req.prompt_ids, logits[0], params.logprobs)
+        req.open_choices = req.n
+        if params.max_tokens == 0:  # echo / scoring only: nothing to decode
+            for i in range(req.n):
+                req.emit(Event(choice=i, finish_reason="length"))
+            self.metrics.finished("ok")
+            return
+        key = tuple(sorted(options.items()))
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = _Batch(model, options, self.max_batch)
+        starts = []
+        for i in range(req.n):
+            row = batch.free_row()
+            row_ops.splice_row(batch.state, row, state)
+            choice = self._new_choice(req, i)
+            batch.choices[row] = choice
+            if self._sample(batch, row, choice, logits[0, -1], float(steps[0, -1])):
+                starts.append(row)
+        self._start_rows(batch, starts)
+
+    def _new_choice(self, req: EngineRequest, index: int) -> _Choice:
+        p = req.params
+        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
+        # One generator per choice, seeded from (seed, index): a choice's samples do not depend on
+        # which other requests share its batch or in which order rows finish.
+        generator = torch.Generator(device=self.device).manual_seed((seed * 1_000_003 + index) % 2**63)
+        config = GenerationConfig(do_sample=p.temperature > 0, temperature=p.temperature or 1.0, top_p=p.top_p)
+        return _Choice(req=req, index=index, generator=generator, processors=_logits_processors(config),
+                       config=config)
+
+    def _start_rows(self, batch: _Batch, rows: list[int]) -> None:
+        """Rows whose sampled token must be consumed next."""
+        if not rows or not self.row_schedule:
+            return
+        state = batch.state
+        tokens = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
+        mask = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
+        for row in rows:
+            tokens[row], mask[row] = batch.choices[row].pending, True
+        with decode_options(self.model, **batch.options):
+            self.model.method.row_start(self.model, state, tokens, mask)
+
+    @torch.no_grad()
+    def _step(self, batch: _Batch) -> None:
+        """One backbone call of this batch, then sample for every row whose token completed."""
+        model, state = self.model, batch.state
+        calls = state.backbone_calls
+        try:
+            with decode_options(model, **batch.options):
+                if self.row_schedule:
+                    done, logits, steps = continuous.run_row_slots(model, state)
+                    finished = done.nonzero()[:, 0].tolist()
+                else:
+                    running = torch.tensor([c is not None for c in batch.choices], device=self.device)
+                    tokens = torch.tensor([c.pending if c is not None else 0 for c in batch.choices],
+                                          device=self.device)
+                    logits, steps = model.method.decode_token(model, state, tokens, running)
+                    finished = running.nonzero()[:, 0].tolist()
+        except Exception as exc:  # fail this batch's requests, keep serving the others
+            for row, choice in enumerate(batch.choices):
+                if choice is not None:
+                    choice.req.emit(exc)
+                    self._release(batch, row, "error")
+            self._batches = {k: b for k, b in self._batches.items() if b is not batch}
+            return
+        self.metrics.backbone_calls(state.backbone_calls - calls)
+        starts = []
+        for row in finished:
+            choice = batch.choices[row]
+            if choice is not None and self._sample(batch, row, choice, logits[row], float(steps[row])):
+                starts.append(row)
+        self._start_rows(batch, starts)
+
+    def _sample(self, batch: _Batch, row: int, choice: _Choice, logits: torch.Tensor, steps: float) -> bool:
+        """Pick the choice's next token from `logits` (produced with `steps` executed steps) and emit it.
+        Returns whether the row continues (its token must be consumed)."""
+        logits = logits.float()
+        seq = torch.tensor([choice.req.prompt_ids + choice.tokens], device=logits.device)
+        scores = choice.processors(seq, logits[None])
+        token = int(_choose(scores, choice.config, choice.generator)[0])
+        choice.tokens.append(token)
+        choice.pending = token
+        p = choice.req.params
+        event = Event(choice=choice.index, token_ids=[token], steps=[steps])
+        if p.logprobs is not None:
+            event.logprobs = [self._token_logprob(torch.log_softmax(logits, -1), token, p.logprobs)]
+        self.metrics.generated(steps)
+        finish, stop_reason = None, None
+        if token in self.eos_ids:
+            finish = "stop"
+        elif len(choice.tokens) >= p.max_tokens:
+            finish = "length"
+        text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        hits = [(text.find(s), s) for s in p.stop if s in text]
+        if hits:
+            cut, stop_reason = min(hits)
+            text, finish = text[:cut], "stop"
+        if finish is None:
+            # Hold back what could still become a stop string, and an incomplete multi-byte character.
+            hold = max((len(s) - 1 for s in p.stop), default=0)
+            end = len(text) - hold
+            while end > choice.sent and text[end - 1] == "\ufffd":
+                end -= 1
+            text = text[:max(end, choice.sent)]
+        event.text = text[choice.sent:]
+        choice.sent = len(text)
+        event.finish_reason, event.stop_reason = finish, stop_reason
+        choice.req.emit(event)
+        if finish is None:
+            return True
+        self._release(batch, row, "ok")
+        return False
+
+    def _release(self, batch: _Batch, row: int, outcome: str) -> None:
+        req = batch.choices[row].req
+        batch.choices[row] = None
+        row_ops.release_row(batch.state, row)
+        batch.released = True
+        req.open_choices -= 1
+        if req.open_choices == 0:
+            self.metrics.finished(outcome)
+
+    def _token_logprob(self, logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
+        top = None
+        if k is not None:
+            values, ids = logprobs.topk(k) if k > 0 else (logprobs[:0], torch.zeros(0, dtype=torch.long))
+            top = {self._piece(int(i)): float(v) for v, i in zip(values.tolist(), ids.tolist())}
+            top.setdefault(self._piece(token), float(logprobs[token]))  # as vLLM: the chosen token is always listed
+        return TokenLogprob(token=self._piece(token), logprob=float(logprobs[token]), top=top)
+
+    def _prompt_logprobs(self, ids: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
+        """Log-probability of every prompt token under the prefix before it (the first has none)."""
+        logprobs = torch.log_softmax(logits.float(), -1)
+        out = [TokenLogprob(token=self._piece(ids[0]), logprob=None, top=None)]
+        out += [self._token_logprob(logprobs[t - 1], ids[t], k) for t in range(1, len(ids))]
+        return out
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _drop_cancelled(self) -> None:
+        for batch in self._batches.values():
+            for row, choice in enumerate(batch.choices):
+                if choice is not None and choice.req.cancelled:
+                    self._release(batch, row, "cancelled")
+
+    def _tidy(self) -> None:
+        """Drop empty batches (frees their cache); compact a batch whose cache is mostly invisible columns."""
+        for key, batch in list(self._batches.items()):
+            if not batch.running():
+                del self._batches[key]
+            elif batch.released:
+                batch.released = False
+                cache = batch.state.caches[0]
+                longest = int(row_ops.visible_counts(cache).max())
+                if cache.length > max(64, 2 * longest):
+                    row_ops.compact(batch.state)
+
