@@ -131,6 +131,7 @@ class Engine:
         self._stop = False
         self._batches: dict[tuple, _Batch] = {}
         self._thread: threading.Thread | None = None
+        self.peak_running = 0  # most choices ever decoded together (tests check that batching happened)
 
     # ------------------------------------------------------------------ thread-safe API
     def submit(self, req: EngineRequest) -> None:
@@ -166,6 +167,7 @@ class Engine:
             self._drop_cancelled()
             self._admit()
             batches = [b for b in self._batches.values() if b.running()]
+            self.peak_running = max(self.peak_running, sum(b.running() for b in batches))
             if not batches:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
