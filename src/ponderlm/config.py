@@ -71,6 +71,11 @@ class PonderConfig(PretrainedConfig):
         intermediate_size: int | None = None,
         num_hidden_layers: int = 4,
         num_attention_heads: int = 4,
+    # Special token ids: None unless given (a run's final/ takes them from its tokenizer, `from_backbone` from
+    # the Hugging Face config), so `config.eos_token_id` reads None instead of raising, as on HF configs.
+    bos_token_id = None
+    eos_token_id = None
+    pad_token_id = None
         num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         max_position_embeddings: int = 2048,

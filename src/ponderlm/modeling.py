@@ -150,6 +150,22 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         """
         from ponderlm.backbone.hf_import import from_hf_backbone
 
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: Any, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained` plus remote code generated from the package and `auto_map`
+        (`ponderlm.hub`), so the directory loads with `trust_remote_code=True` where ponderlm is not installed."""
+        from ponderlm.hub import write_remote_code
+
+        if push_to_hub:  # the hub upload saves into a temporary directory through this method, code included
+            hub_keys = ("repo_id", "commit_message", "private", "token", "create_pr", "revision")
+            hub = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
+            self.push_to_hub(hub.pop("repo_id", str(save_directory).rstrip("/").split("/")[-1]), **hub)
+            return
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+
         return from_hf_backbone(cls, path_or_model, method=method, **overrides)
 
 

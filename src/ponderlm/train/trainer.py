@@ -427,10 +427,21 @@ class _StopOnSignal:
 
 def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float]) -> None:
     """Complete `final/` (weights are already there) with the tokenizer, print the summary and a greedy sample."""
+def _data_description(data_dir: Path) -> str:
+    """The prepared data's sources and token counts, for the model card."""
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text())
+        inputs = ", ".join(str(i.get("input")) for i in meta.get("inputs", [])) or str(data_dir)
+        return f"{inputs} ({meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens)"
+    except (OSError, ValueError, KeyError, TypeError):  # an older or hand-made data directory
+        return str(data_dir)
+
+
     from ponderlm.data.loader import unigram_perplexity
     from ponderlm.data.tokenizer import load_tokenizer
 
     out = result.out_dir
+    from ponderlm.hub import complete_checkpoint
     final = out / "final"
     # The tokenizer that made the data (prepare_data keeps a copy), so final/ matches the tokens it saw.
     tokenizer = load_tokenizer(data_dir / "tokenizer" if (data_dir / "tokenizer").is_dir() else cfg.data.tokenizer)
@@ -439,6 +450,11 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
     result.executed_steps = last_eval["val_executed_steps"]
     result.unigram_ppl = unigram_perplexity(data_dir)
     if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
+    # Special token ids, a left-padding tokenizer and a model card: final/ stands alone as an HF checkpoint.
+    complete_checkpoint(final, model, tokenizer, {
+        "name": out.resolve().name, "data": _data_description(data_dir), "init_from": cfg.model.get("init_from"),
+        "steps": result.step, "tokens_seen": result.tokens_seen, "val_ppl": result.val_ppl,
+        "avg_executed_steps": result.executed_steps, "parameters": sum(p.numel() for p in model.parameters())})
         ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=model.device)
         model.eval()
         with torch.no_grad():
