@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_prepare)
 
+    _register_synth(data_sub)
+
     tok = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
     t = tok_sub.add_parser("train", help="train a byte-level BPE tokenizer",
@@ -70,4 +72,65 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     t0 = time.time()
     out = train_tokenizer(args.input or ["default"], args.vocab_size, args.out, min_frequency=args.min_frequency)
     print(f"wrote tokenizer with vocab {args.vocab_size} to {out} in {time.time() - t0:.1f}s")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _register_synth(data_sub) -> None:
+    p = data_sub.add_parser(
+        "synth",
+        help="controlled reasoning sets with per-token difficulty (hops, chains)",
+        description="Write a synthetic reasoning set in the prepared-data format (token shards, meta.json, "
+        "tokenizer/) plus a loss mask (answers only) and the true difficulty of every answer token. Splits "
+        "train / val / test never share a permutation (hops) or chain set (chains). See docs/REASONING.md.",
+    )
+    p.add_argument("--task", required=True, choices=["hops", "chains"],
+                   help="hops: k-hop pointer chasing, k marked in the query; chains: variable dereference chains")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created atomically)")
+    p.add_argument("--symbols", type=int, default=8, metavar="N",
+                   help="hops: permutation size; chains: number of constant values (default 8)")
+    p.add_argument("--hops", type=_int_list, default=[1, 2, 3, 4], metavar="LIST",
+                   help="hop counts (hops) or chain depths (chains) drawn per query (default 1,2,3,4)")
+    p.add_argument("--hop-weights", type=_float_list, metavar="LIST",
+                   help="relative frequency of each --hops entry (default uniform)")
+    p.add_argument("--queries", type=int, metavar="N", help="queries per example (default hops 7, chains 4)")
+    p.add_argument("--perm", default="cycle", choices=["cycle", "any"],
+                   help="hops: single n-cycle (exact hop counts, default) or any permutation")
+    p.add_argument("--example-len", type=int, metavar="N",
+                   help="tokens per example incl. eos padding (default: next power of two of what is needed)")
+    p.add_argument("--train", type=int, default=20000, metavar="N", help="train examples (default 20000)")
+    p.add_argument("--val", type=int, default=500, metavar="N", help="val examples (default 500)")
+    p.add_argument("--test", type=int, default=2000, metavar="N", help="test examples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (splits do not depend on it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ponderlm.data.synth import SynthOptions, synthesize
+
+    options = SynthOptions(task=args.task, symbols=args.symbols, hops=tuple(args.hops),
+                           hop_weights=None if args.hop_weights is None else tuple(args.hop_weights),
+                           queries=args.queries, perm=args.perm, example_len=args.example_len,
+                           train=args.train, val=args.val, test=args.test, seed=args.seed)
+    meta = synthesize(options, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    s = meta["synth"]
+    splits = ", ".join(f"{split} {n:,} examples" for split, n in meta["documents"].items())
+    print(f"wrote {args.out}: {s['task']}, {splits}; {s['example_len']} tokens per example, vocab "
+          f"{meta['vocab_size']}; train with data.data_dir={args.out} data.seq_len={s['example_len']} "
+          f"(or a multiple)")
     return 0

@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,16 +31,21 @@ def read_meta(data_dir: str | Path) -> dict:
 
 
 class TokenStream:
-    """The shards of one split as a single read-only token sequence."""
+    """The shards of one split as a single read-only token sequence.
 
-    def __init__(self, data_dir: str | Path, split: str):
+    `field` picks another per-token stream aligned with the tokens: "loss_mask" or "difficulty" of a
+    `ponderlm data synth` directory (stored as `meta["side_dtype"]`)."""
+
+    def __init__(self, data_dir: str | Path, split: str, field: str = "shards"):
         meta = read_meta(data_dir)
-        if split not in meta["shards"]:
-            raise PonderError(f"unknown split {split!r}; {data_dir} has {', '.join(meta['shards'])}")
+        if field not in meta:
+            raise PonderError(f"{data_dir} has no {field!r} stream (meta.json)")
+        if split not in meta[field]:
+            raise PonderError(f"unknown split {split!r}; {data_dir} has {', '.join(meta[field])}")
         self.meta, self.split = meta, split
-        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        dtype = np.dtype(meta["dtype"] if field == "shards" else meta["side_dtype"]).newbyteorder("<")
         self.shards = []
-        for shard in meta["shards"][split]:
+        for shard in meta[field][split]:
             path = Path(data_dir) / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
                 raise PonderError(f"shard {path} is missing or has the wrong size; re-run `ponderlm data prepare`")
@@ -95,6 +101,9 @@ class TokenLoader:
         if not 0 <= rank < world_size:
             raise PonderError(f"rank {rank} is outside world_size {world_size}")
         self.stream = TokenStream(data_dir, split)
+        check_example_len(self.stream.meta, seq_len)
+        # Answer-only loss: a loss-mask stream (synthetic sets) turns masked targets into -100 labels.
+        self.mask = TokenStream(data_dir, split, field="loss_mask") if "loss_mask" in self.stream.meta else None
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_windows = self.stream.num_windows(seq_len)
@@ -108,19 +117,27 @@ class TokenLoader:
             self._perm, self._perm_epoch = rng.permutation(self.num_windows), epoch
         return self._perm
 
-    def _window(self, global_index: int) -> np.ndarray:
+    def _window_start(self, global_index: int) -> int:
         epoch, pos = divmod(global_index, self.num_windows)
-        start = int(self._permutation(epoch)[pos]) * self.seq_len
-        return self.stream.read(start, self.seq_len)
+        return int(self._permutation(epoch)[pos]) * self.seq_len
 
     def next_batch(self) -> torch.Tensor:
         """This rank's share of the next global batch: LongTensor [batch_size, seq_len]."""
+        return self.next_labeled_batch()[0]
+
+    def next_labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels), each [batch_size, seq_len]. Without a loss mask `labels is inputs`; with one,
+        labels are the inputs with -100 wherever the mask is 0 (only answer tokens are targets)."""
         first = self.epoch * self.num_windows + self.position + self.rank * self.batch_size
-        rows = [self._window(first + i) for i in range(self.batch_size)]
+        starts = [self._window_start(first + i) for i in range(self.batch_size)]
         self.epoch, self.position = divmod(
             self.epoch * self.num_windows + self.position + self.batch_size * self.world_size, self.num_windows
         )
-        return torch.from_numpy(np.stack(rows))
+        x = torch.from_numpy(np.stack([self.stream.read(s, self.seq_len) for s in starts]))
+        if self.mask is None:
+            return x, x
+        keep = torch.from_numpy(np.stack([self.mask.read(s, self.seq_len) for s in starts])) != 0
+        return x, x.masked_fill(~keep, -100)
 
     def state_dict(self) -> dict:
         """Plain ints. `position` counts windows of the epoch consumed by all ranks together."""
@@ -138,17 +155,36 @@ class TokenLoader:
 
 
 def iter_eval_batches(
-    data_dir: str | Path, split: str, seq_len: int, batch_size: int, max_batches: int | None = None
-) -> Iterator[torch.Tensor]:
+    data_dir: str | Path, split: str, seq_len: int, batch_size: int, max_batches: int | None = None,
+    labels: bool = False,
+) -> Iterator[Any]:
     """Consecutive non-overlapping windows from the start of the split, in order; the last batch may be
-    smaller. Every window is visited exactly once (up to max_batches)."""
+    smaller. Every window is visited exactly once (up to max_batches). With `labels=True` yields
+    (inputs, labels) pairs as `TokenLoader.next_labeled_batch` does."""
     stream = TokenStream(data_dir, split)
+    check_example_len(stream.meta, seq_len)
+    mask = TokenStream(data_dir, split, field="loss_mask") if labels and "loss_mask" in stream.meta else None
     n = stream.num_windows(seq_len)
     for b, first in enumerate(range(0, n, batch_size)):
         if max_batches is not None and b >= max_batches:
             return
         count = min(batch_size, n - first)
-        yield torch.from_numpy(stream.read(first * seq_len, count * seq_len).reshape(count, seq_len))
+        x = torch.from_numpy(stream.read(first * seq_len, count * seq_len).reshape(count, seq_len))
+        if not labels:
+            yield x
+        elif mask is None:
+            yield x, x
+        else:
+            keep = torch.from_numpy(mask.read(first * seq_len, count * seq_len).reshape(count, seq_len)) != 0
+            yield x, x.masked_fill(~keep, -100)
+
+
+def check_example_len(meta: dict, seq_len: int) -> None:
+    """Synthetic sets hold fixed-length examples: windows must cut on example boundaries."""
+    example_len = int(meta.get("synth", {}).get("example_len", 0))
+    if example_len and seq_len % example_len:
+        raise PonderError(f"this synthetic set has examples of {example_len} tokens; data.seq_len / --seq-len "
+                          f"must be a multiple of {example_len}, got {seq_len}")
 
 
 def _token_counts(stream: TokenStream, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:

@@ -102,6 +102,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=cmd_ppl)
 
+    p = ev_sub.add_parser("reasoning", help="answer accuracy and executed steps vs true difficulty (data synth sets)",
+                          description="Score a model on a `ponderlm data synth` split: answer accuracy overall and per "
+                                      "true difficulty, mean executed additional steps per difficulty and the Spearman "
+                                      "correlation between executed steps and difficulty. Writes reasoning.json and "
+                                      "reasoning.png (accuracy and steps vs difficulty, one line per --model).")
+    _model_arg(p, multiple=True)
+    p.add_argument("--data", required=True, metavar="DIR", help="a `ponderlm data synth` directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward (default 64)")
+    p.add_argument("--max-examples", type=int, metavar="N", help="score at most N examples (default: all)")
+    _decode_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON (one object; {'results': [...]} for several models)")
+    p.add_argument("--out", default="results/reasoning", metavar="DIR",
+                   help="where reasoning.json and reasoning.png go (default results/reasoning)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.set_defaults(func=cmd_reasoning)
+
     p = subparsers.add_parser("pareto", help="perplexity vs executed steps: adaptive sweeps + fixed-pruning controls",
                               description="Sweep alpha (PonderLM-3) or tau (AdaPonderLM, latent CoT) per model and "
                                           "run the fixed-pruning controls at the same average steps (iso-FLOPs). "
@@ -197,6 +214,45 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     print(f"perplexity {result.ppl:.3f} (loss {result.loss:.4f})")
     print(f"avg executed steps {result.avg_steps:.3f} of K={result.max_steps}")
     print(f"forward FLOPs {ratio}")
+    return 0
+
+
+def cmd_reasoning(args: argparse.Namespace) -> int:
+    from ponderlm.eval.perplexity import check_settings, load_model, model_name
+    from ponderlm.eval.reasoning import plot_reasoning, reasoning_eval
+
+    if args.max_examples is not None and args.max_examples < 1:
+        raise PonderError(f"--max-examples must be at least 1, got {args.max_examples}")
+    settings = _settings(args)
+    results, names = [], set()
+    for i, path in enumerate(args.model):
+        name = model_name(path)
+        name = f"{name}#{i + 1}" if name in names else name
+        names.add(name)
+        model, tokenizer = load_model(path, args.device)
+        check_settings(model.config, settings)  # fail before any forward
+        result = reasoning_eval(model, args.data, settings, split=args.split, batch_size=args.batch_size,
+                                max_examples=args.max_examples, progress=not args.no_progress, tokenizer=tokenizer)
+        results.append({"name": name, "model": str(path), "data": str(args.data), **result})
+        del model
+    out = Path(args.out)
+    payload = results[0] if len(results) == 1 else {"results": results}
+    json_path = _write_json(payload, out / "reasoning.json")
+    png = plot_reasoning(results, out / "reasoning.png")
+    if args.json:
+        print(json.dumps(payload))
+        return 0
+    for r in results:
+        rho = r["spearman_steps_difficulty"]
+        print(f"{r['name']}: {r['method']} (K={r['max_steps']}) on {r['task']}:{r['split']}, {r['answers']:,} answers "
+              f"in {r['examples']:,} examples")
+        print(f"  accuracy {r['accuracy']:.4f}, examples fully solved {r['examples_fully_solved']:.4f}, "
+              f"avg executed steps {r['avg_steps']:.3f} (at queries {r['avg_steps_answers']:.3f})")
+        for p in r["per_difficulty"]:
+            print(f"  difficulty {p['difficulty']}: accuracy {p['accuracy']:.4f}  steps {p['avg_steps']:.3f}  "
+                  f"({p['count']} answers)")
+        print(f"  Spearman(steps, difficulty) {'n/a (constant steps)' if rho is None else f'{rho:.3f}'}")
+    print(f"wrote {json_path} and {png}")
     return 0
 
 

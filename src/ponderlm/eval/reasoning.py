@@ -1,0 +1,163 @@
+"""Answer accuracy and executed steps against the true difficulty on a `ponderlm data synth` set.
+
+`ponderlm eval reasoning --model DIR --data DIR` (docs/REASONING.md). Every example of the split is one
+window (`example_len` tokens). An answer token at position j is predicted at position j - 1 (the query
+symbol): it counts as correct when the argmax of that position's logits is the answer, and the executed
+additional steps of position j - 1 are the compute spent on it. Scores come from the model's parallel
+eval forward under the decoding options (tau, alpha, fixed pruning, Jacobi sweeps), the same forward
+`eval ppl` uses, which agrees with token-by-token decoding.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ponderlm.errors import PonderError
+from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, applied, check_settings, flops_ratio
+
+
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
+    """Spearman rank correlation with average ranks for ties; None when either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size != y.size:
+        raise ValueError(f"spearman needs equal lengths, got {x.size} and {y.size}")
+    if x.size < 2:
+        return None
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return None if denom == 0 else float((rx * ry).sum() / denom)
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="mergesort")
+    sorted_v = v[order]
+    ranks = np.empty(v.size, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
+    ends = np.r_[starts[1:], v.size]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e - 1) / 2.0 + 1.0
+    return ranks
+
+
+def score_answers(correct: np.ndarray, difficulty: np.ndarray, steps: np.ndarray,
+                  example: np.ndarray | None = None) -> dict[str, Any]:
+    """Aggregate per-answer results: accuracy overall and per difficulty, mean executed steps per
+    difficulty, Spearman(steps, difficulty) and (with `example` ids) the share of fully solved examples."""
+    correct = np.asarray(correct, dtype=bool)
+    difficulty = np.asarray(difficulty, dtype=np.int64)
+    steps = np.asarray(steps, dtype=np.float64)
+    if correct.size == 0:
+        raise PonderError("no answer tokens to score")
+    per = []
+    for d in sorted(set(difficulty.tolist())):
+        sel = difficulty == d
+        per.append({"difficulty": int(d), "count": int(sel.sum()), "accuracy": float(correct[sel].mean()),
+                    "avg_steps": float(steps[sel].mean())})
+    out: dict[str, Any] = {"answers": int(correct.size), "accuracy": float(correct.mean()),
+                           "avg_steps_answers": float(steps.mean()), "per_difficulty": per,
+                           "spearman_steps_difficulty": spearman(steps, difficulty)}
+    if example is not None:
+        example = np.asarray(example)
+        _, inverse = np.unique(example, return_inverse=True)
+        solved = np.bincount(inverse, weights=~correct) == 0
+        out["examples_fully_solved"] = float(solved.mean())
+    return out
+
+
+@torch.no_grad()
+def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = AS_SAVED, *, split: str = "test",
+                   batch_size: int = 64, max_examples: int | None = None, progress: bool = True,
+                   tokenizer: Any = None) -> dict[str, Any]:
+    """Score a model on a synthetic split; returns the JSON-ready result (see docs/REASONING.md).
+
+    With `tokenizer` (the one saved with the model) a set written with another vocabulary is refused."""
+    from tqdm.auto import tqdm
+
+    from ponderlm.data.synth import read_split
+
+    for note in check_settings(model.config, settings):
+        print(f"note: {note}", file=sys.stderr)
+    data = read_split(data_dir, split, max_examples)
+    if batch_size < 1:
+        raise PonderError(f"--batch-size must be at least 1, got {batch_size}")
+    if int(data.meta["vocab_size"]) > model.config.vocab_size:
+        raise PonderError(f"{data_dir} has a {data.meta['vocab_size']}-token vocabulary but the model's vocab_size "
+                          f"is {model.config.vocab_size}; was it trained on this set?")
+    if tokenizer is not None:
+        from ponderlm.data.tokenizer import tokenizer_identity
+
+        theirs, ours = data.meta.get("tokenizer", {}).get("sha256"), tokenizer_identity(tokenizer, "").get("sha256")
+        if theirs and ours and theirs != ours:
+            raise PonderError(f"{data_dir} was written with another vocabulary than the model's tokenizer (a different "
+                              "task or --symbols / --hops / --queries); evaluate on the set the model was trained on")
+    L = data.tokens.shape[1]
+    if L > model.config.max_position_embeddings:
+        raise PonderError(f"examples have {L} tokens, more than the model's max_position_embeddings "
+                          f"({model.config.max_position_embeddings})")
+    device = next(model.parameters()).device
+    preds, steps_all = [], []
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with applied(model, settings):
+            for i in tqdm(range(0, len(data.tokens), batch_size), desc="reasoning", unit="batch",
+                          disable=not progress, file=sys.stderr, leave=False):
+                x = torch.from_numpy(data.tokens[i: i + batch_size]).to(device)
+                out = model(input_ids=x)
+                preds.append(out.logits.argmax(-1).cpu())
+                st = out.executed_steps
+                steps_all.append(torch.zeros(x.shape) if st is None else st.float().cpu())
+            cfg = model.config
+            effective = {"tau": cfg.tau, "alpha": cfg.alpha, "depth_policy": cfg.depth_policy,
+                         "depth_target": cfg.depth_target, "jacobi_iters_eval": cfg.jacobi_iters_eval}
+            pred = torch.cat(preds).numpy()
+            steps = torch.cat(steps_all).double().numpy()
+            ratio = flops_ratio(cfg, L, float(steps.mean()))
+    finally:
+        model.train(was_training)
+    ex, pos = np.nonzero(data.mask)  # answer tokens; each is predicted at pos - 1
+    if (pos == 0).any():
+        raise PonderError("an answer token sits at position 0 of an example; the set is malformed")
+    result = score_answers(pred[ex, pos - 1] == data.tokens[ex, pos], data.difficulty[ex, pos],
+                           steps[ex, pos - 1], example=ex)
+    return {"method": model.config.method, "max_steps": int(model.config.max_steps), "task": data.task,
+            "split": split, "examples": int(len(data.tokens)), **result,
+            "avg_steps": float(steps.mean()), "flops_ratio": ratio, "settings": effective,
+            "seconds": time.perf_counter() - start}
+
+
+def plot_reasoning(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Two panels over true difficulty: answer accuracy and mean executed steps, one line per result
+    (label: its `name`, else its method)."""
+    from ponderlm.eval.plots import _figure, _save
+
+    fig, (ax_acc, ax_steps) = _figure(ncols=2)
+    for r in results:
+        label = r.get("name") or r["method"]
+        xs = [p["difficulty"] for p in r["per_difficulty"]]
+        ax_acc.plot(xs, [p["accuracy"] for p in r["per_difficulty"]], "-o", label=label, markersize=4)
+        rho = r.get("spearman_steps_difficulty")
+        tag = "" if rho is None else f" (ρ={rho:.2f})"
+        ax_steps.plot(xs, [p["avg_steps"] for p in r["per_difficulty"]], "-o", label=label + tag, markersize=4)
+    ax_acc.set_xlabel("true difficulty (hops / chain depth)")
+    ax_acc.set_ylabel("answer accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_title("Accuracy vs difficulty")
+    ax_steps.set_xlabel("true difficulty (hops / chain depth)")
+    ax_steps.set_ylabel("executed additional steps at the query")
+    ax_steps.set_title("Executed steps vs difficulty (Spearman ρ)")
+    for ax in (ax_acc, ax_steps):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
