@@ -178,17 +178,19 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
                     group["lr"] = lr
                 model.set_training_progress(step)
                 parallel.maybe_fail(d, step + 1)
-                batches = [loader.next_batch().to(device, non_blocking=True) for _ in range(accum)]  # (B, T) each
+                # (inputs, labels), (B, T) each: labels are the inputs, -100 outside a synthetic set's loss mask
+                batches = [tuple(t.to(device, non_blocking=True) for t in loader.next_labeled_batch())
+                           for _ in range(accum)]
                 # Normalise by the global number of predicted tokens (torchtitan): the sum of token losses over
                 # all micro-batches and ranks / that count, so accumulation and world size leave it unchanged.
-                counts = [(x[:, 1:] != -100).sum() for x in batches]  # labels are the inputs (-100: ignored)
+                counts = [(y[:, 1:] != -100).sum() for _, y in batches]  # -100: ignored
                 total = parallel.all_reduce_sum(d, torch.stack(counts).sum().float())
                 loss_sum = torch.zeros((), device=device)
                 exec_sum = torch.zeros((), device=device)
-                for i, (x, n) in enumerate(zip(batches, counts)):
+                for i, ((x, y), n) in enumerate(zip(batches, counts)):
                     with parallel.gradient_sync(train_model, sync=i == accum - 1):
                         with autocast():
-                            output = train_model(input_ids=x, labels=x)
+                            output = train_model(input_ids=x, labels=y)
                         micro = output.lm_loss * (n / total)
                         if output.aux_loss is not None:  # method terms are means: average them over micro-batches
                             micro = micro + output.aux_loss / (accum * d.world_size)
@@ -310,15 +312,15 @@ def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: tor
 
     model.eval()
     nll, count, rows, steps = 0.0, 0, 0, 0.0
-    for x in iter_eval_batches(data_dir, "val", cfg.data.seq_len, cfg.train.batch_size,
-                               max_batches=cfg.train.eval_batches):
-        x = x.to(device)
+    for x, y in iter_eval_batches(data_dir, "val", cfg.data.seq_len, cfg.train.batch_size,
+                                  max_batches=cfg.train.eval_batches, labels=True):
+        x, y = x.to(device), y.to(device)  # y: the inputs, -100 outside a synthetic set's loss mask
         with autocast():
             out = model(input_ids=x)
         logits = out.logits[:, :-1].float()
-        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
-                                                 reduction="sum").item()
-        count += x[:, 1:].numel()
+        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, 1:].reshape(-1),
+                                                 reduction="sum", ignore_index=-100).item()
+        count += int((y[:, 1:] != -100).sum())
         steps += float(_mean_steps(out)) * x.size(0)
         rows += x.size(0)
     if count == 0:
