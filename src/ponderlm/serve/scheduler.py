@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from ponderlm.inference import continuous
-from ponderlm.inference.generate import _choose, _logits_processors
 from ponderlm.inference.sequential import decode_options, new_state
 from ponderlm.serve import rows as row_ops
 from ponderlm.serve.metrics import Metrics
@@ -84,8 +83,7 @@ class _Choice:
     req: EngineRequest
     index: int
     generator: torch.Generator
-    processors: Any
-    config: GenerationConfig
+    processors: LogitsProcessorList | None  # None: greedy
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of text already emitted
     pending: int = 0  # last sampled token, consumed by the next lockstep call
@@ -237,9 +235,12 @@ class Engine:
         # One generator per choice, seeded from (seed, index): a choice's samples do not depend on
         # which other requests share its batch or in which order rows finish.
         generator = torch.Generator(device=self.device).manual_seed((seed * 1_000_003 + index) % 2**63)
-        config = GenerationConfig(do_sample=p.temperature > 0, temperature=p.temperature or 1.0, top_p=p.top_p)
-        return _Choice(req=req, index=index, generator=generator, processors=_logits_processors(config),
-                       config=config)
+        processors = None
+        if p.temperature > 0:  # the same transformers warpers `generate` applies when sampling
+            processors = LogitsProcessorList([TemperatureLogitsWarper(p.temperature)])
+            if p.top_p < 1.0:
+                processors.append(TopPLogitsWarper(p.top_p))
+        return _Choice(req=req, index=index, generator=generator, processors=processors)
 
     def _start_rows(self, batch: _Batch, rows: list[int]) -> None:
         """Rows whose sampled token must be consumed next."""
@@ -288,9 +289,12 @@ class Engine:
         """Pick the choice's next token from `logits` (produced with `steps` executed steps) and emit it.
         Returns whether the row continues (its token must be consumed)."""
         logits = logits.float()
-        seq = torch.tensor([choice.req.prompt_ids + choice.tokens], device=logits.device)
-        scores = choice.processors(seq, logits[None])
-        token = int(_choose(scores, choice.config, choice.generator)[0])
+        if choice.processors is None:
+            token = int(logits.argmax())  # greedy, as `generate` without sampling
+        else:
+            seq = torch.tensor([choice.req.prompt_ids + choice.tokens], device=logits.device)
+            scores = choice.processors(seq, logits[None])
+            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=choice.generator)[0, 0])
         choice.tokens.append(token)
         choice.pending = token
         p = choice.req.params
