@@ -1,20 +1,25 @@
-"""The small-scale reproduction study: every method, one backbone, one token budget (docs/RESULTS.md).
+"""The small-scale reproduction study on the faithful recipe: every method, one backbone, one budget.
 
-    python benchmarks/study.py all                 # prepare, train, eval, analyze, decode, report
+    python benchmarks/study.py all                 # prepare, lr, train, eval, analyze, decode, report
     python benchmarks/study.py train --workers 2   # one phase; every phase skips finished work
 
 Each training run is a plain `ponderlm train` invocation (the exact command lines are written to
 `<out>/commands.txt`), run one thread per process, `--workers` processes at a time. Runs interrupted
 by a kill resume from their newest checkpoint on the next call, so the study can span sessions.
 
-What is fixed across methods: the bundled corpus prepared once with the shipped tokenizer and its
-fixed validation split, a Llama backbone (d=128, 4 layers, 4 heads, tied embeddings), the optimizer and
-schedule, the token budget (steps x batch x seq_len), the seed list and K=3 for every pondering method.
-Each method uses its documented defaults (METHODS.md) — nothing is tuned per method.
+The recipe follows the official PonderLM-2 / PonderingLM code (docs/RESULTS.md, METHODS.md): untied
+input / output embeddings, the "ponder" initialisation (`model.init=ponder`), K=1 latent step for every
+pondering method. Fixed across methods: the bundled corpus prepared once with the shipped tokenizer and
+its fixed validation split, a Llama backbone (d=128, 4 layers, 4 heads), the optimizer and schedule, the
+token budget (steps x batch x seq_len), the seeds, and ONE learning rate, chosen by the `lr` phase (a small
+sweep over vanilla and PonderLM-2, seed 0, reported). Each method uses its documented defaults.
 
 Phases and their outputs (under --out, default results/study):
   prepare  data/                                   token shards (train / val) shared by all runs
-  train    runs/<method>-s<seed>/                  `ponderlm train` run directories
+  lr       runs/lr<LR>-<method>-s0/, lr.json       the learning-rate sweep and the chosen rate
+  train    runs/<method>-s<seed>/                  the main runs (val loss every 50 steps: the curves)
+  extra    runs/old-<method>-s<seed>/              vanilla, PonderLM v1, PonderLM-2 on the previous
+           runs/k<K>-ponderlm2-s<seed>/            recipe (tied, HF init); PonderLM-2 at K = 2, 3
   eval     runs/<...>/eval.json                    `ponderlm eval ppl --json` on the validation windows
   analyze  analysis/s<seed>/<method>/*.json|png    pareto (+ fixed-pruning controls), difficulty, alpha,
                                                    gates, jacobi — the CLI analyses
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -37,25 +43,31 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
-SEEDS = (0, 1)
-K = 3
+SEEDS = (0, 1, 2)
+K = 1
 SEQ_LEN = 128
 BATCH = 8
 STEPS = 300
+EVAL_EVERY = 50  # validation loss curve points (train.eval_batches windows each)
 EVAL_BATCHES = 24  # 24 x 8 x 128 = 24,576 validation tokens, the same windows for every model
+LRS = ("1e-3", "2e-3", "4e-3")  # the sweep; the study uses the one with the lowest mean val loss
+LR_METHODS = ("vanilla", "ponderlm2")
+OLD_RECIPE = ["model.tie_word_embeddings=true", "model.init=hf"]  # what the study used before
+OLD_METHODS = ("vanilla", "ponderlm", "ponderlm2")
+K_SWEEP = (2, 3)  # PonderLM-2 beyond the main runs' K=1
 ALPHAS = "-4,-2,-1,0,1"
 TAUS = "1e-4,0.2,0.4,0.6,0.8"
-# Rough single-thread seconds per training step (ponderlm bench train at this shape), used only to
+# Rough single-thread seconds per training step at K=1 (ponderlm bench train at this shape), used only to
 # start the longest runs first so that the worker pool finishes evenly.
-COST = {"vanilla": 0.14, "pause": 0.6, "looped": 0.54, "ponderlm": 0.88, "ponderlm2": 3.4, "ponderlm3": 3.1,
-        "adaponder": 0.71, "latent_cot": 0.58}
+COST = {"vanilla": 0.14, "pause": 0.3, "looped": 0.3, "ponderlm": 0.45, "ponderlm2": 1.2, "ponderlm3": 1.2,
+        "adaponder": 0.4, "latent_cot": 0.35}
 
 COMMON = [
-    "model.backbone=llama", f"model.max_steps={K}", "model.hidden_size=128", "model.num_hidden_layers=4",
-    "model.num_attention_heads=4", "model.max_position_embeddings=256", "model.tie_word_embeddings=true",
-    f"data.seq_len={SEQ_LEN}", "optim.lr=2e-3", "optim.weight_decay=0.1", "optim.warmup_frac=0.05",
+    "model.backbone=llama", "model.hidden_size=128", "model.num_hidden_layers=4",
+    "model.num_attention_heads=4", "model.max_position_embeddings=256", "model.tie_word_embeddings=false",
+    "model.init=ponder", f"data.seq_len={SEQ_LEN}", "optim.weight_decay=0.1", "optim.warmup_frac=0.05",
     "optim.min_lr_ratio=0.1", f"train.batch_size={BATCH}", "train.grad_accum=1",
-    "train.device=cpu", "train.dtype=fp32", "train.eval_batches=20",
+    "train.device=cpu", "train.dtype=fp32", "train.eval_batches=10",
     "train.save_every=50", "train.keep_last=1", "train.sample_tokens=0", "log.tensorboard=false",
 ]
 ANALYSES = {  # which CLI analyses apply to which method
@@ -117,22 +129,60 @@ class Study:
         self._pool([(self._cli() + ["data", "prepare", "--input", "default", "--out", str(self.data)],
                      self.out / "prepare.log")])
 
-    def train(self) -> None:
+    def _train_jobs(self, specs: list[tuple[str, str, int, list[str]]]) -> list[tuple[list[str], Path]]:
+        """(run name, method, seed, extra overrides) -> `ponderlm train` jobs, longest first, finished ones skipped."""
         jobs = []
-        for method, seed in sorted(self._all_runs(), key=lambda r: -COST[r[0]]):
-            run = self.runs / run_name(method, seed)
+        for name, method, seed, extra in sorted(specs, key=lambda r: -COST[r[1]] * _k_of(r[3])):
+            run = self.runs / name
             if (run / "summary.json").exists() or (run / "final" / "config.json").exists():
                 continue
             cmd = self._cli() + ["train", "--out", str(run)]
             if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
                 cmd.append("--resume")
-            cmd += [*COMMON, f"train.steps={self.steps}", f"train.eval_every={self.steps}", f"model.method={method}",
-                    f"data.data_dir={self.data}", f"train.seed={seed}",
-                    f"name={run_name(method, seed)}"]
-            if method == "vanilla":
-                cmd.append("model.max_steps=0")
-            jobs.append((cmd, self.out / "logs" / f"train-{run.name}.log"))
-        self._pool(jobs)
+            cmd += [*COMMON, f"model.max_steps={0 if method == 'vanilla' else K}", f"train.steps={self.steps}",
+                    f"train.eval_every={EVAL_EVERY}", f"model.method={method}", f"data.data_dir={self.data}",
+                    f"train.seed={seed}", f"name={name}", *extra]
+            jobs.append((cmd, self.out / "logs" / f"train-{name}.log"))
+        return jobs
+
+    def lr_sweep(self) -> None:
+        specs = [(f"lr{lr}-{m}-s0", m, 0, [f"optim.lr={lr}"]) for lr in LRS for m in LR_METHODS]
+        self._pool(self._train_jobs(specs))
+        losses = {lr: {m: _final_val_loss(self.runs / f"lr{lr}-{m}-s0") for m in LR_METHODS} for lr in LRS}
+        mean = {lr: sum(v.values()) / len(v) for lr, v in losses.items()}
+        best = min(mean, key=mean.get)
+        (self.out / "lr.json").write_text(json.dumps({"val_loss": losses, "mean_val_loss": mean, "chosen": best,
+                                                      "rule": "lowest mean final val loss of "
+                                                              + " and ".join(LR_METHODS) + ", seed 0"}, indent=1))
+        print(f"learning rate: {best} (mean val loss {mean[best]:.4f})", flush=True)
+
+    @property
+    def lr(self) -> str:
+        path = self.out / "lr.json"
+        if not path.exists():
+            raise SystemExit("study: run the `lr` phase first (it chooses the learning rate)")
+        return json.loads(path.read_text())["chosen"]
+
+    def train(self) -> None:
+        # Seed-0 runs of the sweep at the chosen rate are exactly the main runs (same command but the name):
+        # reuse them instead of training twice.
+        for m in LR_METHODS:
+            src, dst = self.runs / f"lr{self.lr}-{m}-s0", self.runs / run_name(m, 0)
+            if m in self.methods and 0 in self.seeds and (src / "final" / "config.json").exists() and not dst.exists():
+                shutil.copytree(src, dst)
+        self._pool(self._train_jobs([(run_name(m, s), m, s, [f"optim.lr={self.lr}"]) for m, s in self._all_runs()]))
+
+    def extra(self) -> None:
+        lr = f"optim.lr={self.lr}"
+        specs = [(f"old-{m}-s{s}", m, s, [lr, *OLD_RECIPE]) for s in self.seeds for m in OLD_METHODS
+                 if m in self.methods]
+        specs += [(f"k{k}-ponderlm2-s{s}", "ponderlm2", s, [lr, f"model.max_steps={k}"]) for k in K_SWEEP
+                  for s in self.seeds[:1]]
+        self._pool(self._train_jobs(specs))
+
+    def _extra_runs(self) -> list[Path]:
+        runs = [self.runs / f"old-{m}-s{s}" for s in self.seeds for m in OLD_METHODS if m in self.methods]
+        return runs + [self.runs / f"k{k}-ponderlm2-s{s}" for k in K_SWEEP for s in self.seeds[:1]]
 
     def _data_args(self) -> list[str]:
         return ["--data", str(self.data), "--split", "val", "--seq-len", str(SEQ_LEN), "--batch-size", str(BATCH),
@@ -140,9 +190,9 @@ class Study:
 
     def evaluate(self) -> None:
         jobs = []
-        for method, seed in self._all_runs():
-            run = self.runs / run_name(method, seed)
-            if (run / "eval.json").exists():
+        lr_runs = [self.runs / f"lr{lr}-{m}-s0" for lr in LRS for m in LR_METHODS]
+        for run in [self.runs / run_name(m, s) for m, s in self._all_runs()] + self._extra_runs() + lr_runs:
+            if (run / "eval.json").exists() or not (run / "final" / "config.json").exists():
                 continue
             # `--json` prints one object; the shell-free runner captures it through a small wrapper.
             cmd = [sys.executable, __file__, "_eval_one", str(run), *self._data_args()]
@@ -210,6 +260,20 @@ class Study:
         write_report(self.out, self.docs, self.methods, self.seeds, seq_len=SEQ_LEN)
 
 
+def _k_of(extra: list[str]) -> int:
+    """Cost factor of a run's K override (the K sweep's runs are the longest)."""
+    ks = [int(o.split("=", 1)[1]) for o in extra if o.startswith("model.max_steps=")]
+    return (ks[-1] + 1) if ks else K + 1
+
+
+def _final_val_loss(run: Path) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    if not evals:
+        raise SystemExit(f"study: {run} has no evaluation rows")
+    return evals[-1]["val_loss"]
+
+
 def _eval_one(argv: list[str]) -> int:
     """`ponderlm eval ppl --json` for one run, saving the JSON as <run>/eval.json (atomically)."""
     run = Path(argv[0])
@@ -231,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_eval_one":
         return _eval_one(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["all", "prepare", "train", "eval", "analyze", "decode", "report"])
+    p.add_argument("phase", choices=["all", "prepare", "lr", "train", "extra", "eval", "analyze", "decode", "report"])
     p.add_argument("--out", default="results/study", type=Path)
     p.add_argument("--docs", default="docs/results", type=Path, help="where the report's table and plots go")
     p.add_argument("--workers", type=int, default=2, help="processes at a time")
@@ -249,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     study = Study(args.out, args.docs, args.workers, seeds, methods, steps=args.steps, eval_batches=args.eval_batches,
                   threads=args.threads)
-    phases = ["prepare", "train", "eval", "analyze", "decode", "report"] if args.phase == "all" else [args.phase]
+    phases = ["prepare", "lr", "train", "extra", "eval", "analyze", "decode", "report"] if args.phase == "all" \
+        else [args.phase]
     for phase in phases:
         start = time.time()
-        {"prepare": study.prepare, "train": study.train, "eval": study.evaluate, "analyze": study.analyze,
-         "decode": study.decode, "report": study.report}[phase]()
+        {"prepare": study.prepare, "lr": study.lr_sweep, "train": study.train, "extra": study.extra,
+         "eval": study.evaluate, "analyze": study.analyze, "decode": study.decode, "report": study.report}[phase]()
         print(f"== {phase} done in {time.time() - start:.0f}s", flush=True)
     return 0
 

@@ -15,7 +15,7 @@ def tiny_model(method: str = "vanilla", backbone: str = "llama", **overrides) ->
     """A 2-layer, d=32 model in eval mode, seeded. The init is larger than usual (0.2) so latent feedback,
     masks and gates change the logits visibly and a wrong implementation cannot pass by being near-zero."""
     config = dict(backbone=backbone, method=method, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2)
+                  num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, init="hf")
     config.update(overrides)
     torch.manual_seed(0)
     return PonderForCausalLM(PonderConfig(**config)).eval()

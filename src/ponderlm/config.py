@@ -16,6 +16,8 @@ METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "
 # Methods that decide a per-token depth; only these accept a fixed-pruning depth policy.
 ADAPTIVE_METHODS = ("ponderlm3", "adaponder", "latent_cot")
 DEPTH_POLICIES = (None, "learned", "uniform", "geometric", "constant")
+INIT_SCHEMES = ("ponder", "hf")
+LATENT_FEEDBACK = ("post_norm", "pre_norm")
 # Methods whose latent slots are interleaved after each token (METHODS.md §5) and whose
 # token embeddings are scaled by sqrt(2.5 d) by default.
 INTERLEAVED_METHODS = ("pause", "ponderlm2", "ponderlm3", "latent_cot")
@@ -30,13 +32,21 @@ class PonderConfig(PretrainedConfig):
         vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
         num_key_value_heads, head_dim, max_position_embeddings, rope_theta, rotary_pct,
         rms_norm_eps, layer_norm_eps, hidden_act, attention_bias, mlp_bias, use_parallel_residual,
-        tie_word_embeddings, initializer_range: as in the Hugging Face Llama / GPT-NeoX configs.
+        tie_word_embeddings, initializer_range: as in the Hugging Face Llama / GPT-NeoX configs
+            (input and output embeddings are untied by default, as in the official PonderLM-2 configs).
+        init: "ponder" (default, every method): the official PonderLM-2 / PonderingLM scheme, a truncated
+            normal (+-3 std) with std sqrt(2 / (5 d)) for embeddings and linear weights, the residual output
+            projections further divided by sqrt(2 L) (Llama) or sqrt(2 L (K+1)) (GPT-NeoX, PonderLM v1);
+            "hf": the Hugging Face normal(0, initializer_range). Method modules keep their own rules.
 
     Args (pondering, all methods):
         method: one of `METHODS`.
         max_steps: K, the maximum number of *additional* steps per token (0 for vanilla).
-        embed_scale: multiplier of token embeddings; None = method default
-            (sqrt(2.5 d) for interleaved methods, sqrt(d) for ponderlm/adaponder, 1 otherwise).
+        embed_scale: multiplier of token embeddings; None = method default (sqrt(2.5 d) for the
+            interleaved methods and looped, sqrt(d) for pause, ponderlm and adaponder, 1 for vanilla).
+        latent_feedback: what a latent slot of the interleaved methods receives from the slot before it:
+            "post_norm" (default, as in the papers) the hidden state after the final norm, or "pre_norm"
+            the residual stream before it.
         tau: pruning / halting threshold used by adaptive methods.
         alpha: inference router bias (PonderLM-3: logits + alpha * k).
         depth_policy: None/"learned" (the method decides), or "uniform"/"geometric" fixed pruning
@@ -61,6 +71,11 @@ class PonderConfig(PretrainedConfig):
 
     model_type = "ponder"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # Special token ids: None unless given (a run's final/ takes them from its tokenizer, `from_backbone` from
+    # the Hugging Face config), so `config.eos_token_id` reads None instead of raising, as on HF configs.
+    bos_token_id = None
+    eos_token_id = None
+    pad_token_id = None
 
     def __init__(
         self,
@@ -71,11 +86,6 @@ class PonderConfig(PretrainedConfig):
         intermediate_size: int | None = None,
         num_hidden_layers: int = 4,
         num_attention_heads: int = 4,
-    # Special token ids: None unless given (a run's final/ takes them from its tokenizer, `from_backbone` from
-    # the Hugging Face config), so `config.eos_token_id` reads None instead of raising, as on HF configs.
-    bos_token_id = None
-    eos_token_id = None
-    pad_token_id = None
         num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         max_position_embeddings: int = 2048,
@@ -89,9 +99,11 @@ class PonderConfig(PretrainedConfig):
         use_parallel_residual: bool = True,
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
+        init: str = "ponder",
         # pondering, shared
         max_steps: int = 0,
         embed_scale: float | None = None,
+        latent_feedback: str = "post_norm",
         tau: float = 1e-4,
         alpha: float = 0.0,
         depth_policy: str | None = None,
@@ -146,9 +158,11 @@ class PonderConfig(PretrainedConfig):
         self.mlp_bias = mlp_bias if mlp_bias is not None else not is_llama
         self.use_parallel_residual = use_parallel_residual
         self.initializer_range = initializer_range
+        self.init = init
 
         self.max_steps = max_steps
         self.embed_scale = embed_scale
+        self.latent_feedback = latent_feedback
         self.tau = tau
         self.alpha = alpha
         self.depth_policy = depth_policy
@@ -184,11 +198,22 @@ class PonderConfig(PretrainedConfig):
     # ------------------------------------------------------------------ derived values
     @property
     def default_embed_scale(self) -> float:
-        if self.method in INTERLEAVED_METHODS:
+        # The official code: sqrt(2.5 d) for PonderLM-2 and the loop baseline (so the token slot's input RMS
+        # is near 1 under the ponder init, like a fed-back normalised state), sqrt(d) for the pause baseline
+        # and PonderingLM; vanilla keeps the plain embedding.
+        if self.method in ("ponderlm2", "ponderlm3", "latent_cot", "looped"):
             return math.sqrt(2.5 * self.hidden_size)
-        if self.method in ("ponderlm", "adaponder"):
+        if self.method in ("pause", "ponderlm", "adaponder"):
             return math.sqrt(self.hidden_size)
         return 1.0
+
+    def init_std(self, residual_output: bool = False) -> float:
+        """Std of the "ponder" init for an embedding / linear weight (see the class docstring)."""
+        std = math.sqrt(2.0 / (5 * self.hidden_size))
+        if residual_output:
+            passes = self.max_steps + 1 if (self.backbone == "gpt_neox" or self.method == "ponderlm") else 1
+            std /= math.sqrt(2.0 * self.num_hidden_layers * passes)
+        return std
 
     @property
     def resolved_embed_scale(self) -> float:
@@ -234,8 +259,12 @@ class PonderConfig(PretrainedConfig):
             bad(f"method 'vanilla' takes no additional steps, got max_steps={self.max_steps}")
         if self.method not in ("vanilla",) and self.max_steps == 0:
             bad(f"method {self.method!r} needs max_steps >= 1")
-        if self.embed_scale is not None and not self.embed_scale > 0:
-            bad(f"embed_scale must be > 0, got {self.embed_scale}")
+        if self.embed_scale is not None and not (self.embed_scale > 0 and math.isfinite(self.embed_scale)):
+            bad(f"embed_scale must be a finite number > 0, got {self.embed_scale}")
+        if self.init not in INIT_SCHEMES:
+            bad(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        if self.latent_feedback not in LATENT_FEEDBACK:
+            bad(f"latent_feedback must be one of {', '.join(LATENT_FEEDBACK)}, got {self.latent_feedback!r}")
         if not (0.0 <= self.tau < 1.0):
             bad(f"tau must be in [0, 1), got {self.tau}")
         if not math.isfinite(self.alpha):

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ponderlm.backbone.stack import DecoderStack
@@ -38,7 +39,15 @@ class PonderPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+        if self.config.init == "ponder" and isinstance(module, (nn.Linear, nn.Embedding)):
+            # The official PonderLM-2 / PonderingLM scheme (PonderConfig.init_std); layers mark their
+            # residual output projections with `is_residual_output`.
+            std = self.config.init_std(residual_output=getattr(module, "is_residual_output", False))
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
         # Method modules (routers, gates, pause vectors) carry their own initialisation rules.
         init_fn = getattr(module, "init_ponder_weights", None)
         if callable(init_fn):
@@ -141,15 +150,6 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
 
         return generate(self, input_ids, **kwargs)
 
-    # ------------------------------------------------------------------ continued pretraining
-    @classmethod
-    def from_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderForCausalLM:
-        """Build a pondering model from a Hugging Face Llama / GPT-NeoX causal LM (path, hub id or model object).
-
-        Backbone weights are mapped by name; method parameters are freshly initialised.
-        """
-        from ponderlm.backbone.hf_import import from_hf_backbone
-
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: Any, *args: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained` plus remote code generated from the package and `auto_map`
@@ -165,6 +165,15 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
+
+    # ------------------------------------------------------------------ continued pretraining
+    @classmethod
+    def from_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderForCausalLM:
+        """Build a pondering model from a Hugging Face Llama / GPT-NeoX causal LM (path, hub id or model object).
+
+        Backbone weights are mapped by name; method parameters are freshly initialised.
+        """
+        from ponderlm.backbone.hf_import import from_hf_backbone
 
         return from_hf_backbone(cls, path_or_model, method=method, **overrides)
 

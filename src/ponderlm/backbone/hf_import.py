@@ -50,6 +50,10 @@ def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> Pond
         bos_token_id=getattr(hf_config, "bos_token_id", None),
         eos_token_id=getattr(hf_config, "eos_token_id", None),
         pad_token_id=getattr(hf_config, "pad_token_id", None),
+        # Continued pretraining: new method parameters (pause vectors) follow the checkpoint's own init
+        # scheme, so they start at the scale of the weights they join.
+        init="hf",
+        initializer_range=getattr(hf_config, "initializer_range", 0.02),
     )
     if model_type == "llama":
         kwargs = dict(

@@ -84,6 +84,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.o_proj.is_residual_output = True  # scaled down by depth under the "ponder" init
 
     def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -101,6 +102,7 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.down_proj.is_residual_output = True
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +131,7 @@ class GPTNeoXAttention(nn.Module):
         bias = config.attention_bias
         self.query_key_value = nn.Linear(config.hidden_size, 3 * self.num_heads * self.head_dim, bias=bias)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.dense.is_residual_output = True
 
     def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -144,6 +147,7 @@ class GPTNeoXMLP(nn.Module):
         super().__init__()
         self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.dense_4h_to_h.is_residual_output = True
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,11 @@ class Pause(PonderMethod):
     def init_ponder_weights(self) -> None:
         # Like a row of the embedding matrix: a pause slot is an extra "vocabulary token" whose input goes
         # through the same `embed_scale` as real tokens, so the two start at the same magnitude.
-        init.normal_(self.pause_embeds, mean=0.0, std=self.config.initializer_range)
+        if self.config.init == "ponder":
+            std = self.config.init_std()
+            init.trunc_normal_(self.pause_embeds, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        else:
+            init.normal_(self.pause_embeds, mean=0.0, std=self.config.initializer_range)
 
     def pause_inputs(self) -> torch.Tensor:
         """Scaled pause inputs `P_k * embed_scale` [K, D]."""
