@@ -142,9 +142,11 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """Token-by-token generation with real early exit (see `ponderlm.inference.generate`).
 
-        Accepts Hugging Face `GenerationConfig` conventions (max_new_tokens, do_sample, temperature,
-        top_k, top_p, repetition_penalty, eos_token_id, streamer) plus `tau`, `alpha`,
-        `depth_policy`, and `return_dict_in_generate` / `output_steps`.
+        Hugging Face `generate` semantics (transformers prepares the config, processors and stopping criteria;
+        greedy, sampling, beam search, num_return_sequences, min_new_tokens, bad_words_ids,
+        no_repeat_ngram_size, logits_processor, stopping_criteria, output_scores / output_logits, streamer)
+        plus `tau`, `alpha`, `depth_policy`, `depth_target`; the dict output also carries `executed_steps`.
+        Options it cannot honour raise a ValueError naming them.
         """
         from ponderlm.inference.generate import generate
 

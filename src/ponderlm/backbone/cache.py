@@ -150,6 +150,15 @@ class SlotKVCache:
         """Forget reserved-but-unwanted entries (their storage is overwritten by the next reserve)."""
         self._pending = None
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row b becomes row index[b] (beam search: each surviving beam continues some earlier beam's cache)."""
+        if self._pending is not None:
+            raise RuntimeError("SlotKVCache.reorder called between reserve() and commit()")
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        for name in ("position", "depth", "depth_last", "bias"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+
     # ------------------------------------------------------------------ reading
     @property
     def pending_end(self) -> int:

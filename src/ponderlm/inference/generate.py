@@ -1,4 +1,18 @@
-"""Generation on the sequential decode path: real early exit, HF `GenerationConfig` conventions."""
+"""Generation on the sequential decode path: real early exit with Hugging Face `generate` semantics.
+
+`generate` hands the call to transformers' own `GenerationMixin.generate` with a custom decoding loop
+(`custom_generate=`): transformers merges the generation config with the kwargs (and rejects typos), expands
+the batch for beams / num_return_sequences, and builds the logits processors and stopping criteria exactly as
+for a Llama (min_new_tokens, bad_words_ids, no_repeat_ngram_size, repetition penalty, temperature / top-k /
+top-p, max_length, EOS, max_time, and the user's `logits_processor` / `stopping_criteria`). Only the model
+calls differ: every consumed token runs on the KV-cached sequential path, computing only executed steps.
+
+- greedy / sampling: `_sample`, step for step as transformers' `_sample` (lockstep over the batch);
+- batches of adaptive methods with row-wise options only: continuous batching (`_generate_per_row`);
+- beam search and beam sampling: `_beam_search`, transformers' vectorised beam search driven by its own
+  helpers, with the slot cache reordered per beam (`DecodeState.reorder`).
+Whatever this path cannot honour raises a ValueError naming the option; nothing is silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, GenerationMixin
+from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -15,6 +30,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 from ponderlm.inference import continuous
 from ponderlm.inference.sequential import decode_options, new_state
@@ -22,14 +39,8 @@ from ponderlm.inference.sequential import decode_options, new_state
 PONDER_OPTIONS = ("tau", "alpha", "depth_policy", "depth_target")
 
 
-@dataclass
-class PonderGenerateOutput:
-    sequences: torch.Tensor  # [B, prompt + new]
-    executed_steps: torch.Tensor  # [B, prompt + new - 1]: steps spent on each consumed token
-    new_tokens: torch.Tensor  # [B, new]
-
-
 def _logits_processors(cfg: GenerationConfig) -> LogitsProcessorList:
+    """The sampling processors of `cfg` (the serving scheduler's per-request subset of what `generate` builds)."""
     procs = LogitsProcessorList()
     if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
@@ -49,13 +60,241 @@ def _choose(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Genera
     return scores.argmax(dim=-1)
 
 
-def _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors, eos_ids, pad_id, stops, tokenizer,
-                      generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+@dataclass
+class PonderGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` (sequences, scores, logits) plus the executed steps of every consumed token.
+
+    executed_steps [B, prompt + new - 1]: additional steps run when each token was consumed (the last token is
+    never consumed; 0 at padding and after a row finished). new_tokens [B, new]: the generated part."""
+
+    executed_steps: torch.Tensor | None = None
+    new_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class PonderGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
+    """`GenerateBeamDecoderOnlyOutput` (sequences, sequences_scores, scores, logits, beam_indices) plus the
+    executed steps along each returned beam's own history (same layout as `PonderGenerateOutput`)."""
+
+    executed_steps: torch.Tensor | None = None
+    new_tokens: torch.Tensor | None = None
+
+
+# Generation modes run here, and the options that select the others (named in the error).
+SUPPORTED_MODES = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH,
+                   GenerationMode.BEAM_SAMPLE)
+MODE_OPTIONS = {
+    GenerationMode.CONTRASTIVE_SEARCH: "penalty_alpha (contrastive search)",
+    GenerationMode.ASSISTED_GENERATION: "assistant_model / prompt_lookup_num_tokens (assisted generation)",
+    GenerationMode.DOLA_GENERATION: "dola_layers (DoLa decoding)",
+    GenerationMode.CONSTRAINED_BEAM_SEARCH: "constraints / force_words_ids (constrained beam search)",
+    GenerationMode.GROUP_BEAM_SEARCH: "num_beam_groups / diversity_penalty (group beam search)",
+}
+# generate() arguments the sequential path cannot honour.
+UNSUPPORTED_ARGS = {
+    "inputs_embeds": "generation starts from token ids",
+    "past_key_values": "the slot KV cache is built by generate itself",
+    "cache": "the slot KV cache is built by generate itself",
+    "assistant_model": "assisted generation would run the model in parallel over draft tokens",
+    "negative_prompt_ids": "classifier-free guidance is not supported",
+    "negative_prompt_attention_mask": "classifier-free guidance is not supported",
+    "custom_generate": "generate already runs its own decoding loop",
+}
+
+
+def _unsupported_config(cfg: GenerationConfig, model_kwargs: dict[str, Any]) -> str | None:
+    """The first option of a prepared generation config / model kwargs that this path would otherwise ignore."""
+    mode = cfg.get_generation_mode()
+    if mode not in SUPPORTED_MODES:
+        return MODE_OPTIONS.get(mode, mode.value)
+    checks = {
+        "output_attentions": bool(cfg.output_attentions or model_kwargs.get("output_attentions")),
+        "output_hidden_states": bool(cfg.output_hidden_states or model_kwargs.get("output_hidden_states")),
+        "guidance_scale": cfg.guidance_scale is not None and cfg.guidance_scale != 1.0,
+        "token_healing": bool(cfg.token_healing),
+        "low_memory": bool(cfg.low_memory),
+        "cache_implementation": cfg.cache_implementation is not None,
+    }
+    return next((name for name, bad in checks.items() if bad), None)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    streamer: Any = None,
+    stop_strings: list[str] | str | None = None,
+    tokenizer: Any = None,
+    return_dict_in_generate: bool | None = None,
+    generator: torch.Generator | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    **kwargs: Any,
+):
+    """Hugging Face `generate` on the sequential decode path: every consumed token runs only the steps its
+    method decides (real early exit).
+
+    Accepts what `GenerationMixin.generate` accepts for a decoder-only LM — a `GenerationConfig` and/or its
+    fields as kwargs (greedy, sampling, beam search and beam sampling, num_return_sequences, min_new_tokens,
+    bad_words_ids, no_repeat_ngram_size, repetition_penalty, max_time, ...), `logits_processor`,
+    `stopping_criteria`, `prefix_allowed_tokens_fn`, `streamer` — plus `tau`, `alpha`, `depth_policy`,
+    `depth_target`, `stop_strings` with `tokenizer`, and a `generator` for sampling. Options it cannot honour
+    raise a ValueError naming them. Returns the sequences (prompt + new tokens), or with
+    `return_dict_in_generate` a `PonderGenerateOutput` / `PonderGenerateBeamOutput` that also carries
+    `executed_steps` (so `model.compute_transition_scores` works as for any HF model).
+    """
+    input_ids = input_ids if input_ids is not None else kwargs.pop("inputs", None)
+    if input_ids is None:
+        raise ValueError("generate needs input_ids")
+    for name, why in UNSUPPORTED_ARGS.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"generate: {name} is not supported by PonderForCausalLM ({why})")
+    if kwargs.get("synced_gpus"):
+        raise ValueError("generate: synced_gpus is not supported by PonderForCausalLM (single-process decoding)")
+    kwargs.pop("synced_gpus", None)
+    num_beams = kwargs.get("num_beams") or getattr(generation_config or model.generation_config, "num_beams", 1) or 1
+    if streamer is not None and num_beams > 1:  # checked before transformers streams the expanded prompt
+        raise ValueError("generate: streamer cannot be used with beam search (num_beams > 1), as in transformers")
+    ponder = {k: kwargs.pop(k) for k in PONDER_OPTIONS if k in kwargs}
+    kwargs.pop("output_steps", None)  # steps are always in the dict output
+    if return_dict_in_generate is not None:
+        kwargs["return_dict_in_generate"] = return_dict_in_generate
+    # Stop strings are checked on the decoded new text (any tokenizer works); transformers would look for the
+    # tokenizer where a custom loop does not pass it.
+    stops = stop_strings if stop_strings is not None else kwargs.pop("stop_strings", None)
+    if generation_config is not None and generation_config.stop_strings is not None:
+        generation_config = copy.deepcopy(generation_config)
+        stops = stops if stops is not None else generation_config.stop_strings
+        generation_config.stop_strings = None
+    stops = [stops] if isinstance(stops, str) else list(stops or [])
+    if stops and tokenizer is None:
+        raise ValueError("stop_strings needs tokenizer=")
+    criteria = StoppingCriteriaList(stopping_criteria or [])
+    if stops:
+        criteria.append(StopStringsInNewText(tokenizer, stops, input_ids.shape[1]))
+    custom_lists = bool(logits_processor) or bool(stopping_criteria) or kwargs.get("prefix_allowed_tokens_fn")
+
+    def decode_loop(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                    **model_kwargs):
+        return _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
+                       streamer=streamer, generator=generator, row_wise=not custom_lists and not stops)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with decode_options(model, **ponder):
+            # transformers prepares the config, the expanded batch, the processors and the stopping criteria
+            # exactly as for any causal LM, then runs `decode_loop` instead of its own loops.
+            return GenerationMixin.generate(
+                model, input_ids, generation_config=generation_config, logits_processor=logits_processor,
+                stopping_criteria=criteria, streamer=streamer, custom_generate=decode_loop,
+                attention_mask=attention_mask, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+class StopStringsInNewText(StoppingCriteria):
+    """Finished once the decoded generated text (after the prompt) contains one of `stops`."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int) -> None:
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])
+        return torch.tensor([any(s in text for s in self.stops) for text in texts], device=input_ids.device)
+
+
+def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, criteria: StoppingCriteriaList,
+            cfg: GenerationConfig, model_kwargs: dict[str, Any], *, streamer: Any, generator: torch.Generator | None,
+            row_wise: bool):
+    """The decoding loop `GenerationMixin.generate` calls with its prepared batch, config, processors and criteria."""
+    attention_mask = model_kwargs.pop("attention_mask", None)
+    for ignored in ("cache", "past_key_values", "use_cache"):  # HF's own cache is never used; results are equal
+        model_kwargs.pop(ignored, None)
+    bad = _unsupported_config(cfg, model_kwargs)
+    if bad is None and model_kwargs:
+        bad = sorted(model_kwargs)[0]
+    if bad is not None:
+        raise ValueError(f"generate: {bad} is not supported by PonderForCausalLM")
+    beams = cfg.num_beams > 1
+    if beams and cfg.do_sample and generator is not None:
+        raise ValueError("generate: generator= is not supported with beam sampling; seed with torch.manual_seed")
+    batch, prompt_len = input_ids.shape
+    if cfg.max_length > model.config.max_position_embeddings:
+        raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({cfg.max_length - prompt_len}) exceeds "
+                         f"max_position_embeddings ({model.config.max_position_embeddings})")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    state = new_state(model, batch, cfg.max_length)
+    # The prompt in a few parallel passes where the method allows (see PonderMethod.prefill).
+    prompt_logits, prompt_steps = model.method.prefill(model, state, input_ids, attention_mask)
+    logits = prompt_logits[:, -1]
+    if beams:
+        return _beam_search(model, state, input_ids, logits, prompt_steps, processors, criteria, cfg)
+    has_eos = any(hasattr(c, "eos_token_id") for c in criteria)
+    per_row = (row_wise and batch > 1 and streamer is None and continuous.supports(model) and cfg.max_time is None
+               and not (cfg.return_dict_in_generate and (cfg.output_scores or cfg.output_logits))
+               and cfg.watermarking_config is None)
+    if per_row:
+        # Rows of different depths: continuous batching instead of the lockstep loop.
+        sequences, new_steps = _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg,
+                                                 generator)
+        scores = raw = None
+        steps = torch.cat([prompt_steps, new_steps], dim=1)
+    else:
+        sequences, scores, raw, steps_log = _sample(model, state, input_ids, logits, processors, criteria, cfg,
+                                                    has_eos, streamer, generator)
+        steps = torch.cat([prompt_steps, *[s[:, None] for s in steps_log]], dim=1)
+    if streamer is not None:
+        streamer.end()
+    if not cfg.return_dict_in_generate:
+        return sequences
+    return PonderGenerateOutput(sequences=sequences, scores=scores, logits=raw, executed_steps=steps.float(),
+                                new_tokens=sequences[:, prompt_len:])
+
+
+def _sample(model, state, input_ids, logits, processors, criteria, cfg, has_eos, streamer, generator):
+    """Greedy or multinomial sampling in lockstep, step for step as `GenerationMixin._sample`."""
+    pad = cfg._pad_token_tensor
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    scores = () if (cfg.return_dict_in_generate and cfg.output_scores) else None
+    raw = () if (cfg.return_dict_in_generate and cfg.output_logits) else None
+    sequences, steps_log = input_ids, []
+    while True:
+        next_logits = logits.float()
+        next_scores = processors(sequences, next_logits)
+        if scores is not None:
+            scores += (next_scores,)
+        if raw is not None:
+            raw += (next_logits,)
+        tokens = _choose(next_scores, cfg, generator)
+        if has_eos:  # finished rows only receive padding
+            tokens = torch.where(unfinished, tokens, pad.to(tokens.dtype))
+        sequences = torch.cat([sequences, tokens[:, None]], dim=1)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        unfinished = unfinished & ~criteria(sequences, scores).to(unfinished.device)
+        if not bool(unfinished.any()):
+            break
+        # Rows padded after their EOS are not computed. Without an EOS criterion transformers keeps generating
+        # real tokens for rows another criterion stopped, and so does this loop.
+        valid = unfinished if has_eos else torch.ones_like(unfinished)
+        logits, steps = model.method.decode_token(model, state, tokens, valid)
+        steps_log.append(steps)
+    return sequences, scores, raw, steps_log
+
+
+def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg, generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched generation with continuous batching (`ponderlm.inference.continuous`): each backbone call
     advances every unfinished row by one slot of its own token, so rows at different depths never wait
-    for each other. Returns the padded sequences and the executed steps of each consumed new token."""
-    batch, prompt_len = input_ids.shape
+    for each other. Processors and stopping criteria (row-wise ones only) run per row. Returns the padded
+    sequences and the executed steps [B, new - 1] of each consumed new token."""
+    batch = input_ids.shape[0]
     device = input_ids.device
+    pad_id = int(cfg._pad_token_tensor) if cfg._pad_token_tensor is not None else 0
     rows_new: list[list[int]] = [[] for _ in range(batch)]
     rows_steps: list[list[float]] = [[] for _ in range(batch)]
     open_rows = torch.ones(batch, dtype=torch.bool, device=device)
@@ -65,10 +304,8 @@ def _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors,
         seq = torch.cat([input_ids[row], torch.tensor(rows_new[row], dtype=input_ids.dtype, device=device)])
         token = int(_choose(processors(seq[None], row_logits[None].float()), cfg, generator)[0])
         rows_new[row].append(token)
-        done = len(rows_new[row]) >= max_new or (len(eos_ids) and token in eos_ids.tolist())
-        if stops and not done:
-            done = any(stop in tokenizer.decode(rows_new[row]) for stop in stops)
-        return None if done else token
+        seq = torch.cat([seq, seq.new_tensor([token])])
+        return None if bool(criteria(seq[None], None)[0]) else token
 
     def start(candidates: list[tuple[int, torch.Tensor]]) -> None:
         tokens = torch.full((batch,), pad_id, dtype=input_ids.dtype, device=device)
@@ -82,106 +319,121 @@ def _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors,
         if bool(rows.any()):
             model.method.row_start(model, state, tokens, rows)
 
-    if max_new > 0:
-        start([(row, logits[row]) for row in range(batch)])
-        while bool(open_rows.any()):
-            done, done_logits, steps = continuous.run_row_slots(model, state)
-            finished = done.nonzero()[:, 0].tolist()
-            for row in finished:
-                rows_steps[row].append(float(steps[row]))
-            start([(row, done_logits[row]) for row in finished])
+    start([(row, logits[row]) for row in range(batch)])
+    while bool(open_rows.any()):
+        done, done_logits, steps = continuous.run_row_slots(model, state)
+        finished = done.nonzero()[:, 0].tolist()
+        for row in finished:
+            rows_steps[row].append(float(steps[row]))
+        start([(row, done_logits[row]) for row in finished])
     width = max(len(r) for r in rows_new)
     new = torch.full((batch, width), pad_id, dtype=input_ids.dtype, device=device)
     steps_out = torch.zeros(batch, max(width - 1, 0), device=device)
     for row in range(batch):
         new[row, : len(rows_new[row])] = torch.tensor(rows_new[row], dtype=input_ids.dtype)
         steps_out[row, : len(rows_steps[row])] = torch.tensor(rows_steps[row])
-    return torch.cat([input_ids, new], dim=1), list(steps_out.unbind(1))
+    return torch.cat([input_ids, new], dim=1), steps_out
 
 
-@torch.no_grad()
-def generate(
-    model,
-    input_ids: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    generation_config: GenerationConfig | None = None,
-    streamer: Any = None,
-    stop_strings: list[str] | str | None = None,
-    tokenizer: Any = None,
-    return_dict_in_generate: bool = False,
-    generator: torch.Generator | None = None,
-    **kwargs: Any,
-):
-    """Greedy or sampled decoding; every consumed token runs only the steps its method decides.
+def _beam_search(model, state, input_ids, logits, prompt_steps, processors, criteria, cfg):
+    """Beam search / beam sampling, step for step as `GenerationMixin._beam_search` (its own helpers pick and
+    score the beams); the model step is one sequential `decode_token` per beam, and the slot cache follows the
+    beams (`DecodeState.reorder`)."""
+    pad_token_id, eos_token_id = cfg._pad_token_tensor, cfg._eos_token_tensor
+    num_beams, num_return, max_length = cfg.num_beams, cfg.num_return_sequences, cfg.max_length
+    early_stopping, length_penalty, do_sample = cfg.early_stopping, cfg.length_penalty, cfg.do_sample
+    flat, cur_len = input_ids.shape
+    batch = flat // num_beams
+    prompt_len = cur_len
+    device = input_ids.device
+    n_eos = eos_token_id.shape[0] if eos_token_id is not None else 0
+    beams_to_keep = max(2, 1 + n_eos) * num_beams
+    top_num_beam_mask = torch.cat((torch.ones(num_beams, dtype=torch.bool),
+                                   torch.zeros(beams_to_keep - num_beams, dtype=torch.bool))).to(device)
+    all_scores = () if (cfg.return_dict_in_generate and cfg.output_scores) else None
+    raw_logits = () if (cfg.return_dict_in_generate and cfg.output_logits) else None
+    flatten, unflatten = model._flatten_beam_dim, model._unflatten_beam_dim
 
-    Left padding is supported through `attention_mask`. Returns the sequences (prompt + new tokens),
-    or a `PonderGenerateOutput` with per-token executed steps if `return_dict_in_generate`.
-    """
-    if input_ids is None:
-        raise ValueError("generate needs input_ids")
-    ponder = {k: kwargs.pop(k) for k in PONDER_OPTIONS if k in kwargs}
-    kwargs.pop("output_steps", None)
-    cfg = copy.deepcopy(generation_config or model.generation_config)
-    unused = cfg.update(**kwargs)
-    unused = {k: v for k, v in (unused or {}).items() if k not in ("use_cache", "pad_token_id")}
-    if unused:
-        raise ValueError(f"unknown generate() arguments: {', '.join(sorted(unused))}")
-    prompt_len = input_ids.shape[1]
-    max_new = cfg.max_new_tokens if cfg.max_new_tokens is not None else max(cfg.max_length - prompt_len, 0)
-    if prompt_len + max_new > model.config.max_position_embeddings:
-        raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new}) exceeds max_position_embeddings "
-                         f"({model.config.max_position_embeddings})")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    eos = cfg.eos_token_id
-    eos_ids = torch.tensor([] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
-                           device=input_ids.device)
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (int(eos_ids[0]) if len(eos_ids) else 0)
-    stops = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
-    if stops and tokenizer is None:
-        raise ValueError("stop_strings needs tokenizer=")
-    processors = _logits_processors(cfg)
+    fill = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1  # (sic) as transformers
+    running_sequences = torch.full((batch, num_beams, max_length), fill_value=fill, dtype=torch.int64, device=device)
+    running_sequences[:, :, :cur_len] = unflatten(input_ids, batch, num_beams)
+    sequences = running_sequences.detach().clone()
+    running_beam_scores = torch.zeros((batch, num_beams), dtype=torch.float, device=device)
+    running_beam_scores[:, 1:] = -1e9  # only the first beam's continuations are candidates at the first step
+    beam_scores = torch.full((batch, num_beams), fill_value=-1e9, dtype=torch.float, device=device)
+    is_sent_finished = torch.zeros((batch, num_beams), dtype=torch.bool, device=device)
+    is_early_stop_heuristic_unsatisfied = torch.ones((batch, 1), dtype=torch.bool, device=device)
+    running_beam_indices = torch.full((batch, num_beams, max_length - cur_len), fill_value=-1, dtype=torch.int32,
+                                      device=device)
+    beam_indices = running_beam_indices.detach().clone()
+    flat_running_sequences = input_ids
+    steps_log: list[torch.Tensor] = []  # per decode call: steps [flat] in that call's beam layout
+    valid = torch.ones(flat, dtype=torch.bool, device=device)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with decode_options(model, **ponder):
-            batch = input_ids.shape[0]
-            state = new_state(model, batch, prompt_len + max_new)
-            # The prompt in a few parallel passes where the method allows (see PonderMethod.prefill).
-            prompt_logits, prompt_steps = model.method.prefill(model, state, input_ids, attention_mask)
-            logits = prompt_logits[:, -1]
-            steps_log = list(prompt_steps.unbind(1))
-            if streamer is not None:
-                streamer.put(input_ids.cpu())
-            sequences = input_ids
-            if batch > 1 and streamer is None and continuous.supports(model):
-                # Rows of different depths: continuous batching instead of the lockstep loop below.
-                sequences, row_steps = _generate_per_row(model, state, input_ids, logits, max_new, cfg, processors,
-                                                         eos_ids, pad_id, stops, tokenizer, generator)
-                steps_log += row_steps
-                max_new = 0
-            finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-            for i in range(max_new):
-                next_tokens = _choose(processors(sequences, logits.float()), cfg, generator)
-                next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
-                sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
-                if streamer is not None:
-                    streamer.put(next_tokens.cpu())
-                if len(eos_ids):
-                    finished |= torch.isin(next_tokens, eos_ids)
-                if stops:
-                    texts = tokenizer.batch_decode(sequences[:, prompt_len:])
-                    finished |= torch.tensor([any(s in text for s in stops) for text in texts], device=finished.device)
-                if bool(finished.all()) or i == max_new - 1:
-                    break
-                logits, steps = model.method.decode_token(model, state, next_tokens, ~finished)
-                steps_log.append(steps)
-    finally:
-        model.train(was_training)
-    if streamer is not None:
-        streamer.end()
-    if not return_dict_in_generate:
+    while True:
+        logits = logits.float()
+        log_probs = processors(flat_running_sequences, torch.nn.functional.log_softmax(logits, dim=-1))
+        if raw_logits is not None:
+            raw_logits += (logits.clone(),)
+        if all_scores is not None:
+            all_scores += (log_probs.clone(),)
+        log_probs = unflatten(log_probs, batch, num_beams) + running_beam_scores[:, :, None]
+        log_probs = torch.reshape(log_probs, (batch, -1))
+        topk_log_probs, topk_running_sequences, topk_running_beam_indices = model._get_top_k_continuations(
+            accumulated_log_probs=log_probs, running_sequences=running_sequences,
+            running_beam_indices=running_beam_indices, cur_len=cur_len, decoder_prompt_len=prompt_len,
+            do_sample=do_sample, beams_to_keep=beams_to_keep, num_beams=num_beams, batch_size=batch)
+        hits = criteria(flatten(topk_running_sequences[:, :, : cur_len + 1]), all_scores)
+        hits = unflatten(hits, batch, beams_to_keep)
+        running_sequences, running_beam_scores, running_beam_indices = model._get_running_beams_for_next_iteration(
+            topk_log_probs=topk_log_probs, topk_running_sequences=topk_running_sequences,
+            topk_running_beam_indices=topk_running_beam_indices, next_token_hits_stopping_criteria=hits,
+            num_beams=num_beams)
+        sequences, beam_scores, beam_indices, is_sent_finished = model._update_finished_beams(
+            sequences=sequences, topk_running_sequences=topk_running_sequences, beam_scores=beam_scores,
+            topk_log_probs=topk_log_probs, beam_indices=beam_indices,
+            topk_running_beam_indices=topk_running_beam_indices,
+            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
+            is_sent_finished=is_sent_finished, next_token_hits_stopping_criteria=hits,
+            top_num_beam_mask=top_num_beam_mask, num_beams=num_beams, cur_len=cur_len,
+            decoder_prompt_len=prompt_len, length_penalty=length_penalty, early_stopping=early_stopping)
+        # Each surviving beam continues the slot cache of the beam it extends.
+        state.reorder(flatten(running_beam_indices[..., cur_len - prompt_len]).long())
+        cur_len += 1
+        is_early_stop_heuristic_unsatisfied = model._check_early_stop_heuristic(
+            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
+            running_beam_scores=running_beam_scores, beam_scores=beam_scores, is_sent_finished=is_sent_finished,
+            cur_len=cur_len, max_length=max_length, decoder_prompt_len=prompt_len, early_stopping=early_stopping,
+            length_penalty=length_penalty)
+        if not bool(model._beam_search_has_unfinished_sequences(is_early_stop_heuristic_unsatisfied,
+                                                                 is_sent_finished, hits, early_stopping)):
+            break
+        flat_running_sequences = flatten(running_sequences[:, :, :cur_len])
+        logits, steps = model.method.decode_token(model, state, flat_running_sequences[:, -1], valid)
+        steps_log.append(steps)
+
+    sequences = flatten(sequences[:, :num_return, :])
+    beam_scores = flatten(beam_scores[:, :num_return])
+    beam_indices = flatten(beam_indices[:, :num_return, :])
+    max_generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
+    sequences = sequences[:, : prompt_len + max_generated]
+    beam_indices = beam_indices[:, :max_generated]
+    if not cfg.return_dict_in_generate:
         return sequences
-    steps = torch.stack(steps_log, dim=1) if steps_log else torch.zeros(input_ids.shape[0], 0)
-    return PonderGenerateOutput(sequences=sequences, executed_steps=steps, new_tokens=sequences[:, prompt_len:])
+    steps = _beam_steps(prompt_steps, steps_log, beam_indices, num_beams, num_return)
+    return PonderGenerateBeamOutput(
+        sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=all_scores,
+        logits=raw_logits, beam_indices=beam_indices, executed_steps=steps, new_tokens=sequences[:, prompt_len:])
+
+
+def _beam_steps(prompt_steps: torch.Tensor, steps_log: list[torch.Tensor], beam_indices: torch.Tensor,
+                num_beams: int, num_return: int) -> torch.Tensor:
+    """Executed steps along each returned beam's history: new token j-1 was consumed by the decode call that
+    produced token j, in the running beam `beam_indices[:, j]` of that call's layout."""
+    rows = beam_indices.shape[0]
+    item_row = torch.arange(rows, device=beam_indices.device) // num_return * num_beams  # same prompt per item
+    new = torch.zeros(rows, max(beam_indices.shape[1] - 1, 0), device=prompt_steps.device)
+    for j in range(1, beam_indices.shape[1]):
+        index = beam_indices[:, j].long()
+        new[:, j - 1] = torch.where(index >= 0, steps_log[j - 1][index.clamp(min=0)].float(), 0.0)
+    return torch.cat([prompt_steps[item_row].float(), new], dim=1)

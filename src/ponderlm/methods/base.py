@@ -67,6 +67,17 @@ class DecodeState:
     def cache(self) -> SlotKVCache:
         return self.caches[0]
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row b continues from row index[b] (index [B] long): beam search reorders the cache per beam."""
+        for cache in self.caches:
+            cache.reorder(index)
+        self.next_position = self.next_position.index_select(0, index)
+        row = self.extras.get("row")
+        if row is not None:  # the per-row schedule's tensors all have a leading batch dim
+            self.extras["row"] = {k: v.index_select(0, index) for k, v in row.items()}
+        if self.slot_trace is not None:
+            self.slot_trace = [t.index_select(0, index) for t in self.slot_trace]
+
 
 def padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding: the t-th real token of a row gets position t (left or right padding)."""
