@@ -183,14 +183,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at a chosen tau / alpha",
                               description="Run lm-evaluation-harness (pip install 'ponderlm[eval]'). Offline tasks "
                                           "built from the bundled validation text: ponder_cloze, ponder_nextsent, "
-                                          "ponder_wikitext_style; other names go to lm-eval unchanged.")
+                                          "ponder_wikitext_style; your own tasks as task YAML paths or names "
+                                          "found under --include-path; other names go to lm-eval unchanged.")
     _model_arg(p)
-    p.add_argument("--tasks", required=True, metavar="LIST", help="comma-separated task names")
+    p.add_argument("--tasks", required=True, metavar="LIST",
+                   help="comma-separated task names or task YAML paths (e.g. ponder_cloze,my_tasks/qa.yaml)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="a directory of your own lm-eval task YAMLs (repeatable)")
     p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
     p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias (default: the checkpoint's)")
     p.add_argument("--limit", type=float, metavar="N", help="at most N examples per task (a fraction if < 1)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B")
-    p.add_argument("--num-fewshot", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per forward (default 8)")
+    p.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per prompt (default: the task's)")
     p.add_argument("--bootstrap-iters", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for stderr of non-mean metrics (0 = skip; default 1000)")
     p.add_argument("--output", metavar="FILE", help="write the results JSON here")
@@ -342,7 +346,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     results = run_lm_eval(model, tokenizer, tasks, settings=DecodeSettings(tau=args.tau, alpha=args.alpha),
                           limit=limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
-                          bootstrap_iters=args.bootstrap_iters)
+                          bootstrap_iters=args.bootstrap_iters, include_paths=args.include_path)
     print(results_table(results))
     if args.output:
         print(f"wrote {_write_json(results, Path(args.output))}")

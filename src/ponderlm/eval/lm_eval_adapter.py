@@ -2,10 +2,11 @@
 
 The model is handed to `HFLM` as an object (it is a Hugging Face `PreTrainedModel` registered with
 Auto*), so log-likelihood tasks call our parallel eval forward, which for PonderLM-3 is the
-thresholded evaluation that agrees with decoding. Generation tasks go through `model.generate`
-(real early exit) with lm-eval's stop strings. tau / alpha are set on the model config for the whole
-run. Task names starting with `ponder_` are the offline tasks of `ponderlm.eval.tasks`; any other name
-is passed to lm-eval unchanged (hub tasks, for online users).
+thresholded evaluation that agrees with decoding. Generation tasks (`generate_until`) go through
+`model.generate` (real early exit) with lm-eval's own stopping criteria. tau / alpha are set on the model
+config for the whole run. Task names starting with `ponder_` are the offline tasks of
+`ponderlm.eval.tasks`; a `.yaml` path or a name found under `include_paths` is the user's own task; any
+other name is passed to lm-eval unchanged (hub tasks, for online users).
 
 lm-eval is an optional dependency: `pip install 'ponderlm[eval]'` (lm-eval with its `hf` extra).
 """
@@ -37,25 +38,45 @@ def require_lm_eval():
     return lm_eval
 
 
-def _ponder_lm_class():
-    """`HFLM` with generation routed to our `generate` (HF-only stopping criteria are not accepted there)."""
-    from lm_eval.models.huggingface import HFLM
+def resolve_tasks(tasks: list[str], include_paths: list[str] | tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Task names, and the directories lm-eval must index: a task given as a YAML file path becomes the
+    task (or group) it defines, and its directory joins the include paths (so its `include:`s resolve)."""
+    names, dirs = [], []
+    for path in include_paths:
+        if not Path(path).is_dir():
+            raise PonderError(f"--include-path {path}: not a directory")
+        dirs.append(str(Path(path).resolve()))
+    for task in tasks:
+        if task.endswith((".yaml", ".yml")):
+            path = Path(task)
+            if not path.is_file():
+                raise PonderError(f"task file {task} does not exist")
+            try:
+                config = _read_task_yaml(path)
+            except (OSError, ValueError) as exc:  # unreadable, or a YAML syntax error
+                raise PonderError(f"cannot read task file {task}: {exc}") from None
+            name = config.get("task") or config.get("group") if isinstance(config, dict) else None
+            if not isinstance(name, str):
+                raise PonderError(f"task file {task} defines no `task:` (or `group:`) name")
+            names.append(name)
+            dirs.append(str(path.resolve().parent))
+        else:
+            names.append(task)
+    return names, list(dict.fromkeys(dirs))
 
-    class PonderHFLM(HFLM):
-        def _model_generate(self, context, max_length: int, stop: list[str], **kwargs: Any):
-            attention_mask = kwargs.pop("attention_mask", None)
-            kwargs.pop("use_cache", None)
-            temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
-            do_sample = kwargs.pop("do_sample", None)
-            do_sample = temperature > 0 if do_sample is None else bool(do_sample)
-            gen = {"max_new_tokens": max(int(max_length) - context.shape[1], 1), "do_sample": do_sample,
-                   "pad_token_id": self.tokenizer.pad_token_id, **kwargs}
-            if do_sample and temperature > 0:
-                gen["temperature"] = temperature
-            return self.model.generate(context, attention_mask=attention_mask, stop_strings=list(stop or []) or None,
-                                       tokenizer=self.tokenizer, **gen)
 
-    return PonderHFLM
+def _read_task_yaml(path: Path) -> Any:
+    """A task YAML as plain data, lm-eval's `!function` tags left unresolved (only the task's name is needed)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506  (SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
 
 
 def run_lm_eval(
@@ -69,25 +90,35 @@ def run_lm_eval(
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     cache_root: str | Path | None = None,
+    include_paths: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Evaluate `model` on lm-eval `tasks`; returns lm-eval's results dict (JSON-serialisable parts)."""
+    """Evaluate `model` on lm-eval `tasks` (names, or paths of task YAML files; `include_paths`: directories of
+    the user's own task YAMLs); returns lm-eval's results dict (JSON-serialisable parts)."""
     lm_eval = require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     if not tasks:
         raise PonderError("no tasks given (e.g. --tasks ponder_cloze,ponder_nextsent)")
+    tasks, user_dirs = resolve_tasks(tasks, include_paths)
     unknown = [t for t in tasks if t.startswith("ponder_") and t not in TASK_NAMES]
-    if unknown:
+    if unknown and not user_dirs:
         raise PonderError(f"unknown offline task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASK_NAMES)}")
-    offline_only = all(t in TASK_NAMES for t in tasks)
-    include = str(build_tasks(cache_root)) if any(t in TASK_NAMES for t in tasks) else None
-    # Indexing lm-eval's thousands of built-in task files takes seconds; skip it when only ours are asked for.
-    manager = TaskManager(include_path=include, include_defaults=not offline_only)
+    builtin = [t for t in tasks if t not in TASK_NAMES]
+    include = ([str(build_tasks(cache_root))] if len(builtin) < len(tasks) else []) + user_dirs
+    # Indexing lm-eval's thousands of built-in task files takes seconds: skip it when every task is ours or in
+    # the include paths.
+    manager = TaskManager(include_path=include or None, include_defaults=False)
+    if any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=include or None, include_defaults=True)
     missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
-        raise PonderError(f"lm-eval does not know task(s) {', '.join(missing)}")
-    lm = _ponder_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
-                            max_length=model.config.max_position_embeddings)
+        raise PonderError(f"lm-eval does not know task(s) {', '.join(missing)}"
+                          + ("" if user_dirs else " (your own task YAMLs: --include-path DIR or a .yaml path)"))
+    # lm-eval's own Hugging Face model class, unchanged: log-likelihoods through our parallel forward, and
+    # generate_until through `generate` with lm-eval's stopping criteria (real early exit).
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
+              max_length=model.config.max_position_embeddings)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model.eval()
     with applied(model, settings):
