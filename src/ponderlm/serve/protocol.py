@@ -55,7 +55,8 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
     user: str | None = None
-    # ponderlm extensions
+    # extensions: vLLM's ignore_eos (benchmarks: fixed output lengths), ponderlm's tau / alpha
+    ignore_eos: bool = False
     tau: float | None = Field(None, ge=0.0, lt=1.0)
     alpha: float | None = None
 
@@ -79,7 +80,8 @@ class CompletionRequest(BaseModel):
         return SamplingParams(max_tokens=16 if self.max_tokens is None else self.max_tokens,
                               temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, stop=stops, seed=self.seed,
-                              logprobs=self.logprobs, echo=self.echo, tau=self.tau, alpha=self.alpha)
+                              logprobs=self.logprobs, echo=self.echo, tau=self.tau, alpha=self.alpha,
+                              ignore_eos=self.ignore_eos)
 
 
 def parse_request(body: Any) -> CompletionRequest:

@@ -43,6 +43,7 @@ class SamplingParams:
     echo: bool = False
     tau: float | None = None  # None: the server's default
     alpha: float | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -85,6 +86,9 @@ class _Choice:
     generator: torch.Generator
     processors: LogitsProcessorList | None  # None: greedy
     tokens: list[int] = field(default_factory=list)
+    text: str = ""  # decoded text of `tokens` (up to an incomplete trailing character)
+    prefix_offset: int = 0  # incremental detokenization window, as in vLLM
+    read_offset: int = 0
     sent: int = 0  # characters of text already emitted
     pending: int = 0  # last sampled token, consumed by the next lockstep call
 
@@ -303,22 +307,20 @@ class Engine:
             event.logprobs = [self._token_logprob(torch.log_softmax(logits, -1), token, p.logprobs)]
         self.metrics.generated(steps)
         finish, stop_reason = None, None
-        if token in self.eos_ids:
+        if token in self.eos_ids and not p.ignore_eos:
             finish = "stop"
         elif len(choice.tokens) >= p.max_tokens:
             finish = "length"
-        text = self.tokenizer.decode(choice.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self._detokenize(choice, flush=finish is not None)
+        text = choice.text
         hits = [(text.find(s), s) for s in p.stop if s in text]
         if hits:
             cut, stop_reason = min(hits)
             text, finish = text[:cut], "stop"
         if finish is None:
-            # Hold back what could still become a stop string, and an incomplete multi-byte character.
+            # Hold back what could still become a stop string (an incomplete character never gets into text).
             hold = max((len(s) - 1 for s in p.stop), default=0)
-            end = len(text) - hold
-            while end > choice.sent and text[end - 1] == "\ufffd":
-                end -= 1
-            text = text[:max(end, choice.sent)]
+            text = text[:max(len(text) - hold, choice.sent)]
         event.text = text[choice.sent:]
         choice.sent = len(text)
         event.finish_reason, event.stop_reason = finish, stop_reason
@@ -327,6 +329,19 @@ class Engine:
             return True
         self._release(batch, row, "ok")
         return False
+
+    def _detokenize(self, choice: _Choice, flush: bool) -> None:
+        """Append the text the newest token completes. Decoding only a short window of tokens keeps this O(1)
+        per token instead of re-decoding the whole output (vLLM's incremental detokenization); the window
+        starts where the previous text was complete, so byte-level pieces join exactly."""
+        def decode(ids: list[int]) -> str:
+            return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+        prefix = decode(choice.tokens[choice.prefix_offset:choice.read_offset])
+        window = decode(choice.tokens[choice.prefix_offset:])
+        if len(window) > len(prefix) and (flush or not window.endswith("\ufffd")):
+            choice.text += window[len(prefix):]
+            choice.prefix_offset, choice.read_offset = choice.read_offset, len(choice.tokens)
 
     def _release(self, batch: _Batch, row: int, outcome: str) -> None:
         req = batch.choices[row].req
