@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ponderlm.data.loader import read_meta
 from ponderlm.errors import PonderError
 from ponderlm.train import checkpoint as ckpt
 from ponderlm.train import dist_checkpoint as dckpt
-from ponderlm.train import parallel
+from ponderlm.train import parallel, rundir
 from ponderlm.train.config import DataConfig, RunConfig, build_model_config, grad_accum_for, save_yaml
 from ponderlm.train.logging import MetricsLogger
 from ponderlm.train.schedule import lr_at, warmup_steps
@@ -66,25 +67,28 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
     """
     device, amp_dtype = resolve_device(cfg.train.device, cfg.train.dtype)
     d, device = parallel.init(device, cfg.dist.timeout_minutes)  # torchrun's process group, or one process
+    lock = rundir.RunLock()  # held by the main process from claiming the run dir until the end (or a crash)
     try:
-        return _train(cfg, d, device, amp_dtype, resume, stop_after)
+        return _train(cfg, d, device, amp_dtype, resume, stop_after, lock)
     finally:
+        lock.release()
         parallel.teardown(d)
 
 
 def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: torch.dtype | None, resume: bool,
-           stop_after: int | None) -> TrainResult:
+           stop_after: int | None, lock: rundir.RunLock) -> TrainResult:
     t, o = cfg.train, cfg.optim
     t.out = parallel.broadcast_object(d, t.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
     out = Path(t.out)
     build_model_config(cfg)  # validate model keys and seq_len before any data work or disk writes
-    parallel.on_main(d, lambda: _check_out_dir(out, resume))
+    if cfg.model.get("init_from"):  # settings contradicting the checkpoint's architecture, before any disk write
+        _check_init_from(cfg)
+    parallel.on_main(d, lambda: rundir.check_out_dir(out, resume))  # read-only; see rundir.py for the protocol
     accum = grad_accum_for(cfg, d.world_size)
 
     # ---- data (prepared into a cache on first use, by one process) and the vocabulary it implies
     data_dir = parallel.main_first(d, lambda: resolve_data_dir(cfg.data))
-    meta = json.loads((data_dir / "meta.json").read_text())
-    data_vocab = int(meta["vocab_size"])
+    data_vocab = int(read_meta(data_dir)["vocab_size"])
     init_from = cfg.model.get("init_from")
     if not init_from:  # a pretrained backbone brings its own vocabulary
         cfg.model.setdefault("vocab_size", data_vocab)
@@ -92,16 +96,18 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     _check_vocab(model_config.vocab_size, data_vocab)
     identity = cfg.identity_hash()
 
-    # ---- find and verify the checkpoint before writing anything (a bad one leaves the run dir untouched)
+    # ---- lock the run dir, then find and verify the checkpoint before writing anything else (a bad one
+    # leaves the run dir untouched); a run that never completed a checkpoint starts again from step 0
+    parallel.on_main(d, lambda: lock.acquire(out))
+    resuming = parallel.on_main(d, lambda: rundir.claim(out, resume))
     state: dict[str, Any] = {}
     resume_from = None
-    if resume:
+    if resuming:
         resume_from, state = dckpt.find_resume(out / "checkpoints", identity, d)
     start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
 
     if d.is_main:
         try:
-            out.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, out / "config.yaml")
         except OSError as exc:
             raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
@@ -254,9 +260,11 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     # ---- final model (consolidated from the shards), summary, sample
     if not last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
         last_eval = evaluate(model, data_dir, cfg, device, autocast)
-    plain = dckpt.export_pretrained(model, out / "final", d)
+    # final/ is assembled in a staging dir and renamed into place complete (rundir.publish_dir)
+    staging = Path(parallel.broadcast_object(d, str(rundir.staging_dir(out))))
+    plain = dckpt.export_pretrained(model, staging, d)
     if d.is_main:
-        _finish(result, plain, cfg, data_dir, last_eval)
+        _finish(result, plain, cfg, data_dir, last_eval, staging)
     return result
 
 
@@ -284,12 +292,30 @@ def build_model(cfg: RunConfig, model_config: Any, data_vocab: int) -> torch.nn.
     init_from = cfg.model.get("init_from")
     if not init_from:
         return PonderForCausalLM(model_config)
-    model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
+    try:
+        model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
+    except ValueError as exc:  # e.g. settings that contradict the checkpoint's architecture: one line
+        raise PonderError(f"model.init_from: {exc}") from None
     _check_vocab(model.config.vocab_size, data_vocab)
     if cfg.data.seq_len > model.config.max_position_embeddings:
         raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {init_from}'s max_position_embeddings "
                           f"({model.config.max_position_embeddings})")
     return model
+
+
+def _check_init_from(cfg: RunConfig) -> None:
+    from ponderlm.backbone.hf_import import check_backbone_overrides
+
+    kwargs = cfg.model_kwargs()
+    try:
+        base = check_backbone_overrides(cfg.model["init_from"], kwargs.pop("method", "vanilla"), **kwargs)
+    except (OSError, ValueError) as exc:  # unreadable / unknown checkpoint, or a contradicting setting
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PonderError(f"model.init_from: {first}") from None
+    positions = kwargs.get("max_position_embeddings", base.max_position_embeddings)
+    if cfg.data.seq_len > positions:
+        raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {cfg.model['init_from']}'s "
+                          f"max_position_embeddings ({positions}); lower data.seq_len")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
@@ -312,11 +338,20 @@ def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: tor
 
     model.eval()
     nll, count, rows, steps = 0.0, 0, 0, 0.0
-    for x, y in iter_eval_batches(data_dir, "val", cfg.data.seq_len, cfg.train.batch_size,
-                                  max_batches=cfg.train.eval_batches, labels=True):
+    K = model.config.max_steps
+    depth_counts = torch.zeros(K + 1, dtype=torch.long)
+    diagnostics: dict[str, float] = {}
+    for i, (x, y) in enumerate(iter_eval_batches(data_dir, "val", cfg.data.seq_len, cfg.train.batch_size,
+                                                 max_batches=cfg.train.eval_batches, labels=True)):
         x, y = x.to(device), y.to(device)  # y: the inputs, -100 outside a synthetic set's loss mask
         with autocast():
-            out = model(input_ids=x)
+            if i == 0:
+                out, diagnostics = _with_input_rms(model, x)
+            else:
+                out = model(input_ids=x)
+        if out.executed_steps is not None and K > 0:
+            depth_counts += torch.bincount(out.executed_steps.detach().round().long().clamp(0, K).flatten().cpu(),
+                                           minlength=K + 1)
         logits = out.logits[:, :-1].float()
         nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y[:, 1:].reshape(-1),
                                                  reduction="sum", ignore_index=-100).item()
@@ -326,8 +361,35 @@ def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: tor
     if count == 0:
         raise PonderError(f"no validation data in {data_dir} (val split empty or shorter than data.seq_len)")
     loss = nll / count
+    share = (depth_counts.float() / depth_counts.sum().clamp(min=1)).tolist() if K > 0 else []
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_executed_steps": steps / rows,
-            "val_tokens": count}
+            "val_tokens": count, **{f"val_depth_share_{k}": v for k, v in enumerate(share)}, **diagnostics}
+
+
+def _with_input_rms(model: Any, x: torch.Tensor) -> tuple[Any, dict[str, float]]:
+    """One forward that also measures the RMS of the token slots' inputs (the scaled embeddings) and of the
+    latent inputs fed back into the stack (recipe diagnostics: the two should be of a similar size).
+
+    The latent inputs are read off the last pass of the stack: for the interleaved layout, every slot after
+    the token slot; for the recurrent methods (one slot per token, several passes), the last pass's input.
+    Methods whose last pass is packed (pruned slots removed) or single-pass report only the token RMS.
+    """
+    inner = model.model if hasattr(model, "model") else None
+    calls: list[torch.Tensor] = []
+    handle = inner.register_forward_pre_hook(lambda _m, args: calls.append(args[0].detach())) if inner else None
+    try:
+        out = model(input_ids=x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    rms = lambda t: float(t.float().pow(2).mean().sqrt())  # noqa: E731
+    result = {"input_rms_token": rms(model.embed(x))} if hasattr(model, "embed") else {}
+    n, (b, t) = model.config.num_slots_per_token, x.shape
+    if calls and n > 1 and calls[-1].shape[:2] == (b, t * n):
+        result["input_rms_latent"] = rms(calls[-1].view(b, t, n, -1)[:, :, 1:])
+    elif len(calls) > 1 and n == 1 and calls[-1].shape[:2] == (b, t):
+        result["input_rms_latent"] = rms(calls[-1])
+    return out, result
 
 
 def _mean_steps(out: Any) -> torch.Tensor | float:
@@ -359,23 +421,6 @@ def resolve_data_dir(data: DataConfig) -> Path:
           file=sys.stderr)
     prepare_data(data.inputs, data.tokenizer, path, val_fraction=data.val_fraction)
     return path
-
-
-def _check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse unusable run dirs up front, before any work or writes."""
-    if resume:
-        if not (out / "checkpoints").is_dir():
-            raise PonderError(f"--resume: {out} has no checkpoints/ directory")
-        return
-    if (out / "config.yaml").exists() or (out / "checkpoints").exists():
-        raise PonderError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    parent = out
-    while not parent.exists():  # nearest existing ancestor decides whether we can create `out`
-        parent = parent.parent
-    if not parent.is_dir():
-        raise PonderError(f"cannot write to output directory {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PonderError(f"cannot write to output directory {out}: {parent} is not writable")
 
 
 def _train_line(row: dict[str, Any], total: int) -> str:
@@ -427,8 +472,6 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float]) -> None:
-    """Complete `final/` (weights are already there) with the tokenizer, print the summary and a greedy sample."""
 def _data_description(data_dir: Path) -> str:
     """The prepared data's sources and token counts, for the model card."""
     try:
@@ -439,24 +482,28 @@ def _data_description(data_dir: Path) -> str:
         return str(data_dir)
 
 
+def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, last_eval: dict[str, float],
+            staging: Path) -> None:
+    """Complete `final/` (the weights are already in `staging`) with the tokenizer, publish it, print the summary
+    and a greedy sample."""
     from ponderlm.data.loader import unigram_perplexity
     from ponderlm.data.tokenizer import load_tokenizer
+    from ponderlm.hub import complete_checkpoint
 
     out = result.out_dir
-    from ponderlm.hub import complete_checkpoint
     final = out / "final"
     # The tokenizer that made the data (prepare_data keeps a copy), so final/ matches the tokens it saw.
     tokenizer = load_tokenizer(data_dir / "tokenizer" if (data_dir / "tokenizer").is_dir() else cfg.data.tokenizer)
-    tokenizer.save_pretrained(final)
     result.val_loss, result.val_ppl = last_eval["val_loss"], last_eval["val_ppl"]
     result.executed_steps = last_eval["val_executed_steps"]
     result.unigram_ppl = unigram_perplexity(data_dir)
-    if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
     # Special token ids, a left-padding tokenizer and a model card: final/ stands alone as an HF checkpoint.
-    complete_checkpoint(final, model, tokenizer, {
+    complete_checkpoint(staging, model, tokenizer, {
         "name": out.resolve().name, "data": _data_description(data_dir), "init_from": cfg.model.get("init_from"),
         "steps": result.step, "tokens_seen": result.tokens_seen, "val_ppl": result.val_ppl,
         "avg_executed_steps": result.executed_steps, "parameters": sum(p.numel() for p in model.parameters())})
+    rundir.publish_dir(staging, final)
+    if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
         ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=model.device)
         model.eval()
         with torch.no_grad():
@@ -466,7 +513,7 @@ def _data_description(data_dir: Path) -> str:
                "val_ppl": result.val_ppl, "unigram_ppl": result.unigram_ppl,
                "avg_executed_steps": result.executed_steps, "max_steps_K": model.config.max_steps,
                "final": str(final), "sample": result.sample}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     print(f"\ndone: {result.step} steps, {result.tokens_seen:,} tokens\n"
           f"val perplexity {result.val_ppl:.2f} (loss {result.val_loss:.4f}) vs unigram baseline "
           f"{result.unigram_ppl:.2f}\n"
