@@ -166,17 +166,29 @@ class Engine:
     # ------------------------------------------------------------------ worker
     def _loop(self) -> None:
         while not self._stop:
-            self._drop_cancelled()
-            self._admit()
-            batches = [b for b in self._batches.values() if b.running()]
-            self.peak_running = max(self.peak_running, sum(b.running() for b in batches))
-            if not batches:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-                continue
-            for batch in batches:
-                self._step(batch)
-            self._tidy()
+            try:
+                self._iteration()
+            except Exception as exc:  # a bug must not leave clients waiting forever: fail what runs, go on
+                for batch in self._batches.values():
+                    for row, choice in enumerate(batch.choices):
+                        if choice is not None:
+                            choice.req.emit(exc)
+                            batch.choices[row] = None
+                            self.metrics.finished("error")
+                self._batches = {}
+
+    def _iteration(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        batches = [b for b in self._batches.values() if b.running()]
+        self.peak_running = max(self.peak_running, sum(b.running() for b in batches))
+        if not batches:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            return
+        for batch in batches:
+            self._step(batch)
+        self._tidy()
 
     def _free_rows(self) -> int:
         return self.max_batch - sum(b.running() for b in self._batches.values())
