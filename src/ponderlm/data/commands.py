@@ -12,11 +12,15 @@ def register(subparsers) -> None:
     p = data_sub.add_parser(
         "prepare",
         help="tokenize text into token shards + meta.json",
-        description="Tokenize text files, jsonl/parquet files, directories, the bundled corpus ('default') "
-        "or a Hugging Face dataset name into train_*.bin / val_*.bin shards and meta.json.",
+        description="Tokenize text files, jsonl/parquet files, directories, a `datasets` save_to_disk directory, "
+        "the bundled corpus ('default') or a Hugging Face dataset name into train_*.bin / val_*.bin shards and "
+        "meta.json.",
     )
     p.add_argument("--input", action="append", metavar="PATH_OR_DATASET",
-                   help="input file, directory, 'default' or dataset name; repeatable (default: default)")
+                   help="input file, directory (incl. a datasets save_to_disk directory), 'default' or dataset "
+                        "name; repeatable (default: default)")
+    p.add_argument("--text-column", default="text", metavar="NAME",
+                   help="field / column holding the text in jsonl, parquet and dataset inputs (default: text)")
     p.add_argument("--tokenizer", default="default", metavar="DIR", help="tokenizer directory or hub name")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created atomically)")
     p.add_argument("--num-proc", type=int, default=None, metavar="N", help="tokenizer processes (default: cores, <= 8)")
@@ -53,6 +57,7 @@ def _prepare(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS,
         overwrite=args.overwrite,
+        text_column=args.text_column,
     )
     total = sum(meta["tokens"].values())
     splits = ", ".join(
@@ -71,7 +76,13 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     out = train_tokenizer(args.input or ["default"], args.vocab_size, args.out, min_frequency=args.min_frequency)
-    print(f"wrote tokenizer with vocab {args.vocab_size} to {out} in {time.time() - t0:.1f}s")
+    from tokenizers import Tokenizer
+
+    # The trainer stops early when the corpus has no more pairs to merge: report the size it really has.
+    size = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size()
+    short = f" (asked for {args.vocab_size}: the input has no more pairs to merge at --min-frequency " \
+            f"{args.min_frequency})" if size < args.vocab_size else ""
+    print(f"wrote tokenizer with vocab {size}{short} to {out} in {time.time() - t0:.1f}s")
     return 0
 
 

@@ -5,8 +5,9 @@ A *document* is the unit that gets an end-of-text token and that the validation 
 
 - bundled corpus ("default"): one JSON line of `train.jsonl.xz` / `val.jsonl.xz` (fixed split);
 - `.txt` / `.md` / other text files: a block of lines separated by one or more blank lines;
-- `.jsonl` files: one line, its `text` field;
-- `.parquet` files: one row, its `text` column (needs pyarrow);
+- `.jsonl` files: one line, its `text` field (or the `text_column` given);
+- `.parquet` files: one row, its `text` column (or the `text_column` given; needs pyarrow);
+- a directory written by `datasets`' `save_to_disk` (a Dataset or a DatasetDict): one row of its text column;
 - directories: the supported files inside, recursively, in sorted path order;
 - a Hugging Face `datasets` name (when online): one row of its `text` column.
 
@@ -120,15 +121,15 @@ def _iter_lines(path: Path, stats: FileStats | None) -> Iterator[str]:
         yield rest
 
 
-def iter_file_documents(path: Path, stats: FileStats | None = None) -> Iterator[str]:
+def iter_file_documents(path: Path, stats: FileStats | None = None, text_column: str = "text") -> Iterator[str]:
     """Yield the cleaned, non-empty documents of one file (see the module docstring for the rules)."""
     if stats is not None:
         stats._hash = hashlib.sha256()
     kind = _base_suffix(path)
     if kind in PARQUET_SUFFIXES:
-        docs: Iterable[str] = _iter_parquet(path, stats)
+        docs: Iterable[str] = _iter_parquet(path, stats, text_column)
     elif kind in JSONL_SUFFIXES:
-        docs = _iter_jsonl(path, stats)
+        docs = _iter_jsonl(path, stats, text_column)
     else:
         docs = _iter_paragraphs(path, stats)
     for text in docs:
@@ -153,7 +154,7 @@ def _iter_paragraphs(path: Path, stats: FileStats | None) -> Iterator[str]:
         yield "\n".join(block)
 
 
-def _iter_jsonl(path: Path, stats: FileStats | None) -> Iterator[str]:
+def _iter_jsonl(path: Path, stats: FileStats | None, text_column: str = "text") -> Iterator[str]:
     for lineno, line in enumerate(_iter_lines(path, stats), start=1):
         if not line.strip():
             continue
@@ -161,12 +162,14 @@ def _iter_jsonl(path: Path, stats: FileStats | None) -> Iterator[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PonderError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise PonderError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
-        yield record["text"]
+        if not isinstance(record, dict) or not isinstance(record.get(text_column), str):
+            fields = (f" (fields: {', '.join(record)}; choose one with --text-column)"
+                      if isinstance(record, dict) else "")
+            raise PonderError(f"{path}:{lineno}: expected a JSON object with a string field {text_column!r}{fields}")
+        yield record[text_column]
 
 
-def _iter_parquet(path: Path, stats: FileStats | None) -> Iterator[str]:
+def _iter_parquet(path: Path, stats: FileStats | None, text_column: str = "text") -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -177,9 +180,10 @@ def _iter_parquet(path: Path, stats: FileStats | None) -> Iterator[str]:
                 stats.bytes += len(block)
                 stats._hash.update(block)
     pf = pq.ParquetFile(path)
-    if "text" not in pf.schema_arrow.names:
-        raise PonderError(f"{path}: no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
-    for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+    if text_column not in pf.schema_arrow.names:
+        raise PonderError(f"{path}: no {text_column!r} column (columns: {', '.join(pf.schema_arrow.names)}; "
+                          "choose one with --text-column)")
+    for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text is not None:
                 yield text
@@ -233,8 +237,9 @@ class Source:
     kind: str  # "default" | "files" | "texts" | "dataset"
     files: list[Path] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    dataset: object = None  # datasets.DatasetDict, set for kind == "dataset"
+    dataset: object = None  # datasets.DatasetDict (or {"train": Dataset}), set for kind == "dataset"
     fixed_split: bool = False  # documents come with their own train/val split
+    text_column: str = "text"  # the field / column holding the text (jsonl, parquet, datasets)
 
     def documents(self, stats: list[FileStats] | None = None) -> Iterator[tuple[str | None, str]]:
         """Yield (split, text); split is None when the source has no split of its own.
@@ -250,7 +255,7 @@ class Source:
                 if stats is not None:
                     file_stats = FileStats(path=str(path))
                     stats.append(file_stats)
-                for text in iter_file_documents(path, file_stats):
+                for text in iter_file_documents(path, file_stats, self.text_column):
                     yield None, text
         elif self.kind == "texts":
             for text in self.texts:
@@ -264,15 +269,23 @@ class Source:
         splits = [("train", "train"), ("validation", "val")] if self.fixed_split else [("train", None)]
         for hf_split, split in splits:
             ds = self.dataset[hf_split]
-            if "text" not in ds.column_names:
-                raise PonderError(f"dataset {self.spec}: no 'text' column (columns: {', '.join(ds.column_names)})")
+            column = self.text_column
+            if column not in ds.column_names:
+                raise PonderError(f"dataset {self.spec}: no {column!r} column (columns: {', '.join(ds.column_names)};"
+                                  " choose one with --text-column)")
             for start in range(0, len(ds), 1024):
-                for text in ds[start : start + 1024]["text"]:
+                for text in ds[start : start + 1024][column]:
                     text, _ = clean_text(text or "")
                     if text.strip():
                         yield split, text
 
     def describe(self) -> dict:
+        info = self._describe()
+        if self.text_column != "text":  # part of what made the tokens (meta.json, data cache identity)
+            info["text_column"] = self.text_column
+        return info
+
+    def _describe(self) -> dict:
         if self.kind == "default":
             files = default_corpus_files()
             return {"input": self.spec, "kind": "default",
@@ -285,12 +298,17 @@ class Source:
         return {"input": self.spec, "kind": "files"}
 
 
-def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool = False) -> list[Source]:
+def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool = False,
+                   text_column: str = "text") -> list[Source]:
     """Turn user inputs into sources, failing early with a clear message for anything missing.
 
     An input is `"default"` (the bundled corpus), an existing file or directory, or else a Hugging Face
     dataset name (`name` or `name:config`, loaded with `datasets` when installed and online). With
-    `allow_texts`, a string containing whitespace that is not an existing path is taken as raw text."""
+    `allow_texts`, a string containing whitespace that is not an existing path is taken as raw text. A
+    directory written by `datasets`' `save_to_disk` is loaded as that dataset. `text_column` names the
+    field / column holding the text in jsonl, parquet and dataset inputs."""
+    if not text_column:
+        raise PonderError("--text-column must not be empty")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     sources, texts = [], []
@@ -299,6 +317,8 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool 
         path = Path(spec).expanduser()
         if isinstance(item, str) and spec == DEFAULT_NAME:
             sources.append(Source(spec, "default", fixed_split=True))
+        elif path.is_dir() and _is_saved_dataset(path):
+            sources.append(_load_saved_dataset(spec, path))
         elif path.is_dir():
             files = list_files(path)
             if not files:
@@ -316,7 +336,33 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool 
         sources.append(Source(f"<{len(texts)} texts>", "texts", texts=texts))
     if not sources:
         raise PonderError("no inputs given")
+    for source in sources:
+        source.text_column = text_column
     return sources
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A `save_to_disk` directory: a DatasetDict (dataset_dict.json) or a Dataset (state.json + dataset_info.json)."""
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
+                                                      and (path / "dataset_info.json").is_file())
+
+
+def _load_saved_dataset(spec: str, path: Path) -> Source:
+    try:
+        import datasets
+    except ImportError:
+        raise PonderError(f"{spec} is a saved `datasets` directory; reading it needs the datasets package: "
+                          "pip install 'ponderlm[data]'") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a corrupt or partial directory, or one written by an incompatible version
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PonderError(f"could not load the saved dataset {spec}: {first}") from None
+    if isinstance(ds, datasets.Dataset):  # one split: documents are held out by val_fraction like files
+        return Source(spec, "dataset", dataset={"train": ds})
+    if "train" not in ds:
+        raise PonderError(f"saved dataset {spec} has no 'train' split (splits: {', '.join(ds)})")
+    return Source(spec, "dataset", dataset=ds, fixed_split="validation" in ds)
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -275,6 +275,7 @@ def prepare_data(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     progress: bool = True,
+    text_column: str = "text",
 ) -> dict:
     """Tokenize `inputs` into token shards + meta.json in `out_dir`; returns the meta dict.
 
@@ -282,6 +283,8 @@ def prepare_data(
     `datasets` name. Inputs without a split of their own hold out their last `val_fraction` of
     documents (default 0.05) for validation; inputs with one (the bundled corpus, a dataset with a
     "validation" split) keep it. tokenizer: a loaded tokenizer or anything `load_tokenizer` takes.
+    A directory written by `datasets`' `save_to_disk` is read as that dataset; `text_column` names the
+    field / column holding the text in jsonl, parquet and dataset inputs (default "text").
     """
     from tqdm.auto import tqdm
 
@@ -293,7 +296,7 @@ def prepare_data(
     frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     out_dir = Path(out_dir)
     # Everything that can be checked without reading the data is checked before anything is written.
-    sources = resolve_inputs(inputs)
+    sources = resolve_inputs(inputs, text_column=text_column)
     tokenizer_spec = tokenizer if isinstance(tokenizer, (str, Path)) else getattr(tokenizer, "name_or_path", "?")
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)

@@ -262,8 +262,18 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Run
     model_hints = _model_hints()
     for key, value in data.items():
         _set(cfg, str(key), value, model_hints)
-    for text in overrides:
-        _set(cfg, *parse_override(text), model_hints=model_hints)
+    parsed = [parse_override(text) for text in overrides]
+    if not cfg.model.get("init_from") and any(
+            (key == "model.init_from" and value) or (key == "model" and isinstance(value, dict)
+                                                     and value.get("init_from")) for key, value in parsed):
+        # model.init_from takes the architecture from the checkpoint: the shape a recipe wrote for training from
+        # scratch gives way; shape keys given as overrides still apply and are checked against the checkpoint.
+        from ponderlm.backbone.hf_import import ARCHITECTURE_KEYS
+
+        for key in (*ARCHITECTURE_KEYS, "max_position_embeddings"):
+            cfg.model.pop(key, None)
+    for key, value in parsed:
+        _set(cfg, key, value, model_hints=model_hints)
     validate(cfg)
     return cfg
 
