@@ -21,6 +21,22 @@ NEOX_RENAMES = (
 )
 # Buffers some HF versions store in checkpoints that we recompute instead.
 DROPPED_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
+# What a checkpoint's weights define (shapes and the function they compute): continued pretraining takes these
+# from the checkpoint, and an explicit setting that disagrees is an error rather than a size mismatch later.
+ARCHITECTURE_KEYS = ("backbone", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rotary_pct",
+                     "rms_norm_eps", "layer_norm_eps", "hidden_act", "attention_bias", "mlp_bias",
+                     "use_parallel_residual", "tie_word_embeddings")
+
+
+def check_architecture(source: Any, checkpoint: PonderConfig, overrides: dict[str, Any]) -> None:
+    """One ValueError naming every setting in `overrides` that contradicts the checkpoint's architecture."""
+    conflicts = [f"{key}={overrides[key]!r} (checkpoint: {getattr(checkpoint, key)!r})" for key in ARCHITECTURE_KEYS
+                 if key in overrides and overrides[key] is not None and overrides[key] != getattr(checkpoint, key)]
+    if conflicts:
+        name = source if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else "the checkpoint"
+        raise ValueError(f"{name} defines the architecture, and {', '.join(conflicts)} contradict it; leave "
+                         f"{'it' if len(conflicts) == 1 else 'them'} out to take the checkpoint's")
 
 
 def _rope(hf_config: Any) -> tuple[float, float | None]:
@@ -80,6 +96,21 @@ def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> Pond
     return PonderConfig(method=method, max_steps=max_steps, **{**common, **kwargs, **overrides})
 
 
+def check_backbone_overrides(path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderConfig:
+    """`check_architecture` from the checkpoint's config alone (no weights read), so a run can refuse
+    contradicting settings before it writes anything. Returns the checkpoint's architecture as a config."""
+    from transformers import AutoConfig
+
+    hf_cfg = path_or_model.config if hasattr(path_or_model, "config") else AutoConfig.from_pretrained(path_or_model)
+    if hf_cfg.model_type == PonderConfig.model_type:
+        base = hf_cfg
+    else:
+        steps = {"max_steps": overrides["max_steps"]} if "max_steps" in overrides else {}
+        base = ponder_config_from_hf(hf_cfg, method, **steps)
+    check_architecture(path_or_model, base, overrides)
+    return base
+
+
 def map_hf_state_dict(state_dict: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, tensor in state_dict.items():
@@ -107,6 +138,8 @@ def from_hf_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrid
         hf_model = AutoModelForCausalLM.from_pretrained(path_or_model, dtype=torch.float32)
     if getattr(hf_model.config, "model_type", None) == PonderConfig.model_type:
         return _from_ponder_checkpoint(cls, hf_model, method, **overrides)
+    steps = {"max_steps": overrides["max_steps"]} if "max_steps" in overrides else {}
+    check_architecture(path_or_model, ponder_config_from_hf(hf_model.config, method, **steps), overrides)
     config = ponder_config_from_hf(hf_model.config, method, **overrides)
     model = cls(config)
     state = map_hf_state_dict(hf_model.state_dict(), hf_model.config.model_type)
@@ -124,6 +157,7 @@ def from_hf_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrid
 def _from_ponder_checkpoint(cls, path_or_model: Any, method: str, **overrides: Any):
     """Switch method on one of our own checkpoints (e.g. PonderLM v1 -> AdaPonderLM): keep every shared weight."""
     source = path_or_model if isinstance(path_or_model, torch.nn.Module) else cls.from_pretrained(path_or_model)
+    check_architecture(path_or_model, source.config, overrides)
     config_dict = source.config.to_dict()
     for key in ("model_type", "transformers_version", "architectures"):
         config_dict.pop(key, None)
