@@ -214,18 +214,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = bench.add_subparsers(dest="bench_command", metavar="{decode,train}", required=True)
 
     dec = sub.add_parser("decode", help="adaptive vs fixed-depth decode tokens/s, latency and KV memory")
-    dec.add_argument("--model", help="checkpoint or run directory (default: a synthetic model of --method)")
-    dec.add_argument("--method", default="ponderlm3", choices=METHODS)
-    dec.add_argument("--hidden", type=int, default=256)
-    dec.add_argument("--layers", type=int, default=4)
-    dec.add_argument("--max-steps", type=int, default=3)
+    dec.add_argument("--model", metavar="DIR", help="checkpoint or run directory (default: a synthetic model of "
+                                                    "--method)")
+    dec.add_argument("--method", default="ponderlm3", choices=METHODS,
+                     help="method of the synthetic model (default ponderlm3)")
+    dec.add_argument("--hidden", type=int, default=256, metavar="D", help="synthetic model width (default 256)")
+    dec.add_argument("--layers", type=int, default=4, metavar="L", help="synthetic model layers (default 4)")
+    dec.add_argument("--max-steps", type=int, default=3, metavar="K",
+                     help="synthetic model's K, additional steps per token (default 3)")
     dec.add_argument("--router-scale", type=float, default=12.0,
                      help="synthetic ponderlm3 only: router weight std x sqrt(hidden) (larger = more pruning)")
     dec.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    dec.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    dec.add_argument("--prompt-len", type=int, default=16)
-    dec.add_argument("--new-tokens", type=int, default=48)
-    dec.add_argument("--repeats", type=int, default=3)
+    dec.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], metavar="B",
+                     help="batch sizes to measure (default 1 8 32)")
+    dec.add_argument("--prompt-len", type=int, default=16, metavar="N", help="prompt tokens per row (default 16)")
+    dec.add_argument("--new-tokens", type=int, default=48, metavar="N", help="tokens decoded per row (default 48)")
+    dec.add_argument("--repeats", type=int, default=3, metavar="N",
+                     help="timed repeats per configuration; the best is reported (default 3)")
     dec.add_argument("--continuous", action="store_true",
                      help="also measure batches > 1 with continuous batching (per-row slot schedule)")
     dec.add_argument("--json", action="store_true", help="print rows as JSON")
@@ -234,15 +239,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="training tokens/s and FLOP/s per method vs vanilla and transformers' Llama")
     tr.add_argument("--methods", default="vanilla,ponderlm2,ponderlm3",
                     help="comma-separated methods (vanilla is always included)")
-    tr.add_argument("--hidden", type=int, default=512)
-    tr.add_argument("--layers", type=int, default=8)
-    tr.add_argument("--max-steps", type=int, default=1)
-    tr.add_argument("--vocab", type=int, default=4096)
-    tr.add_argument("--seq-len", type=int, default=256)
-    tr.add_argument("--batch", type=int, default=4)
-    tr.add_argument("--repeats", type=int, default=3)
+    tr.add_argument("--hidden", type=int, default=512, metavar="D", help="model width (default 512)")
+    tr.add_argument("--layers", type=int, default=8, metavar="L", help="layers (default 8)")
+    tr.add_argument("--max-steps", type=int, default=1, metavar="K", help="K for the pondering methods (default 1)")
+    tr.add_argument("--vocab", type=int, default=4096, metavar="V", help="vocabulary size (default 4096)")
+    tr.add_argument("--seq-len", type=int, default=256, metavar="T", help="tokens per sequence (default 256)")
+    tr.add_argument("--batch", type=int, default=4, metavar="B", help="sequences per step (default 4)")
+    tr.add_argument("--repeats", type=int, default=3, metavar="N",
+                    help="timed repeats; the best is reported (default 3)")
     tr.add_argument("--no-hf", action="store_true", help="skip the transformers LlamaForCausalLM reference row")
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--json", action="store_true", help="print rows as JSON")
     tr.set_defaults(func=_cmd_train)
 
 

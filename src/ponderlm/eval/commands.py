@@ -146,7 +146,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _data_args(p, max_batches=16)
     _decode_args(p, depth=False)
     p.add_argument("--buckets", type=int, default=5, metavar="N", help="difficulty quantile buckets (default 5)")
-    p.add_argument("--out", default="results/difficulty", metavar="DIR")
+    p.add_argument("--out", default="results/difficulty", metavar="DIR",
+                   help="output directory for the JSON and plot (default results/difficulty)")
     p.set_defaults(func=cmd_difficulty)
 
     p = an_sub.add_parser("alpha", help="alpha sweep: Δloss vs induced steps on easy and hard tokens (PonderLM-3)",
@@ -158,7 +159,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="alphas (0 is always added; default -4,-2,-1,0,1,2,4)")
     p.add_argument("--tau", type=float, metavar="T", help="threshold (default: the checkpoint's)")
     p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
-    p.add_argument("--out", default="results/alpha", metavar="DIR")
+    p.add_argument("--out", default="results/alpha", metavar="DIR",
+                   help="output directory for the JSON and plot (default results/alpha)")
     p.set_defaults(func=cmd_alpha)
 
     p = an_sub.add_parser("gates", help="NLL by executed steps and most / least pondered tokens (halting methods)")
@@ -167,7 +169,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _decode_args(p, depth=False)
     p.add_argument("--top", type=int, default=20, metavar="N", help="tokens listed at each end (default 20)")
     p.add_argument("--min-count", type=int, default=5, metavar="N", help="min occurrences of a listed token")
-    p.add_argument("--out", default="results/gates", metavar="DIR")
+    p.add_argument("--out", default="results/gates", metavar="DIR",
+                   help="output directory for the JSON and plot (default results/gates)")
     p.set_defaults(func=cmd_gates)
 
     p = an_sub.add_parser("jacobi", help="Jacobi convergence: RMSE to the sequential solution per sweep",
@@ -177,7 +180,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _data_args(p, max_batches=1, seq_len=64)
     p.add_argument("--sweeps", type=int, default=8, metavar="N", help="Jacobi sweeps to trace (default 8)")
     p.add_argument("--num-seqs", type=int, default=2, metavar="N", help="sequences to trace (default 2)")
-    p.add_argument("--out", default="results/jacobi", metavar="DIR")
+    p.add_argument("--out", default="results/jacobi", metavar="DIR",
+                   help="output directory for the JSON and plot (default results/jacobi)")
     p.set_defaults(func=cmd_jacobi)
 
     p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at a chosen tau / alpha",

@@ -83,10 +83,10 @@ def sweep_model(
     if not grid:
         if fixed and targets:
             print(f"note: {name} ({config.method}) has no per-token depth; no fixed-pruning controls", file=sys.stderr)
-        return [run(DecodeSettings(), f"{name} ({config.method}, K={K})", "fixed", f"{name}")]
+        return [run(DecodeSettings(), curve_label(name, config.method, f"K={K}"), "fixed", f"{name}")]
     for s in grid:
         label = f"alpha={s.alpha:g}" if config.method in ALPHA_METHODS else f"tau={s.tau:g}"
-        points.append(run(s, f"{name} ({config.method})", "learned", f"{name} {label}"))
+        points.append(run(s, curve_label(name, config.method), "learned", f"{name} {label}"))
     goal = sorted(targets) if targets else iso_flops_targets([p.avg_steps for p in points], K)
     for policy in fixed:
         for target in goal:
@@ -95,6 +95,13 @@ def sweep_model(
             s = DecodeSettings(depth_policy=policy, depth_target=float(target))
             points.append(run(s, f"{name} {policy}", policy, f"{name} {policy} {target:.2f}"))
     return points
+
+
+def curve_label(name: str, method: str, extra: str = "") -> str:
+    """`name (method, extra)`, leaving out the method when the model's name already says it (a run directory
+    named after its method would otherwise read "ponderlm3 (ponderlm3)")."""
+    parts = [p for p in ("" if method in name else method, extra) if p]
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def iso_flops_targets(avg_steps: list[float], max_steps: int, decimals: int = 4) -> list[float]:

@@ -55,11 +55,12 @@ def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
     """(a) CE gain over depth 0 per difficulty bucket vs forced steps; (b) difficulty vs learned steps."""
     fig, (ax_a, ax_b) = _figure(ncols=2)
     depths = result["depths"]
+    labels = bucket_labels(result["buckets"])
     for bucket in result["buckets"]:
         gains = [bucket["gain_by_depth"].get(str(k)) for k in depths]
         xs = [k for k, g in zip(depths, gains) if g is not None]
         ys = [g for g in gains if g is not None]
-        ax_a.plot(xs, ys, "-o", label=f"NLL0 {bucket['lo']:.1f}-{bucket['hi']:.1f}")
+        ax_a.plot(xs, ys, "-o", label=labels[bucket["bucket"]])
     estimated = [k for k in depths if result["depth_source"].get(str(k)) == "random_depth"]
     title = "(a) CE gain vs executed steps"
     if estimated:
@@ -84,23 +85,54 @@ def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def bucket_labels(buckets: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Legend label per difficulty bucket: its quantile and NLL range, with as many decimals as it takes for
+    neighbouring buckets to read differently (an undertrained model's buckets can all lie within 0.1 nats)."""
+    for decimals in range(1, 5):
+        ranges = [f"{b['lo']:.{decimals}f}-{b['hi']:.{decimals}f}" for b in buckets]
+        if len(set(ranges)) == len(ranges):
+            break
+    return {b["bucket"]: f"Q{b['bucket'] + 1}: NLL0 {r}" for b, r in zip(buckets, ranges)}
+
+
+def label_positions(xs: Sequence[float], ys: Sequence[float], min_gap: float = 0.07) -> list[int]:
+    """Indices of the points to label so no two labels are closer than `min_gap` of the axes (both axes
+    scaled to [0, 1]); points in a crowd keep their colour, which encodes the same value."""
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    scale = lambda v: (v - v.min()) / (np.ptp(v) or 1.0)  # noqa: E731
+    pos = np.stack([scale(x), scale(y)], axis=1)
+    chosen: list[int] = []
+    for i in range(len(pos)):
+        if all(np.abs(pos[i] - pos[j]).max() >= min_gap for j in chosen):
+            chosen.append(i)
+    return chosen
+
+
 def plot_alpha(result: dict[str, Any], path: str | Path) -> Path:
-    """One panel per subset: ΔLoss relative to alpha = 0 vs induced avg executed steps."""
+    """One panel per subset: ΔLoss relative to alpha = 0 vs induced avg executed steps, points coloured by alpha
+    (labels only where they do not collide)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
     subsets = list(result["subsets"])
     fig, axes = _figure(ncols=len(subsets))
+    alphas = [r["alpha"] for name in subsets for r in result["subsets"][name]]
+    norm = Normalize(min(alphas), max(alphas) if max(alphas) > min(alphas) else min(alphas) + 1.0)
     for ax, name in zip(axes, subsets):
         rows = sorted(result["subsets"][name], key=lambda r: r["alpha"])
         xs = [r["avg_steps"] for r in rows]
         ys = [r["delta_loss"] for r in rows]
-        ax.plot(xs, ys, "-o")
-        for r in rows:
-            ax.annotate(f"{r['alpha']:g}", (r["avg_steps"], r["delta_loss"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+        ax.plot(xs, ys, "-", color="grey", lw=1, zorder=1)
+        points = ax.scatter(xs, ys, c=[r["alpha"] for r in rows], cmap=colormaps["viridis"], norm=norm, zorder=2)
+        for i in label_positions(xs, ys):
+            ax.annotate(f"{rows[i]['alpha']:g}", (xs[i], ys[i]), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4))
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_title(f"{name} tokens", fontsize=10)
-        ax.set_xlabel("avg executed additional steps (labels: alpha)")
+        ax.set_xlabel("avg executed additional steps (labels, colour: alpha)")
         ax.set_ylabel("Δ loss vs alpha = 0 (nats)")
         ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=axes, label="alpha", shrink=0.8)
     return _save(fig, path)
 
 

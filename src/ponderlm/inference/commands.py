@@ -34,6 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def depth_policy_text(config, args: argparse.Namespace) -> str:
+    """What decided the depths in this generation: the method's own policy (with the threshold / bias it used)
+    or a fixed-pruning control with its target, as shown on the --html page."""
+    from ponderlm.config import ADAPTIVE_METHODS
+
+    tau = config.tau if args.tau is None else args.tau
+    alpha = config.alpha if args.alpha is None else args.alpha
+    policy = args.depth_policy or config.depth_policy or "learned"
+    target = config.depth_target if args.depth_target is None else args.depth_target
+    head = f"{config.method}, K={config.max_steps}"
+    if config.method not in ADAPTIVE_METHODS:
+        return f"{head}, depth policy: fixed (every token runs K additional steps)"
+    if policy != "learned":
+        return f"{head}, depth policy: {policy} fixed pruning, target {target:g} additional steps per token"
+    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if config.method == "ponderlm3" else "")
+    return f"{head}, depth policy: learned ({knobs})"
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -81,9 +99,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(tokenizer.decode(sequence, skip_special_tokens=True))
     if args.html:
         view = depth_view(tokenizer, sequence, steps, len(ids))
-        tau = model.config.tau if args.tau is None else args.tau
-        alpha = model.config.alpha if args.alpha is None else args.alpha
-        subtitle = f"{model.config.method}, K={K}, tau={tau:g}, alpha={alpha:g}"
+        subtitle = depth_policy_text(model.config, args)
         path = Path(args.html)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_html(view, K, subtitle=subtitle), encoding="utf-8")
