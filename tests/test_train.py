@@ -84,7 +84,7 @@ def test_foreign_checkpoint_is_refused(tmp_path, data_dir):
 
 
 def test_resume_needs_a_checkpoint_and_fresh_runs_refuse_old_dirs(tmp_path, data_dir):
-    with pytest.raises(PonderError, match="no checkpoints/ directory"):
+    with pytest.raises(PonderError, match="new does not exist; start the run without --resume"):
         train(tiny(tmp_path / "new", data_dir), resume=True)
     train(tiny(tmp_path / "old", data_dir), stop_after=1)
     with pytest.raises(PonderError, match="already holds a run"):

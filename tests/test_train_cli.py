@@ -171,10 +171,11 @@ def test_cli_unwritable_out_dir_writes_nothing(tmp_path, capsys):
 def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
     from ponderlm.cli import main
 
-    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_000001").mkdir(parents=True)  # a complete checkpoint: work to keep
+    (tmp_path / "checkpoints" / "step_000001" / "manifest.json").write_text("{}")
     (tmp_path / "config.yaml").write_text("name: x\n")
     assert main(["train", "--out", str(tmp_path), "--max-steps", "1"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a run (checkpoint at step 1); pass --resume" in capsys.readouterr().err
     assert (tmp_path / "config.yaml").read_text() == "name: x\n"
 
 

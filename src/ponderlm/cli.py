@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from ponderlm.errors import PonderError
 
@@ -24,8 +25,16 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (like every other bad input), not argparse's usage block; subparsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ponderlm",
         description="Pretrain, evaluate and serve pondering language models.",
     )
@@ -46,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if not argv:
         argv = ["train"]  # `ponderlm` alone behaves like `ponderlm train`: the CPU quickstart
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `ponderlm train CONFIG --out DIR key=value`: argparse ends a positional list at the first flag, so
+    # overrides after flags come back unparsed; commands that take key=value positionals accept them anywhere.
+    if extra and isinstance(getattr(args, "args", None), list) and all("=" in x and not x.startswith("-")
+                                                                        for x in extra):
+        args.args += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -46,7 +46,8 @@ class PonderConfig(PretrainedConfig):
             interleaved methods and looped, sqrt(d) for pause, ponderlm and adaponder, 1 for vanilla).
         latent_feedback: what a latent slot of the interleaved methods receives from the slot before it:
             "post_norm" (default, as in the papers) the hidden state after the final norm, or "pre_norm"
-            the residual stream before it.
+            the residual stream before it. Readouts (LM head, routers) always read post-norm states.
+            pre_norm is rejected for methods without latent slots (vanilla, looped, ponderlm, adaponder).
         tau: pruning / halting threshold used by adaptive methods.
         alpha: inference router bias (PonderLM-3: logits + alpha * k).
         depth_policy: None/"learned" (the method decides), or "uniform"/"geometric" fixed pruning
@@ -261,10 +262,22 @@ class PonderConfig(PretrainedConfig):
             bad(f"method {self.method!r} needs max_steps >= 1")
         if self.embed_scale is not None and not (self.embed_scale > 0 and math.isfinite(self.embed_scale)):
             bad(f"embed_scale must be a finite number > 0, got {self.embed_scale}")
+        # NaN passes every `<` / `>` check below and only surfaces later as a NaN loss blamed on the lr.
+        for name, low in (("rope_theta", 0), ("rms_norm_eps", 0), ("layer_norm_eps", 0), ("initializer_range", None),
+                          ("lambda_steps", None), ("halt_lambda", None), ("cot_lambda", None), ("cot_beta", None),
+                          ("router_init_bias", None), ("gate_init_bias", None), ("cot_router_init_bias", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (low is not None and value <= low):
+                bad(f"{name} must be a finite number{' > 0' if low is not None else ''}, got {value!r}")
         if self.init not in INIT_SCHEMES:
             bad(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         if self.latent_feedback not in LATENT_FEEDBACK:
             bad(f"latent_feedback must be one of {', '.join(LATENT_FEEDBACK)}, got {self.latent_feedback!r}")
+        if self.latent_feedback == "pre_norm" and self.method not in INTERLEAVED_METHODS:
+            # Silently ignoring it would let a study claim a pre_norm result that never ran.
+            bad(f"latent_feedback='pre_norm' needs an interleaved method ({', '.join(INTERLEAVED_METHODS)}); "
+                f"method {self.method!r} has no latent slots")
         if not (0.0 <= self.tau < 1.0):
             bad(f"tau must be in [0, 1), got {self.tau}")
         if not math.isfinite(self.alpha):

@@ -75,7 +75,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     from ponderlm.data.tokenizer import train_tokenizer
 
     t0 = time.time()
-    out = train_tokenizer(args.input or ["default"], args.vocab_size, args.out, min_frequency=args.min_frequency)
+    out = train_tokenizer(args.input or ["default"], args.vocab_size, args.out, min_frequency=args.min_frequency,
+                          allow_texts=False)
     from tokenizers import Tokenizer
 
     # The trainer stops early when the corpus has no more pairs to merge: report the size it really has.

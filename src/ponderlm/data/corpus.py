@@ -88,7 +88,8 @@ def _check_binary(stats: FileStats) -> None:
     if stats.bytes and bad > BINARY_THRESHOLD * stats.bytes:
         raise PonderError(
             f"{stats.path} looks binary, not UTF-8 text: {bad} of {stats.bytes:,} bytes "
-            f"({100 * bad / stats.bytes:.1f}%) are invalid UTF-8 or control characters (limit 1%)"
+            f"({100 * bad / stats.bytes:.1f}%) are invalid UTF-8 or control characters (limit 1%); give text, "
+            "jsonl or parquet files"
         )
 
 

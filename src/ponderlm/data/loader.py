@@ -27,7 +27,21 @@ def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise PonderError(f"{data_dir} is not a prepared data directory (no meta.json; run `ponderlm data prepare`)")
-    return json.loads(path.read_text())
+    redo = "re-run `ponderlm data prepare` into a new directory"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PonderError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); {redo}") from None
+    # Check the fields every reader indexes, so a damaged file is one message here rather than a KeyError later.
+    ok = isinstance(meta, dict) and isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] > 0 \
+        and meta.get("dtype") in ("uint16", "uint32") and isinstance(meta.get("shards"), dict) and all(
+            isinstance(shards, list) and all(isinstance(sh, dict) and isinstance(sh.get("file"), str)
+                                             and isinstance(sh.get("tokens"), int) for sh in shards)
+            for shards in meta["shards"].values())
+    if not ok:
+        raise PonderError(f"{path} is damaged (needs vocab_size, dtype and shards as `ponderlm data prepare` writes "
+                          f"them); {redo}")
+    return meta
 
 
 class TokenStream:

@@ -22,7 +22,7 @@ EOT = "<|endoftext|>"
 
 def _training_texts(sources: list[Source]) -> Iterator[str]:
     for source in sources:
-        for split, text in source.documents():
+        for split, text in source.documents([]):  # a stats list turns on the binary-file check
             if split != "val":  # never learn the vocabulary from held-out text of a fixed split
                 yield text
 
@@ -32,17 +32,24 @@ def train_tokenizer(
     vocab_size: int,
     out_dir: str | Path,
     min_frequency: int = 2,
+    *,
+    allow_texts: bool = True,
 ) -> Path:
     """Train a byte-level BPE and save it to `out_dir`; returns the directory.
 
     Inputs are like `prepare_data`'s: "default" (bundled corpus, train split), files or directories;
-    strings containing whitespace that are not existing paths are used as raw text."""
+    strings containing whitespace that are not existing paths are used as raw text (unless `allow_texts` is
+    False, as for the CLI, where a mistyped path must not silently become the corpus)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 257:
         raise PonderError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
-    sources = resolve_inputs(files_or_texts, allow_texts=True)
+    if vocab_size >= 2**32:  # token shards store ids as at most uint32
+        raise PonderError(f"vocab_size must be below 2**32, got {vocab_size}")
+    if min_frequency < 0:
+        raise PonderError(f"min_frequency must be >= 0 (the minimum count of a pair to merge), got {min_frequency}")
+    sources = resolve_inputs(files_or_texts, allow_texts=allow_texts)
     out_dir = Path(out_dir)
     _check_writable(out_dir)
 

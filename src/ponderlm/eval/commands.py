@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ponderlm.errors import PonderError
+from ponderlm.paths import check_writable
 
 POLICIES = ("learned", "uniform", "geometric")
 
@@ -20,9 +22,12 @@ POLICIES = ("learned", "uniform", "geometric")
 # ------------------------------------------------------------------ argument helpers
 def float_list(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def _model_arg(p: argparse.ArgumentParser, multiple: bool = False) -> None:
@@ -72,6 +77,12 @@ def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, 
     """(model, tokenizer, evaluation batches) for one --model."""
     from ponderlm.eval.perplexity import eval_batches, load_model
 
+    if getattr(args, "out", None):  # before loading and computing: an unwritable --out fails in a second
+        check_writable(args.out, "--out", directory=True)
+    for flag in ("tau", "alpha", "depth_target"):
+        value = getattr(args, flag, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PonderError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     model, tokenizer = load_model(path or args.model, args.device)
     seq_len = args.seq_len or min(256, model.config.max_position_embeddings)
     if seq_len > model.config.max_position_embeddings:
@@ -345,6 +356,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from ponderlm.eval.perplexity import DecodeSettings, load_model
 
     require_lm_eval()  # before loading the model: one line telling how to install
+    if args.output:
+        check_writable(args.output, "--output", directory=False)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model, tokenizer = load_model(args.model, args.device)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)

@@ -56,25 +56,40 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     from ponderlm.modeling import PonderForCausalLM
 
     model_dir = resolve_model_dir(path)
-    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    device = resolve_device(device)  # before the (possibly long) load
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PonderError(f"{model_dir / 'config.json'} is not valid JSON ({str(exc).splitlines()[0]}); the "
+                          "checkpoint is damaged: re-export it or use an earlier checkpoint") from None
+    if not isinstance(config, dict):
+        raise PonderError(f"{model_dir / 'config.json'} holds {type(config).__name__}, not a model config; the "
+                          "checkpoint is damaged: re-export it or use an earlier checkpoint")
+    model_type = config.get("model_type")
     if model_type != "ponder":
         raise PonderError(f"{model_dir} holds a {model_type!r} model, not a ponderlm checkpoint; "
                           "convert it with PonderForCausalLM.from_backbone(...) first")
     from transformers.utils import logging as hf_logging
 
-    bar = hf_logging.is_progress_bar_enabled()
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per command is noise on stderr
+    hf_logging.set_verbosity_error()  # transformers' multi-line load report: the problems are raised below instead
     try:
-        model = PonderForCausalLM.from_pretrained(str(model_dir))
+        # ignore_mismatched_sizes: get the mismatches back as data (and say so in one line) instead of a report
+        model, info = PonderForCausalLM.from_pretrained(str(model_dir), output_loading_info=True,
+                                                        ignore_mismatched_sizes=True)
     except pickle.UnpicklingError:  # transformers reads *.bin with weights_only=True: a payload is refused
         raise PonderError(f"refusing the weights in {model_dir}: a *.bin file holds more than tensors, so "
                           "loading it could run code; use model.safetensors") from None
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise PonderError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PonderError(f"could not load the model in {model_dir}: {first}") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
-    model.to(resolve_device(device)).eval()
+    _check_loaded(model_dir, model, info)
+    model.to(device).eval()
     if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(model_dir)
     else:
@@ -86,13 +101,40 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _check_loaded(model_dir: Path, model: Any, info: dict[str, Any]) -> None:
+    """Never run on weights the checkpoint does not hold: transformers fills missing or mismatched tensors with
+    random ones (after a note); NaN / inf weights would give NaN logits that look like a modelling problem."""
+    if info.get("mismatched_keys"):
+        first = sorted(info["mismatched_keys"], key=str)[0]  # (name, saved shape, expected shape)
+        what = f"{first[0]} is {list(first[1])} in the file but {list(first[2])} for the config" \
+            if isinstance(first, tuple) and len(first) == 3 else f"{first} has another shape"
+        raise PonderError(f"config.json in {model_dir} does not match its weights: {what}; the checkpoint is "
+                          "damaged or mixed up")
+    if info.get("missing_keys"):
+        names = sorted(info["missing_keys"])
+        raise PonderError(f"the weights in {model_dir} lack {len(names)} tensor(s) the config needs ({names[0]}"
+                          f"{', ...' if len(names) > 1 else ''}); the checkpoint is damaged or incomplete")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise PonderError(f"the weights in {model_dir} hold NaN or inf values ({name}); the run that wrote "
+                              "them diverged or the file is damaged: use an earlier checkpoint")
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise PonderError(f"unknown device {device!r}") from None
+        raise PonderError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PonderError(f"--device {device}: CUDA is not available in this PyTorch build or machine; use "
+                          "--device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PonderError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PonderError(f"--device {device}: MPS is not available here; use --device cpu (or auto)")
+    return dev
 
 
 def model_name(path: str | Path) -> str:
@@ -115,7 +157,7 @@ def eval_batches(
 
     data: a `ponderlm data prepare` directory (its `split`), "default" (the bundled corpus's fixed
     split, tokenized here with the model's tokenizer so any checkpoint can be scored), or text /
-    jsonl / parquet files and directories (all their documents; `split` is ignored).
+    jsonl / parquet files and directories (all their documents; `split` must be left at "val").
     """
     if seq_len < 2 or batch_size < 1:
         raise PonderError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
@@ -152,8 +194,12 @@ def _documents(spec: str, split: str) -> Iterable[str]:
         if split not in ("val", "train"):
             raise PonderError(f"the bundled corpus has splits val and train, not {split!r}")
         return (record["text"] for record in iter_default_corpus(split))
+    if split != "val":  # only the default value is accepted, so a typo or a wrong assumption is not ignored
+        raise PonderError(f"--split {split}: {spec} is not a prepared data directory, so it has no splits (all its "
+                          "documents are scored); leave --split out or prepare it with `ponderlm data prepare`")
     sources = resolve_inputs([spec])
-    return (text for source in sources for _, text in source.documents())
+    # Passing a stats list turns on the reader's binary-file check (random bytes are refused, not scored).
+    return (text for source in sources for _, text in source.documents([]))
 
 
 def _tokenize_documents(texts: Iterable[str], tokenizer, limit: int | None = None) -> np.ndarray:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from ponderlm.errors import PonderError
+from ponderlm.paths import check_writable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +36,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option checked before the model loads; NaN passes `<` / `>` tests, so finiteness is explicit."""
+    if args.max_new_tokens < 1:
+        raise PonderError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for flag in ("temperature", "top_p", "tau", "alpha", "depth_target"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise PonderError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if args.temperature < 0:
+        raise PonderError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise PonderError(f"--top-p must be in (0, 1] (the nucleus probability mass), got {args.top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        raise PonderError(f"--top-k must be >= 1, got {args.top_k}")
+    if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
+        print("note: --top-k / --top-p only apply when sampling (--temperature > 0); decoding greedily",
+              file=sys.stderr)
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in argv arrive as lone surrogates
+        raise PonderError("--prompt is not valid UTF-8 text; pass the prompt in UTF-8") from None
+    if args.html:
+        check_writable(args.html, "--html", directory=False)
+
+
 def depth_policy_text(config, args: argparse.Namespace) -> str:
     """What decided the depths in this generation: the method's own policy (with the threshold / bias it used)
     or a fixed-pruning control with its target, as shown on the --html page."""
@@ -58,10 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ponderlm.eval.perplexity import DecodeSettings, check_settings, load_model
     from ponderlm.inference.render import depth_view, legend_ansi, render_ansi, render_html
 
-    if args.max_new_tokens < 1:
-        raise PonderError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise PonderError(f"--temperature must be >= 0, got {args.temperature}")
+    _check_args(args)
     model, tokenizer = load_model(args.model, args.device)
     settings = DecodeSettings(tau=args.tau, alpha=args.alpha, depth_policy=args.depth_policy,
                               depth_target=args.depth_target)
@@ -101,7 +125,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         view = depth_view(tokenizer, sequence, steps, len(ids))
         subtitle = depth_policy_text(model.config, args)
         path = Path(args.html)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_html(view, K, subtitle=subtitle), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render_html(view, K, subtitle=subtitle), encoding="utf-8")
+        except OSError as exc:  # checked up front; this is a disk that filled or vanished since
+            raise PonderError(f"cannot write --html {path}: {exc.strerror or exc}") from None
         print(f"wrote {path}", file=sys.stderr)
     return 0

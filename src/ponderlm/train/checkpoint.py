@@ -23,6 +23,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ from ponderlm.errors import PonderError
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CorruptCheckpoint(PonderError):
+    """A checkpoint whose files do not match its manifest (truncated, flipped bits, missing): resume skips it."""
+
+
+CRASH_ENV = "PONDERLM_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: `PONDERLM_CRASH_AT=<name>` SIGKILLs this process here, at a point a timed kill could only
+    hit by luck (`checkpoint:<step>` mid-write of that checkpoint, `final` before final/ is published)."""
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        print(f"{CRASH_ENV}={name}: killing this process (SIGKILL)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -128,6 +146,7 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     (tmp / STATE).write_text(json.dumps({**state, "step": step, "rng": rng_plain}, indent=1))
     files = sorted(p for p in tmp.iterdir() if p.is_file())
+    crash_point(f"checkpoint:{step}")  # every file but the manifest is written
     for p in files:
         _fsync(p)
     manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
@@ -160,20 +179,51 @@ def verify_checkpoint(path: Path, identity_hash: str) -> dict[str, Any]:
         raise PonderError(f"checkpoint {path} is incomplete (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError):
-        raise PonderError(f"checkpoint {path} has an unreadable {MANIFEST}") from None
-    for name, meta in manifest.items():
-        p = path / name
+        checks = [(path / name, int(meta["bytes"]), str(meta["sha256"])) for name, meta in manifest.items()]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"checkpoint {path} has an unreadable {MANIFEST}") from None
+    for p, size, digest in checks:
         if not p.is_file():
-            raise PonderError(f"checkpoint {path} is missing {name}")
-        if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
-            raise PonderError(f"checkpoint file {p} is corrupt or truncated (checksum mismatch)")
-    state = json.loads((path / STATE).read_text())
+            raise CorruptCheckpoint(f"checkpoint {path} is missing {p.name}")
+        if p.stat().st_size != size or _sha256(p) != digest:
+            raise CorruptCheckpoint(f"checkpoint file {p} is corrupt or truncated (checksum mismatch)")
+    if STATE not in manifest:
+        raise CorruptCheckpoint(f"checkpoint {path} has no {STATE} in its {MANIFEST}")
+    try:
+        state = json.loads((path / STATE).read_text())
+        if not isinstance(state, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"checkpoint {path} has an unreadable {STATE}") from None
     if state.get("identity_hash") != identity_hash:
         theirs = state.get("model_config", {})
         raise PonderError(f"checkpoint {path} belongs to a different model/data config "
                           f"(hash {state.get('identity_hash')} != {identity_hash}; its model: {theirs})")
     return state
+
+
+def newest_valid_checkpoint(root: Path, identity_hash: str) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint that verifies, with its trainer_state. Corrupt newer ones are renamed to
+    `step_XXXXXX.corrupt` (kept for inspection, no longer listed) with a warning; a foreign one is an error."""
+    found = list_checkpoints(root)
+    if not found:
+        raise PonderError(f"--resume: no complete checkpoint in {root}")
+    skipped: list[str] = []
+    for _, path in reversed(found):
+        try:
+            state = verify_checkpoint(path, identity_hash)
+        except CorruptCheckpoint as exc:
+            skipped.append(str(exc))
+            continue
+        for (_, bad), why in zip(reversed(found), skipped):
+            aside = bad.with_name(bad.name + ".corrupt")
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(bad, aside)
+            print(f"warning: {why}; moved it to {aside.name} and resuming from {path.name}", file=sys.stderr)
+        return path, state
+    raise PonderError(f"--resume: every checkpoint in {root} is corrupt (newest: {skipped[0]}); delete "
+                      f"{root} to start the run again from step 0")
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

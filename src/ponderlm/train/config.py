@@ -16,6 +16,8 @@ import difflib
 import hashlib
 import inspect
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,6 +78,8 @@ class TrainConfig:
     out: str | None = None  # empty = runs/<name>-<timestamp>
     sample_prompt: str = "Once upon a time"
     sample_tokens: int = 32
+    sample_temperature: float = 0.8  # 0 = greedy; the end-of-run sample only
+    sample_top_k: int = 40
     freeze_backbone_steps: int = 0  # AdaPonderLM continued pretraining: train only the gates for N steps
     compile: bool = False  # torch.compile each decoder layer (dynamic shapes); docs/PERFORMANCE.md has the gain
 
@@ -283,10 +287,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PonderError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise PonderError(f"config file {path} is not UTF-8 text; a recipe is a YAML file (see docs/TRAINING.md)") \
+            from None
     except yaml.YAMLError as exc:
         raise PonderError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
-    return data or {}
+    if data is None:  # an empty file silently training the defaults is never what was meant
+        raise PonderError(f"config file {path} is empty; give a recipe with at least one section (model, data, "
+                          "train, ...) or leave CONFIG out for the quickstart")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
@@ -326,6 +336,13 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(lg if name == "log_every" else t, name)
         need(value >= 1, f"{'log' if name == 'log_every' else 'train'}.{name} must be >= 1, got {value}")
     need(t.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {t.sample_tokens}")
+    need(math.isfinite(t.sample_temperature) and t.sample_temperature >= 0,
+         f"train.sample_temperature must be a finite number >= 0, got {t.sample_temperature}")
+    need(t.sample_top_k >= 0, f"train.sample_top_k must be >= 0 (0 = no top-k cut), got {t.sample_top_k}")
+    # numpy's seed is the narrowest of the three RNGs train() seeds: it takes [0, 2**32).
+    need(0 <= t.seed < 2**32, f"train.seed must be in [0, 2**32), got {t.seed}")
+    for name in ("lr", "eps", "weight_decay", "warmup_frac", "min_lr_ratio"):  # grad_clip=.inf is "off"
+        need(math.isfinite(getattr(o, name)), f"optim.{name} must be a finite number, got {getattr(o, name)}")
     need(t.device in DEVICES or t.device.startswith("cuda:"),
          f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {t.device!r}")
     need(t.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {t.dtype!r}")
@@ -373,7 +390,11 @@ def build_model_config(cfg: RunConfig) -> Any:
 
 
 def save_yaml(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write via a temp file + rename, so a kill mid-write never leaves a truncated recipe behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- presets

@@ -178,15 +178,14 @@ def _gather_dicts(d: Dist, mine: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- resume
 def find_resume(root: Path, identity_hash: str, d: Dist) -> tuple[Path, dict[str, Any]]:
-    """Rank 0 cleans temp dirs, picks the newest complete checkpoint and verifies every file; all ranks get
-    (path, trainer_state) or raise the same PonderError, before anything is written."""
+    """Rank 0 cleans temp dirs, picks the newest complete checkpoint that verifies (corrupt newer ones are set
+    aside with a warning); all ranks get (path, trainer_state) or raise the same PonderError, before the run
+    writes anything else."""
 
     def find() -> tuple[str, dict[str, Any]]:
         ckpt.clean_temp_dirs(root)
-        path = ckpt.latest_checkpoint(root)
-        if path is None:
-            raise PonderError(f"--resume: no complete checkpoint in {root}")
-        return str(path), ckpt.verify_checkpoint(path, identity_hash)
+        path, state = ckpt.newest_valid_checkpoint(root, identity_hash)  # skips corrupt ones with a warning
+        return str(path), state
 
     path, state = on_main(d, find)
     return Path(path), state
