@@ -4,6 +4,10 @@ The compiled unit is the shared `DecoderStack` (`model.model`), with dynamic sha
 the cache length change from call to call); methods keep running eagerly around it. Compile time is
 excluded (warm-up calls), so the ratios are the steady-state gain a long run would see.
 
+`--breaks` also reports, per method, the graphs and graph breaks of one whole decode step
+(`decode_token` under `torch._dynamo.explain`) and of the backbone call inside it: the step's breaks are
+its early-exit decisions (which slots any row still needs), the backbone call has none.
+
 Usage: python benchmarks/bench_compile.py [--methods vanilla,ponderlm3 --hidden 256 --layers 4 --threads 2]
 """
 
@@ -24,6 +28,38 @@ def compiled(model):
     return twin
 
 
+def graph_breaks(model, prompt: torch.Tensor) -> dict[str, object]:
+    """Graphs / breaks of one decode step and of the backbone calls inside it, with the lines that break."""
+    from ponderlm.inference.sequential import new_state
+
+    model.eval()
+    batch = prompt.shape[0]
+    with torch.inference_mode():
+        state = new_state(model, batch, prompt.shape[1] + 2)
+        model.method.prefill(model, state, prompt, torch.ones_like(prompt))
+        valid = torch.ones(batch, dtype=torch.bool)
+        step = torch._dynamo.explain(model.method.decode_token)(model, state, prompt[:, -1], valid)
+        torch._dynamo.reset()
+        calls = []
+        inner = model.model.forward
+
+        def explained(*args, **kwargs):  # explain each backbone call of a second step where it is made
+            calls.append(torch._dynamo.explain(inner)(*args, **kwargs))
+            return inner(*args, **kwargs)
+
+        model.model.forward = explained
+        try:
+            model.method.decode_token(model, state, prompt[:, -1], valid)
+        finally:
+            del model.model.forward
+        torch._dynamo.reset()
+    where = sorted({f"{b.user_stack[-1].filename.rsplit('/', 1)[-1]}:{b.user_stack[-1].lineno}"
+                    for b in step.break_reasons if b.user_stack})
+    return {"step graphs": step.graph_count, "step breaks": step.graph_break_count,
+            "backbone breaks": sum(c.graph_break_count for c in calls), "backbone calls": len(calls),
+            "step breaks at": " ".join(where)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="vanilla,ponderlm3")
@@ -35,8 +71,15 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--breaks", action="store_true", help="only report graph breaks of one decode step per method")
     args = p.parse_args()
     setup_threads(args.threads)
+    if args.breaks:
+        prompt = torch.randint(0, 4096, (2, 8), generator=torch.Generator().manual_seed(0))
+        print_table([{"method": m, **graph_breaks(synthetic_model(m, args.hidden, args.layers,
+                                                                  0 if m == "vanilla" else args.K, 4096), prompt)}
+                     for m in args.methods.split(",")])
+        return
     rows = []
     for method in args.methods.split(","):
         eager = synthetic_model(method, args.hidden, args.layers, args.K, 4096)

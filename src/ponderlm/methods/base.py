@@ -116,9 +116,14 @@ def pack_active(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     n is the largest active count of a row; shorter rows are filled up with indices of their inactive
     tokens (present False), so the indices of a row are distinct and scattering back is well defined.
+    Inside `torch.compile` n is the full width T instead: reading the largest count on the host would break
+    the graph, and the extra columns are filler like any other (same results, no compute saved).
     """
     counts = active.sum(-1)
-    n = int(counts.max()) if active.numel() else 0
+    if torch.compiler.is_compiling():
+        n = active.shape[-1]
+    else:
+        n = int(counts.max()) if active.numel() else 0
     order = torch.argsort((~active).to(torch.int8), dim=-1, stable=True)[:, :n]
     present = torch.arange(n, device=active.device)[None, :] < counts[:, None]
     return order, present
