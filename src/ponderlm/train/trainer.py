@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ponderlm.config import ADAPTIVE_METHODS
 from ponderlm.data.loader import read_meta
 from ponderlm.errors import PonderError
 from ponderlm.train import checkpoint as ckpt
@@ -503,16 +504,17 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
         "steps": result.step, "tokens_seen": result.tokens_seen, "val_ppl": result.val_ppl,
         "avg_executed_steps": result.executed_steps, "parameters": sum(p.numel() for p in model.parameters())})
     rundir.publish_dir(staging, final)
+    K = model.config.max_steps
+    depth_share = [last_eval[f"val_depth_share_{k}"] for k in range(K + 1) if f"val_depth_share_{k}" in last_eval]
+    sample_view = None
     if cfg.train.sample_tokens > 0 and cfg.train.sample_prompt:
-        ids = torch.tensor([tokenizer.encode(cfg.train.sample_prompt)], device=model.device)
-        model.eval()
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=cfg.train.sample_tokens, do_sample=False)
-        result.sample = tokenizer.decode(gen[0].tolist(), skip_special_tokens=True)
+        sample_view = _sample(model, tokenizer, cfg)
+        result.sample = tokenizer.decode([i for i, _ in sample_view], skip_special_tokens=True)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "val_loss": result.val_loss,
                "val_ppl": result.val_ppl, "unigram_ppl": result.unigram_ppl,
-               "avg_executed_steps": result.executed_steps, "max_steps_K": model.config.max_steps,
-               "final": str(final), "sample": result.sample}
+               "avg_executed_steps": result.executed_steps, "max_steps_K": K, "depth_share": depth_share,
+               "final": str(final), "sample": result.sample,
+               "sample_steps": None if sample_view is None else [s for _, s in sample_view]}
     rundir.write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     print(f"\ndone: {result.step} steps, {result.tokens_seen:,} tokens\n"
           f"val perplexity {result.val_ppl:.2f} (loss {result.val_loss:.4f}) vs unigram baseline "
@@ -520,5 +522,44 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
           f"avg executed steps {result.executed_steps:.2f} of K={model.config.max_steps}\n"
           f"run dir  {out}  (config.yaml, metrics.jsonl, checkpoints/, tb/)\n"
           f"model    {final}  (PonderForCausalLM.from_pretrained)")
-    if result.sample is not None:
-        print(f"sample   {result.sample!r}")
+    if depth_share and model.config.method in ADAPTIVE_METHODS:
+        shares = " | ".join(f"{k} step{'s' if k != 1 else ''} {100 * v:.0f}%" for k, v in enumerate(depth_share))
+        print(f"learned depth per token (validation): {shares}")
+    if sample_view is not None:
+        _print_sample(tokenizer, sample_view, len(tokenizer.encode(cfg.train.sample_prompt)), K, cfg)
+
+
+def _sample(model: Any, tokenizer: Any, cfg: RunConfig) -> list[tuple[int, float | None]]:
+    """A sampled continuation of train.sample_prompt (seeded by train.seed) as (token id, executed steps) pairs.
+
+    Sampling (temperature / top-k, as users of `ponderlm generate` see it) rather than greedy: a barely trained
+    model's greedy continuation is a loop of its most frequent token, which says nothing about the model.
+    """
+    t = cfg.train
+    ids = torch.tensor([tokenizer.encode(t.sample_prompt)], device=model.device)
+    sampling = {"do_sample": True, "temperature": t.sample_temperature, "top_k": t.sample_top_k} \
+        if t.sample_temperature > 0 else {"do_sample": False}
+    generator = torch.Generator(device=model.device).manual_seed(t.seed)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=t.sample_tokens, return_dict_in_generate=True, generator=generator,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+    sequence = out.sequences[0].tolist()
+    steps = out.executed_steps[0].float().tolist()
+    return [(tok, steps[i] if i < len(steps) else None) for i, tok in enumerate(sequence)]
+
+
+def _print_sample(tokenizer: Any, view: list[tuple[int, float | None]], prompt_len: int, K: int,
+                  cfg: RunConfig) -> None:
+    """The sample, each token coloured by the latent steps it used (ANSI on a terminal; digits otherwise)."""
+    from ponderlm.inference.render import depth_view, legend_ansi, render_ansi
+
+    how = (f"temperature {cfg.train.sample_temperature:g}, top-k {cfg.train.sample_top_k}"
+           if cfg.train.sample_temperature > 0 else "greedy")
+    ids, steps = [i for i, _ in view], [s for _, s in view if s is not None]
+    if sys.stdout.isatty() and K > 0:
+        print(f"sample ({how}):\n  {render_ansi(depth_view(tokenizer, ids, steps, prompt_len), K)}\n  {legend_ansi(K)}")
+        return
+    print(f"sample   {tokenizer.decode(ids, skip_special_tokens=True)!r}  ({how})")
+    if K > 0:  # the steps each token used, in token order, where colours are not available
+        print("steps    " + "".join(str(int(s)) for s in steps) + f"  (additional steps per consumed token, K={K})")
