@@ -126,7 +126,8 @@ def claims(records: dict[tuple[str, int], dict[str, Any]], pareto: dict[int, lis
         p2 = ppl("ponderlm2", s)
         learned = _by_policy(pareto.get(s, []), "ponderlm3").get("learned", [])
         reaching = [p for p in learned if p2 is not None and p["ppl"] <= p2]
-        rows.append({"seed": s, "ponderlm2_ppl": p2, "ponderlm2_steps": 3.0,
+        p2_steps = records[("ponderlm2", s)]["avg_steps"] if ("ponderlm2", s) in records else None
+        rows.append({"seed": s, "ponderlm2_ppl": p2, "ponderlm2_steps": p2_steps,
                      "ponderlm3_curve": sorted((p["avg_steps"], p["ppl"], p["alpha"]) for p in learned),
                      "fewest_steps_at_or_below_ponderlm2_ppl": min((p["avg_steps"] for p in reaching), default=None),
                      "iso_flops": iso_flops_comparison(pareto.get(s, []), "ponderlm3")})
@@ -176,6 +177,92 @@ def table(records: dict[tuple[str, int], dict[str, Any]], methods: tuple[str, ..
         tok_s = decode["rows"][m]["tok_per_s"] if decode and m in decode["rows"] else float("nan")
         lines.append(f"| {m} | {mean:.1f} ± {spread:.1f} | {per_seed} | {steps:.2f} | {fr:.2f}x | {tf:.1f} "
                      f"| {tfr:.1f}x | {minutes:.1f} | {tok_s:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def eval_curve(run: Path) -> list[tuple[int, float]]:
+    """(tokens seen, val loss) at every evaluation of a run (the last row wins for a repeated step)."""
+    rows = [r for r in _read_jsonl(run / "metrics.jsonl") if r.get("kind") in ("eval", "train")]
+    tokens = {r["step"]: r["tokens_seen"] for r in rows if r["kind"] == "train"}
+    evals = {r["step"]: r["val_loss"] for r in rows if r["kind"] == "eval"}
+    return [(tokens[step], loss) for step, loss in sorted(evals.items()) if step in tokens]
+
+
+def gap_trend(curves: dict[str, dict[int, list[tuple[int, float]]]], method: str) -> dict[str, Any]:
+    """The validation-loss gap to vanilla (mean over seeds) at each evaluation, and a straight-line fit of the
+    gap against log(tokens) over the last three points: its slope per doubling of tokens and, when the gap is
+    positive and shrinking, the token count where the line reaches zero. An extrapolation, labelled as such."""
+    import math
+
+    def mean_curve(m: str) -> dict[int, float]:
+        by_tokens: dict[int, list[float]] = {}
+        for curve in curves.get(m, {}).values():
+            for tokens, loss in curve:
+                by_tokens.setdefault(tokens, []).append(loss)
+        return {t: statistics.fmean(v) for t, v in by_tokens.items() if len(v) == len(curves[m])}
+
+    ours, base = mean_curve(method), mean_curve("vanilla")
+    points = sorted((t, ours[t] - base[t]) for t in ours if t in base)
+    result: dict[str, Any] = {"gap": points}
+    tail = points[-3:]
+    if len(tail) >= 2:
+        xs, ys = [math.log2(t) for t, _ in tail], [g for _, g in tail]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
+        result["slope_per_doubling"] = slope
+        last_t, last_gap = tail[-1]
+        if last_gap > 0 and slope < 0:
+            result["extrapolated_crossing_tokens"] = last_t * 2 ** (last_gap / -slope)
+    return result
+
+
+def plot_curves(curves: dict[str, dict[int, list[tuple[int, float]]]], path: Path) -> Path:
+    """Validation loss vs training tokens, every method on one plot (mean over seeds; seeds as thin lines)."""
+    from ponderlm.eval.plots import _figure, _save
+
+    fig, axes = _figure(ncols=1, width=7.0, height=4.6)
+    ax = axes[0]
+    for i, (method, by_seed) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        for curve in by_seed.values():
+            ax.plot([t for t, _ in curve], [v for _, v in curve], "-", color=color, alpha=0.25, linewidth=0.8)
+        tokens = sorted({t for curve in by_seed.values() for t, _ in curve})
+        mean = [statistics.fmean(v for curve in by_seed.values() for tt, v in curve if tt == t) for t in tokens]
+        ax.plot(tokens, mean, "-o", color=color, markersize=3, label=f"{method} ({len(by_seed)} seeds)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def recipe_table(old: dict[tuple[str, int], dict[str, Any]], new: dict[tuple[str, int], dict[str, Any]],
+                 methods: tuple[str, ...], seeds: tuple[int, ...]) -> str:
+    """Old recipe (tied embeddings, HF init) vs the faithful one, same budget and K, every seed."""
+    lines = ["| method | old recipe: val ppl per seed (mean) | faithful recipe: val ppl per seed (mean) "
+             "| ratio to vanilla, old -> faithful |", "|---|---|---|---|"]
+    for m in methods:
+        cells = []
+        for recs in (old, new):
+            vals = [recs[(m, s)]["val_ppl"] for s in seeds if (m, s) in recs]
+            cells.append(" / ".join(f"{v:.1f}" for v in vals) + (f" ({statistics.fmean(vals):.1f})" if vals else ""))
+        ratios = []
+        for recs in (old, new):
+            pairs = [(recs[(m, s)]["val_ppl"], recs[("vanilla", s)]["val_ppl"]) for s in seeds
+                     if (m, s) in recs and ("vanilla", s) in recs]
+            ratios.append(f"{statistics.fmean(a / b for a, b in pairs):.2f}x" if pairs else "-")
+        lines.append(f"| {m} | {cells[0]} | {cells[1]} | {ratios[0]} -> {ratios[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def k_table(by_k: dict[int, dict[str, Any]], vanilla: dict[str, Any] | None) -> str:
+    lines = ["| PonderLM-2 K | val ppl (seed 0) | vs vanilla | inference FLOPs vs vanilla | training FLOPs vs vanilla "
+             "| training time, 1 thread (min) |", "|---|---|---|---|---|---|"]
+    for k, r in sorted(by_k.items()):
+        rel = f"{r['val_ppl'] / vanilla['val_ppl']:.2f}x" if vanilla else "-"
+        lines.append(f"| {k} | {r['val_ppl']:.1f} | {rel} | {r['flops_ratio']:.2f}x | {r['train_flops_ratio']:.1f}x "
+                     f"| {r['train_seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,14 +325,61 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
         src = out / "analysis" / f"s{seeds[0]}" / method / f"{name}.png"
         if src.exists():
             shutil.copyfile(src, docs / f"{name}-{method}.png")
-    (docs / "table.md").write_text(table(records, methods, seeds, decode))
+    curves = {m: {s: eval_curve(out / "runs" / f"{m}-s{s}") for s in seeds if (m, s) in records} for m in methods}
+    curves = {m: c for m, c in curves.items() if c}
+    if curves:
+        plot_curves(curves, docs / "curves.png")
+    trends = {m: gap_trend(curves, m) for m in curves if m != "vanilla" and "vanilla" in curves}
+    old = {}
+    for path in (out / "runs").glob("old-*-s*"):
+        if (path / "eval.json").exists():
+            m, s = path.name[len("old-"):].rsplit("-s", 1)
+            old[(m, int(s))] = run_record(path, seq_len)
+    by_k = {r["K"]: r for (m, s), r in records.items() if m == "ponderlm2" and s == seeds[0]}
+    for path in (out / "runs").glob(f"k*-ponderlm2-s{seeds[0]}"):
+        if (path / "eval.json").exists():
+            rec = run_record(path, seq_len)
+            by_k[rec["K"]] = rec
+    lr_path = out / "lr.json"
+    lr = json.loads(lr_path.read_text()) if lr_path.exists() else None
+    diagnostics = {}
+    for (m, s), _ in records.items():
+        evals = [r for r in _read_jsonl(out / "runs" / f"{m}-s{s}" / "metrics.jsonl") if r.get("kind") == "eval"]
+        if evals and "input_rms_token" in evals[-1]:
+            diagnostics[f"{m}-s{s}"] = {k: evals[-1][k] for k in evals[-1] if k.startswith(("input_rms", "val_depth"))}
+    text = table(records, methods, seeds, decode)
+    text += "\n### Old vs faithful recipe\n\n" + recipe_table(old, records, ("vanilla", "ponderlm", "ponderlm2"), seeds)
+    text += "\n### PonderLM-2 K sweep\n\n" + k_table(by_k, records.get(("vanilla", seeds[0])))
+    if lr:
+        text += "\n### Learning-rate sweep (seed 0, final val loss from the trainer's evaluation)\n\n"
+        text += "| lr | " + " | ".join(next(iter(lr["val_loss"].values()))) + " | mean |\n"
+        text += "|---|" + "---|" * (len(next(iter(lr["val_loss"].values()))) + 1) + "\n"
+        for rate, losses in lr["val_loss"].items():
+            mark = " (chosen)" if rate == lr["chosen"] else ""
+            text += (f"| {rate}{mark} | " + " | ".join(f"{v:.4f}" for v in losses.values())
+                     + f" | {lr['mean_val_loss'][rate]:.4f} |\n")
+    if trends:
+        text += "\n### Gap to vanilla along training (val loss, mean over seeds)\n\n"
+        text += ("| method | gap at each evaluation (nats) | slope per doubling of tokens (last 3) "
+                 "| extrapolated crossing |\n")
+        text += "|---|---|---|---|\n"
+        for m, tr in trends.items():
+            gaps = " ".join(f"{g:+.3f}" for _, g in tr["gap"])
+            cross = tr.get("extrapolated_crossing_tokens")
+            slope = tr.get("slope_per_doubling")
+            text += (f"| {m} | {gaps} | {'-' if slope is None else f'{slope:+.3f}'} | "
+                     f"{'-' if cross is None else f'~{cross / 1e6:.1f}M tokens'} |\n")
+    (docs / "table.md").write_text(text)
     commands = out / "commands.txt"
     if commands.exists():  # the exact command lines, with the interpreter path made portable
         lines = [" ".join(["python", *line.split()[1:]]) for line in commands.read_text().splitlines() if line]
         (docs / "commands.txt").write_text("\n".join(dict.fromkeys(lines)) + "\n")
     summary = {"seeds": list(seeds), "seq_len": seq_len,
                "runs": {f"{m}-s{s}": r for (m, s), r in records.items()},
-               "claims": claims(records, pareto, analyses, seeds), "decode": decode,
+               "claims": claims(records, pareto, analyses, seeds), "decode": decode, "lr_sweep": lr,
+               "old_recipe": {f"{m}-s{s}": r for (m, s), r in old.items()},
+               "k_sweep": {str(k): r for k, r in by_k.items()}, "gap_to_vanilla": trends,
+               "diagnostics": diagnostics,
                "pareto": {f"s{s}": p for s, p in pareto.items()}}
     (docs / "summary.json").write_text(json.dumps(summary, indent=1))
     print((docs / "table.md").read_text())
