@@ -85,7 +85,7 @@ def table_md(rows: list[dict[str, Any]]) -> str:
         cells += [_fmt(*r["per_difficulty"][d]) if d in r["per_difficulty"] else "" for d in diffs]
         rho = r["spearman"]
         cells += [_fmt(*r["avg_steps"], pct=False, digits=2),
-                  "n/a (fixed depth)" if math.isnan(rho[0]) else _fmt(*rho, pct=False, digits=2),
+                  "n/a (constant steps)" if math.isnan(rho[0]) else _fmt(*rho, pct=False, digits=2),
                   f"{r['train_seconds'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     iso = [r for r in rows if r["method"] in ADAPTIVE]
