@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--breaks", action="store_true", help="only report graph breaks of one decode step per method")
+    p.add_argument("--decode-only", action="store_true", help="skip the training measurement")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.breaks:
@@ -102,11 +103,13 @@ def main() -> None:
                     decode_run(models[name].eval(), ids[:1, :16], args.new_tokens)
             return fn
 
-        train = interleaved_medians({n: train_step(n) for n in models}, repeats=args.repeats, warmup=2)
+        row: dict[str, object] = {"method": method}
+        if not args.decode_only:
+            train = interleaved_medians({n: train_step(n) for n in models}, repeats=args.repeats, warmup=2)
+            row.update({"train s/step eager": train["eager"], "compiled": train["compiled"],
+                        "train speedup": train["eager"] / train["compiled"]})
         dec = interleaved_medians({n: decode(n) for n in models}, repeats=args.repeats, warmup=2)
-        rows.append({"method": method, "train s/step eager": train["eager"], "compiled": train["compiled"],
-                     "train speedup": train["eager"] / train["compiled"],
-                     "decode s eager": dec["eager"], "decode s compiled": dec["compiled"],
+        rows.append({**row, "decode s eager": dec["eager"], "decode s compiled": dec["compiled"],
                      "decode speedup": dec["eager"] / dec["compiled"]})
     print(f"# torch.compile(model.model, dynamic=True) d={args.hidden} L={args.layers} K={args.K} "
           f"train B={args.batch} T={args.seq}; decode batch 1, 16 prompt + {args.new_tokens} new tokens; "
