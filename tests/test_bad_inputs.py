@@ -174,6 +174,8 @@ CASES = [
     # README order: CONFIG, flags, then overrides (the override must be parsed: its bad value is reported)
     Case("override-after-flags", "train {recipe} --out {tmp}/run --max-steps 1 train.seed=-7",
          r"train\.seed must be in \[0, 2\*\*32\), got -7"),
+    Case("config-between-flags", "train --max-steps 1 {recipe} --out {tmp}/run data.seq_len=128",
+         r"data\.seq_len \(128\) exceeds model\.max_position_embeddings \(64\)"),
     Case("meta-json-broken", f"{TRAIN} data.data_dir={{tmp}}/d", r"meta\.json is not valid JSON .*data prepare",
          _prepared_copy('{"vocab_size": 4096, "dtype": ')),
     Case("meta-json-null", f"{TRAIN} data.data_dir={{tmp}}/d", r"meta\.json is damaged .*data prepare",
@@ -191,6 +193,9 @@ CASES = [
     Case("resume-user-files", "train {recipe} --out {tmp}/own --resume", r"--resume: .*own is not a ponderlm run",
          _user_files),
     Case("resume-missing-dir", "train {recipe} --out {tmp}/none --resume", r"--resume: .*none does not exist"),
+    Case("resume-no-config", "train --out {tmp}/run --resume", r"--resume: .*run has no config\.yaml to resume with",
+         _write("run/.ponderlm.lock", "")),
+    Case("resume-missing-dir-no-config", "train --out {tmp}/none --resume", r"--resume: .*none does not exist"),
     Case("out-holds-finished-run", "train {recipe} --out {tmp}/run",
          r"already holds a run \(checkpoint at step 4\); pass --resume", _finished_run),
     # -- loading a saved model

@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["train"]  # `ponderlm` alone behaves like `ponderlm train`: the CPU quickstart
     args, extra = parser.parse_known_args(argv)
     # `ponderlm train CONFIG --out DIR key=value`: argparse ends a positional list at the first flag, so
-    # overrides after flags come back unparsed; commands that take key=value positionals accept them anywhere.
-    if extra and isinstance(getattr(args, "args", None), list) and all("=" in x and not x.startswith("-")
-                                                                        for x in extra):
+    # positionals after flags come back unparsed; commands with a free positional list accept them anywhere.
+    if extra and isinstance(getattr(args, "args", None), list) and not any(x.startswith("-") for x in extra):
         args.args += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -66,7 +66,9 @@ def _run(args: argparse.Namespace) -> int:
     config, overrides = _split_positionals(args.args)
     if args.resume and not args.out:
         raise PonderError("--resume needs --out DIR (the run directory to continue)")
-    if args.resume and config is None and args.preset is None and (Path(args.out) / "config.yaml").is_file():
+    if args.resume and config is None and args.preset is None and Path(args.out).is_dir():
+        if not (Path(args.out) / "config.yaml").is_file():  # never fall back to the quickstart recipe here
+            raise PonderError(f"--resume: {args.out} has no config.yaml to resume with; pass the run's CONFIG too")
         config = str(Path(args.out) / "config.yaml")
     cfg = load_config(config, overrides, preset=args.preset)
     if args.method is not None:
