@@ -107,7 +107,7 @@ async def _complete(engine: Engine, request: Request, req: CompletionRequest, pa
 
     try:
         for i, ids in enumerate(prompts):
-            er = EngineRequest(prompt_ids=ids, params=params, emit=emitter(i), n=req.n)
+            er = EngineRequest(prompt_ids=ids, params=params, emit=emitter(i), n=req.n, stream=req.stream)
             engine.submit(er)
             submitted.append(er)
     except QueueFull as exc:

@@ -74,6 +74,7 @@ class EngineRequest:
     params: SamplingParams
     emit: Callable[[Event | Exception], None]
     n: int = 1
+    stream: bool = True  # False: one Event per choice when it finishes (fewer cross-thread hand-offs)
     cancelled: bool = False
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     open_choices: int = -1  # set to n on admission; the request is finished when it reaches 0
@@ -90,6 +91,7 @@ class _Choice:
     prefix_offset: int = 0  # incremental detokenization window, as in vLLM
     read_offset: int = 0
     sent: int = 0  # characters of text already emitted
+    held: Event | None = None  # output not yet emitted (non-streaming requests)
     pending: int = 0  # last sampled token, consumed by the next lockstep call
 
 
@@ -194,56 +196,77 @@ class Engine:
         return self.max_batch - sum(b.running() for b in self._batches.values())
 
     def _admit(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting or (self._waiting[0].params.max_tokens > 0
-                                         and self._waiting[0].n > self._free_rows()):
-                    return
-                req = self._waiting.popleft()
-                self.metrics.set_queue(len(self._waiting))
-            if req.cancelled:
-                self.metrics.finished("cancelled")
-                continue
+        """Move waiting requests into free rows, in arrival order; those sharing decoding options are
+        prefilled together as one left-padded batch (one set of prefill calls instead of one per request)."""
+        admitted: list[EngineRequest] = []
+        with self._lock:
+            free = self._free_rows()
+            while self._waiting:
+                req = self._waiting[0]
+                need = req.n if req.params.max_tokens > 0 else 0
+                if req.cancelled:
+                    self._waiting.popleft()
+                    self.metrics.finished("cancelled")
+                    continue
+                if need > free:
+                    break
+                free -= need
+                admitted.append(self._waiting.popleft())
+            self.metrics.set_queue(len(self._waiting))
+        groups: dict[tuple, list[EngineRequest]] = {}
+        for req in admitted:
+            groups.setdefault(tuple(sorted(self._options(req.params).items())), []).append(req)
+        for key, reqs in groups.items():
             try:
-                self._prefill_and_place(req)
+                self._prefill_and_place(dict(key), reqs)
             except Exception as exc:  # a request must never take the engine down
-                req.emit(exc)
-                self.metrics.finished("error")
+                for req in reqs:
+                    req.emit(exc)
+                    self.metrics.finished("error")
 
     def _options(self, params: SamplingParams) -> dict[str, Any]:
         return {"tau": self.defaults["tau"] if params.tau is None else params.tau,
                 "alpha": self.defaults["alpha"] if params.alpha is None else params.alpha}
 
     @torch.no_grad()
-    def _prefill_and_place(self, req: EngineRequest) -> None:
-        model, params = self.model, req.params
-        options = self._options(params)
-        ids = torch.tensor([req.prompt_ids], device=self.device)
+    def _prefill_and_place(self, options: dict[str, Any], reqs: list[EngineRequest]) -> None:
+        """Prefill `reqs` (same options) with the method's own `prefill`, then splice each into free rows."""
+        model = self.model
+        width = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.zeros(len(reqs), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, req in enumerate(reqs):  # left padding, as `generate` batches prompts
+            ids[i, width - len(req.prompt_ids):] = torch.tensor(req.prompt_ids)
+            mask[i, width - len(req.prompt_ids):] = 1
         with decode_options(model, **options):
-            state = new_state(model, 1, ids.shape[1] + params.max_tokens)
-            logits, steps = model.method.prefill(model, state, ids, torch.ones_like(ids))
-        self.metrics.prompt_tokens(ids.shape[1])
-        if params.echo and params.logprobs is not None:
-            req.prompt_logprobs = self._prompt_logprobs(req.prompt_ids, logits[0], params.logprobs)
-        req.open_choices = req.n
-        if params.max_tokens == 0:  # echo / scoring only: nothing to decode
-            for i in range(req.n):
-                req.emit(Event(choice=i, finish_reason="length"))
-            self.metrics.finished("ok")
-            return
+            state = new_state(model, len(reqs), width + max(r.params.max_tokens for r in reqs))
+            logits, steps = model.method.prefill(model, state, ids, mask)
         key = tuple(sorted(options.items()))
-        batch = self._batches.get(key)
-        if batch is None:
-            batch = self._batches[key] = _Batch(model, options, self.max_batch)
-        starts = []
-        for i in range(req.n):
-            row = batch.free_row()
-            row_ops.splice_row(batch.state, row, state)
-            choice = self._new_choice(req, i)
-            batch.choices[row] = choice
-            if self._sample(batch, row, choice, logits[0, -1], float(steps[0, -1])):
-                starts.append(row)
-        self._start_rows(batch, starts)
+        batch, starts = self._batches.get(key), []  # all of reqs go to this one batch (same options)
+        for i, req in enumerate(reqs):
+            params = req.params
+            self.metrics.prompt_tokens(len(req.prompt_ids))
+            if params.echo and params.logprobs is not None:
+                own = logits[i, width - len(req.prompt_ids):]
+                req.prompt_logprobs = self._prompt_logprobs(req.prompt_ids, own, params.logprobs)
+            req.open_choices = req.n
+            if params.max_tokens == 0:  # echo / scoring only: nothing to decode
+                for c in range(req.n):
+                    req.emit(Event(choice=c, finish_reason="length"))
+                self.metrics.finished("ok")
+                continue
+            batch = self._batches.get(key)
+            if batch is None:
+                batch = self._batches[key] = _Batch(model, options, self.max_batch)
+            for c in range(req.n):
+                row = batch.free_row()
+                row_ops.splice_row(batch.state, row, state, src_row=i)
+                choice = self._new_choice(req, c)
+                batch.choices[row] = choice
+                if self._sample(batch, row, choice, logits[i, -1], float(steps[i, -1])):
+                    starts.append(row)
+        if batch is not None:
+            self._start_rows(batch, starts)
 
     def _new_choice(self, req: EngineRequest, index: int) -> _Choice:
         p = req.params
@@ -336,7 +359,12 @@ class Engine:
         event.text = text[choice.sent:]
         choice.sent = len(text)
         event.finish_reason, event.stop_reason = finish, stop_reason
-        choice.req.emit(event)
+        if not choice.req.stream:
+            if choice.held is not None:
+                event = _merge(choice.held, event)
+            choice.held = event if finish is None else None
+        if choice.req.stream or finish is not None:
+            choice.req.emit(event)
         if finish is None:
             return True
         self._release(batch, row, "ok")
@@ -400,3 +428,9 @@ class Engine:
                 if cache.length > max(64, 2 * longest):
                     row_ops.compact(batch.state)
 
+
+def _merge(first: Event, second: Event) -> Event:
+    """One event carrying both events' output, in order."""
+    return Event(choice=first.choice, text=first.text + second.text, token_ids=first.token_ids + second.token_ids,
+                 steps=first.steps + second.steps, logprobs=first.logprobs + second.logprobs,
+                 finish_reason=second.finish_reason, stop_reason=second.stop_reason)
