@@ -199,11 +199,18 @@ def summary(out) -> list[tuple]:
 def test_16_concurrent_mixed_requests_equal_each_served_alone(server, reference):
     model, tok = reference
     reqs = mixed_requests(tok, taus(model, tok))
-    server.engine.peak_running = 0
+    server.engine.peak_running = server.engine.compactions = 0
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda r: server.client.completions.create(model=NAME, **r), reqs))
-    assert server.engine.peak_running > 1  # requests really shared backbone calls
+    # Requests really shared backbone calls (the batch grew to hold them) and rows left a running batch
+    # that was then compacted: the equalities below cover row splicing, growth and compaction.
+    assert server.engine.peak_running > 1 and server.engine.compactions > 0
     for req, both in zip(reqs, together, strict=True):
+        if req["temperature"] == 0 and "n" not in req and not req.get("stop"):  # the independent reference too
+            ids = tok(req["prompt"], add_special_tokens=False)["input_ids"]
+            new, steps = reference_generate(model, ids, req["max_tokens"], req["extra_body"]["tau"])
+            assert list(both.choices[0].logprobs.tokens) == [tok.decode([t]) for t in new]
+            assert both.choices[0].model_extra["ponder_steps"] == steps
         alone = server.client.completions.create(model=NAME, **req)
         a, b = summary(alone), summary(both)
         assert [x[:5] for x in a] == [x[:5] for x in b]  # same tokens, texts, finish reasons and steps

@@ -10,7 +10,9 @@ never does, all done here on the cache's public tensors and all leaving every ot
   a row's own finite-bias entries in their order, so the row then decodes exactly as it would alone;
 - `release_row`: forget a row (finished or cancelled) so its stale entries never matter again;
 - `compact`: drop invisible entries (pack each row's visible entries left, in order), so a server
-  that never drains does not attend over an ever-growing column count.
+  that never drains does not attend over an ever-growing column count;
+- `grow_rows`: add rows to a running state, so a batch holds about as many rows as requests (idle
+  rows still cost mask and attention work in every call).
 """
 
 from __future__ import annotations
@@ -66,6 +68,32 @@ def _set_idle(state: DecodeState, row: int) -> None:
         busy = schedule["busy"].clone()
         busy[row] = False
         schedule["busy"] = busy
+
+
+def grow_rows(model, state: DecodeState, batch: int) -> None:
+    """Give `state` `batch` rows (more than now); the new rows are empty and idle."""
+    old = state.next_position.shape[0]
+
+    def pad(t: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        out = t.new_zeros((batch, *t.shape[1:])) if fresh is None else fresh
+        out[:old] = t
+        return out
+
+    for cache in state.caches:
+        cache.keys = [pad(k) for k in cache.keys]
+        cache.values = [pad(v) for v in cache.values]
+        for name in _META:
+            setattr(cache, name, pad(getattr(cache, name)))
+        cache.bias[old:] = NEG_INF
+        cache.batch_size = batch
+    state.next_position = pad(state.next_position)
+    schedule = state.extras.get("row")
+    if schedule is not None:
+        # New rows start from the method's own initial values (not zeros: e.g. gates start at one).
+        param = next(model.parameters())
+        fresh = {"inputs": None, "depth": None, "busy": None,
+                 **model.method.row_extras(batch, param.device, param.dtype)}
+        state.extras["row"] = {k: pad(v, fresh.get(k)) for k, v in schedule.items()}
 
 
 def visible_counts(cache: SlotKVCache) -> torch.Tensor:

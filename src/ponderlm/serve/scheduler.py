@@ -96,16 +96,26 @@ class _Choice:
 
 
 class _Batch:
-    """Running rows that share decoding options: one DecodeState of max_batch rows."""
+    """Running rows that share decoding options: one DecodeState, grown by doubling up to max_batch rows."""
 
-    def __init__(self, model, options: dict[str, Any], max_batch: int) -> None:
+    def __init__(self, model, options: dict[str, Any], rows: int, max_batch: int) -> None:
+        self.model = model
         self.options = options
-        self.state = new_state(model, max_batch, 64)
-        self.choices: list[_Choice | None] = [None] * max_batch
+        self.max_batch = max_batch
+        self.state = new_state(model, rows, 64)
+        self.choices: list[_Choice | None] = [None] * rows
         self.released = False  # a row left since the last compaction check
 
-    def free_row(self) -> int | None:
-        return next((r for r, c in enumerate(self.choices) if c is None), None)
+    def free_row(self) -> int:
+        """A free row; the batch doubles (up to max_batch) when all are taken. Rows are never fewer than needed:
+        the engine admits only while the running rows of all batches stay within max_batch."""
+        row = next((r for r, c in enumerate(self.choices) if c is None), None)
+        if row is None:
+            row = len(self.choices)
+            size = min(self.max_batch, 2 * row)
+            row_ops.grow_rows(self.model, self.state, size)
+            self.choices += [None] * (size - row)
+        return row
 
     def running(self) -> int:
         return sum(c is not None for c in self.choices)
@@ -136,6 +146,7 @@ class Engine:
         self._batches: dict[tuple, _Batch] = {}
         self._thread: threading.Thread | None = None
         self.peak_running = 0  # most choices ever decoded together (tests check that batching happened)
+        self.compactions = 0
 
     # ------------------------------------------------------------------ thread-safe API
     def submit(self, req: EngineRequest) -> None:
@@ -256,8 +267,10 @@ class Engine:
                 self.metrics.finished("ok")
                 continue
             batch = self._batches.get(key)
-            if batch is None:
-                batch = self._batches[key] = _Batch(model, options, self.max_batch)
+            if batch is None:  # start at the rows this admission needs; grown by doubling later
+                need = sum(r.n for r in reqs if r.params.max_tokens > 0)
+                rows = min(self.max_batch, 1 << max(need - 1, 0).bit_length())
+                batch = self._batches[key] = _Batch(model, options, rows, self.max_batch)
             for c in range(req.n):
                 row = batch.free_row()
                 row_ops.splice_row(batch.state, row, state, src_row=i)
@@ -286,8 +299,8 @@ class Engine:
         if not rows or not self.row_schedule:
             return
         state = batch.state
-        tokens = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
-        mask = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
+        tokens = torch.zeros(len(batch.choices), dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(batch.choices), dtype=torch.bool, device=self.device)
         for row in rows:
             tokens[row], mask[row] = batch.choices[row].pending, True
         with decode_options(self.model, **batch.options):
@@ -427,6 +440,7 @@ class Engine:
                 longest = int(row_ops.visible_counts(cache).max())
                 if cache.length > max(64, 2 * longest):
                     row_ops.compact(batch.state)
+                    self.compactions += 1
 
 
 def _merge(first: Event, second: Event) -> Event:
