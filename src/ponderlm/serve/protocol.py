@@ -75,8 +75,6 @@ class CompletionRequest(BaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise RequestError(400, "stop must be at most 4 non-empty strings", "stop")
-        if self.stream and self.n > 1 and self.echo:
-            raise RequestError(400, "echo with n > 1 is not supported when streaming", "echo")
         return SamplingParams(max_tokens=16 if self.max_tokens is None else self.max_tokens,
                               temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, stop=stops, seed=self.seed,
