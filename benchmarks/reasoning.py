@@ -12,7 +12,7 @@ Everything is the public CLI / Python API: `ponderlm data synth`, `ponderlm trai
 is skipped on the next call; a run killed during training resumes from its newest checkpoint.
 
 Runs go in priority order, so a partial benchmark still answers the main questions: seed 0 of vanilla,
-PonderLM-2 K = 1, the three adaptive methods at K = 3, PonderLM-2 K = 2, 3 and pause / looped / PonderLM at
+PonderLM-2 K = 1, the three adaptive methods at K = 3 (cheapest first), PonderLM-2 K = 2, 3 and pause / looped / PonderLM at
 K = 3; then the other seeds of those; then K = 1, 2 of the other methods. Nothing is tuned per method: one
 recipe (below) for all, method options at their documented defaults.
 
@@ -61,7 +61,7 @@ def run_name(method: str, k: int, seed: int) -> str:
 
 def plan(seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
     """(method, K, seed) in priority order; vanilla has K = 0."""
-    core = [("vanilla", 0), ("ponderlm2", 1), ("ponderlm3", 3), ("adaponder", 3), ("latent_cot", 3), ("ponderlm2", 2),
+    core = [("vanilla", 0), ("ponderlm2", 1), ("adaponder", 3), ("latent_cot", 3), ("ponderlm3", 3), ("ponderlm2", 2),
             ("ponderlm2", 3), ("pause", 3), ("looped", 3), ("ponderlm", 3)]
     rest = [(m, k) for m in METHODS if m not in ("vanilla", "ponderlm2") for k in KS if k != 3]
     out = [(m, k, s) for s in seeds[:1] for m, k in core]
@@ -95,7 +95,7 @@ class Bench:
         with open(self.out / "commands.txt", "a") as f:
             f.write(line + "\n")
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             print(f"$ {line}", flush=True)
             return main(argv)
 
