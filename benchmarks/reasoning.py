@@ -13,8 +13,8 @@ is skipped on the next call; a run killed during training resumes from its newes
 
 Runs go in priority order, so a partial benchmark still answers the main questions: seed 0 of vanilla,
 PonderLM-2 K = 1, the three adaptive methods at K = 3 (cheapest first), PonderLM-2 K = 2, 3 and pause /
-looped / PonderLM at K = 3; then the other seeds of those; then K = 1, 2 of the other methods. Nothing is tuned per method: one
-recipe (below) for all, method options at their documented defaults.
+looped / PonderLM at K = 3; then the other seeds of those; then K = 1, 2 of the other methods. Nothing is
+tuned per method: one recipe (below) for all, method options at their documented defaults.
 
 What is fixed: the data (`hops`, 8 symbols in a single 8-cycle, hop counts 1 and 2 uniform, 7 queries per
 example, 32 tokens per example, 20,000 train / 500 val / 2,000 test examples, split by permutation), a Llama
