@@ -53,11 +53,15 @@ def test_from_backbone_initialises_method_and_keeps_weights():
 
 
 # --------------------------------------------------------------------------- 2. Jacobi == sequential
-@pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
-@pytest.mark.parametrize("K", [1, 2, 3])
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_ponderlm2_jacobi_equals_sequential(backbone, K, side):
-    model = tiny("ponderlm2", backbone, max_steps=K, jacobi_iters_eval=7 * (K + 1))
+# Every shape with the papers' post_norm feedback; pre_norm (residual stream fed back) on one shape per
+# backbone and padding side, which exercises the same code with the other flag.
+JACOBI_CASES = [(b, K, s, "post_norm") for b in ("llama", "gpt_neox") for K in (1, 2, 3) for s in ("left", "right")]
+JACOBI_CASES += [("llama", 2, "left", "pre_norm"), ("gpt_neox", 3, "right", "pre_norm")]
+
+
+@pytest.mark.parametrize("backbone,K,side,feedback", JACOBI_CASES)
+def test_ponderlm2_jacobi_equals_sequential(backbone, K, side, feedback):
+    model = tiny("ponderlm2", backbone, max_steps=K, jacobi_iters_eval=7 * (K + 1), latent_feedback=feedback)
     ids, mask = padded_batch(side)
     parallel = model(ids, attention_mask=mask)
     seq_logits, seq_steps = sequential_logits(model, ids, mask)
@@ -69,6 +73,29 @@ def test_ponderlm2_jacobi_equals_sequential(backbone, K, side):
     model.config.jacobi_iters_eval = 0
     rough = model(ids, attention_mask=mask).logits
     assert (rough[valid] - seq_logits[valid]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("feedback", ["post_norm", "pre_norm"])
+def test_latent_slot_input_is_the_configured_feedback(feedback):
+    """Slot (1,1) takes slot (1,0)'s output after (post_norm) or before (pre_norm) the final norm, in decoding
+    and in the parallel pass. The two candidates differ, so feeding back the wrong one fails."""
+    model = tiny("ponderlm2", max_steps=1, latent_feedback=feedback)
+    ids = torch.tensor([[5]])
+    inputs: list[torch.Tensor] = []
+    hook = model.model.layers[0].register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            sequential_logits(model, ids)  # two single-slot calls: slot (1,0), then slot (1,1)
+            model(ids)  # stage building, sweeps, then the final pass over the grid [(1,0), (1,1)]
+    finally:
+        hook.remove()
+    with torch.no_grad():  # by hand: slot (1,0) alone, one token at position 0
+        stream = model.model.run_layers(model.embed(ids), torch.zeros_like(ids), None)[0, 0]
+        normed = model.model.norm(stream)
+    expected, other = (stream, normed) if feedback == "pre_norm" else (normed, stream)
+    assert (expected - other).abs().max() > 0.1
+    torch.testing.assert_close(inputs[1][0, 0], expected, atol=1e-5, rtol=1e-5)  # decoding
+    torch.testing.assert_close(inputs[-1][0, 1], expected, atol=1e-5, rtol=1e-5)  # parallel final pass
 
 
 # --------------------------------------------------------------------------- 3. Jacobi RMSE shrinks
@@ -154,6 +181,9 @@ def test_sampling_is_seeded_and_respects_top_k():
         (dict(method="ponderlm2", max_steps=0), "max_steps >= 1"),
         (dict(tau=1.5), "tau"),
         (dict(method="ponderlm2", max_steps=1, depth_policy="uniform", depth_target=0.5), "adaptive method"),
+        (dict(method="ponderlm2", max_steps=1, latent_feedback="raw"), "latent_feedback"),
+        (dict(method="looped", max_steps=1, latent_feedback="pre_norm"), "interleaved method"),
+        (dict(method="adaponder", max_steps=1, latent_feedback="pre_norm"), "interleaved method"),
     ],
 )
 def test_config_validation(kwargs, fragment):

@@ -41,7 +41,8 @@ def force_router(model: PonderForCausalLM, logit: float) -> None:
 def dense_reference(model, ids, mask, depth_predicate: bool = True, depths: torch.Tensor | None = None):
     """Independent reference: K+1 passes over the FULL slot grid (nothing packed, no kv_hook) under the 2-D
     mask built by `slot_causal_mask(..., key_depth=...)`; after pass k, depths <= k are exact.
-    `depths` [B,T], if given, replaces the reach > tau rule. Returns (logits, executed steps)."""
+    `depths` [B,T], if given, replaces the reach > tau rule. Latent inputs follow `latent_feedback`: slot k's
+    output after the final norm, or (pre_norm) its residual stream before it. Returns (logits, executed steps)."""
     cfg, K = model.config, model.config.max_steps
     B, T = ids.shape
     valid = mask.bool()
@@ -54,13 +55,14 @@ def dense_reference(model, ids, mask, depth_predicate: bool = True, depths: torc
     reach, gates = torch.ones(B, T), []
     for k in range(K + 1):
         m = slot_causal_mask(executed.reshape(B, -1), key_depth=depth_idx if depth_predicate else None)
-        hidden = model.model(grid.reshape(B, -1, cfg.hidden_size), pos, m).reshape(B, T, K + 1, -1)
+        stream = model.model(grid.reshape(B, -1, cfg.hidden_size), pos, m, apply_norm=False).reshape(B, T, K + 1, -1)
+        hidden = model.model.norm(stream)
         if k < K:
             gates.append(model.method.router(hidden[:, :, k], k))
             reach = reach * gates[-1]
             keep = reach > cfg.tau if depths is None else depths > k
             executed[:, :, k + 1] = executed[:, :, k] & keep
-            grid[:, :, k + 1] = hidden[:, :, k]
+            grid[:, :, k + 1] = (stream if cfg.latent_feedback == "pre_norm" else hidden)[:, :, k]
     depth = executed[:, :, 1:].sum(-1)
     fused = torch.zeros(B, T, cfg.hidden_size)
     r = torch.ones(B, T)
@@ -74,10 +76,10 @@ def dense_reference(model, ids, mask, depth_predicate: bool = True, depths: torc
 
 
 # ---------------------------------------------------------------- 1. exact: parallel == decode == dense grid
-@pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_parallel_equals_decode_and_dense_reference(backbone, side):
-    model = make(3, backbone)
+@pytest.mark.parametrize("backbone,side,feedback", [(b, side, "post_norm") for b in ("llama", "gpt_neox")
+                                                    for side in ("left", "right")] + [("gpt_neox", "left", "pre_norm")])
+def test_parallel_equals_decode_and_dense_reference(backbone, side, feedback):
+    model = make(3, backbone, latent_feedback=feedback)
     ids, mask = batch(side)
     valid = mask.bool()
     out = model(ids, attention_mask=mask)

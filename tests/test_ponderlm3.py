@@ -40,10 +40,10 @@ def test_tail_cdf():
 
 
 # ---------------------------------------------------------------- 1. tau = 0: decode == Jacobi-converged forward
-@pytest.mark.parametrize("K", [1, 2, 3])
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_no_pruning_sequential_equals_jacobi(K, side):
-    model = make(K, tau=0.0)
+@pytest.mark.parametrize("K,side,feedback", [(K, side, "post_norm") for K in (1, 2, 3) for side in ("left", "right")]
+                         + [(2, "right", "pre_norm")])
+def test_no_pruning_sequential_equals_jacobi(K, side, feedback):
+    model = make(K, tau=0.0, latent_feedback=feedback)
     ids, mask = batch(side)
     out = model(ids, attention_mask=mask)
     logits, steps = sequential_logits(model, ids, mask, tau=0.0, alpha=0.0)
@@ -73,12 +73,14 @@ def test_no_pruning_both_backbones(backbone):
 
 
 # ---------------------------------------------------------------- 2. tau > 0: pruned slots never computed
-@pytest.mark.parametrize("tau", [0.15, 0.3])
-@pytest.mark.parametrize("full_batch_from", [0.0, 2.0], ids=["attend-whole-batch", "gather-active-rows"])
-def test_pruned_slots_are_never_computed_and_match_parallel(tau, full_batch_from, monkeypatch):
+@pytest.mark.parametrize("tau,full_batch_from,feedback", [
+    (tau, full, "post_norm") for tau in (0.15, 0.3) for full in (0.0, 2.0)] + [(0.15, 2.0, "pre_norm")],
+    ids=lambda v: {0.0: "attend-whole-batch", 2.0: "gather-active-rows"}.get(v, str(v)))
+def test_pruned_slots_are_never_computed_and_match_parallel(tau, full_batch_from, feedback, monkeypatch):
     # Both ways of attending for a subset of rows: over the whole batch's K/V, or over gathered rows.
+    # pre_norm: pruned slots (a thresholded Jacobi solve) and skipped rows carry the residual stream.
     monkeypatch.setattr(SlotKVCache, "full_batch_attention_min_fraction", full_batch_from)
-    model = make(3, tau=tau)
+    model = make(3, tau=tau, latent_feedback=feedback)
     ids, mask = batch("left")
     out = model(ids, attention_mask=mask)
     valid = mask.bool()

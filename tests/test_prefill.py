@@ -15,16 +15,18 @@ from test_ponderlm3 import make as mixed_ponderlm3
 from ponderlm.inference.generate import generate
 from ponderlm.inference.sequential import new_state, sequential_logits
 
-BUILDERS = {
-    "vanilla": lambda backbone: tiny_model("vanilla", backbone),
-    "pause": lambda backbone: tiny_model("pause", backbone, max_steps=2),
-    "looped": lambda backbone: tiny_model("looped", backbone, max_steps=2),
-    "ponderlm": lambda backbone: tiny_model("ponderlm", backbone, max_steps=2),
-    "adaponder": lambda backbone: mixed_adaponder(backbone),
-    "latent_cot": lambda backbone: mixed_latent_cot(3, backbone),
+BUILDERS = {  # backbone, **config overrides -> model
+    "vanilla": lambda backbone, **kw: tiny_model("vanilla", backbone, **kw),
+    "pause": lambda backbone, **kw: tiny_model("pause", backbone, max_steps=2, **kw),
+    "looped": lambda backbone, **kw: tiny_model("looped", backbone, max_steps=2, **kw),
+    "ponderlm": lambda backbone, **kw: tiny_model("ponderlm", backbone, max_steps=2, **kw),
+    "adaponder": lambda backbone, **kw: mixed_adaponder(backbone, **kw),
+    "latent_cot": lambda backbone, **kw: mixed_latent_cot(3, backbone, **kw),
     # The default prefill (token by token): PonderLM-3's depth depends on earlier tokens' latent slots.
-    "ponderlm3": lambda backbone: mixed_ponderlm3(3, backbone, tau=0.15),
+    "ponderlm3": lambda backbone, **kw: mixed_ponderlm3(3, backbone, tau=0.15, **kw),
 }
+# Methods whose latent slots take a hidden state: also checked with latent_feedback="pre_norm".
+PRE_NORM = ("latent_cot", "ponderlm3")
 PARALLEL = ("vanilla", "pause", "looped", "ponderlm", "adaponder", "latent_cot")
 EXTRA = 4  # tokens decoded after the prompt
 
@@ -38,11 +40,11 @@ def _continue(model, state, logits: torch.Tensor, valid: torch.Tensor) -> list[t
     return out
 
 
-@pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
-@pytest.mark.parametrize("side", ["left", "none"])
-@pytest.mark.parametrize("method", list(BUILDERS))
-def test_prefill_equals_token_by_token_and_decoding_continues_identically(method, side, backbone):
-    model = BUILDERS[method](backbone)
+@pytest.mark.parametrize("method,side,backbone,feedback", [
+    (m, side, b, "post_norm") for m in BUILDERS for side in ("left", "none") for b in ("llama", "gpt_neox")]
+    + [(m, "left", b, "pre_norm") for m, b in zip(PRE_NORM, ("llama", "gpt_neox"))])
+def test_prefill_equals_token_by_token_and_decoding_continues_identically(method, side, backbone, feedback):
+    model = BUILDERS[method](backbone, latent_feedback=feedback)
     ids, mask = padded_batch(side, length=8)
     valid = mask.bool()
     ref_logits, ref_steps, ref_state = sequential_logits(model, ids, mask, return_state=True)
@@ -90,11 +92,16 @@ def test_generate_with_left_padding_matches_each_prompt_alone():
         assert torch.equal(batched[row, -5:], alone[0, -5:])
 
 
-@pytest.mark.parametrize("method", ["ponderlm3", "adaponder", "latent_cot", "ponderlm"])
-def test_continuous_batching_generates_what_each_row_alone_generates(method):
-    """Rows decoupled (each call advances every row by one slot of its own token) == each prompt alone,
-    and every cache entry is a slot its row computed (no invisible entries for skipped steps)."""
-    model = BUILDERS[method]("llama")
+ROW_SCHEDULE = ("ponderlm3", "adaponder", "latent_cot", "ponderlm")
+
+
+@pytest.mark.parametrize("method,feedback", [(m, "post_norm") for m in ROW_SCHEDULE]
+                         + [(m, "pre_norm") for m in PRE_NORM])
+def test_continuous_batching_generates_what_each_row_alone_generates(method, feedback):
+    """Rows decoupled (each call advances every row by one slot of its own token) == each prompt alone
+    (batch 1: prefill and `decode_token`, not the per-row schedule), and every cache entry is a slot its row
+    computed (no invisible entries for skipped steps)."""
+    model = BUILDERS[method]("llama", latent_feedback=feedback)
     ids, mask = padded_batch("left", length=8)
     out = generate(model, ids, attention_mask=mask, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     new_steps = out.executed_steps[:, ids.shape[1]:]

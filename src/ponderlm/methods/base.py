@@ -247,10 +247,11 @@ class PonderMethod(nn.Module):
         """Key bias [B] of each row's next slot and its visibility predicate (an `allowed_extra_fn` or None)."""
         raise NotImplementedError
 
-    def row_finish(self, model: PonderForCausalLM, state: DecodeState, hidden: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Consume the slot just computed (hidden [B,D], busy rows only). Returns (done [B] bool: the row's
-        token is complete, logits [B,V] of those rows (None if none), executed steps [B] of those rows)."""
+    def row_finish(self, model: PonderForCausalLM, state: DecodeState, hidden: torch.Tensor,
+                   feedback: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Consume the slot just computed (hidden [B,D]: its post-norm state, busy rows only; feedback [B,D]:
+        what the token's next latent slot takes as input, see `final_norm`, None = hidden). Returns (done [B]
+        bool: the row's token is complete, logits [B,V] of those rows (None if none), executed steps [B])."""
         raise NotImplementedError
 
     def decode_capacity(self, num_tokens: int) -> int:
@@ -258,6 +259,25 @@ class PonderMethod(nn.Module):
         return num_tokens * self.config.num_slots_per_token
 
     # -- helpers shared by methods ---------------------------------------------------------------
+    @property
+    def feedback_apply_norm(self) -> bool:
+        """Whether passes whose outputs feed latent slots apply the final norm (`latent_feedback`).
+
+        "post_norm" (the papers): yes, and their outputs are the post-norm states everything reads.
+        "pre_norm": no, such passes return the residual stream, which the next latent slot takes as
+        input, and `final_norm` turns it into the post-norm state every readout (LM head, routers,
+        fusion) still reads. One flag and one helper, so each path keeps a single loop; post_norm
+        runs exactly the ops it always did (`final_norm` is then the identity).
+        """
+        return self.config.latent_feedback != "pre_norm"
+
+    def final_norm(self, model: PonderForCausalLM, out: torch.Tensor) -> torch.Tensor:
+        """Post-norm state of the output of a pass run with `apply_norm=self.feedback_apply_norm`.
+
+        A row or slot that was not computed returns its input (a previous slot's output in the same
+        form), so its post-norm state is the previous slot's, exactly as with post_norm feedback."""
+        return out if self.feedback_apply_norm else model.model.norm(out)
+
     @staticmethod
     def run_cached_slot(
         model: PonderForCausalLM,
@@ -269,12 +289,13 @@ class PonderMethod(nn.Module):
         allowed_extra_fn=None,
         depth_last: torch.Tensor | int | None = None,
         active: torch.Tensor | None = None,
+        apply_norm: bool = True,
     ) -> torch.Tensor:
         """Append one slot per row (inputs [B,D]) at the rows' current position and run the backbone on it.
 
         bias [B]: the new key's bias (-inf for rows that do not own the slot). active [B] bool: if
         given, only those rows are computed (others must have bias -inf; their returned hidden state
-        is the input, unchanged). Returns hidden [B,D].
+        is the input, unchanged). Returns hidden [B,D] (the residual stream if not `apply_norm`).
         """
         cache = state.caches[cache_index]
         position = state.next_position[:, None]
@@ -288,11 +309,11 @@ class PonderMethod(nn.Module):
         extra = allowed_extra_fn(cache) if allowed_extra_fn is not None else None
         mask = decode_mask(cache, extra)
         if rows is None:
-            hidden = model.model(inputs[:, None], position, mask, cache=cache)[:, 0]
+            hidden = model.model(inputs[:, None], position, mask, cache=cache, apply_norm=apply_norm)[:, 0]
         else:
             # The mask keeps every row if the cache attends over the whole batch (see SlotKVCache.reserve).
             rows_mask = mask if cache.full_batch_attention else mask[rows]
-            out = model.model(inputs[rows, None], position[rows], rows_mask, cache=cache)[:, 0]
+            out = model.model(inputs[rows, None], position[rows], rows_mask, cache=cache, apply_norm=apply_norm)[:, 0]
             hidden = inputs.index_copy(0, rows, out.to(inputs.dtype))
         cache.commit()
         state.backbone_calls += 1

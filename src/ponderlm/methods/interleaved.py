@@ -4,6 +4,11 @@ Layout: T(K+1) slots (1,0),(1,1)..(1,K),(2,0).. ; slot (t,0) is the token (scale
 slot (t,k>=1) takes the previous slot's last hidden state as input; all slots of token t share
 position id t; causal attention over slot order; the prediction reads slot (t,K).
 
+`latent_feedback` chooses that fed-back state: "post_norm" (default, the papers) the output after
+the final norm, "pre_norm" the residual stream before it. Only the latent inputs change: the LM
+head, PonderLM-3's router and fusion keep reading post-norm states. Passes feeding latents then
+run without the final norm and `final_norm` applies it where a state is read (`PonderMethod`).
+
 Training solves the self-referential inputs in parallel: K stage-building passes over growing
 prefixes of the slot grid, R Jacobi sweeps over the full grid (R ~ U{jacobi_iters_train}), and a
 final pass whose output is used. With enough sweeps this equals token-by-token decoding exactly.
@@ -74,10 +79,12 @@ class InterleavedPonder(PonderMethod):
         valid: torch.Tensor,
         latent_bias: torch.Tensor | None,
         slot_valid: torch.Tensor | None = None,
+        apply_norm: bool = True,
     ) -> torch.Tensor:
         """Run F over a slot grid [B,T,n,D] (n <= K+1 leading slots per token) -> hidden grid [B,T,n,D].
 
-        slot_valid [B,T,n] optionally removes slots (pruned latent steps) from attention.
+        slot_valid [B,T,n] optionally removes slots (pruned latent steps) from attention. With
+        `apply_norm` False the grid holds the residual stream before the final norm.
         """
         b, t, n, _ = grid_inputs.shape
         key_valid = valid[:, :, None].expand(b, t, n)
@@ -98,7 +105,7 @@ class InterleavedPonder(PonderMethod):
             # Kept slots come first in every row, so a plain causal order never lets a kept slot see the
             # filler behind it: the mask is causal + key bias, which attention folds into the heads.
             mask = slot_causal_mask(present, None) if bias is None else CausalKeyBias(bias)
-            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index), mask)
+            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index), mask, apply_norm=apply_norm)
             return deinterleave(scatter_tokens(inputs, index, present, packed), n)
         if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
             # No padding: the mask is causal plus a key bias, which attention folds into the heads
@@ -106,7 +113,7 @@ class InterleavedPonder(PonderMethod):
             mask = CausalKeyBias(key_bias)
         else:
             mask = slot_causal_mask(interleave(key_valid), key_bias)
-        return deinterleave(model.model(inputs, pos, mask), n)
+        return deinterleave(model.model(inputs, pos, mask, apply_norm=apply_norm), n)
 
     def jacobi(
         self,
@@ -117,7 +124,7 @@ class InterleavedPonder(PonderMethod):
         slot_valid_fn=None,
         trace: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Solve the slot grid; return the final pass's hidden grid [B,T,K+1,D].
+        """Solve the slot grid; return the final pass's (post-norm) hidden grid [B,T,K+1,D].
 
         slot_valid_fn(token_hidden [B,T,D]) -> [B,T,K+1] bool, if given, prunes slots (threshold eval).
         trace, if a list, receives the hidden grid of the last stage and of every sweep (Jacobi RMSE).
@@ -127,7 +134,8 @@ class InterleavedPonder(PonderMethod):
         positions = padding_positions(attention_mask)
         token_inputs = model.embed(input_ids)
         detach = self.config.jacobi_detach and self.training
-        latents: list[torch.Tensor] = []  # inputs of slots 1..n-1, i.e. h^(0..n-2)
+        latents: list[torch.Tensor] = []  # inputs of slots 1..n-1, i.e. h^(0..n-2) (pre-norm under pre_norm)
+        apply_norm = self.feedback_apply_norm
         latent_bias = None
         slot_valid = None
 
@@ -139,19 +147,19 @@ class InterleavedPonder(PonderMethod):
         # All latent inputs are refreshed from the newest pass (a Jacobi update on the prefix grid).
         for _ in range(K):
             n = len(latents) + 1
-            hidden = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias,
-                                    None if slot_valid is None else slot_valid[:, :, :n])
-            latents = [hidden[:, :, j] for j in range(n)]
-            latent_bias, slot_valid = self._refresh(hidden[:, :, 0], slot_valid_fn)
+            out = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias,
+                                 None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
+            latents = [out[:, :, j] for j in range(n)]
+            latent_bias, slot_valid = self._refresh(self.final_norm(model, out[:, :, 0]), slot_valid_fn)
         # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
         for sweep in range(num_sweeps + 1):
-            hidden = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias, slot_valid)
+            out = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias, slot_valid, apply_norm=apply_norm)
             if trace is not None:
-                trace.append(hidden.detach())
+                trace.append(self.final_norm(model, out).detach())
             if sweep < num_sweeps:
-                latents = [hidden[:, :, j] for j in range(K)]
-                latent_bias, slot_valid = self._refresh(hidden[:, :, 0], slot_valid_fn)
-        return hidden
+                latents = [out[:, :, j] for j in range(K)]
+                latent_bias, slot_valid = self._refresh(self.final_norm(model, out[:, :, 0]), slot_valid_fn)
+        return self.final_norm(model, out)
 
     def _refresh(self, token_hidden: torch.Tensor, slot_valid_fn) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         bias = self.latent_key_bias(token_hidden)
@@ -168,11 +176,12 @@ class InterleavedPonder(PonderMethod):
     # ------------------------------------------------------------------ sequential path
     def decode_token(self, model, state: DecodeState, input_ids, valid):
         bias = self.token_bias(valid)
-        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias)
-        slots = [h]
+        apply_norm = self.feedback_apply_norm
+        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias, apply_norm=apply_norm)
+        slots = [self.final_norm(model, x)]
         for k in range(1, self.config.max_steps + 1):
-            h = self.run_cached_slot(model, state, h, k, bias)
-            slots.append(h)
+            x = self.run_cached_slot(model, state, x, k, bias, apply_norm=apply_norm)
+            slots.append(self.final_norm(model, x))
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(slots, dim=1))

@@ -14,6 +14,9 @@ sweep each (no Jacobi) and each pass only needs to run the slots of tokens still
             (kept per layer from the earlier passes by a kv_hook) + the pass's own fresh K/V.
 
 Training compute is (T + sum_t K^_t) slots (+ packing filler in a batch), not T(K+1): it falls with the depth.
+
+`latent_feedback="pre_norm"` feeds `u_t^(k)` = the residual stream of slot k-1 before the final norm;
+the router g_{t,k}, the fusion, the penalty's q_{t,k} = softmax(W_out h^(k)) keep post-norm states.
 Decoding runs the same mask over a `SlotKVCache` whose entries keep their depth index.
 """
 
@@ -120,12 +123,13 @@ class LatentCoT(PonderMethod):
     def depth_pass(
         self, model, inputs: torch.Tensor, positions: torch.Tensor, q_tok: torch.Tensor, q_valid: torch.Tensor,
         past: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor] | None,
+        apply_norm: bool = True,
     ) -> tuple[torch.Tensor, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]]:
         """Run the backbone on packed slots of one depth (inputs [B,A,D]) against the stored keys `past`.
 
         q_tok [B,A]: token index t of each slot (causal order); q_valid [B,A]: False for packing filler.
         past = (per-layer (K, V) of earlier depths, key token index [B,N], key valid [B,N]) or None.
-        Returns (hidden [B,A,D], the updated `past` including this pass's keys).
+        Returns (hidden [B,A,D] (pre-norm if not `apply_norm`), the updated `past` including this pass's keys).
         """
         layers_kv, key_tok, key_valid = past if past is not None else (None, q_tok[:, :0], q_valid[:, :0])
         fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -145,7 +149,7 @@ class LatentCoT(PonderMethod):
         allowed = key_valid[:, None, :] & (key_tok[:, None, :] <= q_tok[:, :, None])
         own = torch.cat([torch.zeros(n_new, n_old, dtype=torch.bool, device=q_tok.device),
                          torch.eye(n_new, dtype=torch.bool, device=q_tok.device)], dim=1)
-        hidden = model.model(inputs, positions, additive_mask(allowed | own[None]), kv_hook=hook)
+        hidden = model.model(inputs, positions, additive_mask(allowed | own[None]), kv_hook=hook, apply_norm=apply_norm)
         return hidden, ([fresh[i] for i in range(len(fresh))], key_tok, key_valid)
 
     def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
@@ -158,20 +162,24 @@ class LatentCoT(PonderMethod):
         inputs, active, reach = model.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
         hidden, gates, executed = [], [], []
         past, slots_computed = None, 0
+        apply_norm = self.feedback_apply_norm
         for k in range(K + 1):
             # Depth 0 is a plain dense pass (padding included, like vanilla); later depths pack the active slots.
             idx, q_valid = pack_active(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
-            out, past = self.depth_pass(model, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid, past)
+            out, past = self.depth_pass(model, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid, past,
+                                        apply_norm=apply_norm)
             slots_computed += idx.numel()
             dense = torch.zeros_like(inputs).scatter(1, idx[..., None].expand_as(out), out)
-            hidden.append(torch.where(active[..., None], dense, torch.zeros_like(dense)))
+            fed = torch.where(active[..., None], dense, torch.zeros_like(dense))  # the next depth's inputs
+            # Readouts see post-norm states (zeros at non-executed slots); under post_norm that is `fed` itself.
+            hidden.append(fed if apply_norm else torch.where(active[..., None], self.final_norm(model, dense), fed))
             executed.append(active)
             if k == K:
                 break
             reach, active = self.continue_step(hidden[-1], k, gates, reach, active, fixed)
             if not active.any():
                 break
-            inputs = hidden[-1]
+            inputs = fed
         depth = torch.stack(executed[1:], -1).sum(-1) if len(executed) > 1 else torch.zeros_like(input_ids)
         gate_t = stack_gates(gates, valid.shape, input_ids.device)
         r, p = exit_weights(gate_t, depth)
@@ -221,8 +229,10 @@ class LatentCoT(PonderMethod):
         positions = prompt_positions(state, valid)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
         fixed = fixed_depths(self.config, rows, positions)
-        h = self.run_cached_block(model, state, model.embed(input_ids), positions, 0, self.token_bias(valid),
-                                  allowed_extra_fn=_depth_at_most(0))
+        apply_norm = self.feedback_apply_norm
+        x = self.run_cached_block(model, state, model.embed(input_ids), positions, 0, self.token_bias(valid),
+                                  allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
+        h = self.final_norm(model, x)
         slots, gates, active = [h], [], valid
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
@@ -232,9 +242,10 @@ class LatentCoT(PonderMethod):
                 break
             index, present = pack_active(active)
             bias = torch.where(present, 0.0, NEG_INF).float()
-            new = self.run_cached_block(model, state, gather_tokens(h, index), gather_tokens(positions, index),
-                                        k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1))
-            h = scatter_tokens(h, index, present, new)
+            new = self.run_cached_block(model, state, gather_tokens(x, index), gather_tokens(positions, index),
+                                        k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1), apply_norm=apply_norm)
+            x = scatter_tokens(x, index, present, new)
+            h = self.final_norm(model, x)
             slots.append(torch.where(active[..., None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long().sum(-1)
@@ -249,8 +260,10 @@ class LatentCoT(PonderMethod):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         fixed = fixed_depths(self.config, rows, state.next_position)
 
-        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid),
-                                 allowed_extra_fn=_depth_at_most(0))
+        apply_norm = self.feedback_apply_norm
+        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid),
+                                 allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
+        h = self.final_norm(model, x)
         slots, gates, active = [h], [], valid
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
@@ -260,8 +273,9 @@ class LatentCoT(PonderMethod):
                 break
             bias = torch.where(active, 0.0, NEG_INF).float()
             # Only the active rows are computed; halted rows keep their input and own no visible entry.
-            h = self.run_cached_slot(model, state, h, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
-                                     active=active)
+            x = self.run_cached_slot(model, state, x, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
+                                     active=active, apply_norm=apply_norm)
+            h = self.final_norm(model, x)
             slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long()
@@ -289,7 +303,7 @@ class LatentCoT(PonderMethod):
         return (torch.zeros(k.shape[0], device=k.device),
                 lambda cache: (cache.entry_view()["depth"] <= k)[:, None, :])  # the 2-D mask, per row
 
-    def row_finish(self, model, state: DecodeState, hidden):
+    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         K = self.config.max_steps
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
@@ -313,7 +327,7 @@ class LatentCoT(PonderMethod):
             _, p = exit_weights(gates, k)
             logits = self.rows_logits(model, fuse_exits(slots, p), done)
             state.next_position += done.long()
-        row["inputs"] = hidden
+        row["inputs"] = hidden if feedback is None else feedback
         row["depth"] = torch.where(busy & keep, k + 1, k)
         row["busy"] = busy & keep
         return done, logits, k.float()

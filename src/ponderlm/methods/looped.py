@@ -7,6 +7,8 @@ loop (the stack's residual stream is fed back un-normalised). The prediction rea
 Decoding keeps one KV cache per loop (`num_caches = K+1`): loop i's layers write and read cache i,
 so each cache holds one entry per token and layer indices stay 0..L-1.
 Cost: K+1 stack runs; executed additional steps = K for every real token.
+`latent_feedback` does not apply (the config rejects pre_norm): there are no latent slots, and the
+loop always feeds its un-normalised stream back (METHODS.md §3), i.e. already "pre-norm" by design.
 """
 
 from __future__ import annotations

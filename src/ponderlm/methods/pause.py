@@ -6,6 +6,7 @@ Slot (t,0) takes the scaled token embedding; slot (t,k>=1) takes the learned pau
 (one per slot index), *not* a hidden state. Since no slot reads another slot's output, one
 parallel pass is exact: no Jacobi. Decoding runs K+1 cached single-slot passes per token.
 Cost: (K+1)x slots; executed additional steps = K for every real token.
+`latent_feedback` is accepted (an interleaved layout) but changes nothing: no slot takes a hidden state.
 """
 
 from __future__ import annotations

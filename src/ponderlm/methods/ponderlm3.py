@@ -9,6 +9,8 @@
 - Jacobi as in PonderLM-2, re-estimating the router from the current `h_t^(0)` inside every sweep.
 - Inference: `K^_t = max{k : w_{t,k} >= tau}`, known as soon as slot (t,0) has run, so slots beyond
   K^_t are never computed nor cached; kept latent keys keep their `log w` bias in the cache.
+- `latent_feedback="pre_norm"` changes only what latent slots take as input (the residual stream);
+  the router reads the post-norm `h_t^(0)` and the fusion post-norm `h_t^(k)` either way.
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ class PonderLM3(InterleavedPonder):
     # ------------------------------------------------------------------ sequential path (real early exit)
     def decode_token(self, model, state: DecodeState, input_ids, valid):
         tok_bias = self.token_bias(valid)
-        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, tok_bias)
+        apply_norm = self.feedback_apply_norm
+        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, tok_bias, apply_norm=apply_norm)
+        h = self.final_norm(model, x)
         s, w = self.route(h)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         depth = torch.where(valid, self.depth(w, rows, state.next_position), 0)
@@ -137,8 +141,8 @@ class PonderLM3(InterleavedPonder):
         for k in range(1, int(depth.max()) + 1):
             active = depth >= k
             bias = torch.where(active, self.mask_bias(w[:, k]), torch.full_like(w[:, k], float("-inf")))
-            h = self.run_cached_slot(model, state, h, k, bias, active=active)
-            slots.append(h)
+            x = self.run_cached_slot(model, state, x, k, bias, active=active, apply_norm=apply_norm)
+            slots.append(self.final_norm(model, x))
         state.next_position += valid.long()
         stacked = torch.stack(slots, dim=1)
         if state.slot_trace is not None:
@@ -162,7 +166,7 @@ class PonderLM3(InterleavedPonder):
         latent = self.mask_bias(row["w"].gather(1, k[:, None])[:, 0])
         return torch.where(k > 0, latent, 0.0), None
 
-    def row_finish(self, model, state: DecodeState, hidden):
+    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
         rows = torch.arange(busy.shape[0], device=busy.device)
@@ -179,7 +183,7 @@ class PonderLM3(InterleavedPonder):
         if bool(done.any()):
             logits = self.rows_logits(model, self.fuse(slots, row["s"], row["target"]), done)
             state.next_position += done.long()
-        row["inputs"] = hidden
+        row["inputs"] = hidden if feedback is None else feedback
         row["depth"] = torch.where(busy & ~done, k + 1, k)
         row["busy"] = busy & ~done
         return done, logits, row["target"].float()

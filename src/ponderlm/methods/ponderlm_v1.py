@@ -12,6 +12,12 @@ depth j at the token's position, and a pass-j query sees the entries with
 `depth <= j <= depth_last`. In v1 every entry has `depth_last == depth`, so a pass-j query sees
 exactly pass j's keys (the same as K+1 separate caches); AdaPonderLM re-points a halted token's
 last entry to `depth_last = K`, so it serves every later pass without a copy.
+
+`latent_feedback` (post_norm / pre_norm) does not apply here, and the config rejects pre_norm: what
+is fed back is no hidden state but the expected next-token embedding P(gamma E), added to the pass
+input U. P = softmax(W_out H) is an LM-head readout, so like the head it reads the post-norm H the
+head is trained on (METHODS.md §4); a "pre-norm" P would be the head applied to a state it never
+sees. AdaPonderLM's gates likewise read the post-norm H.
 """
 
 from __future__ import annotations
@@ -190,7 +196,9 @@ class RecurrentPonder(PonderMethod):
 
         return torch.zeros(j.shape[0], device=j.device), visible
 
-    def row_finish(self, model, state: DecodeState, hidden):
+    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
+        # `feedback` is unused: the next pass takes U + P(gamma E), P read from the post-norm `hidden` by the
+        # LM head, never a hidden state itself, so `latent_feedback` has nothing to switch (see the module doc).
         K = self.config.max_steps
         row = state.extras["row"]
         busy, j = row["busy"], row["depth"]
@@ -219,8 +227,8 @@ class RecurrentPonder(PonderMethod):
         if bool(cont.any()):
             index = cont.nonzero()[:, 0]  # feedback (a full LM head + embedding mix) only where needed
             mixed = self.feedback(model, hidden.index_select(0, index))
-            feedback = torch.zeros_like(hidden).index_copy(0, index, mixed)
-            row["inputs"] = self.next_inputs(row["inputs"], feedback, scale, cont)
+            update = torch.zeros_like(hidden).index_copy(0, index, mixed)
+            row["inputs"] = self.next_inputs(row["inputs"], update, scale, cont)
         row["depth"] = torch.where(cont, j + 1, j)
         row["busy"] = cont
         return done, logits, j.float()
