@@ -47,7 +47,7 @@ SEEDS = (0, 1, 2)
 K = 1
 SEQ_LEN = 64
 BATCH = 8
-STEPS = 300
+STEPS = 200
 EVAL_EVERY = 50  # validation loss curve points (train.eval_batches windows each)
 EVAL_BATCHES = 48  # 48 x 8 x 64 = 24,576 validation tokens, the same windows for every model
 LRS = ("1e-3", "2e-3", "4e-3")  # the sweep; the study uses the one with the lowest mean val loss
@@ -129,10 +129,17 @@ class Study:
         self._pool([(self._cli() + ["data", "prepare", "--input", "default", "--out", str(self.data)],
                      self.out / "prepare.log")])
 
-    def _train_jobs(self, specs: list[tuple[str, str, int, list[str]]]) -> list[tuple[list[str], Path]]:
-        """(run name, method, seed, extra overrides) -> `ponderlm train` jobs, longest first, finished ones skipped."""
+    def _train_jobs(self, specs: list[tuple[str, str, int, list[str]]], evaluate: bool = False
+                    ) -> list[tuple[list[str], Path]]:
+        """(run name, method, seed, extra overrides) -> `ponderlm train` jobs, finished ones skipped.
+
+        Jobs keep the order of `specs` (priority) except that each seed's jobs start longest first, so the
+        worker pool finishes a seed evenly. With `evaluate`, each job also evaluates its run when it finishes,
+        so a study stopped early has every finished run evaluated.
+        """
         jobs = []
-        for name, method, seed, extra in sorted(specs, key=lambda r: -COST[r[1]] * _k_of(r[3])):
+        order = {seed: i for i, seed in enumerate(dict.fromkeys(r[2] for r in specs))}
+        for name, method, seed, extra in sorted(specs, key=lambda r: (order[r[2]], -COST[r[1]] * _k_of(r[3]))):
             run = self.runs / name
             if (run / "summary.json").exists() or (run / "final" / "config.json").exists():
                 continue
@@ -142,6 +149,9 @@ class Study:
             cmd += [*COMMON, f"model.max_steps={0 if method == 'vanilla' else K}", f"train.steps={self.steps}",
                     f"train.eval_every={EVAL_EVERY}", f"model.method={method}", f"data.data_dir={self.data}",
                     f"train.seed={seed}", f"name={name}", *extra]
+            if evaluate:
+                evaluation = [sys.executable, __file__, "_eval_one", str(run), *self._data_args()]
+                cmd = [sys.executable, __file__, "_chain", json.dumps([cmd, evaluation])]
             jobs.append((cmd, self.out / "logs" / f"train-{name}.log"))
         return jobs
 
@@ -164,21 +174,28 @@ class Study:
         return json.loads(path.read_text())["chosen"]
 
     def train(self) -> None:
+        """The main runs and the extra ones (old recipe, K sweep) in one queue, by priority: every run of seed 0
+        first, then seed 1, ...; the K sweep last. Each run is evaluated as soon as it finishes."""
         # Seed-0 runs of the sweep at the chosen rate are exactly the main runs (same command but the name):
         # reuse them instead of training twice.
         for m in LR_METHODS:
             src, dst = self.runs / f"lr{self.lr}-{m}-s0", self.runs / run_name(m, 0)
             if m in self.methods and 0 in self.seeds and (src / "final" / "config.json").exists() and not dst.exists():
                 shutil.copytree(src, dst)
-        self._pool(self._train_jobs([(run_name(m, s), m, s, [f"optim.lr={self.lr}"]) for m, s in self._all_runs()]))
+        lr = f"optim.lr={self.lr}"
+        specs = []
+        for s in self.seeds:
+            specs += [(run_name(m, s), m, s, [lr]) for m in self.methods]
+            specs += [(f"old-{m}-s{s}", m, s, [lr, *OLD_RECIPE]) for m in OLD_METHODS if m in self.methods]
+        # The K sweep is queued as seed -1 of the priority order: after every seed's main and old-recipe runs.
+        sweep = [(f"k{k}-ponderlm2-s{s}", "ponderlm2", s, [lr, f"model.max_steps={k}"]) for k in K_SWEEP
+                 for s in self.seeds[:1]]
+        jobs = self._train_jobs(specs, evaluate=True) + self._train_jobs(sweep, evaluate=True)
+        self._pool(jobs)
 
     def extra(self) -> None:
-        lr = f"optim.lr={self.lr}"
-        specs = [(f"old-{m}-s{s}", m, s, [lr, *OLD_RECIPE]) for s in self.seeds for m in OLD_METHODS
-                 if m in self.methods]
-        specs += [(f"k{k}-ponderlm2-s{s}", "ponderlm2", s, [lr, f"model.max_steps={k}"]) for k in K_SWEEP
-                  for s in self.seeds[:1]]
-        self._pool(self._train_jobs(specs))
+        """Kept for older command lines: the extra runs are part of `train`'s queue."""
+        self.train()
 
     def _extra_runs(self) -> list[Path]:
         runs = [self.runs / f"old-{m}-s{s}" for s in self.seeds for m in OLD_METHODS if m in self.methods]
@@ -274,6 +291,16 @@ def _final_val_loss(run: Path) -> float:
     return evals[-1]["val_loss"]
 
 
+def _chain(argv: list[str]) -> int:
+    """Run the commands of a JSON list one after the other, stopping at the first failure."""
+    for cmd in json.loads(argv[0]):
+        print(f"$ {shlex.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            return rc
+    return 0
+
+
 def _eval_one(argv: list[str]) -> int:
     """`ponderlm eval ppl --json` for one run, saving the JSON as <run>/eval.json (atomically)."""
     run = Path(argv[0])
@@ -294,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_eval_one":
         return _eval_one(argv[1:])
+    if argv and argv[0] == "_chain":
+        return _chain(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["all", "prepare", "lr", "train", "extra", "eval", "analyze", "decode", "report"])
     p.add_argument("--out", default="results/study", type=Path)
