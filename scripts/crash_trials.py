@@ -50,6 +50,23 @@ def run(argv: list[str], kill_after: float | None) -> tuple[int, str, float]:
     return proc.returncode, err, time.monotonic() - t0
 
 
+def state(out: Path) -> str:
+    """Where a kill left the run: last logged step, complete checkpoints, half-written files."""
+    if not out.exists():
+        return "no dir"
+    metrics = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    steps = [r["step"] for r in rows if r.get("kind") == "train"]
+    ckpts = sorted(p.name[5:].lstrip("0") or "0" for p in (out / "checkpoints").glob("step_*")
+                   if (p / "manifest.json").is_file()) if (out / "checkpoints").is_dir() else []
+    partial = [p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (out / "checkpoints").glob(".tmp-*")] \
+        if (out / "checkpoints").is_dir() else []
+    partial += [".tmp-final"] if list(out.glob(".tmp-final-*")) else []
+    final = " final/" if (out / "final").is_dir() else ""
+    return (f"step {max(steps) if steps else 0}, ckpt [{','.join(ckpts)}]{final}"
+            + (f", partial {','.join(partial)}" if partial else ""))
+
+
 def fingerprint(out: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
@@ -93,7 +110,7 @@ def main() -> int:
         code, err, took = run(["train", str(recipe), "--out", str(out)], delay)
         if code == 0:  # the machine got faster than the reference run: aim the next kills within this time
             duration = took
-        kills, log = [f"{delay:.1f}s"] if code == -signal.SIGKILL else [], []
+        kills = [f"{delay:.1f}s ({state(out)})"] if code == -signal.SIGKILL else []
         refused = None
         for _ in range(20):
             if code == 0:
@@ -106,12 +123,11 @@ def main() -> int:
             argv = ["train", str(recipe), "--out", str(out)] + (["--resume"] if out.exists() else [])
             code, err, _ = run(argv, again)
             if code == -signal.SIGKILL:
-                kills.append(f"resume@{again:.1f}s")
-            log.append(code)
+                kills.append(f"again {again:.1f}s ({state(out)})")
         ok = refused is None and code == 0 and fingerprint(out) == reference
         passed += ok
         verdict = ("PASS" if ok else "FAIL") + ("" if refused is None else f" refused: {refused}")
-        print(f"trial {trial:2d}: kills {', '.join(kills) or 'none (finished first)'}; {verdict}", flush=True)
+        print(f"trial {trial:2d}: {verdict}; killed {'; '.join(kills) or 'never (finished first)'}", flush=True)
     print(f"{passed}/{args.trials} trials recovered bit-exactly")
     return 0 if passed == args.trials else 1
 
