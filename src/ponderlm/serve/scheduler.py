@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,11 @@ class _Batch:
 
 class Engine:
     """Owns the model on one worker thread; `submit` and `cancel` are safe from any thread."""
+
+    # Compact a batch's cache when a row has left and its columns exceed this many and this multiple of
+    # the longest row's visible entries: copying the cache costs about as much as attending over it once.
+    compact_min_entries = 64
+    compact_ratio = 2.0
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256, tau: float | None = None,
                  alpha: float | None = None, metrics: Metrics | None = None) -> None:
@@ -294,6 +300,20 @@ class Engine:
                 processors.append(TopPLogitsWarper(p.top_p))
         return _Choice(req=req, index=index, generator=generator, processors=processors)
 
+    @contextmanager
+    def _applied(self, options: dict[str, Any]) -> Iterator[None]:
+        """`decode_options` without its validation, for the per-call hot path: a batch's options were
+        validated by `decode_options` when its first requests were prefilled (about 1 ms per call saved)."""
+        config = self.model.config
+        saved = {key: getattr(config, key) for key in options}
+        for key, value in options.items():
+            setattr(config, key, value)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(config, key, value)
+
     def _start_rows(self, batch: _Batch, rows: list[int]) -> None:
         """Rows whose sampled token must be consumed next."""
         if not rows or not self.row_schedule:
@@ -303,7 +323,7 @@ class Engine:
         mask = torch.zeros(len(batch.choices), dtype=torch.bool, device=self.device)
         for row in rows:
             tokens[row], mask[row] = batch.choices[row].pending, True
-        with decode_options(self.model, **batch.options):
+        with self._applied(batch.options):
             self.model.method.row_start(self.model, state, tokens, mask)
 
     @torch.no_grad()
@@ -312,7 +332,7 @@ class Engine:
         model, state = self.model, batch.state
         calls = state.backbone_calls
         try:
-            with decode_options(model, **batch.options):
+            with self._applied(batch.options):
                 if self.row_schedule:
                     done, logits, steps = continuous.run_row_slots(model, state)
                     finished = done.nonzero()[:, 0].tolist()
@@ -438,7 +458,7 @@ class Engine:
                 batch.released = False
                 cache = batch.state.caches[0]
                 longest = int(row_ops.visible_counts(cache).max())
-                if cache.length > max(64, 2 * longest):
+                if cache.length > max(self.compact_min_entries, self.compact_ratio * longest):
                     row_ops.compact(batch.state)
                     self.compactions += 1
 
