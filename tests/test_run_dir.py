@@ -93,7 +93,7 @@ def assert_restartable(out: Path, recipe: Path, tmp_path: Path, capsys) -> None:
 
 def test_sigkill_in_a_step_before_the_first_checkpoint(recipe, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    proc = spawn(recipe, out, "train.steps=1000")
+    proc = spawn(recipe, out, "train.steps=1000", "train.save_every=100000")  # no checkpoint before the kill
     wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 1, proc)
     kill9(proc)
     assert not (out / "checkpoints").exists() and (out / "config.yaml").is_file()
@@ -128,7 +128,7 @@ def test_sigkill_while_publishing_final(recipe, tmp_path, capsys, one_thread):
 
 def test_one_run_per_directory_and_a_killed_holder_frees_it(recipe, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    proc = spawn(recipe, out, "train.steps=1000")
+    proc = spawn(recipe, out, "train.steps=1000", "train.save_every=100000")  # no checkpoint before the kill
     wait_for(lambda: (out / "metrics.jsonl").is_file(), proc)
     for extra in ([str(recipe)], ["--resume"]):
         before = sorted(p.name for p in out.iterdir())
