@@ -2,6 +2,7 @@
 counts, equal parameters, several seeds, K = 1, 2, 3, and iso-FLOPs fixed-pruning controls.
 
     nice -n 10 python benchmarks/reasoning.py run       # data, then train + evaluate every run not done yet
+    python benchmarks/reasoning.py sweep                # alpha / tau sweeps + fixed pruning of adaptive runs
     python benchmarks/reasoning.py report               # table + plots into docs/results/reasoning/
     python benchmarks/reasoning.py run --max-minutes 45 # stop starting new runs after 45 minutes
 
@@ -45,6 +46,9 @@ BATCH = 32
 DATA_ARGS = ["--task", "hops", "--symbols", "8", "--hops", "1,2", "--queries", "7", "--example-len", "32",
              "--train", "20000", "--val", "500", "--test", "2000", "--seed", "0"]
 SEQ_LEN = 32
+SWEEP_ALPHAS = (-4.0, -2.0, -1.0)  # PonderLM-3 router bias (alpha = 0 is the main evaluation)
+SWEEP_TAUS = (0.05, 0.2, 0.5, 0.8)  # AdaPonderLM / latent CoT halting threshold (1e-4 is the main evaluation)
+SWEEP_EXAMPLES = 500  # the first 500 test examples (3,500 answers) per sweep point
 COMMON = [
     "model.backbone=llama", "model.hidden_size=64", "model.num_hidden_layers=1", "model.num_attention_heads=4",
     "model.max_position_embeddings=64", "model.init=ponder", "model.tie_word_embeddings=false",
@@ -146,6 +150,40 @@ class Bench:
         (run / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
         return result
 
+    def sweep(self) -> None:
+        """Pareto points of every finished adaptive run: its inference knob (alpha for PonderLM-3, tau for the
+        halting methods) swept, each learned point with uniform / geometric fixed pruning at the same average
+        steps. Writes runs/<name>/sweep.json (skipped when present)."""
+        import torch
+
+        from ponderlm.eval.perplexity import DecodeSettings, load_model
+        from ponderlm.eval.reasoning import reasoning_eval
+
+        torch.set_num_threads(1)
+        for path in sorted(self.runs.glob("*/eval.json")):
+            run = path.parent
+            info = json.loads(path.read_text())
+            if info["method"] not in ADAPTIVE or (run / "sweep.json").is_file():
+                continue
+            start = time.time()
+            model, tokenizer = load_model(run, "cpu")
+            knobs = ([DecodeSettings(alpha=a) for a in SWEEP_ALPHAS] if info["method"] == "ponderlm3"
+                     else [DecodeSettings(tau=t) for t in SWEEP_TAUS])
+            points = []
+            for settings in knobs:
+                learned = reasoning_eval(model, self.data, settings, progress=False, tokenizer=tokenizer,
+                                         max_examples=SWEEP_EXAMPLES)
+                point = {"alpha": settings.alpha, "tau": settings.tau, "learned": learned, "fixed": {}}
+                target = learned["avg_steps"]
+                if 0.0 < target < info["K"]:
+                    for policy in ("uniform", "geometric"):
+                        fixed = DecodeSettings(tau=settings.tau, depth_policy=policy, depth_target=target)
+                        point["fixed"][policy] = reasoning_eval(model, self.data, fixed, progress=False,
+                                                                max_examples=SWEEP_EXAMPLES)
+                points.append(point)
+            (run / "sweep.json").write_text(json.dumps({"run": run.name, "points": points}, indent=1) + "\n")
+            self.log(f"sweep {run.name}: {len(points)} points in {time.time() - start:.0f}s")
+
     def run(self) -> None:
         import torch
 
@@ -171,7 +209,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["run", "report"])
+    p.add_argument("phase", choices=["run", "sweep", "report"])
     p.add_argument("--out", default=str(ROOT / "results" / "reasoning"), help="work directory")
     p.add_argument("--docs", default=str(ROOT / "docs" / "results" / "reasoning"), help="where the report goes")
     p.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps per run (default {STEPS})")
@@ -179,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
     args = p.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    if args.phase == "run":
-        Bench(Path(args.out), args.steps, seeds, args.max_minutes).run()
+    if args.phase in ("run", "sweep"):
+        bench = Bench(Path(args.out), args.steps, seeds, args.max_minutes)
+        bench.run() if args.phase == "run" else bench.sweep()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report
