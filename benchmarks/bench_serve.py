@@ -7,7 +7,9 @@ each ask for --new-tokens tokens (greedy, ignore_eos so every request generates 
 
 - server: C client threads send their request at once (HTTP, non-streaming); tokens/s = C x new
   tokens / wall time from the first send to the last answer;
-- offline: `model.generate` on the same C prompts as one batch, in this process.
+- offline: `model.generate` on the same C prompts as one batch, in this process;
+- engine: the server's scheduler in this process without HTTP (all C requests submitted at once),
+  which splits the server's overhead into scheduling and the HTTP / client side.
 
 Both at the model's adaptive tau and at full depth (tau = 0, every token runs all K steps), four
 timings interleaved round-robin (medians). The server and the offline run use the same thread count.
@@ -34,6 +36,7 @@ from bench_adaponder_decode import build
 from common import interleaved_medians, print_table, setup_threads
 
 from ponderlm.data.tokenizer import load_tokenizer
+from ponderlm.serve.scheduler import Engine, EngineRequest, SamplingParams
 
 
 def free_port() -> int:
@@ -89,6 +92,33 @@ def serve_run(url: str, prompts: list[list[int]], new_tokens: int, tau: float | 
     out["avg_steps"] = sum(steps) / len(steps)
 
 
+def engine_run(model, tokenizer, prompts: list[list[int]], new_tokens: int, out: dict) -> None:
+    """The server's engine in this process, without HTTP: all prompts submitted at once."""
+    engine = Engine(model, tokenizer, max_batch=len(prompts))
+    finished, lock, all_done = [], threading.Lock(), threading.Event()
+
+    def emit(event) -> None:
+        if isinstance(event, Exception):
+            raise event
+        if event.finish_reason is not None:
+            with lock:
+                finished.append(len(event.token_ids))
+                if len(finished) == len(prompts):
+                    all_done.set()
+
+    engine.start()
+    try:
+        for p in prompts:
+            engine.submit(EngineRequest(prompt_ids=p, emit=emit, stream=False,
+                                        params=SamplingParams(max_tokens=new_tokens, temperature=0.0,
+                                                              ignore_eos=True)))
+        if not all_done.wait(timeout=600):
+            raise RuntimeError("the engine did not finish within 600 s")
+    finally:
+        engine.stop()
+    out["tokens"] = sum(finished)
+
+
 @torch.no_grad()
 def offline_run(model, prompts: list[list[int]], new_tokens: int, tau: float | None, out: dict) -> None:
     ids = torch.tensor(prompts)
@@ -120,7 +150,7 @@ def main() -> None:
         tokenizer.save_pretrained(model_dir)
         proc, url = start_server(model_dir, args.threads, max(args.clients))
         try:
-            rows = measure(model, url, args)
+            rows = measure(model, tokenizer, url, args)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -131,17 +161,18 @@ def main() -> None:
     print_table(rows)
 
 
-def measure(model, url: str, args) -> list[dict]:
+def measure(model, tokenizer, url: str, args) -> list[dict]:
     rows = []
     for clients in args.clients:
         gen = torch.Generator().manual_seed(clients)
         prompts = torch.randint(0, model.config.vocab_size, (clients, args.prompt_len), generator=gen).tolist()
-        outs: dict[str, dict] = {k: {} for k in ("offline", "offline full", "server", "server full")}
+        outs: dict[str, dict] = {k: {} for k in ("offline", "offline full", "server", "server full", "engine")}
         fns = {
             "offline": lambda o=outs["offline"], p=prompts: offline_run(model, p, args.new_tokens, None, o),
             "offline full": lambda o=outs["offline full"], p=prompts: offline_run(model, p, args.new_tokens, 0.0, o),
             "server": lambda o=outs["server"], p=prompts: serve_run(url, p, args.new_tokens, None, o),
             "server full": lambda o=outs["server full"], p=prompts: serve_run(url, p, args.new_tokens, 0.0, o),
+            "engine": lambda o=outs["engine"], p=prompts: engine_run(model, tokenizer, p, args.new_tokens, o),
         }
         before = load()
         times = interleaved_medians(fns, repeats=args.repeats)
@@ -152,6 +183,7 @@ def measure(model, url: str, args) -> list[dict]:
                      f"{outs['server']['avg_steps']:.2f} / {outs['offline']['avg_steps']:.2f}",
                      "server tok/s": tps["server"], "offline tok/s": tps["offline"],
                      "server / offline": tps["server"] / tps["offline"],
+                     "engine (no HTTP) / offline": tps["engine"] / tps["offline"],
                      "full: server / offline": tps["server full"] / tps["offline full"],
                      "speedup server": server_speedup, "speedup offline": offline_speedup,
                      "speedup server / offline": server_speedup / offline_speedup,
