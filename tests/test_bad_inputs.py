@@ -41,6 +41,7 @@ class Case:
     error: str  # regex searched in the single stderr line
     setup: Callable[[Path], None] | None = None
     needs_cpu_only: bool = False  # the case is about CUDA being absent
+    needs_module: str | None = None  # an optional extra the command checks for first
 
 
 # ------------------------------------------------------------------ damaged inputs (setup functions)
@@ -256,6 +257,8 @@ CASES = [
     Case("pareto-out-unwritable", "pareto --model {model} --max-batches 1 --out {tmp}/f/sub",
          r"cannot write --out .*f is a file", _write("f", "mine")),
     Case("pareto-alpha-nan", "pareto --model {model} --alpha 1,nan", r"argument --alpha: expected finite numbers"),
+    Case("lm-eval-output-unwritable", "lm-eval --model {model} --tasks ponder_cloze --output {tmp}/f/r.json",
+         r"cannot write --output .*f is a file", _write("f", "mine"), needs_module="lm_eval"),
     Case("analyze-out-is-file", "analyze difficulty --model {model} --max-batches 1 --out {tmp}/f",
          r"--out .*f is a file, not a directory", _write("f", "mine")),
     # -- tokenizer training and data preparation
@@ -313,6 +316,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
 def test_bad_input(case: Case, tmp_path: Path, capsys, one_thread) -> None:
     if case.needs_cpu_only and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    if case.needs_module:
+        pytest.importorskip(case.needs_module)
     if case.setup is not None:
         case.setup(tmp_path)
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(data=_SHARED["data"]))
