@@ -3,6 +3,7 @@ counts, equal parameters, several seeds, K = 1, 2, 3, and iso-FLOPs fixed-prunin
 
     nice -n 10 python benchmarks/reasoning.py run       # data, then train + evaluate every run not done yet
     python benchmarks/reasoning.py sweep                # alpha / tau sweeps + fixed pruning of adaptive runs
+    python benchmarks/reasoning.py extra                # investigation runs (one recipe change each), not tabled
     python benchmarks/reasoning.py report               # table + plots into docs/results/reasoning/
     python benchmarks/reasoning.py run --max-minutes 45 # stop starting new runs after 45 minutes
 
@@ -59,8 +60,16 @@ COMMON = [
 ]
 
 
-def run_name(method: str, k: int, seed: int) -> str:
-    return f"{method}-k{k}-s{seed}"
+def run_name(method: str, k: int, seed: int, variant: str = "") -> str:
+    return f"{method}-k{k}{'-' + variant if variant else ''}-s{seed}"
+
+
+# Investigation runs (`extra` phase), not part of the table: one recipe change each, named in the run.
+VARIANTS = {
+    "lam0.1": ["model.lambda_steps=0.1"],  # PonderLM-3: a compute penalty, so the router has a reason to prune
+    "ramp200": ["model.halt_k_frac_ramp_steps=200"],  # AdaPonderLM: the bottom-k halting ramp ends inside the run
+}
+EXTRA = [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")]
 
 
 def plan(seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
@@ -111,8 +120,8 @@ class Bench:
         if rc:
             raise SystemExit(f"data synth failed (see {self.out / 'data.log'})")
 
-    def train(self, method: str, k: int, seed: int) -> float:
-        run = self.runs / run_name(method, k, seed)
+    def train(self, method: str, k: int, seed: int, variant: str = "") -> float:
+        run = self.runs / run_name(method, k, seed, variant)
         if (run / "final" / "config.json").is_file():
             return 0.0
         argv = ["train", "--out", str(run)]
@@ -120,18 +129,18 @@ class Bench:
             argv.append("--resume")
         argv += [*COMMON, f"model.method={method}", f"model.max_steps={k}", f"data.data_dir={self.data}",
                  f"train.steps={self.steps}", f"train.eval_every={self.steps}", f"train.seed={seed}",
-                 f"name={run.name}"]
+                 f"name={run.name}", *VARIANTS.get(variant, [])]
         start = time.time()
         rc = self.cli(argv, self.out / "logs" / f"{run.name}.log")
         if rc:
             raise SystemExit(f"training {run.name} failed with exit code {rc} (see logs/{run.name}.log)")
         return time.time() - start
 
-    def evaluate(self, method: str, k: int, seed: int, train_seconds: float) -> dict[str, Any]:
+    def evaluate(self, method: str, k: int, seed: int, train_seconds: float, variant: str = "") -> dict[str, Any]:
         from ponderlm.eval.perplexity import DecodeSettings, load_model
         from ponderlm.eval.reasoning import reasoning_eval
 
-        run = self.runs / run_name(method, k, seed)
+        run = self.runs / run_name(method, k, seed, variant)
         start = time.time()
         model, tokenizer = load_model(run, "cpu")
         learned = reasoning_eval(model, self.data, split="test", progress=False, tokenizer=tokenizer)
@@ -143,7 +152,7 @@ class Bench:
                     settings = DecodeSettings(depth_policy=policy, depth_target=target)
                     fixed[policy] = reasoning_eval(model, self.data, settings, split="test", progress=False)
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-        result = {"run": run.name, "method": method, "K": k, "seed": seed, "steps": self.steps,
+        result = {"run": run.name, "method": method, "K": k, "seed": seed, "steps": self.steps, "variant": variant,
                   "val_answer_loss": summary.get("val_loss"),
                   "params": sum(p.numel() for p in model.parameters()), "learned": learned, "fixed": fixed,
                   "train_seconds": train_seconds, "eval_seconds": time.time() - start, "load": load_avg()}
@@ -184,6 +193,21 @@ class Bench:
             (run / "sweep.json").write_text(json.dumps({"run": run.name, "points": points}, indent=1) + "\n")
             self.log(f"sweep {run.name}: {len(points)} points in {time.time() - start:.0f}s")
 
+    def extra(self) -> None:
+        """The investigation runs in EXTRA (train + evaluate), then their sweeps."""
+        import torch
+
+        torch.set_num_threads(1)
+        self.prepare()
+        for method, k, seed, variant in EXTRA:
+            if (self.runs / run_name(method, k, seed, variant) / "eval.json").is_file():
+                continue
+            t = self.train(method, k, seed, variant)
+            r = self.evaluate(method, k, seed, t, variant)
+            self.log(f"extra {r['run']}: train {t:.0f}s | acc {r['learned']['accuracy']:.3f} "
+                     f"steps {r['learned']['avg_steps']:.2f} rho {r['learned']['spearman_steps_difficulty']}")
+        self.sweep()
+
     def run(self) -> None:
         import torch
 
@@ -209,7 +233,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["run", "sweep", "report"])
+    p.add_argument("phase", choices=["run", "sweep", "extra", "report"])
     p.add_argument("--out", default=str(ROOT / "results" / "reasoning"), help="work directory")
     p.add_argument("--docs", default=str(ROOT / "docs" / "results" / "reasoning"), help="where the report goes")
     p.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps per run (default {STEPS})")
@@ -217,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
     args = p.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    if args.phase in ("run", "sweep"):
+    if args.phase in ("run", "sweep", "extra"):
         bench = Bench(Path(args.out), args.steps, seeds, args.max_minutes)
-        bench.run() if args.phase == "run" else bench.sweep()
+        {"run": bench.run, "sweep": bench.sweep, "extra": bench.extra}[args.phase]()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report

@@ -155,15 +155,45 @@ def plots(rows: list[dict[str, Any]], docs: Path) -> list[Path]:
     return out
 
 
+def _point_row(run: str, knob: str, learned: dict[str, Any], fixed: dict[str, Any]) -> str:
+    per = " / ".join(f"{p['accuracy'] * 100:.1f}" for p in learned["per_difficulty"])
+    steps = " / ".join(f"{p['avg_steps']:.2f}" for p in learned["per_difficulty"])
+    rho = learned["spearman_steps_difficulty"]
+    cells = [run, knob, f"{learned['avg_steps']:.2f}", steps, "n/a" if rho is None else f"{rho:.2f}",
+             f"{learned['accuracy'] * 100:.1f} ({per})"]
+    cells += [f"{fixed[p]['accuracy'] * 100:.1f}" if p in fixed else "-" for p in ("uniform", "geometric")]
+    return "| " + " | ".join(cells) + " |"
+
+
+def sweep_md(work: Path, runs: list[dict[str, Any]]) -> str:
+    """Every adaptive run's points: the default decoding (eval.json) and the sweep (sweep.json)."""
+    lines = ["| run | setting | avg steps | steps at query (by hops) | Spearman | learned acc % (by hops) | "
+             "uniform acc % | geometric acc % |", "|" + "---|" * 8]
+    for r in runs:
+        if r["method"] not in ADAPTIVE:
+            continue
+        lines.append(_point_row(r["run"], "default (test, 2,000 ex.)", r["learned"], r.get("fixed", {})))
+        sweep = work / "runs" / r["run"] / "sweep.json"
+        if sweep.is_file():
+            for p in json.loads(sweep.read_text())["points"]:
+                knob = f"alpha={p['alpha']:g}" if p.get("alpha") is not None else f"tau={p['tau']:g}"
+                lines.append(_point_row(r["run"], knob + " (500 ex.)", p["learned"], p["fixed"]))
+    return "\n".join(lines) + "\n"
+
+
 def report(work: Path, docs: Path) -> None:
-    runs = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*/eval.json"))]
+    every = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*/eval.json"))]
+    runs = [r for r in every if not r.get("variant")]
+    extra = [r for r in every if r.get("variant")]
     if not runs:
         raise SystemExit(f"no finished runs under {work / 'runs'}")
     docs.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
-    summary = {"runs": runs, "aggregate": rows}
+    summary = {"runs": runs, "aggregate": rows, "extra_runs": extra}
     (docs / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (docs / "table.md").write_text(table_md(rows))
+    text = table_md(rows) + "\nAdaptive runs: default decoding and the alpha / tau sweep, each with fixed pruning " \
+        "at the same average steps.\n\n" + sweep_md(work, runs + extra)
+    (docs / "table.md").write_text(text)
     paths = plots(rows, docs)
-    print(table_md(rows))
+    print(text)
     print("wrote", docs / "summary.json", docs / "table.md", *paths)
