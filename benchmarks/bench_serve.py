@@ -5,8 +5,8 @@ One AdaPonderLM (d=256, 4 layers, K=3, gate biases calibrated as in bench_adapon
 `ponderlm serve` in a subprocess. For each client count C, C prompts of --prompt-len random tokens
 each ask for --new-tokens tokens (greedy, ignore_eos so every request generates exactly that many):
 
-- server: C client threads send their request at once (HTTP, non-streaming); tokens/s = C x new
-  tokens / wall time from the first send to the last answer;
+- server: C client threads, each with a kept-alive HTTP connection, send their request at once
+  (non-streaming); tokens/s = C x new tokens / wall time from the release to the last answer;
 - offline: `model.generate` on the same C prompts as one batch, in this process;
 - engine: the server's scheduler in this process without HTTP (all C requests submitted at once),
   which splits the server's overhead into scheduling and the HTTP / client side.
@@ -69,18 +69,21 @@ def start_server(model_dir: Path, threads: int, max_batch: int) -> tuple[subproc
         time.sleep(0.2)
 
 
-def serve_run(url: str, prompts: list[list[int]], new_tokens: int, tau: float | None, out: dict) -> None:
-    """All prompts sent at once by one thread each; records generated tokens and the executed steps."""
+def serve_run(url: str, clients: list[httpx.Client], prompts: list[list[int]], new_tokens: int, tau: float | None,
+              out: dict) -> None:
+    """Every prompt sent by its own thread and kept-alive client, released together by a barrier, so the
+    requests arrive at once (connection setup is not part of the timing)."""
     results: list[dict] = [{}] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
 
     def client(i: int) -> None:
         body = {"prompt": prompts[i], "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
         if tau is not None:
             body["tau"] = tau
-        with httpx.Client(timeout=600) as http:
-            resp = http.post(url + "/v1/completions", json=body)
-            resp.raise_for_status()
-            results[i] = resp.json()
+        barrier.wait()
+        resp = clients[i].post(url + "/v1/completions", json=body)
+        resp.raise_for_status()
+        results[i] = resp.json()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -106,12 +109,11 @@ def engine_run(model, tokenizer, prompts: list[list[int]], new_tokens: int, out:
                 if len(finished) == len(prompts):
                     all_done.set()
 
+    for p in prompts:  # queued before the engine starts: they arrive at once
+        engine.submit(EngineRequest(prompt_ids=p, emit=emit, stream=False,
+                                    params=SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)))
     engine.start()
     try:
-        for p in prompts:
-            engine.submit(EngineRequest(prompt_ids=p, emit=emit, stream=False,
-                                        params=SamplingParams(max_tokens=new_tokens, temperature=0.0,
-                                                              ignore_eos=True)))
         if not all_done.wait(timeout=600):
             raise RuntimeError("the engine did not finish within 600 s")
     finally:
@@ -167,15 +169,19 @@ def measure(model, tokenizer, url: str, args) -> list[dict]:
         gen = torch.Generator().manual_seed(clients)
         prompts = torch.randint(0, model.config.vocab_size, (clients, args.prompt_len), generator=gen).tolist()
         outs: dict[str, dict] = {k: {} for k in ("offline", "offline full", "server", "server full", "engine")}
+        http = [httpx.Client(timeout=600) for _ in range(clients)]  # kept alive across runs
         fns = {
             "offline": lambda o=outs["offline"], p=prompts: offline_run(model, p, args.new_tokens, None, o),
             "offline full": lambda o=outs["offline full"], p=prompts: offline_run(model, p, args.new_tokens, 0.0, o),
-            "server": lambda o=outs["server"], p=prompts: serve_run(url, p, args.new_tokens, None, o),
-            "server full": lambda o=outs["server full"], p=prompts: serve_run(url, p, args.new_tokens, 0.0, o),
+            "server": lambda o=outs["server"], p=prompts, h=http: serve_run(url, h, p, args.new_tokens, None, o),
+            "server full": lambda o=outs["server full"], p=prompts, h=http: serve_run(url, h, p, args.new_tokens, 0.0,
+                                                                                      o),
             "engine": lambda o=outs["engine"], p=prompts: engine_run(model, tokenizer, p, args.new_tokens, o),
         }
         before = load()
         times = interleaved_medians(fns, repeats=args.repeats)
+        for client in http:
+            client.close()
         tps = {k: outs[k]["tokens"] / times[k] for k in times}
         offline_speedup = tps["offline"] / tps["offline full"]
         server_speedup = tps["server"] / tps["server full"]
