@@ -3,6 +3,7 @@ counts, equal parameters, several seeds, K = 1, 2, 3, and iso-FLOPs fixed-prunin
 
     nice -n 10 python benchmarks/reasoning.py run       # data, then train + evaluate every run not done yet
     python benchmarks/reasoning.py sweep                # alpha / tau sweeps + fixed pruning of adaptive runs
+    python benchmarks/reasoning.py forced               # adaptive runs at forced depth 0..K (what depth buys)
     python benchmarks/reasoning.py extra                # investigation runs (one recipe change each), not tabled
     python benchmarks/reasoning.py report               # table + plots into docs/results/reasoning/
     python benchmarks/reasoning.py run --max-minutes 45 # stop starting new runs after 45 minutes
@@ -193,6 +194,30 @@ class Bench:
             (run / "sweep.json").write_text(json.dumps({"run": run.name, "points": points}, indent=1) + "\n")
             self.log(f"sweep {run.name}: {len(points)} points in {time.time() - start:.0f}s")
 
+    def forced(self) -> None:
+        """Forced constant depth 0..K for every finished adaptive run (500 test examples each): how much each
+        hop count gains from depth in that checkpoint, whatever its router does. Writes runs/<name>/forced.json."""
+        import torch
+
+        from ponderlm.eval.perplexity import DecodeSettings, load_model
+        from ponderlm.eval.reasoning import reasoning_eval
+
+        torch.set_num_threads(1)
+        for path in sorted(self.runs.glob("*/eval.json")):
+            run, info = path.parent, json.loads(path.read_text())
+            if info["method"] not in ADAPTIVE or (run / "forced.json").is_file():
+                continue
+            model, tokenizer = load_model(run, "cpu")
+            rows = []
+            for depth in range(info["K"] + 1):
+                settings = DecodeSettings(depth_policy="constant", depth_target=float(depth))
+                r = reasoning_eval(model, self.data, settings, progress=False, tokenizer=tokenizer,
+                                   max_examples=SWEEP_EXAMPLES)
+                rows.append({"depth": depth, "accuracy": r["accuracy"], "per_difficulty": r["per_difficulty"]})
+            (run / "forced.json").write_text(json.dumps({"run": run.name, "depths": rows}, indent=1) + "\n")
+            self.log(f"forced depths {run.name}: " + ", ".join(
+                f"{row['depth']}: " + "/".join(f"{p['accuracy']:.2f}" for p in row["per_difficulty"]) for row in rows))
+
     def extra(self) -> None:
         """The investigation runs in EXTRA (train + evaluate), then their sweeps."""
         import torch
@@ -233,7 +258,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["run", "sweep", "extra", "report"])
+    p.add_argument("phase", choices=["run", "sweep", "forced", "extra", "report"])
     p.add_argument("--out", default=str(ROOT / "results" / "reasoning"), help="work directory")
     p.add_argument("--docs", default=str(ROOT / "docs" / "results" / "reasoning"), help="where the report goes")
     p.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps per run (default {STEPS})")
@@ -241,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
     args = p.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    if args.phase in ("run", "sweep", "extra"):
+    if args.phase in ("run", "sweep", "forced", "extra"):
         bench = Bench(Path(args.out), args.steps, seeds, args.max_minutes)
-        {"run": bench.run, "sweep": bench.sweep, "extra": bench.extra}[args.phase]()
+        {"run": bench.run, "sweep": bench.sweep, "forced": bench.forced, "extra": bench.extra}[args.phase]()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report

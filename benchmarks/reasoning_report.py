@@ -121,6 +121,7 @@ def plots(rows: list[dict[str, Any]], docs: Path) -> list[Path]:
     ax.set_title("Accuracy vs difficulty, equal parameters")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     out.append(_save(fig, docs / "accuracy_vs_hops.png"))
 
     fig, (ax,) = _figure(width=6.5, height=4.5)
@@ -128,12 +129,14 @@ def plots(rows: list[dict[str, Any]], docs: Path) -> list[Path]:
         ds = sorted(r["steps_per_difficulty"])
         spd = r["steps_per_difficulty"]
         ax.errorbar(ds, [spd[d][0] for d in ds], yerr=[spd[d][1] for d in ds], marker="o", capsize=3,
-                    label=f"{r['method']} (K={r['K']}), ρ={r['spearman'][0]:.2f}")
+                    label=f"{r['method']} (K={r['K']}), ρ=" + ("n/a" if math.isnan(r["spearman"][0])
+                                                                else f"{r['spearman'][0]:.2f}"))
     ax.set_xlabel("hop count (true difficulty)")
     ax.set_ylabel("executed additional steps at the query")
     ax.set_title("Learned depth vs difficulty")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     out.append(_save(fig, docs / "steps_vs_hops.png"))
 
     fig, (ax,) = _figure(width=6.5, height=4.5)
@@ -151,6 +154,7 @@ def plots(rows: list[dict[str, Any]], docs: Path) -> list[Path]:
     ax.set_title("Accuracy on the hardest hop count vs K")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     out.append(_save(fig, docs / "accuracy_vs_k.png"))
     return out
 
@@ -181,6 +185,17 @@ def sweep_md(work: Path, runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forced_md(work: Path, runs: list[dict[str, Any]]) -> str:
+    lines = ["| run | forced depth | accuracy % by hop count |", "|---|---|---|"]
+    for r in runs:
+        path = work / "runs" / r["run"] / "forced.json"
+        if path.is_file():
+            for row in json.loads(path.read_text())["depths"]:
+                per = " / ".join(f"{p['accuracy'] * 100:.1f}" for p in row["per_difficulty"])
+                lines.append(f"| {r['run']} | {row['depth']} | {per} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(work: Path, docs: Path) -> None:
     every = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*/eval.json"))]
     runs = [r for r in every if not r.get("variant")]
@@ -192,7 +207,8 @@ def report(work: Path, docs: Path) -> None:
     summary = {"runs": runs, "aggregate": rows, "extra_runs": extra}
     (docs / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     text = table_md(rows) + "\nAdaptive runs: default decoding and the alpha / tau sweep, each with fixed pruning " \
-        "at the same average steps.\n\n" + sweep_md(work, runs + extra)
+        "at the same average steps.\n\n" + sweep_md(work, runs + extra) + "\nAdaptive runs at a forced constant " \
+        "depth (every token, 500 test examples).\n\n" + forced_md(work, runs + extra)
     (docs / "table.md").write_text(text)
     paths = plots(rows, docs)
     print(text)
