@@ -275,3 +275,30 @@ def test_eval_reasoning_refuses_plain_data(data_dir, checkpoint, tmp_path, capsy
     assert main(["eval", "reasoning", "--model", str(checkpoint), "--data", str(data_dir), "--out",
                  str(tmp_path), "--no-progress"]) == 2
     assert "not a `ponderlm data synth` directory" in capsys.readouterr().err
+
+
+def test_trainer_losses_cover_answers_only(hops_dir, one_thread):
+    """The training batch's loss and the trainer's validation loss are the mean CE over answer tokens only."""
+    import contextlib
+
+    from ponderlm import PonderConfig, PonderForCausalLM
+    from ponderlm.train.config import RunConfig
+    from ponderlm.train.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = PonderForCausalLM(PonderConfig(method="vanilla", vocab_size=79, hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, max_position_embeddings=64))
+    x, y = TokenLoader(hops_dir, "train", seq_len=32, batch_size=4).next_labeled_batch()
+    logp = torch.log_softmax(model(input_ids=x).logits.float(), -1)
+    answers = [(b, j) for b in range(4) for j in range(2, 32) if int(x[b, j - 2]) in _marker_ids(hops_dir)]
+    manual = -torch.stack([logp[b, j - 1, x[b, j]] for b, j in answers]).mean()
+    assert model(input_ids=x, labels=y).lm_loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+    cfg = RunConfig()
+    cfg.data.seq_len, cfg.train.batch_size, cfg.train.eval_batches = 32, 8, 2
+    ev = evaluate(model, hops_dir, cfg, torch.device("cpu"), contextlib.nullcontext)
+    data = read_split(hops_dir, "val", max_examples=16)
+    logp = torch.log_softmax(model(input_ids=torch.from_numpy(data.tokens)).logits.float(), -1)
+    ex, pos = np.nonzero(data.mask)
+    manual = -logp[torch.from_numpy(ex), torch.from_numpy(pos - 1), torch.from_numpy(data.tokens[ex, pos])].mean()
+    assert ev["val_tokens"] == len(ex) and ev["val_loss"] == pytest.approx(manual.item(), rel=1e-5)
