@@ -412,7 +412,7 @@ def test_lm_eval_local_completions_matches_ponderlm_lm_eval(server, checkpoint, 
 
 
 # ------------------------------------------------------------------ the command and the page
-def test_ponderlm_serve_command_and_page(checkpoint, tmp_path):
+def test_ponderlm_serve_command(checkpoint):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ponderlm", "serve", "--model", str(checkpoint), "--port", str(port),
                              "--served-model-name", NAME, "--threads", "1"], stderr=subprocess.PIPE, text=True)
@@ -432,16 +432,19 @@ def test_ponderlm_serve_command_and_page(checkpoint, tmp_path):
         assert out.usage.completion_tokens == 4
         page = httpx.get(url + "/", timeout=WAIT_S).text
         assert "/v1/completions" in page and "ponder_steps" in page
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        if chromium is None:
-            pytest.skip("headless Chromium is not installed (apt-get install chromium): page not screenshotted")
-        screenshot(chromium, f"{url}/?prompt=Once%20upon%20a%20time&max_tokens=24&tau=0.3&autorun=1", tmp_path)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_page_streams_depth_coloured_tokens_in_headless_chromium(server, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium): page not screenshotted")
+    screenshot(chromium, f"{server.url}/?prompt=Once%20upon%20a%20time&max_tokens=24&tau=0.3&autorun=1", tmp_path)
 
 
 def screenshot(chromium: str, url: str, tmp_path: Path) -> None:
