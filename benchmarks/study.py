@@ -55,6 +55,9 @@ LR_METHODS = ("vanilla", "ponderlm2")
 OLD_RECIPE = ["model.tie_word_embeddings=true", "model.init=hf"]  # what the study used before
 OLD_METHODS = ("vanilla", "ponderlm", "ponderlm2")
 K_SWEEP = (2,)  # PonderLM-2 beyond the main runs' K=1
+# A control for the embedding scale: vanilla fed the interleaved methods' sqrt(2.5 d)-scaled embeddings, so a
+# pondering method's gain over vanilla cannot come from the input scale alone.
+SCALED_VANILLA = [f"model.embed_scale={(2.5 * 128) ** 0.5!r}"]
 ALPHAS = "-4,-2,-1,0,1"
 TAUS = "1e-4,0.2,0.4,0.6,0.8"
 # Rough single-thread seconds per training step at K=1 (ponderlm bench train at this shape), used only to
@@ -193,6 +196,11 @@ class Study:
         jobs = self._train_jobs(specs, evaluate=True) + self._train_jobs(sweep, evaluate=True)
         self._pool(jobs)
 
+    def controls(self) -> None:
+        """Vanilla with the interleaved methods' embedding scale, every seed (cheap: one pass per token)."""
+        specs = [(f"vscale-vanilla-s{s}", "vanilla", s, [f"optim.lr={self.lr}", *SCALED_VANILLA]) for s in self.seeds]
+        self._pool(self._train_jobs(specs, evaluate=True))
+
     def extra(self) -> None:
         """Kept for older command lines: the extra runs are part of `train`'s queue."""
         self.train()
@@ -208,7 +216,8 @@ class Study:
     def evaluate(self) -> None:
         jobs = []
         lr_runs = [self.runs / f"lr{lr}-{m}-s0" for lr in LRS for m in LR_METHODS]
-        for run in [self.runs / run_name(m, s) for m, s in self._all_runs()] + self._extra_runs() + lr_runs:
+        controls = [self.runs / f"vscale-vanilla-s{s}" for s in self.seeds]
+        for run in [self.runs / run_name(m, s) for m, s in self._all_runs()] + self._extra_runs() + lr_runs + controls:
             if (run / "eval.json").exists() or not (run / "final" / "config.json").exists():
                 continue
             # `--json` prints one object; the shell-free runner captures it through a small wrapper.
@@ -324,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_chain":
         return _chain(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["all", "prepare", "lr", "train", "extra", "eval", "analyze", "decode", "report"])
+    p.add_argument("phase", choices=["all", "prepare", "lr", "train", "extra", "controls", "eval", "analyze", "decode",
+                                     "report"])
     p.add_argument("--out", default="results/study", type=Path)
     p.add_argument("--docs", default="docs/results", type=Path, help="where the report's table and plots go")
     p.add_argument("--workers", type=int, default=2, help="processes at a time")
@@ -342,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     study = Study(args.out, args.docs, args.workers, seeds, methods, steps=args.steps, eval_batches=args.eval_batches,
                   threads=args.threads)
-    phases = ["prepare", "lr", "train", "extra", "eval", "analyze", "decode", "report"] if args.phase == "all" \
+    phases = ["prepare", "lr", "train", "controls", "eval", "analyze", "decode", "report"] if args.phase == "all" \
         else [args.phase]
     for phase in phases:
         start = time.time()
         {"prepare": study.prepare, "lr": study.lr_sweep, "train": study.train, "extra": study.extra,
+         "controls": study.controls,
          "eval": study.evaluate, "analyze": study.analyze, "decode": study.decode, "report": study.report}[phase]()
         print(f"== {phase} done in {time.time() - start:.0f}s", flush=True)
     return 0

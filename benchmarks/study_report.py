@@ -22,6 +22,13 @@ PLOTS = [("ponderlm3", "difficulty"), ("adaponder", "difficulty"), ("latent_cot"
          ("ponderlm3", "alpha"), ("adaponder", "gates"), ("ponderlm2", "jacobi"), ("ponderlm3", "jacobi")]
 
 
+CONTROL = "vanilla_scaled"  # vanilla with embed_scale sqrt(2.5 d): runs/vscale-vanilla-s<seed>
+
+
+def run_dir_name(method: str, seed: int) -> str:
+    return f"vscale-vanilla-s{seed}" if method == CONTROL else f"{method}-s{seed}"
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -119,7 +126,8 @@ def claims(records: dict[tuple[str, int], dict[str, Any]], pareto: dict[int, lis
         return None if rec is None else rec["val_ppl"]
 
     result["1_ponderlm2_vs_vanilla"] = [
-        {"seed": s, "vanilla_ppl": ppl("vanilla", s), "ponderlm2_ppl": ppl("ponderlm2", s)} for s in seeds]
+        {"seed": s, "vanilla_ppl": ppl("vanilla", s), "vanilla_scaled_ppl": ppl(CONTROL, s),
+         "ponderlm2_ppl": ppl("ponderlm2", s)} for s in seeds]
 
     rows = []
     for s in seeds:
@@ -160,8 +168,9 @@ def table(records: dict[tuple[str, int], dict[str, Any]], methods: tuple[str, ..
           decode: dict[str, Any] | None) -> str:
     lines = [
         "| method | val ppl (mean ± half-range) | ppl per seed | avg executed steps | inference FLOPs vs vanilla "
-        "| training FLOPs (10^12) | training FLOPs vs vanilla | training time, 1 thread (min) | decode tok/s (b=1) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| training FLOPs (10^12) | training FLOPs vs vanilla | training time, 1 thread (min)"
+        + (" | decode tok/s (b=1) |" if decode else " |"),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if decode else ""),
     ]
     for m in methods:
         recs = [records[(m, s)] for s in seeds if (m, s) in records]
@@ -176,7 +185,7 @@ def table(records: dict[tuple[str, int], dict[str, Any]], methods: tuple[str, ..
         minutes = statistics.fmean(r["train_seconds"] for r in recs) / 60
         tok_s = decode["rows"][m]["tok_per_s"] if decode and m in decode["rows"] else float("nan")
         lines.append(f"| {m} | {mean:.1f} ± {spread:.1f} | {per_seed} | {steps:.2f} | {fr:.2f}x | {tf:.1f} "
-                     f"| {tfr:.1f}x | {minutes:.1f} | {tok_s:.0f} |")
+                     f"| {tfr:.1f}x | {minutes:.1f} |" + (f" {tok_s:.0f} |" if decode else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -188,22 +197,22 @@ def eval_curve(run: Path) -> list[tuple[int, float]]:
     return [(tokens[step], loss) for step, loss in sorted(evals.items()) if step in tokens]
 
 
-def gap_trend(curves: dict[str, dict[int, list[tuple[int, float]]]], method: str) -> dict[str, Any]:
-    """The validation-loss gap to vanilla (mean over seeds) at each evaluation, and a straight-line fit of the
-    gap against log(tokens) over the last three points: its slope per doubling of tokens and, when the gap is
-    positive and shrinking, the token count where the line reaches zero. An extrapolation, labelled as such."""
+def gap_trend(curves: dict[str, dict[int, list[tuple[int, float]]]], method: str, base: str = "vanilla"
+              ) -> dict[str, Any]:
+    """The validation-loss gap to `base` at each evaluation (paired by seed, then averaged over the seeds both
+    have), and a straight-line fit of the gap against log(tokens) over the last three points: its slope per
+    doubling of tokens and, when the gap is positive and shrinking, the token count where the line reaches
+    zero. An extrapolation, labelled as such."""
     import math
 
-    def mean_curve(m: str) -> dict[int, float]:
-        by_tokens: dict[int, list[float]] = {}
-        for curve in curves.get(m, {}).values():
-            for tokens, loss in curve:
-                by_tokens.setdefault(tokens, []).append(loss)
-        return {t: statistics.fmean(v) for t, v in by_tokens.items() if len(v) == len(curves[m])}
-
-    ours, base = mean_curve(method), mean_curve("vanilla")
-    points = sorted((t, ours[t] - base[t]) for t in ours if t in base)
-    result: dict[str, Any] = {"gap": points}
+    by_tokens: dict[int, list[float]] = {}
+    seeds = sorted(set(curves.get(method, {})) & set(curves.get(base, {})))
+    for seed in seeds:
+        ours, theirs = dict(curves[method][seed]), dict(curves[base][seed])
+        for tokens in ours.keys() & theirs.keys():
+            by_tokens.setdefault(tokens, []).append(ours[tokens] - theirs[tokens])
+    points = sorted((t, statistics.fmean(v)) for t, v in by_tokens.items() if len(v) == len(seeds))
+    result: dict[str, Any] = {"gap": points, "seeds": seeds}
     tail = points[-3:]
     if len(tail) >= 2:
         xs, ys = [math.log2(t) for t, _ in tail], [g for _, g in tail]
@@ -211,7 +220,8 @@ def gap_trend(curves: dict[str, dict[int, list[tuple[int, float]]]], method: str
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
         result["slope_per_doubling"] = slope
         last_t, last_gap = tail[-1]
-        if last_gap > 0 and slope < 0:
+        # Only a clear trend is extrapolated, and not beyond 1000x the budget (a flat gap never "crosses").
+        if last_gap > 0 and slope < -0.01 and last_gap / -slope < 10:
             result["extrapolated_crossing_tokens"] = last_t * 2 ** (last_gap / -slope)
     return result
 
@@ -301,11 +311,13 @@ def plot_study_pareto(pareto: dict[int, list[dict[str, Any]]], records: dict[tup
 
 def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[int, ...], seq_len: int) -> None:
     records = {}
+    # The embedding-scale control (vanilla fed sqrt(2.5 d)-scaled embeddings) is reported as its own row.
+    methods = (*methods[:1], CONTROL, *methods[1:]) if methods and methods[0] == "vanilla" else methods
     for m in methods:
         for s in seeds:
-            run = out / "runs" / f"{m}-s{s}"
+            run = out / "runs" / run_dir_name(m, s)
             if (run / "eval.json").exists():
-                records[(m, s)] = run_record(run, seq_len)
+                records[(m, s)] = {**run_record(run, seq_len), "method": m}
     analyses = {}
     for path in (out / "analysis").glob("s*/*/*.json"):
         seed, method, name = int(path.parent.parent.name[1:]), path.parent.name, path.stem
@@ -325,11 +337,13 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
         src = out / "analysis" / f"s{seeds[0]}" / method / f"{name}.png"
         if src.exists():
             shutil.copyfile(src, docs / f"{name}-{method}.png")
-    curves = {m: {s: eval_curve(out / "runs" / f"{m}-s{s}") for s in seeds if (m, s) in records} for m in methods}
+    curves = {m: {s: eval_curve(out / "runs" / run_dir_name(m, s)) for s in seeds if (m, s) in records}
+              for m in methods}
     curves = {m: c for m, c in curves.items() if c}
     if curves:
         plot_curves(curves, docs / "curves.png")
-    trends = {m: gap_trend(curves, m) for m in curves if m != "vanilla" and "vanilla" in curves}
+    trends = {base: {m: gap_trend(curves, m, base) for m in curves if m not in ("vanilla", CONTROL)}
+              for base in ("vanilla", CONTROL) if base in curves}
     old = {}
     for path in (out / "runs").glob("old-*-s*"):
         if (path / "eval.json").exists():
@@ -344,11 +358,12 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
     lr = json.loads(lr_path.read_text()) if lr_path.exists() else None
     diagnostics = {}
     for (m, s), _ in records.items():
-        evals = [r for r in _read_jsonl(out / "runs" / f"{m}-s{s}" / "metrics.jsonl") if r.get("kind") == "eval"]
+        evals = [r for r in _read_jsonl(out / "runs" / run_dir_name(m, s) / "metrics.jsonl") if r.get("kind") == "eval"]
         if evals and "input_rms_token" in evals[-1]:
             diagnostics[f"{m}-s{s}"] = {k: evals[-1][k] for k in evals[-1] if k.startswith(("input_rms", "val_depth"))}
     text = table(records, methods, seeds, decode)
-    text += "\n### Old vs faithful recipe\n\n" + recipe_table(old, records, ("vanilla", "ponderlm", "ponderlm2"), seeds)
+    text += "\n### Old vs faithful recipe\n\n" + recipe_table(old, records, ("vanilla", "ponderlm", "ponderlm2"),
+                                                               seeds)
     text += "\n### PonderLM-2 K sweep\n\n" + k_table(by_k, records.get(("vanilla", seeds[0])))
     if lr:
         text += "\n### Learning-rate sweep (seed 0, final val loss from the trainer's evaluation)\n\n"
@@ -358,16 +373,17 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
             mark = " (chosen)" if rate == lr["chosen"] else ""
             text += (f"| {rate}{mark} | " + " | ".join(f"{v:.4f}" for v in losses.values())
                      + f" | {lr['mean_val_loss'][rate]:.4f} |\n")
-    if trends:
-        text += "\n### Gap to vanilla along training (val loss, mean over seeds)\n\n"
-        text += ("| method | gap at each evaluation (nats) | slope per doubling of tokens (last 3) "
+    for base, by_method in trends.items():
+        text += (f"\n### Gap to {base} along training (val loss difference, nats, paired by seed and averaged; "
+                 "negative = better than the baseline)\n\n")
+        text += ("| method | seeds | gap at each evaluation | slope per doubling of tokens (last 3) "
                  "| extrapolated crossing |\n")
-        text += "|---|---|---|---|\n"
-        for m, tr in trends.items():
+        text += "|---|---|---|---|---|\n"
+        for m, tr in by_method.items():
             gaps = " ".join(f"{g:+.3f}" for _, g in tr["gap"])
             cross = tr.get("extrapolated_crossing_tokens")
             slope = tr.get("slope_per_doubling")
-            text += (f"| {m} | {gaps} | {'-' if slope is None else f'{slope:+.3f}'} | "
+            text += (f"| {m} | {len(tr['seeds'])} | {gaps} | {'-' if slope is None else f'{slope:+.3f}'} | "
                      f"{'-' if cross is None else f'~{cross / 1e6:.1f}M tokens'} |\n")
     (docs / "table.md").write_text(text)
     commands = out / "commands.txt"
