@@ -70,6 +70,9 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"fixed_{policy}"] = _mean_std(vals)
             row[f"fixed_{policy}_per_seed"] = vals
         row["learned_per_seed"] = [r["learned"]["accuracy"] for r in rs]
+        # the learned accuracy over the same seeds as the controls (a run at full depth K has no control)
+        row["learned_iso"] = _mean_std([r["learned"]["accuracy"] for r in rs if r.get("fixed")])
+        row["iso_seeds"] = sum(1 for r in rs if r.get("fixed"))
         rows.append(row)
     return rows
 
@@ -91,13 +94,14 @@ def table_md(rows: list[dict[str, Any]]) -> str:
     iso = [r for r in rows if r["method"] in ADAPTIVE]
     if iso:
         lines += ["", "Iso-FLOPs: the same checkpoint with content-independent depths at the learned average steps "
-                  "(accuracy %, mean ± std over seeds).", "",
-                  "| method | K | avg steps | learned | uniform | geometric | "
+                  "(accuracy %, mean ± std over the seeds whose learned depth is below K; avg steps and steps per "
+                  "hop over all seeds).", "",
+                  "| method | K | avg steps | seeds with controls | learned | uniform | geometric | "
                   + " | ".join(f"steps at {d}-hop" for d in diffs) + " |",
-                  "|" + "---|" * (6 + len(diffs))]
+                  "|" + "---|" * (7 + len(diffs))]
         for r in iso:
             lines.append("| " + " | ".join([r["method"], str(r["K"]), _fmt(*r["avg_steps"], pct=False, digits=2),
-                                            _fmt(*r["accuracy"]), _fmt(*r["fixed_uniform"]),
+                                            str(r["iso_seeds"]), _fmt(*r["learned_iso"]), _fmt(*r["fixed_uniform"]),
                                             _fmt(*r["fixed_geometric"])]
                                            + [_fmt(*r["steps_per_difficulty"][d], pct=False, digits=2)
                                               for d in diffs]) + " |")
