@@ -8,6 +8,8 @@ wrote; nothing is re-measured here except the analytic training FLOPs, computed 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import statistics
 from pathlib import Path
@@ -387,8 +389,16 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
                      f"{'-' if cross is None else f'~{cross / 1e6:.1f}M tokens'} |\n")
     (docs / "table.md").write_text(text)
     commands = out / "commands.txt"
-    if commands.exists():  # the exact command lines, with the interpreter path made portable
-        lines = [" ".join(["python", *line.split()[1:]]) for line in commands.read_text().splitlines() if line]
+    if commands.exists():  # the exact command lines, with the interpreter and machine paths made portable
+        lines = []
+        for line in commands.read_text().splitlines():
+            words = shlex.split(line) if line else []
+            if "_chain" in words:  # a run and its evaluation, chained: list them as the two commands they are
+                lines += [shlex.join(cmd) for cmd in json.loads(words[-1])]
+            elif words:
+                lines.append(shlex.join(words))
+        lines = [" ".join(["python", *line.split()[1:]]).replace(str(out), "results/study") for line in lines]
+        lines = [re.sub(r"\S*/study\.py", "benchmarks/study.py", line) for line in lines]
         (docs / "commands.txt").write_text("\n".join(dict.fromkeys(lines)) + "\n")
     summary = {"seeds": list(seeds), "seq_len": seq_len,
                "runs": {f"{m}-s{s}": r for (m, s), r in records.items()},
