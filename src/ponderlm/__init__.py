@@ -4,5 +4,5 @@ from ponderlm import flops  # compute ledger module: flops.flops(config, seq_len
 from ponderlm.config import PonderConfig
 from ponderlm.modeling import PonderForCausalLM
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["PonderConfig", "PonderForCausalLM", "__version__", "flops"]
