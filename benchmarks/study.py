@@ -54,7 +54,7 @@ LRS = ("1e-3", "2e-3", "4e-3")  # the sweep; the study uses the one with the low
 LR_METHODS = ("vanilla", "ponderlm2")
 OLD_RECIPE = ["model.tie_word_embeddings=true", "model.init=hf"]  # what the study used before
 OLD_METHODS = ("vanilla", "ponderlm", "ponderlm2")
-K_SWEEP = (2,)  # PonderLM-2 beyond the main runs' K=1
+K_SWEEP = (2, 3)  # PonderLM-2 beyond the main runs' K=1
 # A control for the embedding scale: vanilla fed the interleaved methods' sqrt(2.5 d)-scaled embeddings, so a
 # pondering method's gain over vanilla cannot come from the input scale alone.
 SCALED_VANILLA = [f"model.embed_scale={(2.5 * 128) ** 0.5!r}"]
