@@ -109,3 +109,21 @@ def assert_every_parameter_has_finite_gradient(model: PonderForCausalLM) -> None
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+# ------------------------------------------------------------------ tiny training runs (trainer tests)
+def tiny_run(out: Path, data_dir: Path, *overrides: str):
+    """Run config of a 1-layer, d=32 PonderLM-2 (K=1) trained 2 steps on `data_dir`, evaluated and saved at
+    the end; `overrides` are CLI-style `key=value` strings. Seconds per run on CPU."""
+    from ponderlm.train import from_dict
+
+    base = {
+        "name": "tiny",
+        "model": {"backbone": "llama", "method": "ponderlm2", "max_steps": 1, "hidden_size": 32,
+                  "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64},
+        "data": {"data_dir": str(data_dir), "seq_len": 32},
+        "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "eval_batches": 2, "out": str(out),
+                  "sample_tokens": 0, "device": "cpu"},
+        "log": {"tensorboard": False},
+    }
+    return from_dict(base, list(overrides))

@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from helpers import padded_batch
+from helpers import padded_batch, tiny_run
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.inference import sequential_logits
@@ -125,17 +125,9 @@ def test_tied_and_untied_keep_parallel_equal_to_sequential(tie, init, method, K)
 
 
 def test_validation_row_carries_recipe_diagnostics(data_dir, tmp_path):
-    from ponderlm.train import from_dict, read_metrics, train
+    from ponderlm.train import read_metrics, train
 
-    cfg = from_dict({
-        "name": "diag",
-        "model": {"method": "ponderlm2", "max_steps": 1, "hidden_size": 32, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "max_position_embeddings": 64},
-        "data": {"data_dir": str(data_dir), "seq_len": 32},
-        "train": {"steps": 1, "batch_size": 2, "eval_every": 1, "eval_batches": 2, "out": str(tmp_path / "run"),
-                  "sample_tokens": 0, "device": "cpu"},
-        "log": {"tensorboard": False},
-    }, [])
+    cfg = tiny_run(tmp_path / "run", data_dir, "name=diag", "train.steps=1", "train.eval_every=1")
     train(cfg)
     row = read_metrics(tmp_path / "run", "eval")[-1]
     assert row["val_depth_share_0"] == 0.0 and row["val_depth_share_1"] == 1.0  # PonderLM-2: always K
@@ -146,17 +138,10 @@ def test_validation_row_carries_recipe_diagnostics(data_dir, tmp_path):
 def test_end_of_run_summary_shows_learned_depth_and_a_reproducible_sample(data_dir, tmp_path, capsys):
     import json
 
-    from ponderlm.train import from_dict, train
+    from ponderlm.train import train
 
-    cfg = from_dict({
-        "name": "qs",
-        "model": {"method": "ponderlm3", "max_steps": 1, "hidden_size": 32, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "max_position_embeddings": 64, "tau": 0.5, "router_init": "uniform"},
-        "data": {"data_dir": str(data_dir), "seq_len": 32},
-        "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "eval_batches": 2, "out": str(tmp_path / "run"),
-                  "sample_tokens": 6, "sample_prompt": "the", "device": "cpu", "seed": 3},
-        "log": {"tensorboard": False},
-    }, [])
+    cfg = tiny_run(tmp_path / "run", data_dir, "name=qs", "model.method=ponderlm3", "model.tau=0.5",
+                   "model.router_init=uniform", "train.sample_tokens=6", "train.sample_prompt=the", "train.seed=3")
     train(cfg)
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_run
 
 from ponderlm.errors import PonderError
-from ponderlm.train import from_dict, train
+from ponderlm.train import train
 
 MARKER_NAME = "PWNED"
 
@@ -38,16 +39,7 @@ class _Payload:
 
 
 def _config(out: Path, data_dir: Path, *overrides: str):
-    base = {
-        "name": "sec",
-        "model": {"backbone": "llama", "method": "ponderlm2", "max_steps": 1, "hidden_size": 32,
-                  "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64},
-        "data": {"data_dir": str(data_dir), "seq_len": 32},
-        "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "eval_batches": 2, "save_every": 2,
-                  "out": str(out), "sample_tokens": 0, "device": "cpu"},
-        "log": {"tensorboard": False},
-    }
-    return from_dict(base, list(overrides))
+    return tiny_run(out, data_dir, "name=sec", "train.save_every=2", *overrides)
 
 
 @pytest.fixture(scope="module")
