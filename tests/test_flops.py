@@ -12,7 +12,7 @@ from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.backbone.attention import slot_causal_mask
 from ponderlm.flops import ComputeLedger, count_flops, flop_counter, flops
 from ponderlm.inference.sequential import new_state
-from ponderlm.methods import METHOD_REGISTRY, interleaved
+from ponderlm.methods import METHOD_REGISTRY, ponderlm2
 
 VOCAB, T = 61, 8
 # Settings that make adaptive methods prune some but not all steps, so avg_steps is exercised.
@@ -35,7 +35,7 @@ def dense_key_bias(monkeypatch):
     """The analytic counts are the algorithm's (model FLOPs). PonderLM-3's folded-bias attention kernel
     also multiplies 8 padding head dims (see COMPUTE.md), so counts are taken on the equivalent
     dense-mask path."""
-    monkeypatch.setattr(interleaved, "CausalKeyBias",
+    monkeypatch.setattr(ponderlm2, "CausalKeyBias",
                         lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
 
 def make(method: str, backbone: str = "llama", K: int = 2, **kw) -> PonderForCausalLM:

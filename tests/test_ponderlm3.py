@@ -227,7 +227,7 @@ def test_folded_key_bias_attention_equals_the_dense_soft_mask(monkeypatch):
     """Training without padding folds log w into the attention heads (CausalKeyBias); loss and every
     gradient must equal the dense float-mask formulation."""
     from ponderlm.backbone.attention import slot_causal_mask
-    from ponderlm.methods import interleaved
+    from ponderlm.methods import ponderlm2
 
     model = make(3, jacobi_iters_train=[2]).train()  # a fixed sweep count: both runs solve the same grid
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
@@ -239,11 +239,11 @@ def test_folded_key_bias_attention_equals_the_dense_soft_mask(monkeypatch):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     calls = []
-    original = interleaved.CausalKeyBias
-    monkeypatch.setattr(interleaved, "CausalKeyBias", lambda bias: calls.append(1) or original(bias))
+    original = ponderlm2.CausalKeyBias
+    monkeypatch.setattr(ponderlm2, "CausalKeyBias", lambda bias: calls.append(1) or original(bias))
     folded_loss, folded = loss_and_grads()
     assert calls, "the folded path must be taken when there is no padding"
-    monkeypatch.setattr(interleaved, "CausalKeyBias",
+    monkeypatch.setattr(ponderlm2, "CausalKeyBias",
                         lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
     dense_loss, dense = loss_and_grads()
     torch.testing.assert_close(folded_loss, dense_loss, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,6 @@
 """Pondering methods: one small policy module each, registered by name on the shared backbone."""
 
-from ponderlm.methods import adaponder, interleaved, latent_cot, looped, pause, ponderlm3, vanilla  # noqa: F401  (registration side effects)
+from ponderlm.methods import adaponder, latent_cot, looped, pause, ponderlm2, ponderlm3, vanilla  # noqa: F401  (registration side effects)
 from ponderlm.methods.base import METHOD_REGISTRY, DecodeState, MethodOutput, PonderMethod, register_method
 
 

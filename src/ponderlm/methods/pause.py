@@ -23,7 +23,7 @@ from ponderlm.methods.base import (
     prompt_positions,
     register_method,
 )
-from ponderlm.methods.interleaved import InterleavedPonder
+from ponderlm.methods.ponderlm2 import PonderLM2
 
 
 @register_method("pause")
@@ -56,7 +56,7 @@ class Pause(PonderMethod):
         pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)  # [B,T,K,D]
         grid = torch.cat([tokens[:, :, None], pauses], dim=2)  # [B,T,K+1,D]
         # `grid_pass` builds the interleaved positions and slot-causal mask; it reads no PonderLM-2 state.
-        hidden = InterleavedPonder.grid_pass(self, model, grid, padding_positions(attention_mask), valid, None)
+        hidden = PonderLM2.grid_pass(self, model, grid, padding_positions(attention_mask), valid, None)
         steps = float(self.config.max_steps) * valid.float()
         return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps, stats={"slot_hidden": hidden})
 

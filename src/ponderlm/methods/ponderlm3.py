@@ -21,7 +21,7 @@ from transformers import initialization as init
 
 from ponderlm.methods.base import DecodeState, MethodOutput, padding_positions, register_method
 from ponderlm.methods.fixed_pruning import fixed_depths
-from ponderlm.methods.interleaved import InterleavedPonder
+from ponderlm.methods.ponderlm2 import PonderLM2
 
 
 class DepthRouter(nn.Module):
@@ -56,7 +56,7 @@ def tail_cdf(step_probs: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("ponderlm3")
-class PonderLM3(InterleavedPonder):
+class PonderLM3(PonderLM2):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.router = DepthRouter(config.hidden_size, config.max_steps, config.router_hidden_size,

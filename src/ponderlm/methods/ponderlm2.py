@@ -13,7 +13,7 @@ Training solves the self-referential inputs in parallel: K stage-building passes
 prefixes of the slot grid, R Jacobi sweeps over the full grid (R ~ U{jacobi_iters_train}), and a
 final pass whose output is used. With enough sweeps this equals token-by-token decoding exactly.
 
-`InterleavedPonder` is also the base of PonderLM-3: subclasses override `latent_key_bias`
+`PonderLM2` is also the base of PonderLM-3: subclasses override `latent_key_bias`
 (soft mask on latent keys), `readout` (how slot states fuse into the prediction) and the decode
 depth decision, and reuse the Jacobi machinery.
 """
@@ -49,7 +49,7 @@ def deinterleave(seq: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @register_method("ponderlm2")
-class InterleavedPonder(PonderMethod):
+class PonderLM2(PonderMethod):
     """PonderLM-2: fixed K latent thoughts per token."""
 
     # ------------------------------------------------------------------ hooks for subclasses
