@@ -36,7 +36,7 @@ def graph_breaks(model, prompt: torch.Tensor) -> dict[str, object]:
     batch = prompt.shape[0]
     with torch.inference_mode():
         state = new_state(model, batch, prompt.shape[1] + 2)
-        model.method.prefill(model, state, prompt, torch.ones_like(prompt))
+        model.method.prefill(model.backbone, state, prompt, torch.ones_like(prompt))
         valid = torch.ones(batch, dtype=torch.bool)
         step = torch._dynamo.explain(model.method.decode_token)(model, state, prompt[:, -1], valid)
         torch._dynamo.reset()
@@ -49,7 +49,7 @@ def graph_breaks(model, prompt: torch.Tensor) -> dict[str, object]:
 
         model.model.forward = explained
         try:
-            model.method.decode_token(model, state, prompt[:, -1], valid)
+            model.method.decode_token(model.backbone, state, prompt[:, -1], valid)
         finally:
             del model.model.forward
         torch._dynamo.reset()

@@ -69,7 +69,8 @@ def speed(args) -> None:
     for name, model in models.items():
         if name != ref:
             with torch.no_grad():
-                slots[name] = model.method(model, ids, torch.ones_like(ids)).stats["slots_computed"] / ids.numel()
+                out = model.method(model.backbone, ids, torch.ones_like(ids))
+                slots[name] = out.stats["slots_computed"] / ids.numel()
     rows = []
     for name in models:
         rows.append({"model": name, "steps (train)": steps_train[name], "slots/tok": slots[name],
@@ -133,7 +134,8 @@ def evaluate(model, val: torch.Tensor, seq: int, n_seqs: int) -> dict[str, float
         losses.append(float(out.lm_loss))
         steps.append(float(out.executed_steps.mean()))
         if model.config.method == "latent_cot":
-            expected.append(float(model.method(model, chunk, torch.ones_like(chunk)).stats["expected_steps"].mean()))
+            stats = model.method(model.backbone, chunk, torch.ones_like(chunk)).stats
+            expected.append(float(stats["expected_steps"].mean()))
     model.train()
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     return {"val loss": mean(losses), "avg steps": mean(steps), "expected steps": mean(expected)}

@@ -98,7 +98,7 @@ def split_tau(model, input_ids: torch.Tensor) -> float:
 
     The tiny router is barely trained, so the default tau (1e-4) would run every token at full depth."""
     model.eval()
-    hidden = model.method.jacobi(model, input_ids, torch.ones_like(input_ids), model.config.jacobi_iters_eval)
+    hidden = model.method.jacobi(model.backbone, input_ids, torch.ones_like(input_ids), model.config.jacobi_iters_eval)
     _, w = model.method.route(hidden[:, :, 0])
     return float(w[..., -1].median())
 

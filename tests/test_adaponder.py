@@ -220,7 +220,7 @@ def test_bottom_k_halting_loss_and_ramp():
     model.set_training_progress(0)
     assert model(ids, attention_mask=mask, labels=ids).aux_loss.item() == 0.0
     model.set_training_progress(50)  # half way: k_frac = 0.1
-    out = model.method(model, ids, mask)
+    out = model.method(model.backbone, ids, mask)
     # Independent count: gate i is evaluated for valid tokens that ran pass i, i.e. took >= i-1 steps.
     steps = out.executed_steps
     values = torch.cat([s[valid & (steps >= i)] for i, (s, _) in enumerate(out.stats["gates"])])
@@ -230,7 +230,8 @@ def test_bottom_k_halting_loss_and_ramp():
     torch.testing.assert_close(out.aux_loss, 0.5 * values.sort().values[:k].mean())
     model.set_training_progress(10_000)  # ramp saturates at halt_k_frac
     k_full = math.floor(0.2 * values.numel())
-    torch.testing.assert_close(model.method(model, ids, mask).aux_loss, 0.5 * values.sort().values[:k_full].mean())
+    aux_loss = model.method(model.backbone, ids, mask).aux_loss
+    torch.testing.assert_close(aux_loss, 0.5 * values.sort().values[:k_full].mean())
 
 
 def test_every_parameter_gets_finite_gradient():

@@ -117,7 +117,7 @@ def decode_with_ledger(model, ids, mask=None, count: bool = True):
         for t in range(ids.shape[1]):
             before = ledger.snapshot(state)
             valid = mask[:, t].bool()
-            _, s = model.method.decode_token(model, state, ids[:, t], valid)
+            _, s = model.method.decode_token(model.backbone, state, ids[:, t], valid)
             ledger.add_decode(state, before, s, valid, seconds=1e-3)
             steps.append(s)
     return ledger, torch.stack(steps, 1), counter.get_total_flops() if count else None

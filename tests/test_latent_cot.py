@@ -114,7 +114,7 @@ def test_router_kinds_parallel_equals_decode(kind):
 def test_halted_tokens_write_nothing_and_exit_weights_sum_to_one():
     model = make(3)
     ids, mask = batch("left")
-    out = model.method(model, ids, mask)
+    out = model.method(model.backbone, ids, mask)
     p = out.stats["exit_weights"]
     torch.testing.assert_close(p.sum(-1)[mask.bool()], torch.ones(int(mask.sum())))
     assert torch.all(p[..., 1:][torch.arange(1, 4) > out.executed_steps[..., None]] == 0)
@@ -194,10 +194,10 @@ def test_training_compute_falls_with_average_depth():
         model = make(3, router_bias=bias, router_std=0.3).train()
         flops = FlopCounterMode(display=False)
         with flops:
-            out = model.method(model, ids, mask, labels=ids)
+            out = model.method(model.backbone, ids, mask, labels=ids)
             loss = model.lm_head(out.hidden).sum() + (out.aux_loss if out.aux_loss is not None else 0)
             loss.backward()
-        single = model.method(model, ids[:1], torch.ones_like(ids[:1]))
+        single = model.method(model.backbone, ids[:1], torch.ones_like(ids[:1]))
         # Batch 1: exactly T + sum_t K^_t slots go through the backbone.
         assert single.stats["slots_computed"] == 7 + int(single.executed_steps.sum())
         assert out.stats["slots_computed"] >= out.stats["slots_executed"]
@@ -247,7 +247,7 @@ def _expected_depth_after_training(cot_lambda: float, cot_beta: float, steps: in
         opt.zero_grad()
         loss.backward()
         opt.step()
-    out = model.method(model, ids, mask)
+    out = model.method(model.backbone, ids, mask)
     return float(out.stats["expected_steps"].sum() / mask.sum())
 
 

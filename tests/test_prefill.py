@@ -35,7 +35,7 @@ EXTRA = 4  # tokens decoded after the prompt
 def _continue(model, state, logits: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
     out = []
     for _ in range(EXTRA):
-        logits, _ = model.method.decode_token(model, state, logits.argmax(-1), valid)
+        logits, _ = model.method.decode_token(model.backbone, state, logits.argmax(-1), valid)
         out.append(logits)
     return out
 
@@ -50,7 +50,7 @@ def test_prefill_equals_token_by_token_and_decoding_continues_identically(method
     ref_logits, ref_steps, ref_state = sequential_logits(model, ids, mask, return_state=True)
     with torch.no_grad():
         state = new_state(model, ids.shape[0], ids.shape[1] + EXTRA)
-        logits, steps = model.method.prefill(model, state, ids, mask)
+        logits, steps = model.method.prefill(model.backbone, state, ids, mask)
     torch.testing.assert_close(logits[valid], ref_logits[valid], atol=2e-5, rtol=1e-4)
     assert torch.equal(steps[valid], ref_steps[valid])
     assert torch.equal(state.next_position, ref_state.next_position)
@@ -76,7 +76,7 @@ def test_prefill_of_one_sequence_writes_only_executed_slots(method):
     _, ref_steps, ref_state = sequential_logits(model, ids, mask, return_state=True)
     with torch.no_grad():
         state = new_state(model, 1, ids.shape[1])
-        _, steps = model.method.prefill(model, state, ids, mask)
+        _, steps = model.method.prefill(model.backbone, state, ids, mask)
     assert state.cache.length == ref_state.cache.length == ids.shape[1] + int(ref_steps.sum())
     assert state.rows_computed == ids.shape[1] + int(steps.sum())
 

@@ -89,7 +89,7 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
         start = time.perf_counter()
         if continuous and rows_schedule.supports(model):
             consumed = torch.zeros(batch, dtype=torch.long)
-            model.method.row_start(model, state, prompt[:, 0], valid)
+            model.method.row_start(model.backbone, state, prompt[:, 0], valid)
             while bool(state.extras["row"]["busy"].any()):
                 done, logits, s = rows_schedule.run_row_slots(model, state)
                 steps.append(s[done])
@@ -98,16 +98,16 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
                 if bool(more.any()):
                     nxt = prompt.gather(1, consumed.clamp(max=prompt.shape[1] - 1)[:, None])[:, 0]
                     nxt = torch.where(consumed < prompt.shape[1], nxt, logits.argmax(-1) if logits is not None else nxt)
-                    model.method.row_start(model, state, nxt, more)
+                    model.method.row_start(model.backbone, state, nxt, more)
             steps_all = torch.cat(steps)
         else:
             # Token by token (the base prefill), like every new token after it: decode speed, not prefill.
-            prompt_logits, prompt_steps = PonderMethod.prefill(model.method, model, state, prompt,
+            prompt_logits, prompt_steps = PonderMethod.prefill(model.method, model.backbone, state, prompt,
                                                                torch.ones_like(prompt))
             logits = prompt_logits[:, -1]
             steps.extend(prompt_steps.unbind(1))
             for _ in range(new_tokens):
-                logits, s = model.method.decode_token(model, state, logits.argmax(-1), valid)
+                logits, s = model.method.decode_token(model.backbone, state, logits.argmax(-1), valid)
                 steps.append(s)
             steps_all = torch.stack(steps)
         seconds = time.perf_counter() - start

@@ -303,7 +303,7 @@ class ComputeLedger:
     Use either `add(steps, contexts, position)` per token, or around `decode_token`:
 
         before = ledger.snapshot(state)
-        logits, steps = model.method.decode_token(model, state, ids, valid)
+        logits, steps = model.method.decode_token(model.backbone, state, ids, valid)
         ledger.add_decode(state, before, steps, valid, seconds=elapsed)
 
     `add_decode` charges each row only for the cache entries it owns (finite key bias) and counts its

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ponderlm.backbone.interface import Backbone
 from ponderlm.backbone.stack import DecoderStack
 from ponderlm.config import PonderConfig
 from ponderlm.methods import build_method
@@ -100,9 +101,15 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         self.model.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ building blocks for methods
+    @property
+    def backbone(self) -> Backbone:
+        """What the method computes with (embed, decoder stack, norm, LM head): a fresh view each time, so
+        it always reads the current submodules (`set_output_embeddings`, FSDP wrapping)."""
+        return Backbone(self.model, self.lm_head, self.config.resolved_embed_scale)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Scaled token embeddings `E[x] * embed_scale` [B,T,D]."""
-        return self.model.embed_tokens(input_ids) * self.config.resolved_embed_scale
+        return self.backbone.embed(input_ids)
 
     def set_training_progress(self, step: int) -> None:
         """Called by the trainer every optimiser step (schedules inside methods, e.g. AdaPonderLM's k_frac ramp)."""
@@ -127,7 +134,7 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = self.method(self, input_ids, attention_mask, labels)
+        out = self.method(self.backbone, input_ids, attention_mask, labels)
         logits = out.logits if out.logits is not None else self.lm_head(out.hidden)
         loss = lm_loss = None
         if labels is not None:

@@ -31,7 +31,7 @@ def run_row_slots(model, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor
     busy = row["busy"]
     bias, visible = method.row_slot(state)
     bias = torch.where(busy, bias, NEG_INF).float()
-    out = method.run_cached_slot(model, state, row["inputs"], row["depth"][:, None], bias,
+    out = method.run_cached_slot(model.backbone, state, row["inputs"], row["depth"][:, None], bias,
                                  allowed_extra_fn=visible, active=busy, apply_norm=method.feedback_apply_norm)
     # The post-norm state feeds the readouts; `out` (the residual stream under pre_norm) the next latent slot.
-    return method.row_finish(model, state, method.final_norm(model, out), out)
+    return method.row_finish(model.backbone, state, method.final_norm(model.backbone, out), out)

@@ -229,7 +229,7 @@ def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, cri
         attention_mask = torch.ones_like(input_ids)
     state = new_state(model, batch, cfg.max_length)
     # The prompt in a few parallel passes where the method allows (see PonderMethod.prefill).
-    prompt_logits, prompt_steps = model.method.prefill(model, state, input_ids, attention_mask)
+    prompt_logits, prompt_steps = model.method.prefill(model.backbone, state, input_ids, attention_mask)
     logits = prompt_logits[:, -1]
     if beams:
         return _beam_search(model, state, input_ids, logits, prompt_steps, processors, criteria, cfg)
@@ -281,7 +281,7 @@ def _sample(model, state, input_ids, logits, processors, criteria, cfg, has_eos,
         # Rows padded after their EOS are not computed. Without an EOS criterion transformers keeps generating
         # real tokens for rows another criterion stopped, and so does this loop.
         valid = unfinished if has_eos else torch.ones_like(unfinished)
-        logits, steps = model.method.decode_token(model, state, tokens, valid)
+        logits, steps = model.method.decode_token(model.backbone, state, tokens, valid)
         steps_log.append(steps)
     return sequences, scores, raw, steps_log
 
@@ -317,7 +317,7 @@ def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg
             else:
                 tokens[row], rows[row] = token, True
         if bool(rows.any()):
-            model.method.row_start(model, state, tokens, rows)
+            model.method.row_start(model.backbone, state, tokens, rows)
 
     start([(row, logits[row]) for row in range(batch)])
     while bool(open_rows.any()):
@@ -409,7 +409,7 @@ def _beam_search(model, state, input_ids, logits, prompt_steps, processors, crit
                                                                  is_sent_finished, hits, early_stopping)):
             break
         flat_running_sequences = flatten(running_sequences[:, :, :cur_len])
-        logits, steps = model.method.decode_token(model, state, flat_running_sequences[:, -1], valid)
+        logits, steps = model.method.decode_token(model.backbone, state, flat_running_sequences[:, -1], valid)
         steps_log.append(steps)
 
     sequences = flatten(sequences[:, :num_return, :])

@@ -31,7 +31,7 @@ def jacobi_rmse(
         trace: list[torch.Tensor] = []
         # tau = 0 and alpha = 0 so the parallel solve keeps every slot, like the traced decode above.
         with decode_options(model, tau=0.0, alpha=0.0):
-            method.jacobi(model, input_ids, attention_mask, max_sweeps, trace=trace)
+            method.jacobi(model.backbone, input_ids, attention_mask, max_sweeps, trace=trace)
     finally:
         model.train(was_training)
     valid = attention_mask.bool()

@@ -34,7 +34,7 @@ def decode_options(model, **options) -> Iterator[None]:
 def new_state(model, batch_size: int, num_tokens: int, trace: bool = False) -> DecodeState:
     param = next(model.parameters())
     state = model.method.new_decode_state(
-        model, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype
+        model.backbone, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype
     )
     if trace:
         state.slot_trace = []
@@ -75,7 +75,7 @@ def sequential_logits(
             state = new_state(model, batch, length, trace=trace)
             # The base class's prefill is exactly one `decode_token` call per token (never a method's
             # parallel override): this function is the reference the parallel paths are tested against.
-            logits, steps = PonderMethod.prefill(model.method, model, state, input_ids, attention_mask)
+            logits, steps = PonderMethod.prefill(model.method, model.backbone, state, input_ids, attention_mask)
     finally:
         model.train(was_training)
     if return_state:

@@ -4,26 +4,24 @@ A method decides how slots / passes are formed, what feeds back, how depth is de
 outputs fuse. It owns its extra parameters (router, gates, pause vectors) and never contains a
 transformer block. Two entry points must agree exactly:
 
-- `forward(model, input_ids, attention_mask)`: the parallel training/eval path (Jacobi, dense
+- `forward(backbone, input_ids, attention_mask)`: the parallel training/eval path (Jacobi, dense
   passes, 2-D masks...), returning final hidden states, executed steps and an auxiliary loss;
-- `decode_token(model, state, input_ids, valid)`: the sequential, KV-cached path used by
+- `decode_token(backbone, state, input_ids, valid)`: the sequential, KV-cached path used by
   `ponderlm.inference.sequential_logits` and `generate`, computing only the steps it executes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ponderlm.backbone.attention import NEG_INF, additive_mask
 from ponderlm.backbone.cache import SlotKVCache
+from ponderlm.backbone.interface import Backbone
 from ponderlm.config import PonderConfig
-
-if TYPE_CHECKING:
-    from ponderlm.modeling import PonderForCausalLM
 
 METHOD_REGISTRY: dict[str, type[PonderMethod]] = {}
 
@@ -154,7 +152,7 @@ class PonderMethod(nn.Module):
 
     # -- parallel path ---------------------------------------------------------------------------
     def forward(
-        self, model: PonderForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        self, backbone: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> MethodOutput:
         raise NotImplementedError
@@ -164,7 +162,7 @@ class PonderMethod(nn.Module):
         return 1
 
     def new_decode_state(
-        self, model: PonderForCausalLM, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
+        self, backbone: Backbone, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
     ) -> DecodeState:
         cfg = self.config
         caches = [
@@ -175,13 +173,13 @@ class PonderMethod(nn.Module):
         return DecodeState(caches=caches, next_position=torch.zeros(batch_size, dtype=torch.long, device=device))
 
     def decode_token(
-        self, model: PonderForCausalLM, state: DecodeState, input_ids: torch.Tensor, valid: torch.Tensor
+        self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B])."""
         raise NotImplementedError
 
     def prefill(
-        self, model: PonderForCausalLM, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Consume a whole prompt (input_ids [B,T], attention_mask [B,T]); return (logits [B,T,V], steps [B,T]).
 
@@ -193,7 +191,7 @@ class PonderMethod(nn.Module):
         valid = attention_mask.bool()
         logits, steps = [], []
         for t in range(input_ids.shape[1]):
-            out, s = self.decode_token(model, state, input_ids[:, t], valid[:, t])
+            out, s = self.decode_token(backbone, state, input_ids[:, t], valid[:, t])
             logits.append(out)
             steps.append(s)
         return torch.stack(logits, 1), torch.stack(steps, 1)
@@ -210,13 +208,13 @@ class PonderMethod(nn.Module):
         """Method-specific per-row tensors of the schedule (slot states, router outputs...)."""
         return {}
 
-    def row_state(self, model: PonderForCausalLM, state: DecodeState) -> dict[str, torch.Tensor]:
+    def row_state(self, backbone: Backbone, state: DecodeState) -> dict[str, torch.Tensor]:
         """The per-row schedule of `state`, created on first use: next slot inputs [B,D], its depth [B],
         whether the row has a slot to run [B], plus `row_extras`."""
         row = state.extras.get("row")
         if row is None:
             b, d = state.next_position.shape[0], self.config.hidden_size
-            device, dtype = state.next_position.device, next(model.parameters()).dtype
+            device, dtype = state.next_position.device, backbone.dtype
             row = state.extras["row"] = {
                 "inputs": torch.zeros(b, d, device=device, dtype=dtype),
                 "depth": torch.zeros(b, dtype=torch.long, device=device),
@@ -235,11 +233,11 @@ class PonderMethod(nn.Module):
         row["slots"] = slots
         return slots
 
-    def row_start(self, model: PonderForCausalLM, state: DecodeState, token_ids: torch.Tensor,
+    def row_start(self, backbone: Backbone, state: DecodeState, token_ids: torch.Tensor,
                   rows: torch.Tensor) -> None:
         """Begin a new token (token_ids [B]) at slot 0 in the rows where `rows` [B] bool is set."""
-        row = self.row_state(model, state)
-        row["inputs"] = torch.where(rows[:, None], model.embed(token_ids), row["inputs"])
+        row = self.row_state(backbone, state)
+        row["inputs"] = torch.where(rows[:, None], backbone.embed(token_ids), row["inputs"])
         row["depth"] = torch.where(rows, 0, row["depth"])
         row["busy"] = row["busy"] | rows
 
@@ -247,7 +245,7 @@ class PonderMethod(nn.Module):
         """Key bias [B] of each row's next slot and its visibility predicate (an `allowed_extra_fn` or None)."""
         raise NotImplementedError
 
-    def row_finish(self, model: PonderForCausalLM, state: DecodeState, hidden: torch.Tensor,
+    def row_finish(self, backbone: Backbone, state: DecodeState, hidden: torch.Tensor,
                    feedback: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Consume the slot just computed (hidden [B,D]: its post-norm state, busy rows only; feedback [B,D]:
         what the token's next latent slot takes as input, see `final_norm`, None = hidden). Returns (done [B]
@@ -271,16 +269,16 @@ class PonderMethod(nn.Module):
         """
         return self.config.latent_feedback != "pre_norm"
 
-    def final_norm(self, model: PonderForCausalLM, out: torch.Tensor) -> torch.Tensor:
+    def final_norm(self, backbone: Backbone, out: torch.Tensor) -> torch.Tensor:
         """Post-norm state of the output of a pass run with `apply_norm=self.feedback_apply_norm`.
 
         A row or slot that was not computed returns its input (a previous slot's output in the same
         form), so its post-norm state is the previous slot's, exactly as with post_norm feedback."""
-        return out if self.feedback_apply_norm else model.model.norm(out)
+        return out if self.feedback_apply_norm else backbone.norm(out)
 
     @staticmethod
     def run_cached_slot(
-        model: PonderForCausalLM,
+        backbone: Backbone,
         state: DecodeState,
         inputs: torch.Tensor,
         depth: int,
@@ -309,11 +307,11 @@ class PonderMethod(nn.Module):
         extra = allowed_extra_fn(cache) if allowed_extra_fn is not None else None
         mask = decode_mask(cache, extra)
         if rows is None:
-            hidden = model.model(inputs[:, None], position, mask, cache=cache, apply_norm=apply_norm)[:, 0]
+            hidden = backbone.run(inputs[:, None], position, mask, cache=cache, apply_norm=apply_norm)[:, 0]
         else:
             # The mask keeps every row if the cache attends over the whole batch (see SlotKVCache.reserve).
             rows_mask = mask if cache.full_batch_attention else mask[rows]
-            out = model.model(inputs[rows, None], position[rows], rows_mask, cache=cache, apply_norm=apply_norm)[:, 0]
+            out = backbone.run(inputs[rows, None], position[rows], rows_mask, cache=cache, apply_norm=apply_norm)[:, 0]
             hidden = inputs.index_copy(0, rows, out.to(inputs.dtype))
         cache.commit()
         state.backbone_calls += 1
@@ -322,7 +320,7 @@ class PonderMethod(nn.Module):
 
     @staticmethod
     def run_cached_block(
-        model: PonderForCausalLM,
+        backbone: Backbone,
         state: DecodeState,
         inputs: torch.Tensor,
         positions: torch.Tensor,
@@ -345,18 +343,18 @@ class PonderMethod(nn.Module):
         allowed = meta["position"][:, None, :] <= positions[:, :, None]
         if allowed_extra_fn is not None:
             allowed = allowed & allowed_extra_fn(cache)
-        hidden = model.model(inputs, positions, decode_mask(cache, allowed), cache=cache, apply_norm=apply_norm)
+        hidden = backbone.run(inputs, positions, decode_mask(cache, allowed), cache=cache, apply_norm=apply_norm)
         cache.commit()
         state.backbone_calls += 1
         state.rows_computed += inputs.shape[0] * inputs.shape[1]
         return hidden
 
     @staticmethod
-    def rows_logits(model: PonderForCausalLM, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def rows_logits(backbone: Backbone, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """LM-head logits [B,V] computed only for `rows` [B] bool (zeros elsewhere): in a per-row schedule
         few rows finish a token per call, and the head costs as much as a layer at small sizes."""
         index = rows.nonzero()[:, 0]
-        out = model.lm_head(hidden.index_select(0, index))
+        out = backbone.head(hidden.index_select(0, index))
         return out.new_zeros(hidden.shape[0], out.shape[-1]).index_copy(0, index, out)
 
     @staticmethod

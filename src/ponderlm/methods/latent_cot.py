@@ -121,7 +121,7 @@ class LatentCoT(PonderMethod):
 
     # ------------------------------------------------------------------ parallel path
     def depth_pass(
-        self, model, inputs: torch.Tensor, positions: torch.Tensor, q_tok: torch.Tensor, q_valid: torch.Tensor,
+        self, backbone, inputs: torch.Tensor, positions: torch.Tensor, q_tok: torch.Tensor, q_valid: torch.Tensor,
         past: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor] | None,
         apply_norm: bool = True,
     ) -> tuple[torch.Tensor, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]]:
@@ -149,30 +149,31 @@ class LatentCoT(PonderMethod):
         allowed = key_valid[:, None, :] & (key_tok[:, None, :] <= q_tok[:, :, None])
         own = torch.cat([torch.zeros(n_new, n_old, dtype=torch.bool, device=q_tok.device),
                          torch.eye(n_new, dtype=torch.bool, device=q_tok.device)], dim=1)
-        hidden = model.model(inputs, positions, additive_mask(allowed | own[None]), kv_hook=hook, apply_norm=apply_norm)
+        mask = additive_mask(allowed | own[None])
+        hidden = backbone.run(inputs, positions, mask, kv_hook=hook, apply_norm=apply_norm)
         return hidden, ([fresh[i] for i in range(len(fresh))], key_tok, key_valid)
 
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         """K+1 exact depth passes over the still-active tokens (METHODS.md §8)."""
         K, (B, T) = self.config.max_steps, input_ids.shape
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, T)
         fixed = fixed_depths(self.config, rows, positions)
-        inputs, active, reach = model.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
+        inputs, active, reach = backbone.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
         hidden, gates, executed = [], [], []
         past, slots_computed = None, 0
         apply_norm = self.feedback_apply_norm
         for k in range(K + 1):
             # Depth 0 is a plain dense pass (padding included, like vanilla); later depths pack the active slots.
             idx, q_valid = pack_active(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
-            out, past = self.depth_pass(model, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid, past,
-                                        apply_norm=apply_norm)
+            out, past = self.depth_pass(backbone, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid,
+                                        past, apply_norm=apply_norm)
             slots_computed += idx.numel()
             dense = torch.zeros_like(inputs).scatter(1, idx[..., None].expand_as(out), out)
             fed = torch.where(active[..., None], dense, torch.zeros_like(dense))  # the next depth's inputs
             # Readouts see post-norm states (zeros at non-executed slots); under post_norm that is `fed` itself.
-            hidden.append(fed if apply_norm else torch.where(active[..., None], self.final_norm(model, dense), fed))
+            hidden.append(fed if apply_norm else torch.where(active[..., None], self.final_norm(backbone, dense), fed))
             executed.append(active)
             if k == K:
                 break
@@ -191,15 +192,15 @@ class LatentCoT(PonderMethod):
         expected = (r * defined).sum(-1) * valid
         aux = None
         if self.training and labels is not None and self.config.cot_lambda > 0:
-            aux = self.penalty(model, hidden, r, defined, labels, valid)
+            aux = self.penalty(backbone, hidden, r, defined, labels, valid)
         # Diagnostics only (detached). slots_computed counts backbone slots incl. per-batch packing filler.
         stats = {"slots_computed": slots_computed, "slots_executed": int(valid.sum() + depth.sum()),
                  "expected_steps": expected.detach(), "exit_weights": p.detach(), "continue_probs": gate_t.detach(),
                  "slot_hidden": slot_hidden.detach()}
         return MethodOutput(hidden=fused, executed_steps=depth.float() * valid, aux_loss=aux, stats=stats)
 
-    def penalty(self, model, hidden: list[torch.Tensor], r: torch.Tensor, defined: torch.Tensor, labels: torch.Tensor,
-                valid: torch.Tensor) -> torch.Tensor:
+    def penalty(self, backbone, hidden: list[torch.Tensor], r: torch.Tensor, defined: torch.Tensor,
+                labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """cot_lambda * mean_t sum_{k>=1} r_{t,k} sg(q_{t,k-1})^beta, q = p(x_{t+1}) read from slot (t,k-1)."""
         B, T = labels.shape
         target = torch.cat([labels[:, 1:], labels[:, :1]], dim=1).clamp(min=0)
@@ -212,7 +213,7 @@ class LatentCoT(PonderMethod):
                 sel = has_target & defined[..., j + 1]
                 q = torch.zeros(B, T, device=labels.device)
                 if sel.any():
-                    logp = torch.log_softmax(model.lm_head(hidden[j][sel]).float(), dim=-1)
+                    logp = torch.log_softmax(backbone.head(hidden[j][sel]).float(), dim=-1)
                     q[sel] = logp.gather(1, target[sel][:, None])[:, 0].exp()
                 qs.append(q)
         for j, q in enumerate(qs):
@@ -221,7 +222,7 @@ class LatentCoT(PonderMethod):
         return self.config.cot_lambda * (terms * has_target).sum() / count
 
     # ------------------------------------------------------------------ sequential path
-    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+    def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """Depth-major, as in training: depth k runs once over the prompt's tokens still thinking at k,
         packed left per row. The 2-D mask makes this exact (a depth-k slot reads no deeper key)."""
         K = self.config.max_steps
@@ -230,9 +231,9 @@ class LatentCoT(PonderMethod):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
         fixed = fixed_depths(self.config, rows, positions)
         apply_norm = self.feedback_apply_norm
-        x = self.run_cached_block(model, state, model.embed(input_ids), positions, 0, self.token_bias(valid),
+        x = self.run_cached_block(backbone, state, backbone.embed(input_ids), positions, 0, self.token_bias(valid),
                                   allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
-        h = self.final_norm(model, x)
+        h = self.final_norm(backbone, x)
         slots, gates, active = [h], [], valid
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
@@ -242,17 +243,17 @@ class LatentCoT(PonderMethod):
                 break
             index, present = pack_active(active)
             bias = torch.where(present, 0.0, NEG_INF).float()
-            new = self.run_cached_block(model, state, gather_tokens(x, index), gather_tokens(positions, index),
+            new = self.run_cached_block(backbone, state, gather_tokens(x, index), gather_tokens(positions, index),
                                         k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1), apply_norm=apply_norm)
             x = scatter_tokens(x, index, present, new)
-            h = self.final_norm(model, x)
+            h = self.final_norm(backbone, x)
             slots.append(torch.where(active[..., None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long().sum(-1)
         _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
-        return model.lm_head(fuse_exits(torch.stack(slots, dim=-2), p)), depth.float() * valid
+        return backbone.head(fuse_exits(torch.stack(slots, dim=-2), p)), depth.float() * valid
 
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
         while others continue is not computed and gets a -inf-biased entry (invisible); with batch 1
         nothing is written for skipped depths."""
@@ -261,9 +262,9 @@ class LatentCoT(PonderMethod):
         fixed = fixed_depths(self.config, rows, state.next_position)
 
         apply_norm = self.feedback_apply_norm
-        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid),
+        x = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, self.token_bias(valid),
                                  allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
-        h = self.final_norm(model, x)
+        h = self.final_norm(backbone, x)
         slots, gates, active = [h], [], valid
         reach = torch.ones(valid.shape, device=valid.device)
         depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
@@ -273,9 +274,9 @@ class LatentCoT(PonderMethod):
                 break
             bias = torch.where(active, 0.0, NEG_INF).float()
             # Only the active rows are computed; halted rows keep their input and own no visible entry.
-            x = self.run_cached_slot(model, state, x, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
+            x = self.run_cached_slot(backbone, state, x, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
                                      active=active, apply_norm=apply_norm)
-            h = self.final_norm(model, x)
+            h = self.final_norm(backbone, x)
             slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
             depth += active.long()
         state.next_position += valid.long()
@@ -283,7 +284,7 @@ class LatentCoT(PonderMethod):
         if state.slot_trace is not None:
             state.slot_trace.append(stacked)
         _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
-        return model.lm_head(fuse_exits(stacked, p)), depth.float() * valid
+        return backbone.head(fuse_exits(stacked, p)), depth.float() * valid
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
@@ -293,8 +294,8 @@ class LatentCoT(PonderMethod):
         return {"slots": torch.zeros(batch, K + 1, d, device=device, dtype=dtype),  # h^(0..k) of the token
                 "gates": torch.ones(batch, K, device=device), "reach": torch.ones(batch, device=device)}
 
-    def row_start(self, model, state: DecodeState, token_ids, rows):
-        super().row_start(model, state, token_ids, rows)
+    def row_start(self, backbone, state: DecodeState, token_ids, rows):
+        super().row_start(backbone, state, token_ids, rows)
         row = state.extras["row"]
         row["reach"] = torch.where(rows, 1.0, row["reach"])
 
@@ -303,7 +304,7 @@ class LatentCoT(PonderMethod):
         return (torch.zeros(k.shape[0], device=k.device),
                 lambda cache: (cache.entry_view()["depth"] <= k)[:, None, :])  # the 2-D mask, per row
 
-    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
+    def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         K = self.config.max_steps
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
@@ -325,7 +326,7 @@ class LatentCoT(PonderMethod):
         logits = None
         if bool(done.any()):
             _, p = exit_weights(gates, k)
-            logits = self.rows_logits(model, fuse_exits(slots, p), done)
+            logits = self.rows_logits(backbone, fuse_exits(slots, p), done)
             state.next_position += done.long()
         row["inputs"] = hidden if feedback is None else feedback
         row["depth"] = torch.where(busy & keep, k + 1, k)

@@ -35,14 +35,14 @@ class Looped(PonderMethod):
         return self.config.max_steps + 1
 
     # ------------------------------------------------------------------ parallel path
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         mask = slot_causal_mask(valid)  # built once, shared by every loop and layer
-        x = model.embed(input_ids)  # [B,T,D]
+        x = backbone.embed(input_ids)  # [B,T,D]
         for _ in range(self.num_loops()):
-            x = model.model.run_layers(x, positions, mask)
-        hidden = model.model.norm(x)
+            x = backbone.run_layers(x, positions, mask)
+        hidden = backbone.norm(x)
         steps = float(self.config.max_steps) * valid.float()
         return MethodOutput(hidden=hidden, executed_steps=steps)
 
@@ -50,33 +50,33 @@ class Looped(PonderMethod):
     def num_caches(self) -> int:
         return self.num_loops()
 
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         bias = self.token_bias(valid)[:, None]  # [B,1]: padding rows own no visible key
         position = state.next_position[:, None]
-        x = model.embed(input_ids)[:, None]  # [B,1,D]
+        x = backbone.embed(input_ids)[:, None]  # [B,1,D]
         loops = []
         for i, cache in enumerate(state.caches):
             # Like `run_cached_slot`, but without the final norm: the next loop reads the raw residual stream.
             cache.reserve(position, i, bias)
-            x = model.model(x, position, decode_mask(cache), cache=cache, apply_norm=False)
+            x = backbone.run(x, position, decode_mask(cache), cache=cache, apply_norm=False)
             cache.commit()
             state.backbone_calls += 1
             loops.append(x[:, 0])
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(loops, dim=1))
-        hidden = model.model.norm(x[:, 0])
+        hidden = backbone.norm(x[:, 0])
         steps = float(self.config.max_steps) * valid.float()
-        return model.lm_head(hidden), steps
+        return backbone.head(hidden), steps
 
-    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+    def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """K+1 cached passes over the whole prompt, loop i writing cache i."""
         valid = attention_mask.bool()
         positions = prompt_positions(state, valid)
         bias = self.token_bias(valid)
-        x = model.embed(input_ids)
+        x = backbone.embed(input_ids)
         for i in range(self.num_loops()):
-            x = self.run_cached_block(model, state, x, positions, i, bias, cache_index=i, apply_norm=False)
+            x = self.run_cached_block(backbone, state, x, positions, i, bias, cache_index=i, apply_norm=False)
         state.next_position += valid.long().sum(-1)
         steps = float(self.config.max_steps) * valid.float()
-        return model.lm_head(model.model.norm(x)), steps
+        return backbone.head(backbone.norm(x)), steps

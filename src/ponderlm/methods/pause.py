@@ -49,44 +49,44 @@ class Pause(PonderMethod):
         return self.pause_embeds * self.config.resolved_embed_scale
 
     # ------------------------------------------------------------------ parallel path (one pass, exact)
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
         b, t = input_ids.shape
-        tokens = model.embed(input_ids)  # [B,T,D]
+        tokens = backbone.embed(input_ids)  # [B,T,D]
         pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)  # [B,T,K,D]
         grid = torch.cat([tokens[:, :, None], pauses], dim=2)  # [B,T,K+1,D]
         # `grid_pass` builds the interleaved positions and slot-causal mask; it reads no PonderLM-2 state.
-        hidden = PonderLM2.grid_pass(self, model, grid, padding_positions(attention_mask), valid, None)
+        hidden = PonderLM2.grid_pass(self, backbone, grid, padding_positions(attention_mask), valid, None)
         steps = float(self.config.max_steps) * valid.float()
         return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps, stats={"slot_hidden": hidden})
 
     # ------------------------------------------------------------------ sequential path
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         bias = self.token_bias(valid)
-        h = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias)
+        h = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, bias)
         slots = [h]
         pauses = self.pause_inputs().to(h.dtype)
         for k in range(1, self.config.max_steps + 1):
-            h = self.run_cached_slot(model, state, pauses[k - 1].expand_as(h), k, bias)
+            h = self.run_cached_slot(backbone, state, pauses[k - 1].expand_as(h), k, bias)
             slots.append(h)
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(slots, dim=1))
         steps = float(self.config.max_steps) * valid.float()
-        return model.lm_head(h), steps
+        return backbone.head(h), steps
 
-    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+    def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """The prompt's T(K+1) interleaved slots in one cached pass (no slot reads another's output)."""
         valid = attention_mask.bool()
         b, t = input_ids.shape
         slots = self.config.max_steps + 1
-        tokens = model.embed(input_ids)
+        tokens = backbone.embed(input_ids)
         pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)
         grid = torch.cat([tokens[:, :, None], pauses], dim=2).reshape(b, t * slots, -1)
         positions = prompt_positions(state, valid).repeat_interleave(slots, dim=1)
         depth = torch.arange(slots, device=input_ids.device).repeat(t)[None].expand(b, -1)
         bias = self.token_bias(valid).repeat_interleave(slots, dim=1)
-        hidden = self.run_cached_block(model, state, grid, positions, depth, bias).view(b, t, slots, -1)
+        hidden = self.run_cached_block(backbone, state, grid, positions, depth, bias).view(b, t, slots, -1)
         state.next_position += valid.long().sum(-1)
         steps = float(self.config.max_steps) * valid.float()
-        return model.lm_head(hidden[:, :, -1]), steps
+        return backbone.head(hidden[:, :, -1]), steps

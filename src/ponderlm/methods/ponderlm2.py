@@ -73,7 +73,7 @@ class PonderLM2(PonderMethod):
 
     def grid_pass(
         self,
-        model,
+        backbone,
         grid_inputs: torch.Tensor,
         positions: torch.Tensor,
         valid: torch.Tensor,
@@ -105,7 +105,7 @@ class PonderLM2(PonderMethod):
             # Kept slots come first in every row, so a plain causal order never lets a kept slot see the
             # filler behind it: the mask is causal + key bias, which attention folds into the heads.
             mask = slot_causal_mask(present, None) if bias is None else CausalKeyBias(bias)
-            packed = model.model(gather_tokens(inputs, index), gather_tokens(pos, index), mask, apply_norm=apply_norm)
+            packed = backbone.run(gather_tokens(inputs, index), gather_tokens(pos, index), mask, apply_norm=apply_norm)
             return deinterleave(scatter_tokens(inputs, index, present, packed), n)
         if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
             # No padding: the mask is causal plus a key bias, which attention folds into the heads
@@ -113,11 +113,11 @@ class PonderLM2(PonderMethod):
             mask = CausalKeyBias(key_bias)
         else:
             mask = slot_causal_mask(interleave(key_valid), key_bias)
-        return deinterleave(model.model(inputs, pos, mask, apply_norm=apply_norm), n)
+        return deinterleave(backbone.run(inputs, pos, mask, apply_norm=apply_norm), n)
 
     def jacobi(
         self,
-        model,
+        backbone,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         num_sweeps: int,
@@ -132,7 +132,7 @@ class PonderLM2(PonderMethod):
         K = self.config.max_steps
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
-        token_inputs = model.embed(input_ids)
+        token_inputs = backbone.embed(input_ids)
         detach = self.config.jacobi_detach and self.training
         latents: list[torch.Tensor] = []  # inputs of slots 1..n-1, i.e. h^(0..n-2) (pre-norm under pre_norm)
         apply_norm = self.feedback_apply_norm
@@ -147,43 +147,44 @@ class PonderLM2(PonderMethod):
         # All latent inputs are refreshed from the newest pass (a Jacobi update on the prefix grid).
         for _ in range(K):
             n = len(latents) + 1
-            out = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias,
+            out = self.grid_pass(backbone, inputs_grid(), positions, valid, latent_bias,
                                  None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
             latents = [out[:, :, j] for j in range(n)]
-            latent_bias, slot_valid = self._refresh(self.final_norm(model, out[:, :, 0]), slot_valid_fn)
+            latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
         # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
         for sweep in range(num_sweeps + 1):
-            out = self.grid_pass(model, inputs_grid(), positions, valid, latent_bias, slot_valid, apply_norm=apply_norm)
+            out = self.grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid,
+                                 apply_norm=apply_norm)
             if trace is not None:
-                trace.append(self.final_norm(model, out).detach())
+                trace.append(self.final_norm(backbone, out).detach())
             if sweep < num_sweeps:
                 latents = [out[:, :, j] for j in range(K)]
-                latent_bias, slot_valid = self._refresh(self.final_norm(model, out[:, :, 0]), slot_valid_fn)
-        return self.final_norm(model, out)
+                latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
+        return self.final_norm(backbone, out)
 
     def _refresh(self, token_hidden: torch.Tensor, slot_valid_fn) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         bias = self.latent_key_bias(token_hidden)
         slot_valid = slot_valid_fn(token_hidden) if slot_valid_fn is not None else None
         return bias, slot_valid
 
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
-        hidden = self.jacobi(model, input_ids, attention_mask, self.num_sweeps())
+        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps())
         fused, steps = self.readout(hidden, valid)
         return MethodOutput(hidden=fused, executed_steps=steps, aux_loss=self.aux_loss(hidden, valid),
                             stats={"slot_hidden": hidden})
 
     # ------------------------------------------------------------------ sequential path
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         bias = self.token_bias(valid)
         apply_norm = self.feedback_apply_norm
-        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, bias, apply_norm=apply_norm)
-        slots = [self.final_norm(model, x)]
+        x = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, bias, apply_norm=apply_norm)
+        slots = [self.final_norm(backbone, x)]
         for k in range(1, self.config.max_steps + 1):
-            x = self.run_cached_slot(model, state, x, k, bias, apply_norm=apply_norm)
-            slots.append(self.final_norm(model, x))
+            x = self.run_cached_slot(backbone, state, x, k, bias, apply_norm=apply_norm)
+            slots.append(self.final_norm(backbone, x))
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(slots, dim=1))
         steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
-        return model.lm_head(slots[-1]), steps
+        return backbone.head(slots[-1]), steps

@@ -97,7 +97,7 @@ class PonderLM3(PonderLM2):
                 weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
         return (weights.to(slot_hidden.dtype)[..., None] * slot_hidden).sum(-2)
 
-    def forward(self, model, input_ids, attention_mask, labels=None):
+    def forward(self, backbone, input_ids, attention_mask, labels=None):
         valid = attention_mask.bool()
         K = self.config.max_steps
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
@@ -109,7 +109,7 @@ class PonderLM3(PonderLM2):
             def slot_valid_fn(token_hidden: torch.Tensor) -> torch.Tensor:
                 return kk <= self.depth(self.route(token_hidden)[1], rows, positions)[..., None]
 
-        hidden = self.jacobi(model, input_ids, attention_mask, self.num_sweeps(), slot_valid_fn=slot_valid_fn)
+        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps(), slot_valid_fn=slot_valid_fn)
         s, w = self.route(hidden[:, :, 0])
         expected = w[..., 1:].sum(-1)  # expected extra steps per token
         if self.training:
@@ -127,11 +127,11 @@ class PonderLM3(PonderLM2):
                             stats={"slot_hidden": hidden, "step_probs": s, "expected_steps": expected * validf})
 
     # ------------------------------------------------------------------ sequential path (real early exit)
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         tok_bias = self.token_bias(valid)
         apply_norm = self.feedback_apply_norm
-        x = self.run_cached_slot(model, state, model.embed(input_ids), 0, tok_bias, apply_norm=apply_norm)
-        h = self.final_norm(model, x)
+        x = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, tok_bias, apply_norm=apply_norm)
+        h = self.final_norm(backbone, x)
         s, w = self.route(h)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         depth = torch.where(valid, self.depth(w, rows, state.next_position), 0)
@@ -141,14 +141,14 @@ class PonderLM3(PonderLM2):
         for k in range(1, int(depth.max()) + 1):
             active = depth >= k
             bias = torch.where(active, self.mask_bias(w[:, k]), torch.full_like(w[:, k], float("-inf")))
-            x = self.run_cached_slot(model, state, x, k, bias, active=active, apply_norm=apply_norm)
-            slots.append(self.final_norm(model, x))
+            x = self.run_cached_slot(backbone, state, x, k, bias, active=active, apply_norm=apply_norm)
+            slots.append(self.final_norm(backbone, x))
         state.next_position += valid.long()
         stacked = torch.stack(slots, dim=1)
         if state.slot_trace is not None:
             state.slot_trace.append(stacked)
         fused = self.fuse(stacked, s[:, : stacked.shape[1]], depth)
-        return model.lm_head(fused), depth.float() * valid
+        return backbone.head(fused), depth.float() * valid
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
@@ -166,7 +166,7 @@ class PonderLM3(PonderLM2):
         latent = self.mask_bias(row["w"].gather(1, k[:, None])[:, 0])
         return torch.where(k > 0, latent, 0.0), None
 
-    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
+    def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         row = state.extras["row"]
         busy, k = row["busy"], row["depth"]
         rows = torch.arange(busy.shape[0], device=busy.device)
@@ -181,7 +181,7 @@ class PonderLM3(PonderLM2):
         done = busy & (k >= row["target"])
         logits = None
         if bool(done.any()):
-            logits = self.rows_logits(model, self.fuse(slots, row["s"], row["target"]), done)
+            logits = self.rows_logits(backbone, self.fuse(slots, row["s"], row["target"]), done)
             state.next_position += done.long()
         row["inputs"] = hidden if feedback is None else feedback
         row["depth"] = torch.where(busy & ~done, k + 1, k)

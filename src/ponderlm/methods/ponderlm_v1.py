@@ -58,10 +58,10 @@ class RecurrentPonder(PonderMethod):
         return None
 
     # ------------------------------------------------------------------ shared pieces
-    def feedback(self, model, hidden: torch.Tensor) -> torch.Tensor:
+    def feedback(self, backbone, hidden: torch.Tensor) -> torch.Tensor:
         """e = P (gamma E) with P = softmax(W_out H): the expected next-token embedding, [..., D]."""
-        probs = torch.softmax(model.lm_head(hidden).float(), dim=-1).to(hidden.dtype)
-        return (probs @ model.model.embed_tokens.weight) * self.config.resolved_embed_scale
+        probs = torch.softmax(backbone.head(hidden).float(), dim=-1).to(hidden.dtype)
+        return (probs @ backbone.embed_weight) * self.config.resolved_embed_scale
 
     @staticmethod
     def next_inputs(inputs: torch.Tensor, feedback: torch.Tensor, scale: torch.Tensor | None,
@@ -72,13 +72,13 @@ class RecurrentPonder(PonderMethod):
         return inputs + (scale * active).to(feedback.dtype)[..., None] * feedback
 
     # ------------------------------------------------------------------ parallel path
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         K = self.config.max_steps
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
         mask = slot_causal_mask(valid)
-        inputs = model.embed(input_ids)
+        inputs = backbone.embed(input_ids)
         active = valid
         steps = torch.zeros(valid.shape, device=valid.device)
         gates: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -89,7 +89,7 @@ class RecurrentPonder(PonderMethod):
             frozen = valid & ~active
             kv_out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(kv)
             hook = _kv_reuse_hook(active if (j > 0 and bool(frozen.any())) else None, kv, kv_out)
-            new = model.model(inputs, positions, mask, kv_hook=hook)
+            new = backbone.run(inputs, positions, mask, kv_hook=hook)
             hidden = new if hidden is None or not bool(frozen.any()) else torch.where(active[..., None], new, hidden)
             kv = kv_out
             if j == K:
@@ -100,7 +100,7 @@ class RecurrentPonder(PonderMethod):
             steps = steps + nxt.float()
             if not bool(nxt.any()):  # everyone halted: later passes would change nothing
                 break
-            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
             active = nxt
         steps = steps * valid
         return MethodOutput(hidden=hidden, executed_steps=steps, aux_loss=self.aux_loss(gates, valid),
@@ -110,13 +110,13 @@ class RecurrentPonder(PonderMethod):
     def decode_capacity(self, num_tokens: int) -> int:
         return num_tokens * (self.config.max_steps + 1)
 
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
         """K+1 single-token passes at most; pass j attends to the entries serving depth j (see module doc)."""
         K = self.config.max_steps
         cache = state.cache
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         positions = state.next_position
-        inputs = model.embed(input_ids)
+        inputs = backbone.embed(input_ids)
         active = valid
         steps = torch.zeros(valid.shape, device=valid.device)
         hidden = None
@@ -124,7 +124,7 @@ class RecurrentPonder(PonderMethod):
         for j in range(K + 1):
             # Rows not active in this pass (padding, halted while another row continues) own no visible key.
             # Halted rows are not computed at all (only the active rows run this pass).
-            new = self.run_cached_slot(model, state, inputs, j, self.token_bias(active),
+            new = self.run_cached_slot(backbone, state, inputs, j, self.token_bias(active),
                                        allowed_extra_fn=_depth_window(j), active=active)
             hidden = new if hidden is None else torch.where(active[:, None], new, hidden)
             trace.append(hidden)
@@ -138,15 +138,15 @@ class RecurrentPonder(PonderMethod):
             steps = steps + nxt.float()
             if not bool(nxt.any()):
                 break
-            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
             active = nxt
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(trace, dim=1))
-        return model.lm_head(hidden), steps * valid
+        return backbone.head(hidden), steps * valid
 
 
-    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+    def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """Pass-major: pass j runs once over the prompt's tokens still active at j, packed left per row
         (halted tokens cost nothing and, with batch 1, write nothing). Same entries, depths and aliases
         as `decode_token`, in pass-major instead of token-major order."""
@@ -155,7 +155,7 @@ class RecurrentPonder(PonderMethod):
         valid = attention_mask.bool()
         positions = prompt_positions(state, valid)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-        inputs = model.embed(input_ids)
+        inputs = backbone.embed(input_ids)
         hidden = torch.zeros_like(inputs)
         active = valid
         steps = torch.zeros(valid.shape, device=valid.device)
@@ -164,7 +164,7 @@ class RecurrentPonder(PonderMethod):
             index, present = pack_active(active if j > 0 else torch.ones_like(active))
             owned = present & gather_tokens(active, index)
             bias = torch.where(owned, 0.0, NEG_INF).float()
-            new = self.run_cached_block(model, state, gather_tokens(inputs, index), gather_tokens(positions, index),
+            new = self.run_cached_block(backbone, state, gather_tokens(inputs, index), gather_tokens(positions, index),
                                         j, bias, allowed_extra_fn=_depth_window(j))
             start = cache.length - index.shape[1]
             hidden = scatter_tokens(hidden, index, owned, new)
@@ -178,10 +178,10 @@ class RecurrentPonder(PonderMethod):
             steps = steps + nxt.float()
             if not bool(nxt.any()):
                 break
-            inputs = self.next_inputs(inputs, self.feedback(model, hidden), scale, nxt)
+            inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
             active = nxt
         state.next_position += valid.long().sum(-1)
-        return model.lm_head(hidden), steps * valid
+        return backbone.head(hidden), steps * valid
 
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
@@ -196,7 +196,7 @@ class RecurrentPonder(PonderMethod):
 
         return torch.zeros(j.shape[0], device=j.device), visible
 
-    def row_finish(self, model, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
+    def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         # `feedback` is unused: the next pass takes U + P(gamma E), P read from the post-norm `hidden` by the
         # LM head, never a hidden state itself, so `latent_feedback` has nothing to switch (see the module doc).
         K = self.config.max_steps
@@ -221,12 +221,12 @@ class RecurrentPonder(PonderMethod):
             cache.set_depth_last(cache.length - 1, K, halted_early)
         logits = None
         if bool(done.any()):
-            logits = self.rows_logits(model, hidden, done)
+            logits = self.rows_logits(backbone, hidden, done)
             state.next_position += done.long()
         cont = busy & keep
         if bool(cont.any()):
             index = cont.nonzero()[:, 0]  # feedback (a full LM head + embedding mix) only where needed
-            mixed = self.feedback(model, hidden.index_select(0, index))
+            mixed = self.feedback(backbone, hidden.index_select(0, index))
             update = torch.zeros_like(hidden).index_copy(0, index, mixed)
             row["inputs"] = self.next_inputs(row["inputs"], update, scale, cont)
         row["depth"] = torch.where(cont, j + 1, j)

@@ -17,22 +17,22 @@ from ponderlm.methods.base import (
 
 @register_method("vanilla")
 class Vanilla(PonderMethod):
-    def forward(self, model, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
-        hidden = model.model(model.embed(input_ids), padding_positions(attention_mask), slot_causal_mask(valid))
+        hidden = backbone.run(backbone.embed(input_ids), padding_positions(attention_mask), slot_causal_mask(valid))
         return MethodOutput(hidden=hidden, executed_steps=torch.zeros_like(input_ids, dtype=torch.float32))
 
-    def decode_token(self, model, state: DecodeState, input_ids, valid):
-        hidden = self.run_cached_slot(model, state, model.embed(input_ids), 0, self.token_bias(valid))
+    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
+        hidden = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, self.token_bias(valid))
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(hidden[:, None])
-        return model.lm_head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)
+        return backbone.head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)
 
-    def prefill(self, model, state: DecodeState, input_ids, attention_mask):
+    def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """The whole prompt in one cached pass."""
         valid = attention_mask.bool()
-        hidden = self.run_cached_block(model, state, model.embed(input_ids), prompt_positions(state, valid), 0,
+        hidden = self.run_cached_block(backbone, state, backbone.embed(input_ids), prompt_positions(state, valid), 0,
                                        self.token_bias(valid))
         state.next_position += valid.long().sum(-1)
-        return model.lm_head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)
+        return backbone.head(hidden), torch.zeros_like(input_ids, dtype=torch.float32)

@@ -257,7 +257,7 @@ class Engine:
             mask[i, width - len(req.prompt_ids):] = 1
         with decode_options(model, **options):
             state = new_state(model, len(reqs), width + max(r.params.max_tokens for r in reqs))
-            logits, steps = model.method.prefill(model, state, ids, mask)
+            logits, steps = model.method.prefill(model.backbone, state, ids, mask)
         key = tuple(sorted(options.items()))
         batch, starts = self._batches.get(key), []  # all of reqs go to this one batch (same options)
         for i, req in enumerate(reqs):
@@ -324,7 +324,7 @@ class Engine:
         for row in rows:
             tokens[row], mask[row] = batch.choices[row].pending, True
         with self._applied(batch.options):
-            self.model.method.row_start(self.model, state, tokens, mask)
+            self.model.method.row_start(self.model.backbone, state, tokens, mask)
 
     @torch.no_grad()
     def _step(self, batch: _Batch) -> None:
@@ -340,7 +340,7 @@ class Engine:
                     running = torch.tensor([c is not None for c in batch.choices], device=self.device)
                     tokens = torch.tensor([c.pending if c is not None else 0 for c in batch.choices],
                                           device=self.device)
-                    logits, steps = model.method.decode_token(model, state, tokens, running)
+                    logits, steps = model.method.decode_token(model.backbone, state, tokens, running)
                     finished = running.nonzero()[:, 0].tolist()
         except Exception as exc:  # fail this batch's requests, keep serving the others
             for row, choice in enumerate(batch.choices):
