@@ -2,28 +2,27 @@
 counts, equal parameters, several seeds, K = 1, 2, 3, and iso-FLOPs fixed-pruning controls.
 
     nice -n 10 python benchmarks/reasoning.py run       # data, then train + evaluate every run not done yet
+    nice -n 10 python benchmarks/reasoning.py run &     # a second process shares the grid (runs are claimed)
     python benchmarks/reasoning.py sweep                # alpha / tau sweeps + fixed pruning of adaptive runs
     python benchmarks/reasoning.py forced               # adaptive runs at forced depth 0..K (what depth buys)
     python benchmarks/reasoning.py extra                # investigation runs (one recipe change each), not tabled
     python benchmarks/reasoning.py report               # table + plots into docs/results/reasoning/
     python benchmarks/reasoning.py run --max-minutes 45 # stop starting new runs after 45 minutes
+    python benchmarks/reasoning.py run --setting n8-hops12   # the first protocol (8 symbols, hop counts 1, 2)
 
 Everything is the public CLI / Python API: `ponderlm data synth`, `ponderlm train` (called in-process through
 `ponderlm.cli.main`, so the exact command lines in `<out>/commands.txt` reproduce each run) and
 `ponderlm.eval.reasoning.reasoning_eval` (what `ponderlm eval reasoning` prints). One thread
 (`torch.set_num_threads(1)`); run it under `nice`. Each finished run leaves `runs/<name>/eval.json`, which
-is skipped on the next call; a run killed during training resumes from its newest checkpoint.
+is skipped on the next call; a run killed during training resumes from its newest checkpoint. The package
+is imported from the environment (PYTHONPATH / the installed package), never from a path next to this file.
 
-Runs go in priority order, so a partial benchmark still answers the main questions: seed 0 of vanilla,
-PonderLM-2 K = 1, the three adaptive methods at K = 3 (cheapest first), PonderLM-2 K = 2, 3 and pause /
-looped / PonderLM at K = 3; then the other seeds of those; then K = 1, 2 of the other methods. Nothing is
-tuned per method: one recipe (below) for all, method options at their documented defaults.
-
-What is fixed: the data (`hops`, 8 symbols in a single 8-cycle, hop counts 1 and 2 uniform, 7 queries per
-example, 32 tokens per example, 20,000 train / 500 val / 2,000 test examples, split by permutation), a Llama
-backbone with d = 64, 1 layer, 4 heads (explicit `model.init=ponder`, untied embeddings), AdamW lr 3e-3 with
-5 % warmup and cosine decay, batch 32 examples, 800 steps, answer-only loss. Why hop counts {1, 2} and not
-1..4: docs/REASONING.md (what the CPU budget can train).
+A setting (`SETTINGS`) fixes the data, the number of steps, the learning rate and the (method, K) grid; runs
+go in priority order (the `core` grid for seed 0, then for the other seeds, then the `rest`), so a partial
+benchmark still answers the main questions. Nothing is tuned per method: one recipe for all, method options
+at their documented defaults. Common to every setting: a Llama backbone with d = 64, 1 layer, 4 heads
+(explicit `model.init=ponder`, untied embeddings), AdamW with 5 % warmup and cosine decay to 0.1x, batch 32
+examples of 32 tokens, answer-only loss. Why these settings: docs/REASONING.md.
 """
 
 from __future__ import annotations
@@ -42,23 +41,44 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
 ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
 SEEDS = (0, 1, 2)
-KS = (1, 2, 3)
-STEPS = 800
 BATCH = 32
-DATA_ARGS = ["--task", "hops", "--symbols", "8", "--hops", "1,2", "--queries", "7", "--example-len", "32",
-             "--train", "20000", "--val", "500", "--test", "2000", "--seed", "0"]
 SEQ_LEN = 32
 SWEEP_ALPHAS = (-4.0, -2.0, -1.0)  # PonderLM-3 router bias (alpha = 0 is the main evaluation)
 SWEEP_TAUS = (0.05, 0.2, 0.5, 0.8)  # AdaPonderLM / latent CoT halting threshold (1e-4 is the main evaluation)
-SWEEP_EXAMPLES = 500  # the first 500 test examples (3,500 answers) per sweep point
+SWEEP_EXAMPLES = 500  # the first 500 test examples per sweep point
 COMMON = [
     "model.backbone=llama", "model.hidden_size=64", "model.num_hidden_layers=1", "model.num_attention_heads=4",
     "model.max_position_embeddings=64", "model.init=ponder", "model.tie_word_embeddings=false",
-    f"data.seq_len={SEQ_LEN}", "optim.lr=3e-3", "optim.warmup_frac=0.05", "optim.min_lr_ratio=0.1",
+    f"data.seq_len={SEQ_LEN}", "optim.warmup_frac=0.05", "optim.min_lr_ratio=0.1",
     f"train.batch_size={BATCH}", "train.grad_accum=1", "train.device=cpu", "train.dtype=fp32",
     "train.eval_batches=8", "train.save_every=200", "train.keep_last=1", "train.sample_tokens=0",
     "log.tensorboard=false", "log.log_every=100",
 ]
+_DATA_COMMON = ["--example-len", "32", "--train", "20000", "--val", "500", "--test", "2000", "--seed", "0"]
+
+# A setting fixes the data, the training length, the learning rate and the (method, K) grid. `core` runs go
+# first for every seed (in that order), then `rest`. The first setting is the benchmark of docs/REASONING.md;
+# "n8-hops12" is the first protocol (8 symbols, hop counts {1, 2}), kept so its recorded results reproduce.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "n12-hops123": {
+        "data": ["--task", "hops", "--symbols", "12", "--hops", "1,2,3", "--queries", "6", *_DATA_COMMON],
+        "steps": 1500, "lr": 3e-3,
+        "core": [("vanilla", 0), ("ponderlm", 1), ("ponderlm2", 1), ("adaponder", 1), ("latent_cot", 1),
+                 ("ponderlm3", 1), ("ponderlm", 2), ("adaponder", 2), ("ponderlm2", 2), ("pause", 1), ("looped", 1)],
+        "rest": [("latent_cot", 2), ("ponderlm3", 2), ("ponderlm", 3), ("adaponder", 3), ("ponderlm2", 3),
+                 ("latent_cot", 3), ("ponderlm3", 3), ("looped", 2), ("pause", 2), ("looped", 3), ("pause", 3)],
+        "out": "results/reasoning-n12", "docs": "docs/results/reasoning",
+    },
+    "n8-hops12": {
+        "data": ["--task", "hops", "--symbols", "8", "--hops", "1,2", "--queries", "7", *_DATA_COMMON],
+        "steps": 800, "lr": 3e-3,
+        "core": [("vanilla", 0), ("ponderlm2", 1), ("adaponder", 3), ("latent_cot", 3), ("ponderlm3", 3),
+                 ("ponderlm2", 2), ("ponderlm2", 3), ("pause", 3), ("looped", 3), ("ponderlm", 3)],
+        "rest": [(m, k) for m in METHODS if m not in ("vanilla", "ponderlm2") for k in (1, 2)],
+        "out": "results/reasoning", "docs": "docs/results/reasoning/n8-hops12",
+    },
+}
+DEFAULT_SETTING = "n12-hops123"
 
 
 def run_name(method: str, k: int, seed: int, variant: str = "") -> str:
@@ -70,18 +90,55 @@ VARIANTS = {
     "lam0.1": ["model.lambda_steps=0.1"],  # PonderLM-3: a compute penalty, so the router has a reason to prune
     "ramp200": ["model.halt_k_frac_ramp_steps=200"],  # AdaPonderLM: the bottom-k halting ramp ends inside the run
 }
-EXTRA = [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")]
+EXTRA = {"n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")], "n12-hops123": []}
 
 
-def plan(seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
+def plan(setting: str, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
     """(method, K, seed) in priority order; vanilla has K = 0."""
-    core = [("vanilla", 0), ("ponderlm2", 1), ("adaponder", 3), ("latent_cot", 3), ("ponderlm3", 3), ("ponderlm2", 2),
-            ("ponderlm2", 3), ("pause", 3), ("looped", 3), ("ponderlm", 3)]
-    rest = [(m, k) for m in METHODS if m not in ("vanilla", "ponderlm2") for k in KS if k != 3]
+    core, rest = SETTINGS[setting]["core"], SETTINGS[setting]["rest"]
     out = [(m, k, s) for s in seeds[:1] for m, k in core]
     out += [(m, k, s) for s in seeds[1:] for m, k in core]
     out += [(m, k, s) for s in seeds for m, k in rest]
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run: Path) -> bool:
+    """Atomically claim a run for this process (a `<run>.claim` file holding the pid), so that two `run`
+    processes can share one grid; a claim whose process is gone is taken over."""
+    path = run.parent / f"{run.name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and (pid == os.getpid() or _alive(pid)):
+                return pid == os.getpid()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(run: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (run.parent / f"{run.name}.claim").unlink()
 
 
 def load_avg() -> str:
@@ -89,8 +146,10 @@ def load_avg() -> str:
 
 
 class Bench:
-    def __init__(self, out: Path, steps: int, seeds: tuple[int, ...], max_minutes: float | None):
-        self.out, self.steps, self.seeds, self.max_minutes = out, steps, seeds, max_minutes
+    def __init__(self, setting: str, out: Path, steps: int | None, seeds: tuple[int, ...], max_minutes: float | None):
+        self.setting, self.cfg = setting, SETTINGS[setting]
+        self.out, self.seeds, self.max_minutes = out, seeds, max_minutes
+        self.steps = steps if steps is not None else self.cfg["steps"]
         self.data = out / "data"
         self.runs = out / "runs"
         self.log_path = out / "bench.log"
@@ -117,7 +176,8 @@ class Bench:
         if (self.data / "meta.json").is_file():
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        rc = self.cli(["data", "synth", *DATA_ARGS, "--out", str(self.data), "--no-progress"], self.out / "data.log")
+        rc = self.cli(["data", "synth", *self.cfg["data"], "--out", str(self.data), "--no-progress"],
+                      self.out / "data.log")
         if rc:
             raise SystemExit(f"data synth failed (see {self.out / 'data.log'})")
 
@@ -128,7 +188,8 @@ class Bench:
         argv = ["train", "--out", str(run)]
         if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
             argv.append("--resume")
-        argv += [*COMMON, f"model.method={method}", f"model.max_steps={k}", f"data.data_dir={self.data}",
+        argv += [*COMMON, f"optim.lr={self.cfg['lr']}", f"model.method={method}", f"model.max_steps={k}",
+                 f"data.data_dir={self.data}",
                  f"train.steps={self.steps}", f"train.eval_every={self.steps}", f"train.seed={seed}",
                  f"name={run.name}", *VARIANTS.get(variant, [])]
         start = time.time()
@@ -153,7 +214,8 @@ class Bench:
                     settings = DecodeSettings(depth_policy=policy, depth_target=target)
                     fixed[policy] = reasoning_eval(model, self.data, settings, split="test", progress=False)
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-        result = {"run": run.name, "method": method, "K": k, "seed": seed, "steps": self.steps, "variant": variant,
+        result = {"run": run.name, "setting": self.setting, "method": method, "K": k, "seed": seed,
+                  "steps": self.steps, "variant": variant,
                   "val_answer_loss": summary.get("val_loss"),
                   "params": sum(p.numel() for p in model.parameters()), "learned": learned, "fixed": fixed,
                   "train_seconds": train_seconds, "eval_seconds": time.time() - start, "load": load_avg()}
@@ -224,7 +286,7 @@ class Bench:
 
         torch.set_num_threads(1)
         self.prepare()
-        for method, k, seed, variant in EXTRA:
+        for method, k, seed, variant in EXTRA.get(self.setting, []):
             if (self.runs / run_name(method, k, seed, variant) / "eval.json").is_file():
                 continue
             t = self.train(method, k, seed, variant)
@@ -240,14 +302,20 @@ class Bench:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.prepare()
         begin = time.time()
-        todo = [r for r in plan(self.seeds) if not (self.runs / run_name(*r) / "eval.json").is_file()]
-        self.log(f"start: {len(todo)} runs to do, {self.steps} steps each")
+        todo = [r for r in plan(self.setting, self.seeds) if not (self.runs / run_name(*r) / "eval.json").is_file()]
+        self.log(f"start ({self.setting}, pid {os.getpid()}): {len(todo)} runs to do, {self.steps} steps each")
         for i, (method, k, seed) in enumerate(todo):
             if self.max_minutes is not None and time.time() - begin > 60 * self.max_minutes:
                 self.log(f"stop: --max-minutes {self.max_minutes} reached, {len(todo) - i} runs left")
                 return
-            t = self.train(method, k, seed)
-            r = self.evaluate(method, k, seed, t)
+            run = self.runs / run_name(method, k, seed)
+            if (run / "eval.json").is_file() or not claim(run):
+                continue  # done meanwhile, or another `run` process has it
+            try:
+                t = self.train(method, k, seed)
+                r = self.evaluate(method, k, seed, t)
+            finally:
+                release(run)
             per = " ".join(f"h{p['difficulty']} {p['accuracy']:.2f}" for p in r["learned"]["per_difficulty"])
             rho = r["learned"]["spearman_steps_difficulty"]
             self.log(f"{i + 1}/{len(todo)} {r['run']}: train {t:.0f}s eval {r['eval_seconds']:.0f}s | acc "
@@ -259,21 +327,26 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["run", "sweep", "forced", "extra", "report"])
-    p.add_argument("--out", default=str(ROOT / "results" / "reasoning"), help="work directory")
-    p.add_argument("--docs", default=str(ROOT / "docs" / "results" / "reasoning"), help="where the report goes")
-    p.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps per run (default {STEPS})")
+    p.add_argument("--setting", default=DEFAULT_SETTING, choices=list(SETTINGS),
+                   help=f"data + recipe + grid (default {DEFAULT_SETTING}; n8-hops12 is the first protocol)")
+    p.add_argument("--out", help="work directory (default: the setting's, e.g. results/reasoning-n12)")
+    p.add_argument("--docs", help="where the report goes (default: the setting's)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default: the setting's)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
     args = p.parse_args(argv)
+    cfg = SETTINGS[args.setting]
+    out = Path(args.out) if args.out else ROOT / cfg["out"]
+    docs = Path(args.docs) if args.docs else ROOT / cfg["docs"]
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     if args.phase in ("run", "sweep", "forced", "extra"):
-        bench = Bench(Path(args.out), args.steps, seeds, args.max_minutes)
+        bench = Bench(args.setting, out, args.steps, seeds, args.max_minutes)
         {"run": bench.run, "sweep": bench.sweep, "forced": bench.forced, "extra": bench.extra}[args.phase]()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report
 
-    report(Path(args.out), Path(args.docs))
+    report(out, docs)
     return 0
 
 
