@@ -21,13 +21,14 @@ from common import interleaved_medians, print_table, setup_threads
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.inference import sequential_logits
+from ponderlm.registry import method_class
 
 
 def build(method: str, args, vocab: int, hidden: int, layers: int, **kw) -> PonderForCausalLM:
     torch.manual_seed(0)
     cfg = PonderConfig(method=method, hidden_size=hidden, num_hidden_layers=layers,
                        num_attention_heads=args.heads, vocab_size=vocab, max_position_embeddings=1024,
-                       max_steps=0 if method == "vanilla" else args.K, jacobi_iters_train=[args.sweeps],
+                       max_steps=args.K if method_class(method).takes_steps else 0, jacobi_iters_train=[args.sweeps],
                        jacobi_iters_eval=args.sweeps, **kw)
     return PonderForCausalLM(cfg)
 

@@ -17,7 +17,6 @@ import torch
 from common import interleaved_medians, print_table, setup_threads
 
 from ponderlm.benchmarking import synthetic_model
-from ponderlm.config import ADAPTIVE_METHODS
 from ponderlm.inference.sequential import decode_options, new_state
 from ponderlm.methods.base import PonderMethod
 
@@ -41,7 +40,7 @@ def main() -> None:
     for method in args.methods.split(","):
         model = synthetic_model(method, args.hidden, args.layers, args.K, 4096).eval()
         options = ({"depth_policy": "uniform", "depth_target": args.depth_target}
-                   if method in ADAPTIVE_METHODS else {})
+                   if model.config.method_class.adaptive else {})
         for batch in args.batch:
             ids = torch.randint(0, 4096, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
             mask = torch.ones_like(ids)

@@ -42,7 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
+from ponderlm.config import METHODS
+from ponderlm.registry import method_class, method_names
+
 SEEDS = (0, 1, 2)
 K = 1
 SEQ_LEN = 64
@@ -75,10 +77,10 @@ COMMON = [
 ]
 ANALYSES = {  # which CLI analyses apply to which method
     "pareto": METHODS,
-    "difficulty": ("ponderlm3", "adaponder", "latent_cot"),
-    "alpha": ("ponderlm3",),
-    "gates": ("adaponder",),
-    "jacobi": ("ponderlm2", "ponderlm3"),
+    "difficulty": method_names(adaptive=True),
+    "alpha": method_names(uses_alpha=True),
+    "gates": ("adaponder",),  # the study's choice: the halting method with gates
+    "jacobi": method_names(uses_jacobi=True),
 }
 
 
@@ -149,7 +151,8 @@ class Study:
             cmd = self._cli() + ["train", "--out", str(run)]
             if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
                 cmd.append("--resume")
-            cmd += [*COMMON, f"model.max_steps={0 if method == 'vanilla' else K}", f"train.steps={self.steps}",
+            steps = K if method_class(method).takes_steps else 0
+            cmd += [*COMMON, f"model.max_steps={steps}", f"train.steps={self.steps}",
                     f"train.eval_every={EVAL_EVERY}", f"model.method={method}", f"data.data_dir={self.data}",
                     f"train.seed={seed}", f"name={name}", *extra]
             if evaluate:
@@ -238,7 +241,7 @@ class Study:
                 cmd = self._cli()
                 if analysis == "pareto":
                     # alpha is PonderLM-3's knob (tau stays the checkpoint's); the halting methods sweep tau.
-                    knob = [f"--alpha={ALPHAS}"] if method == "ponderlm3" else [f"--tau={TAUS}"]
+                    knob = [f"--alpha={ALPHAS}"] if method_class(method).uses_alpha else [f"--tau={TAUS}"]
                     cmd += ["pareto", "--model", str(run), *self._data_args(), *knob]
                 elif analysis == "jacobi":
                     cmd += ["analyze", "jacobi", "--model", str(run), "--data", str(self.data), "--no-progress"]

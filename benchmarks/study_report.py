@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ponderlm.config import ADAPTIVE_METHODS, PonderConfig
+from ponderlm.config import PonderConfig
 from ponderlm.eval.plots import plot_pareto
 from ponderlm.flops import flops
 
@@ -63,7 +63,7 @@ def run_record(run: Path, seq_len: int) -> dict[str, Any]:
     tokens = rows[-1]["tokens_seen"]
     per_step_tokens = tokens / len(rows)
     train_steps = statistics.fmean(r["executed_steps"] for r in rows)
-    adaptive = config.method in ADAPTIVE_METHODS
+    adaptive = config.method_class.adaptive
     cost = flops(config, seq_len, avg_steps=train_steps if adaptive else None, training=True)
     return {
         "method": config.method, "K": config.max_steps, "params": _parameter_count(run / "final"),

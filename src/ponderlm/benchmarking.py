@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ponderlm.config import ADAPTIVE_METHODS, METHODS
 from ponderlm.errors import PonderError
+from ponderlm.registry import REGISTRY, method_class
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -61,7 +61,7 @@ def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab
 
     torch.manual_seed(seed)
     heads = max(1, hidden // 64)
-    steps = 0 if method == "vanilla" else max_steps
+    steps = max_steps if method_class(method).takes_steps else 0
     return PonderForCausalLM(PonderConfig(method=method, hidden_size=hidden, num_hidden_layers=layers,
                                           num_attention_heads=heads, vocab_size=vocab, max_steps=steps, **extra))
 
@@ -122,7 +122,7 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
     continuous: decode batches with the per-row slot schedule (see `decode_run`) instead of lockstep."""
     config = model.config
     K = config.max_steps
-    adaptive = config.method in ADAPTIVE_METHODS
+    adaptive = config.method_class.adaptive
     # Full depth for any adaptive method: the constant policy gives every token K steps.
     full = {"depth_policy": "constant", "depth_target": float(K)} if adaptive else {}
     rows = []
@@ -199,7 +199,7 @@ def bench_train(methods: list[str], hidden: int, layers: int, max_steps: int, vo
         config = models["vanilla"].config if name == "transformers Llama" else models[name].config
         # Training FLOPs as executed by the dense parallel forward (+ backward), per token.
         per_token = flops(config, seq_len, training=True,
-                          avg_steps=None if config.method not in ADAPTIVE_METHODS else executed[name])
+                          avg_steps=executed[name] if config.method_class.adaptive else None)
         flop_per_step[name] = per_token["training_executed"] * batch * seq_len
         achieved = flop_per_step[name] / seconds
         rows.append({"model": name, "s/step": seconds, "tok/s": batch * seq_len / seconds,
@@ -216,7 +216,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec = sub.add_parser("decode", help="adaptive vs fixed-depth decode tokens/s, latency and KV memory")
     dec.add_argument("--model", metavar="DIR", help="checkpoint or run directory (default: a synthetic model of "
                                                     "--method)")
-    dec.add_argument("--method", default="ponderlm3", choices=METHODS,
+    dec.add_argument("--method", default="ponderlm3", choices=REGISTRY,
                      help="method of the synthetic model (default ponderlm3)")
     dec.add_argument("--hidden", type=int, default=256, metavar="D", help="synthetic model width (default 256)")
     dec.add_argument("--layers", type=int, default=4, metavar="L", help="synthetic model layers (default 4)")
@@ -256,16 +256,15 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        from ponderlm.eval.perplexity import load_model
+        from ponderlm.loading import load_model
 
         model, _ = load_model(args.model, "cpu")
     else:
-        extra = {"router_init": "uniform"} if args.method == "ponderlm3" else {}
+        extra = method_class(args.method).stand_in_options
         model = synthetic_model(args.method, args.hidden, args.layers, args.max_steps, 4096, **extra).eval()
-        if args.method == "ponderlm3":  # a spread router so the untrained stand-in prunes some slots
-            torch.nn.init.normal_(model.method.router.net[0].weight, std=args.router_scale / args.hidden**0.5)
+        model.method.spread_stand_in(args.router_scale)  # e.g. a spread router, so the stand-in prunes some slots
     rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats)
-    if args.continuous and model.config.method in ADAPTIVE_METHODS:
+    if args.continuous and model.config.method_class.adaptive:
         rows += bench_decode(model, [b for b in args.batch if b > 1], args.prompt_len, args.new_tokens,
                              args.repeats, continuous=True)
     cfg = model.config
@@ -277,9 +276,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
     if "vanilla" not in methods:
         methods.insert(0, "vanilla")
     rows, peak = bench_train(methods, args.hidden, args.layers, args.max_steps, args.vocab, args.seq_len,

@@ -6,21 +6,44 @@ fields are grouped below by who reads them. Method-specific fields are ignored b
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 from transformers import PretrainedConfig
 
+from ponderlm.registry import REGISTRY, method_class, method_names
+
 BACKBONES = ("llama", "gpt_neox")
-METHODS = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
-# Methods that decide a per-token depth; only these accept a fixed-pruning depth policy.
-ADAPTIVE_METHODS = ("ponderlm3", "adaponder", "latent_cot")
 DEPTH_POLICIES = (None, "learned", "uniform", "geometric", "constant")
 INIT_SCHEMES = ("ponder", "hf")
 LATENT_FEEDBACK = ("post_norm", "pre_norm")
-# Methods whose latent slots are interleaved after each token (METHODS.md §5) and whose
-# token embeddings are scaled by sqrt(2.5 d) by default.
-INTERLEAVED_METHODS = ("pause", "ponderlm2", "ponderlm3", "latent_cot")
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """`METHODS` (the registered methods) and `ADAPTIVE_METHODS` (those deciding a per-token depth): registry views."""
+    if name in ("METHODS", "ADAPTIVE_METHODS"):
+        return method_names(**({"adaptive": True} if name == "ADAPTIVE_METHODS" else {}))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def reject(msg: str) -> NoReturn:
+    """Raise the config's one-line ValueError naming a bad value."""
+    raise ValueError(f"PonderConfig: {msg}")
+
+
+def check_finite(config: Any, name: str, low: float | None = None) -> None:
+    """`reject` unless config.<name> is a finite number (> low if given). NaN passes every `<` / `>` check and
+    would only surface later as a NaN loss blamed on the lr."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (low is not None and value <= low):
+        reject(f"{name} must be a finite number{' > 0' if low is not None else ''}, got {value!r}")
+
+
+def method_options() -> dict[str, Any]:
+    """Every registered method's options (its `Options` dataclass) with their defaults."""
+    return {f.name: f.default for cls in REGISTRY.values() for f in dataclasses.fields(cls.Options)}
 
 
 class PonderConfig(PretrainedConfig):
@@ -40,10 +63,11 @@ class PonderConfig(PretrainedConfig):
             "hf": the Hugging Face normal(0, initializer_range). Method modules keep their own rules.
 
     Args (pondering, all methods):
-        method: one of `METHODS`.
+        method: a registered method (`METHODS`: vanilla, pause, looped, ponderlm, ponderlm2, ponderlm3,
+            adaponder, latent_cot).
         max_steps: K, the maximum number of *additional* steps per token (0 for vanilla).
-        embed_scale: multiplier of token embeddings; None = method default (sqrt(2.5 d) for the
-            interleaved methods and looped, sqrt(d) for pause, ponderlm and adaponder, 1 for vanilla).
+        embed_scale: multiplier of token embeddings; None = method default (its `embed_scale_factor`: sqrt(2.5 d)
+            for the interleaved methods and looped, sqrt(d) for pause, ponderlm and adaponder, 1 for vanilla).
         latent_feedback: what a latent slot of the interleaved methods receives from the slot before it:
             "post_norm" (default, as in the papers) the hidden state after the final norm, or "pre_norm"
             the residual stream before it. Readouts (LM head, routers) always read post-norm states.
@@ -56,18 +80,21 @@ class PonderConfig(PretrainedConfig):
         depth_target: requested average executed additional steps for fixed pruning.
         depth_seed: seed of the fixed-pruning depth draws.
 
-    Args (Jacobi, ponderlm2/ponderlm3):
+    Method options: declared (with defaults and validation) by each method's `Options`, accepted here as keyword
+    arguments and stored flat like every other field; every config carries every registered method's options.
+
+    Options (Jacobi, ponderlm2/ponderlm3):
         jacobi_iters_train: the sweep counts R is drawn from uniformly at each training step.
         jacobi_iters_eval: R used in eval mode.
         jacobi_detach: stop gradients through all but the final pass (default: gradients flow).
 
-    Args (ponderlm3): router_hidden_size (0 = linear router), router_init ("full_depth" or
+    Options (ponderlm3): router_hidden_size (0 = linear router), router_init ("full_depth" or
         "uniform"), router_init_bias, mask_eps, lambda_steps, renormalize_pruned.
 
-    Args (adaponder): gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac,
+    Options (adaponder): gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac,
         halt_k_frac_ramp_steps.
 
-    Args (latent_cot): cot_router ("shared", "step", "mlp"), cot_router_init_bias, cot_lambda, cot_beta.
+    Options (latent_cot): cot_router ("shared", "step", "mlp"), cot_router_init_bias, cot_lambda, cot_beta.
     """
 
     model_type = "ponder"
@@ -110,29 +137,7 @@ class PonderConfig(PretrainedConfig):
         depth_policy: str | None = None,
         depth_target: float | None = None,
         depth_seed: int = 0,
-        # Jacobi (ponderlm2, ponderlm3)
-        jacobi_iters_train: list[int] | tuple[int, ...] = (2, 3),
-        jacobi_iters_eval: int = 3,
-        jacobi_detach: bool = False,
-        # ponderlm3
-        router_hidden_size: int = 0,
-        router_init: str = "full_depth",
-        router_init_bias: float = 2.0,
-        mask_eps: float = 1e-6,
-        lambda_steps: float = 0.0,
-        renormalize_pruned: bool = False,
-        # adaponder
-        gate_hidden_size: int | None = None,
-        gate_init_bias: float = 3.0,
-        halt_lambda: float = 0.1,
-        halt_k_frac: float = 0.1,
-        halt_k_frac_ramp_steps: int = 1000,
-        # latent_cot
-        cot_router: str = "shared",
-        cot_router_init_bias: float = 2.0,
-        cot_lambda: float = 0.1,
-        cot_beta: float = 1.0,
-        **kwargs: Any,
+        **kwargs: Any,  # method options (see the class docstring) and Hugging Face config fields
     ) -> None:
         self.backbone = backbone
         self.method = method
@@ -169,28 +174,9 @@ class PonderConfig(PretrainedConfig):
         self.depth_policy = depth_policy
         self.depth_target = depth_target
         self.depth_seed = depth_seed
-
-        self.jacobi_iters_train = list(jacobi_iters_train)
-        self.jacobi_iters_eval = jacobi_iters_eval
-        self.jacobi_detach = jacobi_detach
-
-        self.router_hidden_size = router_hidden_size
-        self.router_init = router_init
-        self.router_init_bias = router_init_bias
-        self.mask_eps = mask_eps
-        self.lambda_steps = lambda_steps
-        self.renormalize_pruned = renormalize_pruned
-
-        self.gate_hidden_size = gate_hidden_size
-        self.gate_init_bias = gate_init_bias
-        self.halt_lambda = halt_lambda
-        self.halt_k_frac = halt_k_frac
-        self.halt_k_frac_ramp_steps = halt_k_frac_ramp_steps
-
-        self.cot_router = cot_router
-        self.cot_router_init_bias = cot_router_init_bias
-        self.cot_lambda = cot_lambda
-        self.cot_beta = cot_beta
+        for name, default in method_options().items():  # tuples become lists, as config.json reads them back
+            value = kwargs.pop(name, default)
+            setattr(self, name, list(value) if isinstance(value, tuple) else value)
 
         kwargs.setdefault("use_cache", True)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
@@ -198,22 +184,21 @@ class PonderConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ derived values
     @property
+    def method_class(self) -> Any:
+        """The registered `PonderMethod` subclass of `method`: what generic code asks for method facts."""
+        return method_class(self.method)
+
+    @property
     def default_embed_scale(self) -> float:
-        # The official code: sqrt(2.5 d) for PonderLM-2 and the loop baseline (so the token slot's input RMS
-        # is near 1 under the ponder init, like a fed-back normalised state), sqrt(d) for the pause baseline
-        # and PonderingLM; vanilla keeps the plain embedding.
-        if self.method in ("ponderlm2", "ponderlm3", "latent_cot", "looped"):
-            return math.sqrt(2.5 * self.hidden_size)
-        if self.method in ("pause", "ponderlm", "adaponder"):
-            return math.sqrt(self.hidden_size)
-        return 1.0
+        factor = self.method_class.embed_scale_factor
+        return 1.0 if factor is None else math.sqrt(factor * self.hidden_size)
 
     def init_std(self, residual_output: bool = False) -> float:
         """Std of the "ponder" init for an embedding / linear weight (see the class docstring)."""
         std = math.sqrt(2.0 / (5 * self.hidden_size))
         if residual_output:
-            passes = self.max_steps + 1 if (self.backbone == "gpt_neox" or self.method == "ponderlm") else 1
-            std /= math.sqrt(2.0 * self.num_hidden_layers * passes)
+            over_passes = self.backbone == "gpt_neox" or self.method_class.residual_init_passes
+            std /= math.sqrt(2.0 * self.num_hidden_layers * (self.max_steps + 1 if over_passes else 1))
         return std
 
     @property
@@ -223,91 +208,56 @@ class PonderConfig(PretrainedConfig):
     @property
     def num_slots_per_token(self) -> int:
         """Slots per token in the interleaved layout (1 for methods that do not interleave)."""
-        return self.max_steps + 1 if self.method in INTERLEAVED_METHODS else 1
+        return self.max_steps + 1 if self.method_class.interleaved else 1
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise one `ValueError` naming the first bad value."""
-
-        def bad(msg: str) -> None:
-            raise ValueError(f"PonderConfig: {msg}")
-
+        """Raise one `ValueError` naming the first bad value; the method checks its options and needs."""
         if self.backbone not in BACKBONES:
-            bad(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if self.method not in METHODS:
-            bad(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            reject(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.method not in REGISTRY:
+            reject(f"unknown method {self.method!r}; choose one of {', '.join(REGISTRY)}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(f"{name} must be a positive integer, got {value!r}")
+                reject(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_attention_heads != 0:
-            bad(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})")
+            reject(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})")
         if self.num_attention_heads % self.num_key_value_heads != 0:
-            bad(f"num_key_value_heads ({self.num_key_value_heads}) must divide "
-                f"num_attention_heads ({self.num_attention_heads})")
+            reject(f"num_key_value_heads ({self.num_key_value_heads}) must divide "
+                   f"num_attention_heads ({self.num_attention_heads})")
         if self.backbone == "gpt_neox" and self.num_key_value_heads != self.num_attention_heads:
-            bad("gpt_neox does not support grouped-query attention (num_key_value_heads != num_attention_heads)")
+            reject("gpt_neox does not support grouped-query attention (num_key_value_heads != num_attention_heads)")
         if self.head_dim % 2 != 0:
-            bad(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            reject(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not (0.0 < self.rotary_pct <= 1.0):
-            bad(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+            reject(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
         if self.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_fast", "relu"):
-            bad(f"unsupported hidden_act {self.hidden_act!r}")
+            reject(f"unsupported hidden_act {self.hidden_act!r}")
         if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
-            bad(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
-        if self.method == "vanilla" and self.max_steps != 0:
-            bad(f"method 'vanilla' takes no additional steps, got max_steps={self.max_steps}")
-        if self.method not in ("vanilla",) and self.max_steps == 0:
-            bad(f"method {self.method!r} needs max_steps >= 1")
+            reject(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+        self.method_class.validate_config(self)
         if self.embed_scale is not None and not (self.embed_scale > 0 and math.isfinite(self.embed_scale)):
-            bad(f"embed_scale must be a finite number > 0, got {self.embed_scale}")
-        # NaN passes every `<` / `>` check below and only surfaces later as a NaN loss blamed on the lr.
-        for name, low in (("rope_theta", 0), ("rms_norm_eps", 0), ("layer_norm_eps", 0), ("initializer_range", None),
-                          ("lambda_steps", None), ("halt_lambda", None), ("cot_lambda", None), ("cot_beta", None),
-                          ("router_init_bias", None), ("gate_init_bias", None), ("cot_router_init_bias", None)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or (low is not None and value <= low):
-                bad(f"{name} must be a finite number{' > 0' if low is not None else ''}, got {value!r}")
+            reject(f"embed_scale must be a finite number > 0, got {self.embed_scale}")
+        for name in ("rope_theta", "rms_norm_eps", "layer_norm_eps"):
+            check_finite(self, name, low=0)
+        check_finite(self, "initializer_range")
         if self.init not in INIT_SCHEMES:
-            bad(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+            reject(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         if self.latent_feedback not in LATENT_FEEDBACK:
-            bad(f"latent_feedback must be one of {', '.join(LATENT_FEEDBACK)}, got {self.latent_feedback!r}")
-        if self.latent_feedback == "pre_norm" and self.method not in INTERLEAVED_METHODS:
-            # Silently ignoring it would let a study claim a pre_norm result that never ran.
-            bad(f"latent_feedback='pre_norm' needs an interleaved method ({', '.join(INTERLEAVED_METHODS)}); "
-                f"method {self.method!r} has no latent slots")
+            reject(f"latent_feedback must be one of {', '.join(LATENT_FEEDBACK)}, got {self.latent_feedback!r}")
         if not (0.0 <= self.tau < 1.0):
-            bad(f"tau must be in [0, 1), got {self.tau}")
+            reject(f"tau must be in [0, 1), got {self.tau}")
         if not math.isfinite(self.alpha):
-            bad(f"alpha must be finite, got {self.alpha}")
+            reject(f"alpha must be finite, got {self.alpha}")
         if self.depth_policy not in DEPTH_POLICIES:
-            bad(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
+            reject(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
         if self.depth_policy in ("uniform", "geometric", "constant"):
-            if self.method not in ADAPTIVE_METHODS:
-                bad(f"depth_policy={self.depth_policy!r} needs an adaptive method ({', '.join(ADAPTIVE_METHODS)})")
             if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
-                bad(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
-                    f"got {self.depth_target!r}")
+                reject(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
+                       f"got {self.depth_target!r}")
             if self.depth_policy == "constant" and float(self.depth_target) != round(self.depth_target):
-                bad(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
-        iters = self.jacobi_iters_train
-        if not iters or any((not isinstance(r, int)) or r < 0 for r in iters):
-            bad(f"jacobi_iters_train must be a non-empty list of integers >= 0, got {iters!r}")
-        if not isinstance(self.jacobi_iters_eval, int) or self.jacobi_iters_eval < 0:
-            bad(f"jacobi_iters_eval must be an integer >= 0, got {self.jacobi_iters_eval!r}")
-        if self.router_init not in ("full_depth", "uniform"):
-            bad(f"router_init must be 'full_depth' or 'uniform', got {self.router_init!r}")
-        if self.router_hidden_size < 0:
-            bad(f"router_hidden_size must be >= 0, got {self.router_hidden_size}")
-        if not (0.0 < self.mask_eps < 1.0):
-            bad(f"mask_eps must be in (0, 1), got {self.mask_eps}")
-        if self.lambda_steps < 0 or self.halt_lambda < 0 or self.cot_lambda < 0:
-            bad("lambda_steps, halt_lambda and cot_lambda must be >= 0")
-        if not (0.0 <= self.halt_k_frac <= 1.0):
-            bad(f"halt_k_frac must be in [0, 1], got {self.halt_k_frac}")
-        if self.cot_router not in ("shared", "step", "mlp"):
-            bad(f"cot_router must be 'shared', 'step' or 'mlp', got {self.cot_router!r}")
-        if self.cot_beta < 0:
-            bad(f"cot_beta must be >= 0, got {self.cot_beta}")
+                reject(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
+        for cls in REGISTRY.values():
+            cls.validate_options(self)

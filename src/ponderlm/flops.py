@@ -33,12 +33,7 @@ from typing import Any
 
 import torch
 
-INTERLEAVED = ("pause", "ponderlm2", "ponderlm3", "latent_cot")
-RECURRENT = ("ponderlm", "adaponder")  # K+1 full passes with probability-weighted embedding feedback
-# Decode cache layout: one shared slot cache (it grows by 1 + steps entries per token and every query
-# attends over all of it; masks only hide entries), except these methods: one cache per pass, t+1 entries each.
-PER_PASS_CACHE = ("looped",)
-FIXED_DEPTH = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2")
+from ponderlm.registry import method_class, method_names
 
 
 # --------------------------------------------------------------------------- per-config constants
@@ -50,8 +45,6 @@ class Costs:
     head: int  # LM head on one state: 2 d V
     mix: int  # P (gamma E): 2 V d
     attn_key: int  # one (query, key) pair in all layers: 4 * H * head_dim * L
-    router: int  # PonderLM-3 depth router / latent-CoT continue router, one call on one state
-    gate: int  # one AdaPonderLM gate MLP on one state
 
     @classmethod
     def of(cls, config) -> Costs:
@@ -60,17 +53,7 @@ class Costs:
         kv_dim = config.num_key_value_heads * config.head_dim
         attn_params = d * q_dim + 2 * d * kv_dim + q_dim * d
         mlp_params = (3 if config.backbone == "llama" else 2) * d * config.intermediate_size
-        K = max(config.max_steps, 1)
-        if config.method == "ponderlm3":
-            h = config.router_hidden_size
-            router = d * (K + 1) if h == 0 else d * h + h * (K + 1)
-        elif config.method == "latent_cot":
-            router = d * d + d if config.cot_router == "mlp" else d
-        else:
-            router = 0
-        gate_h = (config.gate_hidden_size or max(1, d // 4)) if config.method == "adaponder" else 0
-        return cls(slot=2 * (attn_params + mlp_params) * L, head=2 * d * V, mix=2 * V * d,
-                   attn_key=4 * q_dim * L, router=2 * router, gate=2 * (d * gate_h + gate_h))
+        return cls(slot=2 * (attn_params + mlp_params) * L, head=2 * d * V, mix=2 * V * d, attn_key=4 * q_dim * L)
 
 
 def step_fractions(avg_steps: Any, K: int) -> list[float]:
@@ -89,93 +72,41 @@ def step_fractions(avg_steps: Any, K: int) -> list[float]:
 
 
 @dataclass
-class _Pass:
-    """One backbone run: `slots` query slots per token, `keys_exec` / `keys_useful` keys per query slot."""
+class Pass:
+    """`count` backbone runs of one forward, each with `queries` query slots per token (a fraction if only some
+    tokens take part) and `keys_exec` / `keys_useful` keys per query slot; `grad`: differentiated in training."""
 
-    slots: float
+    queries: float
     keys_exec: float
     keys_useful: float
     grad: bool = True
+    count: float = 1
+
+    @property
+    def slots(self) -> float:
+        return self.queries * self.count
 
 
-def _full_pass(slots_per_token: int, T: int, grad: bool = True, count: float = 1.0) -> _Pass:
+def full_pass(slots_per_token: int, T: int, grad: bool = True, count: float = 1) -> Pass:
     """`count` causal passes over all T(slots_per_token) slots (count may be an expectation, e.g. mean R)."""
     s = slots_per_token * T
-    return _Pass(slots_per_token * count, s, (s + 1) / 2, grad)
+    return Pass(slots_per_token, s, (s + 1) / 2, grad, count)
 
 
-def _parallel_plan(config, costs: Costs, T: int, a: list[float], sweeps: float, training: bool
-                   ) -> tuple[list[_Pass], list[tuple[float, bool]]]:
+def parallel_plan(config, costs: Costs, T: int, a: list[float], sweeps: float, training: bool
+                  ) -> tuple[list[Pass], list[tuple[float, bool]]]:
     """Passes and extra (non-stack) matmul FLOPs per token [(flops, differentiated)] of one parallel forward."""
-    method, K = config.method, config.max_steps
-    extras: list[tuple[float, bool]] = [(costs.head, True)]  # readout of every token
-    if method == "vanilla":
-        return [_full_pass(1, T)], extras
-    if method == "pause":
-        return [_full_pass(K + 1, T)], extras
-    if method == "looped":
-        return [_full_pass(1, T) for _ in range(K + 1)], extras
-    if method in ("ponderlm2", "ponderlm3"):
-        # K stage passes over growing prefixes (1..K slots per token), R sweeps + 1 final pass over K+1 slots.
-        detach = config.jacobi_detach and training and method == "ponderlm2"
-        passes = [_full_pass(n, T, grad=not detach) for n in range(1, K + 1)]
-        passes.append(_full_pass(K + 1, T, grad=not detach, count=sweeps))
-        passes.append(_full_pass(K + 1, T))
-        if method == "ponderlm3":
-            # One router call per refresh (x2 in eval: the mask bias and the pruning rule) + the final one.
-            calls = (K + sweeps) * (1 if training else 2) + 1
-            extras.append((calls * costs.router, True))
-        return passes, extras
-    if method in RECURRENT:
-        # Dense passes over all tokens until every token of the batch halted: m = deepest token's steps.
-        m = max(k for k in range(K + 1) if a[k] > 0)
-        extras.append((m * (costs.head + costs.mix), True))  # feedback P^k (gamma E) before passes 2..m+1
-        if method == "adaponder":
-            extras.append((min(m + 1, K) * costs.gate, True))  # gates after passes 1..min(m+1, K)
-        return [_full_pass(1, T) for _ in range(m + 1)], extras
-    if method == "latent_cot":
-        # Depth pass k: packed active slots (a_k T queries) against every executed slot of depth <= k.
-        passes, seen = [], 0.0
-        for k in range(K + 1):
-            if a[k] <= 0:
-                break
-            seen += a[k]
-            passes.append(_Pass(a[k], seen * T, seen * (T + 1) / 2))
-        extras.append((sum(1 for k in range(len(passes)) if k < K) * costs.router, True))  # dense router
-        if training and config.cot_lambda > 0:
-            extras.append((sum(a) * costs.head, False))  # stop-gradient q on executed slots
-        return passes, extras
-    raise ValueError(f"flops: unknown method {method!r}")
+    passes, extras = method_class(config.method).parallel_cost(config, costs, T, a, sweeps, training)
+    return passes, [(costs.head, True), *extras]  # + the readout of every token
 
 
 def _decode_extras(config, costs: Costs, a: list[float]) -> float:
     """Non-stack matmul FLOPs of decoding one token with step fractions a."""
-    method, K = config.method, config.max_steps
-    steps = sum(a[1:])
-    before_last = sum(a[:K])  # executed slots/passes k < K: where routers/gates are evaluated
-    out = float(costs.head)
-    if method == "ponderlm3":
-        out += costs.router
-    elif method == "latent_cot":
-        out += before_last * costs.router
-    elif method in RECURRENT:
-        out += steps * (costs.head + costs.mix)
-        if method == "adaponder":
-            out += before_last * costs.gate
-    return out
-
-
-def _decode_attention_keys(config, T: int, a: list[float]) -> float:
-    """Average keys attended per token while decoding a T-token sequence (all executed slots of the token)."""
-    n = sum(a)  # executed slots/passes per token
-    if config.method in PER_PASS_CACHE:
-        return n * (T + 1) / 2  # each pass has its own cache with t+1 entries
-    # Shared cache: slot j of token t sees t * n earlier entries + j + 1 (itself included).
-    return n * n * (T - 1) / 2 + sum(a[j] * (j + 1) for j in range(len(a)))
+    return costs.head + method_class(config.method).decode_cost(config, costs, a)
 
 
 def _totals(config, T: int, a: list[float], sweeps: float, training: bool, costs: Costs) -> dict[str, float]:
-    passes, extras = _parallel_plan(config, costs, T, a, sweeps, training)
+    passes, extras = parallel_plan(config, costs, T, a, sweeps, training)
     matmul = sum(p.slots for p in passes) * costs.slot + sum(f for f, _ in extras)
     exec_attn = sum(p.slots * p.keys_exec for p in passes) * costs.attn_key
     useful_attn = sum(p.slots * p.keys_useful for p in passes) * costs.attn_key
@@ -186,7 +117,7 @@ def _totals(config, T: int, a: list[float], sweeps: float, training: bool, costs
         return total + sum((3 if g else 1) * f for f, g in extras)
 
     dec_matmul = sum(a) * costs.slot + _decode_extras(config, costs, a)
-    dec_attn = _decode_attention_keys(config, T, a) * costs.attn_key
+    dec_attn = method_class(config.method).decode_keys(config, T, a) * costs.attn_key
     return {
         "forward": dec_matmul + dec_attn, "forward_matmul": dec_matmul, "forward_attention": dec_attn,
         "parallel": matmul + exec_attn, "parallel_useful": matmul + useful_attn,
@@ -220,9 +151,7 @@ def flops(config, seq_len: int, *, avg_steps: Any = None, training: bool = False
     `*_ratio` to vanilla, plus method, seq_len, avg_steps and sweeps.
     """
     K = config.max_steps
-    if config.method not in INTERLEAVED + RECURRENT + PER_PASS_CACHE + ("vanilla",):
-        raise ValueError(f"flops: unknown method {config.method!r}")
-    if config.method in FIXED_DEPTH:
+    if not method_class(config.method).adaptive:
         # Every real token runs K steps; a per-token tensor (zeros at padding) carries no information.
         if isinstance(avg_steps, (int, float)) and abs(float(avg_steps) - K) > 1e-9:
             raise ValueError(f"flops: method {config.method!r} always executes {K} additional steps, "
@@ -388,12 +317,13 @@ def _table(hidden: int, layers: int, heads: int, vocab: int, seq_len: int, backb
              "(Jacobi R: eval 3, train E[U{2,3}] = 2.5)", "",
              "| method | K | avg steps | forward (decode) | parallel (executed) | parallel (useful) | training |",
              "|---|---|---|---|---|---|---|"]
-    for method in ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot"):
-        for K in ((0,) if method == "vanilla" else (1, 2, 3)):
+    for method in method_names():
+        cls = method_class(method)
+        for K in ((1, 2, 3) if cls.takes_steps else (0,)):
             cfg = PonderConfig(backbone=backbone, method=method, max_steps=K, hidden_size=hidden,
                                num_hidden_layers=layers, num_attention_heads=heads, vocab_size=vocab,
                                max_position_embeddings=max(seq_len, 2048))
-            levels = [K] if method not in ("ponderlm3", "adaponder", "latent_cot") else [K, K / 2]
+            levels = [K, K / 2] if cls.adaptive else [K]
             for s in levels:
                 f = flops(cfg, seq_len, avg_steps=s)
                 lines.append(f"| {method} | {K} | {s:g} | {f['forward_ratio']:.2f} | {f['parallel_ratio']:.2f} "
@@ -420,4 +350,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n".join(_table(args.hidden, args.layers, args.heads, args.vocab, args.seq_len, args.backbone)))
 
 
-__all__ = ["ComputeLedger", "Costs", "count_flops", "flop_counter", "flops", "step_fractions", "timed"]
+__all__ = ["ComputeLedger", "Costs", "Pass", "count_flops", "flop_counter", "flops", "full_pass", "step_fractions",
+           "timed"]

@@ -30,3 +30,10 @@ def check_writable(path: str | Path, flag: str, *, directory: bool) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PonderError(f"cannot write {flag} {path}: {parent} is not writable; choose another path")
     return path
+
+
+def cache_dir() -> Path:
+    """Root of ponderlm's caches: $PONDERLM_CACHE, else $XDG_CACHE_HOME/ponderlm, else ~/.cache/ponderlm."""
+    if os.environ.get("PONDERLM_CACHE"):
+        return Path(os.environ["PONDERLM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ponderlm"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,14 @@ GB = 1e9
 DEFAULT_VOCAB = 4096  # the shipped tokenizer, used when a recipe leaves model.vocab_size to the data
 
 
-@dataclass
-class Pass:
-    """`count` backbone runs of one micro-batch with `queries` query slots and `keys` key slots per token."""
+def differentiated_passes(config: Any) -> list[Any]:
+    """The passes whose activations stay alive until backward (peak: every token at full depth, R at its max):
+    the method's cost model (`ponderlm.flops`) for one token, so `queries` / `keys_exec` are slots per token."""
+    from ponderlm.flops import Costs
 
-    count: int
-    queries: int
-    keys: int
-
-
-def differentiated_passes(config: Any) -> list[Pass]:
-    """The passes whose activations stay alive until backward (peak: every token at full depth, R at its max).
-
-    Mirrors the pass structure priced in `ponderlm.flops` (docs/COMPUTE.md).
-    """
-    method, K = config.method, config.max_steps
-    if method == "vanilla":
-        return [Pass(1, 1, 1)]
-    if method == "pause":
-        return [Pass(1, K + 1, K + 1)]
-    if method in ("looped", "ponderlm", "adaponder"):
-        return [Pass(K + 1, 1, 1)]
-    if method in ("ponderlm2", "ponderlm3"):
-        final = [Pass(1, K + 1, K + 1)]
-        if method == "ponderlm2" and config.jacobi_detach:  # stage and sweep passes run without grad
-            return final
-        return [Pass(1, n, n) for n in range(1, K + 1)] + [Pass(max(config.jacobi_iters_train), K + 1, K + 1)] + final
-    if method == "latent_cot":  # depth pass k: the token's slot k against its slots 0..k
-        return [Pass(1, 1, k + 1) for k in range(K + 1)]
-    raise PonderError(f"plan: unknown method {method!r}")
+    K, sweeps = config.max_steps, max(config.jacobi_iters_train)
+    passes, _ = config.method_class.parallel_cost(config, Costs.of(config), 1, [1.0] * (K + 1), sweeps, True)
+    return [p for p in passes if p.grad]
 
 
 def slot_layer_bytes(config: Any, act: int) -> float:
@@ -71,13 +49,13 @@ def activation_bytes(config: Any, seq_len: int, batch: int, act: int, stream: in
     per_slot = slot_layer_bytes(config, act)
     passes = differentiated_passes(config)
     # One fp32 additive mask [B,1,Q,S] per pass; SDPA also keeps a per-layer copy in the compute dtype.
-    mask_one = [batch * (p.queries * T) * (p.keys * T) for p in passes]
+    mask_one = [batch * (p.queries * T) * (p.keys_exec * T) for p in passes]
     fp32_masks = sum(p.count * m * 4 for p, m in zip(passes, mask_one))
     low_copy = act if act < 4 else 0
     slots = sum(p.count * p.queries for p in passes) * batch * T
     final_norms = slots * config.hidden_size * (4 + act)  # every pass ends in the final norm (not checkpointed)
     if checkpointing:  # each layer's input per pass, plus one layer recomputed for the widest pass
-        widest = max(range(len(passes)), key=lambda i: passes[i].queries * passes[i].keys)
+        widest = max(range(len(passes)), key=lambda i: passes[i].queries * passes[i].keys_exec)
         layers = slots * L * config.hidden_size * stream + passes[widest].queries * batch * T * per_slot
         masks = fp32_masks + mask_one[widest] * low_copy
     else:
@@ -85,7 +63,7 @@ def activation_bytes(config: Any, seq_len: int, batch: int, act: int, stream: in
         masks = fp32_masks + sum(p.count * m * low_copy * L for p, m in zip(passes, mask_one))
     # Readout: logits (compute dtype) + fp32 log-softmax + its gradient; recurrent methods also keep the
     # logits and softmax of every feedback step P^k (gamma E).
-    feedback = config.max_steps if config.method in ("ponderlm", "adaponder") else 0
+    feedback = config.max_steps if config.method_class.head_feedback else 0
     head = batch * T * V * ((act + 8) + feedback * (act + 4))
     layers += final_norms
     return {"layers": layers, "masks": masks, "head": head, "total": layers + masks + head}
@@ -109,13 +87,11 @@ def plan(cfg: Any, gpus: int, *, mfu: float = 0.4, gpu_flops: float = 312e12, gp
     bf16 = t.dtype != "fp32"  # auto = bf16 on GPUs that support it
     act = 2 if bf16 else 4
     fsdp = cfg.dist.backend == "fsdp2" and gpus > 1
-    from ponderlm.train.parallel import VARIABLE_PASSES
-
     # fp32 master weights + fp32 gradients + AdamW exp_avg/exp_avg_sq = 16 bytes/parameter, sharded by FSDP2.
     state = 16 * params / (gpus if fsdp else 1)
     gathered = 0.0
     if fsdp:  # unsharded compute-dtype copies (params + grads) of what is gathered at a time
-        root_only = config.method in VARIABLE_PASSES
+        root_only = config.method_class.variable_passes
         gathered = 2 * act * (params if root_only else params - layer_params * (config.num_hidden_layers - 2))
     stream = act if fsdp else 4  # FSDP2 gathers bf16 params: the residual stream is bf16; autocast keeps fp32
     acts = {ac: activation_bytes(config, T, t.batch_size, act, stream, ac) for ac in (False, True)}
@@ -173,7 +149,7 @@ def parameter_counts(config: Any) -> tuple[int, int]:
 def format_plan(p: dict[str, Any]) -> str:
     c = p["config"]
     a, tot = p["activations_gb"], p["total_gb"]
-    passes = " + ".join(f"{q.count}x{q.queries}" + (f"(keys {q.keys})" if q.keys != q.queries else "")
+    passes = " + ".join(f"{q.count:g}x{q.queries:g}" + (f"(keys {q.keys_exec:g})" if q.keys_exec != q.queries else "")
                         for q in p["passes"])
     days = p["seconds"] / 86400
     mem = p["gpu_mem_gb"]

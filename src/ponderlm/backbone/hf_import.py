@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ponderlm.config import PonderConfig
+from ponderlm.registry import REGISTRY
 
 # GPT-NeoX prefix renames; everything below `layers.N.` keeps Hugging Face's names.
 NEOX_RENAMES = (
@@ -92,7 +93,7 @@ def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> Pond
         )
     else:
         raise ValueError(f"from_backbone supports Llama and GPT-NeoX checkpoints, got model_type={model_type!r}")
-    max_steps = overrides.pop("max_steps", 0 if method == "vanilla" else 1)
+    max_steps = overrides.pop("max_steps", 1 if getattr(REGISTRY.get(method), "takes_steps", True) else 0)
     return PonderConfig(method=method, max_steps=max_steps, **{**common, **kwargs, **overrides})
 
 

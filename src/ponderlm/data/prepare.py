@@ -237,7 +237,7 @@ def _num_val(sources: list[Source], unsplit: list[int], fixed: list[int], frac: 
 
 
 def _build_meta(writers, tokenizer, tokenizer_spec, sources, unsplit, fixed, stats, frac) -> dict:
-    from ponderlm import __version__
+    from ponderlm.version import __version__
 
     inputs = []
     for source, n_unsplit, n_fixed, file_stats in zip(sources, unsplit, fixed, stats):

@@ -264,8 +264,8 @@ def synthesize(options: SynthOptions, out_dir: str | Path, *, overwrite: bool = 
     """Generate the task's train / val / test splits into `out_dir` (atomically); returns meta.json's content."""
     from tqdm.auto import tqdm
 
-    from ponderlm import __version__
     from ponderlm.data.tokenizer import tokenizer_identity
+    from ponderlm.version import __version__
 
     o = options.resolved()
     out = Path(out_dir)

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ponderlm.config import ADAPTIVE_METHODS, DEPTH_POLICIES
+from ponderlm.config import DEPTH_POLICIES
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import ALPHA_METHODS, AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
+from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
+from ponderlm.registry import method_names
 
-# Halting methods: a per-token, content-dependent depth (their gates / routers decide).
-HALTING_METHODS = ADAPTIVE_METHODS
 # RMSE below this (relative to the initial error, at least 1) is float32 round-off, not Jacobi error.
 JACOBI_FLOOR = 1e-6
 
@@ -46,12 +45,12 @@ def forced_depth_settings(config, k: int) -> DecodeSettings | None:
 def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -> TokenStats:
     """Per-token NLL with zero additional steps (see the module docstring for how per method)."""
     method = model.config.method
-    if method == "vanilla":
+    if model.config.max_steps == 0:
         return collect_token_stats(model, batches, progress=progress, desc="depth 0")
-    if method not in ADAPTIVE_METHODS:
+    if not model.config.method_class.adaptive:
         raise PonderError(
             f"method {method!r} always runs K={model.config.max_steps} steps and cannot be forced to 0 steps, so "
-            f"its tokens have no 0-step difficulty; use an adaptive method ({', '.join(ADAPTIVE_METHODS)})"
+            f"its tokens have no 0-step difficulty; use an adaptive method ({', '.join(method_names(adaptive=True))})"
         )
     stats = collect_token_stats(model, batches, forced_depth_settings(model.config, 0), progress=progress,
                                 desc="depth 0")
@@ -116,7 +115,7 @@ def difficulty_analysis(
                                                  depth_target=K / 2), progress=progress, desc="random depths")
             nll_by_depth[k], mask_by_depth[k], source[k] = random_run.nll, random_run.steps == k, "random_depth"
     learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
-                                  if model.config.method in ADAPTIVE_METHODS else settings,
+                                  if model.config.method_class.adaptive else settings,
                                   progress=progress, desc="learned depth")
 
     buckets = []
@@ -152,9 +151,9 @@ def alpha_analysis(
 ) -> dict[str, Any]:
     """Easy / hard halves by 0-step NLL; per alpha, each half's ΔLoss vs alpha = 0 and its avg steps."""
     method = model.config.method
-    if method not in ALPHA_METHODS:
-        raise PonderError(f"analyze alpha needs a method with an inference router bias ({', '.join(ALPHA_METHODS)}); "
-                          f"this checkpoint is {method!r}")
+    if not model.config.method_class.uses_alpha:
+        raise PonderError(f"analyze alpha needs a method with an inference router bias "
+                          f"({', '.join(method_names(uses_alpha=True))}); this checkpoint is {method!r}")
     alphas = sorted(set(float(a) for a in alphas) | {0.0})  # alpha = 0 is the reference of every delta
     difficulty = zero_step_stats(model, batches, progress).nll
     median = float(np.median(difficulty))
@@ -190,8 +189,8 @@ def gates_analysis(
     Returns (JSON-able result, raw NLL arrays per steps for the box plot).
     """
     method = model.config.method
-    if method not in HALTING_METHODS:
-        raise PonderError(f"analyze gates needs a halting method ({', '.join(HALTING_METHODS)}); "
+    if not model.config.method_class.adaptive:  # halting: a per-token, content-dependent depth
+        raise PonderError(f"analyze gates needs a halting method ({', '.join(method_names(adaptive=True))}); "
                           f"{method!r} gives every token the same depth")
     stats = collect_token_stats(model, batches, settings, progress=progress, desc="gates")
     steps = np.rint(stats.steps).astype(int)

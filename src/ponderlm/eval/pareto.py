@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from ponderlm.config import ADAPTIVE_METHODS
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import ALPHA_METHODS, DecodeSettings, applied, collect_token_stats, flops_ratio
+from ponderlm.eval.perplexity import DecodeSettings, applied, collect_token_stats, flops_ratio
 
 DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
 DEFAULT_TAUS = (1e-4, 0.05, 0.2, 0.4, 0.6, 0.8)
@@ -46,13 +45,13 @@ class ParetoPoint:
 
 def adaptive_grid(config, alphas: list[float] | None, taus: list[float] | None) -> list[DecodeSettings]:
     """The learned-depth settings to sweep for this method (empty list: nothing to sweep)."""
-    method = config.method
-    if method in ALPHA_METHODS:
+    cls = config.method_class
+    if cls.uses_alpha:
         return [DecodeSettings(alpha=a, tau=t, depth_policy="learned")
                 for t in (taus or [config.tau]) for a in (alphas or DEFAULT_ALPHAS)]
-    if method in ADAPTIVE_METHODS:
+    if cls.adaptive:
         if alphas:
-            print(f"note: --alpha ignored for {method!r} (no router bias); sweeping tau", file=sys.stderr)
+            print(f"note: --alpha ignored for {config.method!r} (no router bias); sweeping tau", file=sys.stderr)
         return [DecodeSettings(tau=t, depth_policy="learned") for t in (taus or DEFAULT_TAUS)]
     return []
 
@@ -63,7 +62,7 @@ def sweep_model(
     jacobi_iters: int | None = None, progress: bool = True,
 ) -> list[ParetoPoint]:
     """All Pareto points of one checkpoint (see the module docstring)."""
-    config = model.config
+    config, cls = model.config, model.config.method_class
     seq_len = int(batches[0].shape[1])
     K = config.max_steps
     points: list[ParetoPoint] = []
@@ -73,8 +72,8 @@ def sweep_model(
         stats = collect_token_stats(model, batches, settings, progress=progress, desc=desc)
         with applied(model, settings):  # FLOPs of the configuration actually in force
             ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
-            alpha = model.config.alpha if config.method in ALPHA_METHODS else None
-            tau = model.config.tau if config.method in ADAPTIVE_METHODS else None
+            alpha = model.config.alpha if cls.uses_alpha else None
+            tau = model.config.tau if cls.adaptive else None
         return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy, alpha=alpha, tau=tau,
                            depth_target=settings.depth_target, avg_steps=stats.avg_steps, ppl=stats.ppl,
                            loss=stats.loss, flops_ratio=ratio, tokens=int(stats.nll.size))
@@ -85,7 +84,7 @@ def sweep_model(
             print(f"note: {name} ({config.method}) has no per-token depth; no fixed-pruning controls", file=sys.stderr)
         return [run(DecodeSettings(), curve_label(name, config.method, f"K={K}"), "fixed", f"{name}")]
     for s in grid:
-        label = f"alpha={s.alpha:g}" if config.method in ALPHA_METHODS else f"tau={s.tau:g}"
+        label = f"alpha={s.alpha:g}" if cls.uses_alpha else f"tau={s.tau:g}"
         points.append(run(s, curve_label(name, config.method), "learned", f"{name} {label}"))
     goal = sorted(targets) if targets else iso_flops_targets([p.avg_steps for p in points], K)
     for policy in fixed:

@@ -64,26 +64,25 @@ def _check_args(args: argparse.Namespace) -> None:
 def depth_policy_text(config, args: argparse.Namespace) -> str:
     """What decided the depths in this generation: the method's own policy (with the threshold / bias it used)
     or a fixed-pruning control with its target, as shown on the --html page."""
-    from ponderlm.config import ADAPTIVE_METHODS
-
     tau = config.tau if args.tau is None else args.tau
     alpha = config.alpha if args.alpha is None else args.alpha
     policy = args.depth_policy or config.depth_policy or "learned"
     target = config.depth_target if args.depth_target is None else args.depth_target
     head = f"{config.method}, K={config.max_steps}"
-    if config.method not in ADAPTIVE_METHODS:
+    if not config.method_class.adaptive:
         return f"{head}, depth policy: fixed (every token runs K additional steps)"
     if policy != "learned":
         return f"{head}, depth policy: {policy} fixed pruning, target {target:g} additional steps per token"
-    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if config.method == "ponderlm3" else "")
+    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if config.method_class.uses_alpha else "")
     return f"{head}, depth policy: learned ({knobs})"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from ponderlm.eval.perplexity import DecodeSettings, check_settings, load_model
+    from ponderlm.eval.perplexity import DecodeSettings, check_settings
     from ponderlm.inference.render import depth_view, legend_ansi, render_ansi, render_html
+    from ponderlm.loading import load_model
 
     _check_args(args)
     model, tokenizer = load_model(args.model, args.device)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
+from ponderlm.config import check_finite, reject
 from ponderlm.methods.base import register_method
 from ponderlm.methods.fixed_pruning import fixed_depths
 from ponderlm.methods.ponderlm_v1 import RecurrentPonder
@@ -61,6 +62,46 @@ class HaltGate(nn.Module):
 
 @register_method("adaponder")
 class AdaPonder(RecurrentPonder):
+    adaptive = True
+    variable_passes = True
+
+    class Options(RecurrentPonder.Options):
+        gate_hidden_size: int | None = None  # None: d // 4
+        gate_init_bias: float = 3.0
+        halt_lambda: float = 0.1
+        halt_k_frac: float = 0.1
+        halt_k_frac_ramp_steps: int = 1000
+
+    @classmethod
+    def validate_options(cls, config) -> None:
+        for name in ("halt_lambda", "gate_init_bias"):
+            check_finite(config, name)
+        if config.halt_lambda < 0:
+            reject(f"halt_lambda must be >= 0, got {config.halt_lambda}")
+        if not (0.0 <= config.halt_k_frac <= 1.0):
+            reject(f"halt_k_frac must be in [0, 1], got {config.halt_k_frac}")
+
+    @staticmethod
+    def gate_flops(config) -> int:
+        d = config.hidden_size
+        h = config.gate_hidden_size or max(1, d // 4)
+        return 2 * (d * h + h)
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        passes, extras = super().parallel_cost(config, costs, T, a, sweeps, training)
+        gated = min(int(passes[0].count), config.max_steps)  # gates after passes 1..min(m+1, K)
+        return passes, [*extras, (gated * cls.gate_flops(config), True)]
+
+    @classmethod
+    def decode_cost(cls, config, costs, a):
+        return super().decode_cost(config, costs, a) + sum(a[: config.max_steps]) * cls.gate_flops(config)
+
+    @staticmethod
+    def freeze_backbone(model: nn.Module) -> _FrozenBackbone:
+        """`train.freeze_backbone_steps`: the halting gates train alone first."""
+        return freeze_backbone_for_gates(model)
+
     def __init__(self, config) -> None:
         super().__init__(config)
         hidden = config.gate_hidden_size or max(1, config.hidden_size // 4)

@@ -21,18 +21,9 @@ import torch.nn as nn
 from ponderlm.backbone.attention import NEG_INF, additive_mask
 from ponderlm.backbone.cache import SlotKVCache
 from ponderlm.backbone.interface import Backbone
-from ponderlm.config import PonderConfig
-
-METHOD_REGISTRY: dict[str, type[PonderMethod]] = {}
-
-
-def register_method(name: str):
-    def wrap(cls: type[PonderMethod]) -> type[PonderMethod]:
-        cls.name = name
-        METHOD_REGISTRY[name] = cls
-        return cls
-
-    return wrap
+from ponderlm.config import PonderConfig, reject
+from ponderlm.registry import REGISTRY as METHOD_REGISTRY  # noqa: F401  (re-exported by ponderlm.methods)
+from ponderlm.registry import register_method  # noqa: F401  (methods register with @register_method)
 
 
 @dataclass
@@ -141,9 +132,79 @@ def scatter_tokens(x: torch.Tensor, index: torch.Tensor, present: torch.Tensor, 
 
 
 class PonderMethod(nn.Module):
-    """Base class. Subclasses register with `@register_method("name")`."""
+    """Base class. Subclasses register with `@register_method("name")`.
+
+    A method class is the one owner of what is method-specific. Besides the model code, it declares facts,
+    options and a cost model that need only the config (no model), which the config, FLOPs accounting,
+    `plan`, training and evaluation ask instead of switching on method names.
+    """
 
     name = "base"
+    adaptive = False  # decides a per-token depth: tau and the fixed-pruning depth policies apply
+    uses_alpha = False  # its inference router takes the bias alpha * k
+    uses_jacobi = False  # solved by Jacobi sweeps: jacobi_iters_train / jacobi_iters_eval apply
+    interleaved = False  # K latent slots after each token (K+1 slots per token); latent_feedback=pre_norm applies
+    takes_steps = True  # needs max_steps >= 1 (False: max_steps must be 0)
+    variable_passes = False  # the number of passes depends on the data (DDP must look for unused parameters)
+    head_feedback = False  # each extra pass is fed by an LM-head readout (its logits stay alive for backward)
+    embed_scale_factor: float | None = None  # default embed_scale: sqrt(factor * d); None = 1
+    residual_init_passes = False  # the ponder init divides residual output projections by sqrt(K+1) too
+    stand_in_options: dict[str, Any] = {}  # config options of an untrained stand-in model (`bench decode`)
+    freeze_backbone = None  # (model) -> handle with .restore(): `train.freeze_backbone_steps` trains the method alone
+
+    @dataclass
+    class Options:
+        """The method's own config fields and defaults: flat in `PonderConfig` and config.json, like every field
+        (every config carries every registered method's options). Subclasses extend it with annotated fields
+        (`class Options(PonderLM2.Options): ...`), made a dataclass by `__init_subclass__`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in vars(cls):
+            cls.Options = dataclass(cls.Options)
+
+    @classmethod
+    def validate_options(cls, config: PonderConfig) -> None:
+        """Check this class's option values on `config` (called for every registered method); `reject` if bad."""
+
+    @classmethod
+    def validate_config(cls, config: PonderConfig) -> None:
+        """Check that `config` (of this method) asks for things the method can do; `reject` if not."""
+        K = config.max_steps
+        if not cls.takes_steps and K != 0:
+            reject(f"method {cls.name!r} takes no additional steps, got max_steps={K}")
+        if cls.takes_steps and K == 0:
+            reject(f"method {cls.name!r} needs max_steps >= 1")
+        if config.latent_feedback == "pre_norm" and not cls.interleaved:  # ignoring it would fake a pre_norm result
+            names = ", ".join(n for n, c in METHOD_REGISTRY.items() if c.interleaved)
+            reject(f"latent_feedback='pre_norm' needs an interleaved method ({names}); method {cls.name!r} has no "
+                   "latent slots")
+        if config.depth_policy in ("uniform", "geometric", "constant") and not cls.adaptive:
+            names = ", ".join(n for n, c in METHOD_REGISTRY.items() if c.adaptive)
+            reject(f"depth_policy={config.depth_policy!r} needs an adaptive method ({names})")
+
+    # -- cost model (ponderlm.flops; docs/COMPUTE.md) ------------------------------------------------
+    @classmethod
+    def parallel_cost(cls, config: PonderConfig, costs: Any, T: int, a: list[float], sweeps: float,
+                      training: bool) -> tuple[list[Any], list[tuple[float, bool]]]:
+        """One parallel forward on T tokens: its backbone passes (`ponderlm.flops.Pass`) and its matmul FLOPs per
+        token outside the stack and the readout LM head, as [(flops, differentiated)]. a[k]: share of tokens
+        executing step k (k = 0..K); sweeps: Jacobi R; training: a train-mode forward. costs: `flops.Costs`."""
+        raise ValueError(f"flops: method {cls.name!r} has no cost model")
+
+    @classmethod
+    def decode_cost(cls, config: PonderConfig, costs: Any, a: list[float]) -> float:
+        """Matmul FLOPs of decoding one token outside the stack and the LM head (routers, gates, feedback)."""
+        return 0.0
+
+    @classmethod
+    def decode_keys(cls, config: PonderConfig, T: int, a: list[float]) -> float:
+        """Average keys attended per token while decoding a T-token sequence (all its executed slots)."""
+        n = sum(a)  # one shared cache: slot j of token t sees t * n earlier entries + j + 1 (itself included)
+        return n * n * (T - 1) / 2 + sum(a[j] * (j + 1) for j in range(len(a)))
+
+    def spread_stand_in(self, scale: float) -> None:
+        """Make an untrained stand-in model (`bench decode`) decide varied depths; `scale` sets how varied."""
 
     def __init__(self, config: PonderConfig) -> None:
         super().__init__()

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from transformers import initialization as init
 
 from ponderlm.backbone.attention import NEG_INF, additive_mask
+from ponderlm.config import check_finite, reject
+from ponderlm.flops import Pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -102,6 +104,51 @@ def exit_weights(gates: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor
 
 @register_method("latent_cot")
 class LatentCoT(PonderMethod):
+    adaptive = True
+    interleaved = True
+    variable_passes = True
+    embed_scale_factor = 2.5  # sqrt(2.5 d), as PonderLM-2
+
+    class Options(PonderMethod.Options):
+        cot_router: str = "shared"  # "shared", "step" or "mlp"
+        cot_router_init_bias: float = 2.0
+        cot_lambda: float = 0.1
+        cot_beta: float = 1.0
+
+    @classmethod
+    def validate_options(cls, config) -> None:
+        for name in ("cot_lambda", "cot_beta", "cot_router_init_bias"):
+            check_finite(config, name)
+        if config.cot_lambda < 0:
+            reject(f"cot_lambda must be >= 0, got {config.cot_lambda}")
+        if config.cot_router not in ("shared", "step", "mlp"):
+            reject(f"cot_router must be 'shared', 'step' or 'mlp', got {config.cot_router!r}")
+        if config.cot_beta < 0:
+            reject(f"cot_beta must be >= 0, got {config.cot_beta}")
+
+    @staticmethod
+    def router_flops(config) -> int:
+        d = config.hidden_size
+        return 2 * (d * d + d if config.cot_router == "mlp" else d)
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        # Depth pass k: packed active slots (a_k T queries) against every executed slot of depth <= k.
+        passes, seen = [], 0.0
+        for k in range(config.max_steps + 1):
+            if a[k] <= 0:
+                break
+            seen += a[k]
+            passes.append(Pass(a[k], seen * T, seen * (T + 1) / 2))
+        extras = [(min(len(passes), config.max_steps) * cls.router_flops(config), True)]  # dense router
+        if training and config.cot_lambda > 0:
+            extras.append((sum(a) * costs.head, False))  # stop-gradient q on executed slots
+        return passes, extras
+
+    @classmethod
+    def decode_cost(cls, config, costs, a):
+        return sum(a[: config.max_steps]) * cls.router_flops(config)
+
     def __init__(self, config) -> None:
         super().__init__(config)
         self.router = ContinueRouter(config.hidden_size, config.max_steps, config.cot_router,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -30,6 +31,16 @@ from ponderlm.methods.base import (
 @register_method("looped")
 class Looped(PonderMethod):
     """Weight-shared depth recurrence: K+1 runs of the same layers; no extra parameters."""
+
+    embed_scale_factor = 2.5  # sqrt(2.5 d), as PonderLM-2
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        return [full_pass(1, T, count=config.max_steps + 1)], []
+
+    @classmethod
+    def decode_keys(cls, config, T, a):
+        return sum(a) * (T + 1) / 2  # each loop has its own cache with t+1 entries
 
     def num_loops(self) -> int:
         return self.config.max_steps + 1

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
+from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -29,6 +30,13 @@ from ponderlm.methods.ponderlm2 import PonderLM2
 @register_method("pause")
 class Pause(PonderMethod):
     """Learned pause vectors interleaved after every token (no Jacobi: inputs never depend on outputs)."""
+
+    interleaved = True
+    embed_scale_factor = 1.0  # sqrt(d), as the official pause baseline
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        return [full_pass(config.max_steps + 1, T)], []
 
     def __init__(self, config) -> None:
         super().__init__(config)

@@ -25,6 +25,8 @@ import random
 import torch
 
 from ponderlm.backbone.attention import CausalKeyBias, slot_causal_mask
+from ponderlm.config import reject
+from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -51,6 +53,34 @@ def deinterleave(seq: torch.Tensor, n: int) -> torch.Tensor:
 @register_method("ponderlm2")
 class PonderLM2(PonderMethod):
     """PonderLM-2: fixed K latent thoughts per token."""
+
+    interleaved = True
+    uses_jacobi = True
+    embed_scale_factor = 2.5  # sqrt(2.5 d): the token slot's input RMS is near 1 under the ponder init
+
+    class Options(PonderMethod.Options):
+        jacobi_iters_train: list[int] | tuple[int, ...] = (2, 3)  # R is drawn from these at each training step
+        jacobi_iters_eval: int = 3  # R in eval mode
+        jacobi_detach: bool = False  # stop gradients through all but the final pass
+
+    @classmethod
+    def validate_options(cls, config) -> None:
+        iters = config.jacobi_iters_train
+        if not iters or any((not isinstance(r, int)) or r < 0 for r in iters):
+            reject(f"jacobi_iters_train must be a non-empty list of integers >= 0, got {iters!r}")
+        if not isinstance(config.jacobi_iters_eval, int) or config.jacobi_iters_eval < 0:
+            reject(f"jacobi_iters_eval must be an integer >= 0, got {config.jacobi_iters_eval!r}")
+
+    @staticmethod
+    def jacobi_passes(config, T: int, sweeps: float, grad: bool = True) -> list:
+        """K stage passes over growing prefixes (1..K slots per token), R sweeps + 1 final pass over K+1 slots."""
+        K = config.max_steps
+        return [*(full_pass(n, T, grad=grad) for n in range(1, K + 1)), full_pass(K + 1, T, grad=grad, count=sweeps),
+                full_pass(K + 1, T)]
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        return cls.jacobi_passes(config, T, sweeps, grad=not (training and config.jacobi_detach)), []
 
     # ------------------------------------------------------------------ hooks for subclasses
     def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor | None:

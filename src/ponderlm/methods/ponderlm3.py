@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
+from ponderlm.config import check_finite, reject
 from ponderlm.methods.base import DecodeState, MethodOutput, padding_positions, register_method
 from ponderlm.methods.fixed_pruning import fixed_depths
 from ponderlm.methods.ponderlm2 import PonderLM2
@@ -57,6 +58,50 @@ def tail_cdf(step_probs: torch.Tensor) -> torch.Tensor:
 
 @register_method("ponderlm3")
 class PonderLM3(PonderLM2):
+    adaptive = True
+    uses_alpha = True
+    stand_in_options = {"router_init": "uniform"}  # an undecided router, spread by `spread_stand_in`
+
+    class Options(PonderLM2.Options):
+        router_hidden_size: int = 0  # 0 = linear router
+        router_init: str = "full_depth"  # or "uniform"
+        router_init_bias: float = 2.0
+        mask_eps: float = 1e-6
+        lambda_steps: float = 0.0
+        renormalize_pruned: bool = False
+
+    @classmethod
+    def validate_options(cls, config) -> None:
+        for name in ("lambda_steps", "router_init_bias"):
+            check_finite(config, name)
+        if config.router_init not in ("full_depth", "uniform"):
+            reject(f"router_init must be 'full_depth' or 'uniform', got {config.router_init!r}")
+        if config.router_hidden_size < 0:
+            reject(f"router_hidden_size must be >= 0, got {config.router_hidden_size}")
+        if not (0.0 < config.mask_eps < 1.0):
+            reject(f"mask_eps must be in (0, 1), got {config.mask_eps}")
+        if config.lambda_steps < 0:
+            reject(f"lambda_steps must be >= 0, got {config.lambda_steps}")
+
+    @staticmethod
+    def router_flops(config) -> int:
+        d, K, h = config.hidden_size, max(config.max_steps, 1), config.router_hidden_size
+        return 2 * (d * (K + 1) if h == 0 else d * h + h * (K + 1))
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        # Dense Jacobi passes (jacobi_detach not priced); one router call per refresh (x2 in eval: the mask bias
+        # and the pruning rule) + the final one.
+        calls = (config.max_steps + sweeps) * (1 if training else 2) + 1
+        return cls.jacobi_passes(config, T, sweeps), [(calls * cls.router_flops(config), True)]
+
+    @classmethod
+    def decode_cost(cls, config, costs, a):
+        return cls.router_flops(config)
+
+    def spread_stand_in(self, scale: float) -> None:
+        nn.init.normal_(self.router.net[0].weight, std=scale / self.config.hidden_size**0.5)
+
     def __init__(self, config) -> None:
         super().__init__(config)
         self.router = DepthRouter(config.hidden_size, config.max_steps, config.router_hidden_size,

@@ -26,6 +26,7 @@ import torch
 
 from ponderlm.backbone.attention import NEG_INF, slot_causal_mask
 from ponderlm.backbone.cache import SlotKVCache
+from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -41,6 +42,20 @@ from ponderlm.methods.base import (
 
 class RecurrentPonder(PonderMethod):
     """The K+1-pass loop shared by PonderLM v1 and AdaPonderLM (both paths)."""
+
+    embed_scale_factor = 1.0  # sqrt(d), as PonderingLM
+    head_feedback = True
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        # Dense passes over all tokens until every token of the batch halted: m = deepest token's steps;
+        # the feedback P^k (gamma E) before passes 2..m+1.
+        m = max(k for k in range(config.max_steps + 1) if a[k] > 0)
+        return [full_pass(1, T, count=m + 1)], [(m * (costs.head + costs.mix), True)]
+
+    @classmethod
+    def decode_cost(cls, config, costs, a):
+        return sum(a[1:]) * (costs.head + costs.mix)
 
     # ------------------------------------------------------------------ hooks for subclasses
     def halting(
@@ -266,3 +281,5 @@ def _depth_window(j: int):
 @register_method("ponderlm")
 class PonderLMv1(RecurrentPonder):
     """PonderLM v1: every token runs all K+1 passes (executed additional steps = K)."""
+
+    residual_init_passes = True

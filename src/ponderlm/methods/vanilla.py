@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ponderlm.backbone.attention import slot_causal_mask
+from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -17,6 +18,12 @@ from ponderlm.methods.base import (
 
 @register_method("vanilla")
 class Vanilla(PonderMethod):
+    takes_steps = False
+
+    @classmethod
+    def parallel_cost(cls, config, costs, T, a, sweeps, training):
+        return [full_pass(1, T)], []
+
     def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
         hidden = backbone.run(backbone.embed(input_ids), padding_positions(attention_mask), slot_causal_mask(valid))

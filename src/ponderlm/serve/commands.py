@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "pip install 'ponderlm[serve]'") from None
     import torch
 
-    from ponderlm.eval.perplexity import DecodeSettings, applied, check_settings, load_model, resolve_model_dir
+    from ponderlm.eval.perplexity import DecodeSettings, applied, check_settings
+    from ponderlm.loading import load_model, resolve_model_dir
     from ponderlm.serve.app import build_app
     from ponderlm.serve.scheduler import Engine
 

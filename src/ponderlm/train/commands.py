@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ponderlm.errors import PonderError
+from ponderlm.registry import REGISTRY
 
 DESCRIPTION = """\
 Pretrain a pondering language model. With no arguments, runs the CPU quickstart recipe
@@ -73,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides, preset=args.preset)
     if args.method is not None:
         cfg.model["method"] = args.method
-        if args.method == "vanilla" and not any(o.startswith("model.max_steps=") for o in overrides):
+        takes_steps = getattr(REGISTRY.get(args.method), "takes_steps", True)
+        if not takes_steps and not any(o.startswith("model.max_steps=") for o in overrides):
             cfg.model["max_steps"] = 0  # a vanilla baseline of any recipe, without a second flag
     if args.max_steps is not None:
         cfg.train.steps = args.max_steps

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from ponderlm.errors import PonderError
+from ponderlm.registry import REGISTRY
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16")
@@ -138,13 +139,16 @@ TOP_LEVEL = ("name", "model", *SECTIONS)
 
 # ---------------------------------------------------------------------------------------------- type checks
 def _model_hints() -> dict[str, Any]:
-    """Valid `model.*` keys and their types, read from `PonderConfig.__init__` so the two never disagree."""
+    """Valid `model.*` keys and their types, read from `PonderConfig.__init__` and the registered methods'
+    `Options` so they never disagree."""
     from ponderlm.config import PonderConfig  # imports transformers; only needed once a model key is checked
 
     sig = inspect.signature(PonderConfig.__init__)
     hints = typing.get_type_hints(PonderConfig.__init__)
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     keys = {n: hints.get(n, Any) for n, p in sig.parameters.items() if n != "self" and p.kind in named}
+    for cls in REGISTRY.values():
+        keys.update(typing.get_type_hints(cls.Options))
     keys["init_from"] = str | None
     return keys
 
@@ -354,9 +358,11 @@ def validate(cfg: RunConfig) -> None:
          f"train.global_batch_size ({t.global_batch_size}) must be a positive multiple of train.batch_size "
          f"({t.batch_size})")
     need(t.freeze_backbone_steps >= 0, f"train.freeze_backbone_steps must be >= 0, got {t.freeze_backbone_steps}")
-    need(t.freeze_backbone_steps == 0 or cfg.model.get("method") == "adaponder",
-         f"train.freeze_backbone_steps needs model.method=adaponder (it trains the halting gates first), "
-         f"got method {cfg.model.get('method', 'vanilla')!r}")
+    method = cfg.model.get("method", "vanilla")
+    freezable = [n for n, c in REGISTRY.items() if c.freeze_backbone is not None]
+    need(t.freeze_backbone_steps == 0 or method in freezable,
+         f"train.freeze_backbone_steps needs model.method={' or '.join(freezable)} (it trains the method's own "
+         f"parameters alone first), got method {method!r}")
     max_pos = cfg.model.get("max_position_embeddings")
     if max_pos is not None:
         need(d.seq_len <= max_pos,

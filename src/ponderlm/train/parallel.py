@@ -30,7 +30,6 @@ import torch.nn as nn
 from ponderlm.errors import PonderError
 
 T = TypeVar("T")
-VARIABLE_PASSES = ("adaponder", "latent_cot")  # pass count depends on the data (all tokens halted -> stop)
 FAIL_ENV = "PONDERLM_FAIL_AT"  # test hook: "RANK:STEP" makes that rank os._exit(1) during that step
 
 
@@ -150,7 +149,7 @@ def wrap(model: nn.Module, d: Dist, *, backend: str, activation_checkpointing: b
             layer.compile(dynamic=True)
     if d.world_size == 1:
         return model
-    variable = getattr(model.config, "method", None) in VARIABLE_PASSES
+    variable = getattr(getattr(model, "method", None), "variable_passes", False)
     if backend == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -31,9 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponderlm.config import ADAPTIVE_METHODS
 from ponderlm.data.loader import read_meta
 from ponderlm.errors import PonderError
+from ponderlm.paths import cache_dir
 from ponderlm.train import checkpoint as ckpt
 from ponderlm.train import dist_checkpoint as dckpt
 from ponderlm.train import parallel, rundir
@@ -138,10 +137,8 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
         if d.is_main:
             print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
     frozen = None
-    if start_step < freeze_steps:  # AdaPonderLM continued pretraining: gates only until step freeze_steps
-        from ponderlm.methods.adaponder import freeze_backbone_for_gates
-
-        frozen = freeze_backbone_for_gates(model)
+    if start_step < freeze_steps:  # e.g. AdaPonderLM continued pretraining: gates only until step freeze_steps
+        frozen = model.method.freeze_backbone(model)
     n_params = sum(p.numel() for p in model.parameters())
     logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
                            wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
@@ -399,13 +396,6 @@ def _mean_steps(out: Any) -> torch.Tensor | float:
     return 0.0 if steps is None else steps.detach().float().mean()
 
 
-def cache_dir() -> Path:
-    """Root of ponderlm's caches: $PONDERLM_CACHE, else $XDG_CACHE_HOME/ponderlm, else ~/.cache/ponderlm."""
-    if os.environ.get("PONDERLM_CACHE"):
-        return Path(os.environ["PONDERLM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ponderlm"
-
-
 def resolve_data_dir(data: DataConfig) -> Path:
     """The prepared-shards directory for `data`, prepared on first use (`prepare_data` publishes atomically)."""
     if data.data_dir:
@@ -522,7 +512,7 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
           f"avg executed steps {result.executed_steps:.2f} of K={model.config.max_steps}\n"
           f"run dir  {out}  (config.yaml, metrics.jsonl, checkpoints/, tb/)\n"
           f"model    {final}  (PonderForCausalLM.from_pretrained)")
-    if depth_share and model.config.method in ADAPTIVE_METHODS:
+    if depth_share and model.config.method_class.adaptive:
         shares = " | ".join(f"{k} step{'s' if k != 1 else ''} {100 * v:.0f}%" for k, v in enumerate(depth_share))
         print(f"learned depth per token (validation): {shares}")
     if sample_view is not None:

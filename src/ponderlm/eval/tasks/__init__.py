@@ -94,7 +94,7 @@ def build_tasks(cache_root: str | Path | None = None) -> Path:
     from ponderlm.data.corpus import default_corpus_files, iter_default_corpus, sha256_file
 
     if cache_root is None:
-        from ponderlm.train.trainer import cache_dir
+        from ponderlm.paths import cache_dir
 
         cache_root = cache_dir() / "lm_eval_tasks"
     val_file = default_corpus_files()["val"]
