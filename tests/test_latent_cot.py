@@ -86,8 +86,8 @@ def test_parallel_equals_decode_and_dense_reference(backbone, side, feedback):
     logits, steps, state = sequential_logits(model, ids, mask, return_state=True)
     torch.testing.assert_close(out.logits[valid], logits[valid], atol=1e-4, rtol=0)
     assert torch.equal(out.executed_steps, steps * valid)
-    # Batched decode computes only the rows still thinking: B rows per token slot + one per executed step.
-    assert state.rows_computed == ids.numel() + int(steps.sum())
+    # Batched decode computes only the rows still thinking: one per real token + one per executed step.
+    assert state.rows_computed == int(valid.sum()) + int(steps.sum())
     mix = set(steps[valid].tolist())
     assert {0.0, 3.0} <= mix and len(mix) >= 3, f"tokens must halt at different depths, got {mix}"
     assert torch.all(out.executed_steps[~valid] == 0)

@@ -57,7 +57,8 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 
 # --------------------------------------------------------------------------- models
 def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab: int, seed: int = 0, **extra: Any):
-    from ponderlm import PonderConfig, PonderForCausalLM
+    from ponderlm.config import PonderConfig
+    from ponderlm.modeling import PonderForCausalLM
 
     torch.manual_seed(seed)
     heads = max(1, hidden // 64)
@@ -90,7 +91,7 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
         if continuous and rows_schedule.supports(model):
             consumed = torch.zeros(batch, dtype=torch.long)
             model.method.row_start(model.backbone, state, prompt[:, 0], valid)
-            while bool(state.extras["row"]["busy"].any()):
+            while bool(state.rows.busy.any()):
                 done, logits, s = rows_schedule.run_row_slots(model, state)
                 steps.append(s[done])
                 consumed += done.long()

@@ -9,7 +9,6 @@ layers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,22 +17,11 @@ import torch.nn.functional as F
 NEG_INF = float("-inf")
 
 
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Reference attention. q: [B,H,Q,D]; k, v: [B,H,S,D]; mask: additive, broadcastable to [B,H,Q,S]."""
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores + mask
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
-
-
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """torch SDPA with an additive float mask (dispatches to fused kernels where available)."""
     if mask is not None and mask.dtype != q.dtype:
         mask = mask.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-ATTENTION_BACKENDS = {"sdpa": sdpa_attention, "eager": eager_attention}
 
 
 @dataclass(frozen=True)
@@ -77,7 +65,7 @@ def _causal_key_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, backend: str = "sdpa"
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     """Multi-head attention; repeats grouped KV heads to match the query heads."""
     if k.shape[1] != q.shape[1]:
@@ -85,10 +73,10 @@ def attention(
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     if isinstance(mask, CausalKeyBias):
-        if backend == "sdpa" and q.shape[2] == k.shape[2]:
+        if q.shape[2] == k.shape[2]:
             return _causal_key_bias_attention(q, k, v, mask.key_bias)
         mask = mask.dense()
-    return ATTENTION_BACKENDS[backend](q, k, v, mask)
+    return sdpa_attention(q, k, v, mask)
 
 
 def additive_mask(allowed: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:

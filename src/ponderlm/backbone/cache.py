@@ -146,10 +146,6 @@ class SlotKVCache:
         self.length = start + count
         self._pending = None
 
-    def rollback(self) -> None:
-        """Forget reserved-but-unwanted entries (their storage is overwritten by the next reserve)."""
-        self._pending = None
-
     def reorder(self, index: torch.Tensor) -> None:
         """Row b becomes row index[b] (beam search: each surviving beam continues some earlier beam's cache)."""
         if self._pending is not None:

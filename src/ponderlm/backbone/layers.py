@@ -52,7 +52,6 @@ def _attend(
     layer_idx: int,
     cache: SlotKVCache | None,
     kv_hook: KVHook | None,
-    backend: str,
 ) -> torch.Tensor:
     """Shared tail of both attentions: rotary, K/V hook, cache write/read, attention. Returns [B,S,H*D]."""
     cos, sin = rotary
@@ -65,7 +64,7 @@ def _attend(
         rows = cache.query_rows
         if rows is not None:  # K/V of the whole batch: put the active rows' queries at their rows
             q = q.new_zeros((k.shape[0], *q.shape[1:])).index_copy(0, rows, q)
-    out = attention(q, k, v, mask, backend)
+    out = attention(q, k, v, mask)
     if rows is not None:
         out = out.index_select(0, rows)
     batch, heads, seq, dim = out.shape
@@ -86,12 +85,12 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         self.o_proj.is_residual_output = True  # scaled down by depth under the "ponder" init
 
-    def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
+    def forward(self, x, rotary, mask, cache=None, kv_hook=None) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        out = _attend(q, k, v, rotary, mask, self.layer_idx, cache, kv_hook, backend)
+        out = _attend(q, k, v, rotary, mask, self.layer_idx, cache, kv_hook)
         return self.o_proj(out)
 
 
@@ -117,8 +116,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, cache, kv_hook, backend)
+    def forward(self, x, rotary, mask, cache=None, kv_hook=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, cache, kv_hook)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -133,12 +132,12 @@ class GPTNeoXAttention(nn.Module):
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         self.dense.is_residual_output = True
 
-    def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
+    def forward(self, x, rotary, mask, cache=None, kv_hook=None) -> torch.Tensor:
         batch, seq, _ = x.shape
         # NeoX packs q,k,v per head: [.., H, 3*D], matching Hugging Face's GPTNeoXAttention layout.
         qkv = self.query_key_value(x).view(batch, seq, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        out = _attend(q, k, v, rotary, mask, self.layer_idx, cache, kv_hook, backend)
+        out = _attend(q, k, v, rotary, mask, self.layer_idx, cache, kv_hook)
         return self.dense(out)
 
 
@@ -163,8 +162,8 @@ class GPTNeoXLayer(nn.Module):
         self.attention = GPTNeoXAttention(config, layer_idx)
         self.mlp = GPTNeoXMLP(config)
 
-    def forward(self, x, rotary, mask, cache=None, kv_hook=None, backend="sdpa") -> torch.Tensor:
-        attn = self.attention(self.input_layernorm(x), rotary, mask, cache, kv_hook, backend)
+    def forward(self, x, rotary, mask, cache=None, kv_hook=None) -> torch.Tensor:
+        attn = self.attention(self.input_layernorm(x), rotary, mask, cache, kv_hook)
         if self.use_parallel_residual:
             return x + attn + self.mlp(self.post_attention_layernorm(x))
         x = x + attn

@@ -26,7 +26,6 @@ class DecoderStack(nn.Module):
             self.layers = nn.ModuleList(GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers))
             self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.rotary_dim = int(config.head_dim * config.rotary_pct)
-        self.attention_backend = "sdpa"
         self.gradient_checkpointing = False
 
     def forward(
@@ -60,7 +59,7 @@ class DecoderStack(nn.Module):
             mask = mask.to(x.dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, rotary, mask, None, kv_hook, self.attention_backend, use_reentrant=False)
+                x = checkpoint(layer, x, rotary, mask, None, kv_hook, use_reentrant=False)
             else:
-                x = layer(x, rotary, mask, cache, kv_hook, self.attention_backend)
+                x = layer(x, rotary, mask, cache, kv_hook)
         return x

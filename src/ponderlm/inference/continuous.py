@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from ponderlm.backbone.attention import NEG_INF
 from ponderlm.methods.base import DecodeState
 
 
@@ -26,12 +25,4 @@ def supports(model) -> bool:
 
 def run_row_slots(model, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One backbone call: the next slot of every busy row. Returns `row_finish`'s (done, logits, steps)."""
-    method = model.method
-    row = state.extras["row"]
-    busy = row["busy"]
-    bias, visible = method.row_slot(state)
-    bias = torch.where(busy, bias, NEG_INF).float()
-    out = method.run_cached_slot(model.backbone, state, row["inputs"], row["depth"][:, None], bias,
-                                 allowed_extra_fn=visible, active=busy, apply_norm=method.feedback_apply_norm)
-    # The post-norm state feeds the readouts; `out` (the residual stream under pre_norm) the next latent slot.
-    return method.row_finish(model.backbone, state, method.final_norm(model.backbone, out), out)
+    return model.method.step_rows(model.backbone, state)

@@ -8,27 +8,17 @@ from contextlib import contextmanager
 import torch
 
 from ponderlm.methods.base import DecodeState, PonderMethod
+from ponderlm.methods.options import DecodeOptions, current, scope
 
 
 @contextmanager
-def decode_options(model, **options) -> Iterator[None]:
-    """Temporarily override inference options on the config (tau, alpha, depth_policy, ...)."""
-    config = model.config
-    saved = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if not hasattr(config, key):
-            raise ValueError(f"unknown decoding option {key!r}")
-        saved[key] = getattr(config, key)
-        setattr(config, key, value)
-    try:
-        if saved:
-            config.validate()
-        yield
-    finally:
-        for key, value in saved.items():
-            setattr(config, key, value)
+def decode_options(model, **options) -> Iterator[DecodeOptions]:
+    """Decode `model` with inference options overridden (tau, alpha, depth_policy, depth_target, depth_seed,
+    jacobi_iters_eval; None keeps the saved value). Validated once; the config itself is never changed, so
+    scopes nest and concurrent threads / tasks do not see each other's options."""
+    resolved = current(model.config).replace(model.config, **options)
+    with scope(model.config, resolved):
+        yield resolved
 
 
 def new_state(model, batch_size: int, num_tokens: int, trace: bool = False) -> DecodeState:

@@ -2,16 +2,11 @@
 
 from ponderlm.methods import adaponder, latent_cot, looped, pause, ponderlm2, ponderlm3, vanilla  # noqa: F401  (registration side effects)
 from ponderlm.methods.base import METHOD_REGISTRY, DecodeState, MethodOutput, PonderMethod, register_method
+from ponderlm.registry import method_class
 
 
 def build_method(config) -> PonderMethod:
-    try:
-        cls = METHOD_REGISTRY[config.method]
-    except KeyError:
-        raise ValueError(
-            f"method {config.method!r} is not implemented; available: {', '.join(sorted(METHOD_REGISTRY))}"
-        ) from None
-    return cls(config)
+    return method_class(config.method)(config)
 
 
 __all__ = ["METHOD_REGISTRY", "DecodeState", "MethodOutput", "PonderMethod", "build_method", "register_method"]

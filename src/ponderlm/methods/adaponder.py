@@ -30,6 +30,7 @@ from transformers import initialization as init
 from ponderlm.config import check_finite, reject
 from ponderlm.methods.base import register_method
 from ponderlm.methods.fixed_pruning import fixed_depths
+from ponderlm.methods.options import current
 from ponderlm.methods.ponderlm_v1 import RecurrentPonder
 
 
@@ -113,8 +114,9 @@ class AdaPonder(RecurrentPonder):
     def halting(self, index, hidden, active, rows, positions):
         """Gate `index` (1..K) on h^index; m^index = m^{index-1} * 1[s >= tau] (or the fixed depth >= index)."""
         s = self.gates[index - 1](hidden)
-        depth = fixed_depths(self.config, rows, positions)
-        keep = depth >= index if depth is not None else s >= self.config.tau
+        options = current(self.config)
+        depth = fixed_depths(options, rows, positions)
+        keep = depth >= index if depth is not None else s >= options.tau
         return s, active & keep
 
     def k_frac(self) -> float:

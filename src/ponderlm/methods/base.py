@@ -12,7 +12,7 @@ transformer block. Two entry points must agree exactly:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from ponderlm.backbone.cache import SlotKVCache
 from ponderlm.backbone.interface import Backbone
 from ponderlm.config import PonderConfig, reject
 from ponderlm.registry import REGISTRY as METHOD_REGISTRY  # noqa: F401  (re-exported by ponderlm.methods)
-from ponderlm.registry import register_method  # noqa: F401  (methods register with @register_method)
+from ponderlm.registry import method_names, register_method  # noqa: F401  (methods register with @register_method)
 
 
 @dataclass
@@ -39,12 +39,51 @@ class MethodOutput:
 
 
 @dataclass
+class RowState:
+    """Per-row decode state: each row's next slot input [B,D], that slot's depth in its token [B] and whether
+    the row has a slot to run [B]. Methods subclass it with their per-token tensors (leading batch dim)."""
+
+    inputs: torch.Tensor
+    depth: torch.Tensor
+    busy: torch.Tensor
+
+    @classmethod
+    def empty(cls, batch: int, hidden_size: int, device: torch.device, dtype: torch.dtype, **extra) -> RowState:
+        return cls(inputs=torch.zeros(batch, hidden_size, device=device, dtype=dtype),
+                   depth=torch.zeros(batch, dtype=torch.long, device=device),
+                   busy=torch.zeros(batch, dtype=torch.bool, device=device), **extra)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row b continues from row index[b] (beam search)."""
+        for name, value in self.tensors().items():
+            setattr(self, name, value.index_select(0, index))
+
+
+@dataclass
+class SlotRows(RowState):
+    """`RowState` plus the slot states h^(0..k) of each row's current token [B,K+1,D], fused at its readout."""
+
+    slots: torch.Tensor
+
+    def store(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Write each busy row's new slot state at slots[b, depth_b]; returns the slots [B,K+1,D]."""
+        rows = torch.arange(self.busy.shape[0], device=self.busy.device)
+        slots = self.slots.clone()  # replaced, not written in place: callers may hold the old tensor
+        slots[rows, self.depth] = torch.where(self.busy[:, None], hidden, slots[rows, self.depth])
+        self.slots = slots
+        return slots
+
+
+@dataclass
 class DecodeState:
-    """Per-sequence decoding state: caches, next position id per row, method extras, optional traces."""
+    """Per-sequence decoding state: caches, next position id per row, the per-row schedule, optional traces."""
 
     caches: list[SlotKVCache]
     next_position: torch.Tensor  # [B] long
-    extras: dict[str, Any] = field(default_factory=dict)
+    rows: RowState | None = None  # created on first use by per-slot methods (`PonderMethod.row_state`)
     # If a list, decode_token appends per-token slot hidden states [B, n_slots, D] (Jacobi RMSE, analyses).
     slot_trace: list[torch.Tensor] | None = None
     # Single-slot backbone calls made and batch rows they computed (tests count them to prove
@@ -61,9 +100,8 @@ class DecodeState:
         for cache in self.caches:
             cache.reorder(index)
         self.next_position = self.next_position.index_select(0, index)
-        row = self.extras.get("row")
-        if row is not None:  # the per-row schedule's tensors all have a leading batch dim
-            self.extras["row"] = {k: v.index_select(0, index) for k, v in row.items()}
+        if self.rows is not None:
+            self.rows.reorder(index)
         if self.slot_trace is not None:
             self.slot_trace = [t.index_select(0, index) for t in self.slot_trace]
 
@@ -176,12 +214,11 @@ class PonderMethod(nn.Module):
         if cls.takes_steps and K == 0:
             reject(f"method {cls.name!r} needs max_steps >= 1")
         if config.latent_feedback == "pre_norm" and not cls.interleaved:  # ignoring it would fake a pre_norm result
-            names = ", ".join(n for n, c in METHOD_REGISTRY.items() if c.interleaved)
-            reject(f"latent_feedback='pre_norm' needs an interleaved method ({names}); method {cls.name!r} has no "
-                   "latent slots")
+            reject(f"latent_feedback='pre_norm' needs an interleaved method "
+                   f"({', '.join(method_names(interleaved=True))}); method {cls.name!r} has no latent slots")
         if config.depth_policy in ("uniform", "geometric", "constant") and not cls.adaptive:
-            names = ", ".join(n for n, c in METHOD_REGISTRY.items() if c.adaptive)
-            reject(f"depth_policy={config.depth_policy!r} needs an adaptive method ({names})")
+            reject(f"depth_policy={config.depth_policy!r} needs an adaptive method "
+                   f"({', '.join(method_names(adaptive=True))})")
 
     # -- cost model (ponderlm.flops; docs/COMPUTE.md) ------------------------------------------------
     @classmethod
@@ -233,12 +270,6 @@ class PonderMethod(nn.Module):
         ]
         return DecodeState(caches=caches, next_position=torch.zeros(batch_size, dtype=torch.long, device=device))
 
-    def decode_token(
-        self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B])."""
-        raise NotImplementedError
-
     def prefill(
         self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,50 +288,33 @@ class PonderMethod(nn.Module):
             steps.append(s)
         return torch.stack(logits, 1), torch.stack(steps, 1)
 
-    # -- per-row slot schedule (continuous batching of mixed depths) -------------------------------
-    # Methods that decide depth per token implement these three hooks. Instead of running a token's
-    # steps in lockstep across the batch (a step runs whenever any row needs it), every backbone call
-    # then advances each row by one slot of its own token: row b may compute step 2 of its token while
-    # row c starts a new token. `ponderlm.inference.continuous` drives them; the per-row state lives
-    # in `state.extras["row"]` (tensors with a leading batch dim: "inputs", "depth", "busy", ...).
+    # -- per-slot decode policy (lockstep decoding and continuous batching of mixed depths) ----------
+    # Methods that decide depth per token describe their decode as a per-slot policy: `row_start` begins a
+    # token in some rows, `row_slot` says what the next slot of each row looks like (key bias, visibility),
+    # `row_finish` consumes the slot just computed and says which rows' tokens are complete. `step_rows`
+    # runs one backbone call from them, advancing every busy row by one slot of its own token: row b may
+    # compute step 2 of its token while row c starts a new one (continuous batching). Lockstep decoding
+    # (`decode_token`) is the same policy with every row starting together, so each algorithm is written
+    # once. The per-row state is a typed `RowState` (a method-specific subclass) in `state.rows`.
     supports_row_schedule = False
 
-    def row_extras(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Method-specific per-row tensors of the schedule (slot states, router outputs...)."""
-        return {}
+    def new_rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> RowState:
+        """A fresh, idle per-row state for `batch` rows (methods with per-token tensors return a subclass)."""
+        return RowState.empty(batch, self.config.hidden_size, device, dtype)
 
-    def row_state(self, backbone: Backbone, state: DecodeState) -> dict[str, torch.Tensor]:
-        """The per-row schedule of `state`, created on first use: next slot inputs [B,D], its depth [B],
-        whether the row has a slot to run [B], plus `row_extras`."""
-        row = state.extras.get("row")
-        if row is None:
-            b, d = state.next_position.shape[0], self.config.hidden_size
-            device, dtype = state.next_position.device, backbone.dtype
-            row = state.extras["row"] = {
-                "inputs": torch.zeros(b, d, device=device, dtype=dtype),
-                "depth": torch.zeros(b, dtype=torch.long, device=device),
-                "busy": torch.zeros(b, dtype=torch.bool, device=device),
-                **self.row_extras(b, device, dtype),
-            }
-        return row
-
-    @staticmethod
-    def store_row_slot(row: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
-        """Write each busy row's new slot state into row["slots"][b, depth_b]; returns the slots [B,K+1,D]."""
-        busy, k = row["busy"], row["depth"]
-        rows = torch.arange(busy.shape[0], device=busy.device)
-        slots = row["slots"].clone()
-        slots[rows, k] = torch.where(busy[:, None], hidden, slots[rows, k])
-        row["slots"] = slots
-        return slots
+    def row_state(self, backbone: Backbone, state: DecodeState) -> RowState:
+        """The per-row state of `state`, created on first use."""
+        if state.rows is None:
+            state.rows = self.new_rows(state.next_position.shape[0], state.next_position.device, backbone.dtype)
+        return state.rows
 
     def row_start(self, backbone: Backbone, state: DecodeState, token_ids: torch.Tensor,
                   rows: torch.Tensor) -> None:
         """Begin a new token (token_ids [B]) at slot 0 in the rows where `rows` [B] bool is set."""
         row = self.row_state(backbone, state)
-        row["inputs"] = torch.where(rows[:, None], backbone.embed(token_ids), row["inputs"])
-        row["depth"] = torch.where(rows, 0, row["depth"])
-        row["busy"] = row["busy"] | rows
+        row.inputs = torch.where(rows[:, None], backbone.embed(token_ids), row.inputs)
+        row.depth = torch.where(rows, 0, row.depth)
+        row.busy = row.busy | rows
 
     def row_slot(self, state: DecodeState) -> tuple[torch.Tensor, Any]:
         """Key bias [B] of each row's next slot and its visibility predicate (an `allowed_extra_fn` or None)."""
@@ -312,6 +326,49 @@ class PonderMethod(nn.Module):
         what the token's next latent slot takes as input, see `final_norm`, None = hidden). Returns (done [B]
         bool: the row's token is complete, logits [B,V] of those rows (None if none), executed steps [B])."""
         raise NotImplementedError
+
+    def step_rows(self, backbone: Backbone, state: DecodeState
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One backbone call: the next slot of every busy row. Returns `row_finish`'s (done, logits, steps)."""
+        row = state.rows
+        bias, visible = self.row_slot(state)
+        bias = torch.where(row.busy, bias, NEG_INF).float()
+        out = self.run_cached_slot(backbone, state, row.inputs, row.depth[:, None], bias,
+                                   allowed_extra_fn=visible, active=row.busy, apply_norm=self.feedback_apply_norm)
+        hidden = self.final_norm(backbone, out)
+        if state.slot_trace is not None:
+            state.slot_trace.append(torch.where(row.busy[:, None], hidden, torch.zeros_like(hidden)))
+        # The post-norm state feeds the readouts; `out` (the residual stream under pre_norm) the next latent slot.
+        return self.row_finish(backbone, state, hidden, out)
+
+    def decode_token(
+        self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B]).
+
+        Fixed-depth methods override it with their own slot loop. For per-slot methods this is lockstep
+        decoding: every valid row starts its token, then `step_rows`
+        runs until all are complete, so step k runs (for the rows that need it) while any row does, and a
+        row whose token is complete is not computed. With `state.slot_trace` a list, it receives the slot
+        states [B, calls, D] of the token (zeros for rows that ran no slot in a call)."""
+        if not self.supports_row_schedule:
+            raise NotImplementedError
+        row = self.row_state(backbone, state)
+        if bool(row.busy.any()):
+            raise RuntimeError("decode_token needs every row between tokens (a per-row schedule is mid-token)")
+        trace, calls = state.slot_trace, len(state.slot_trace) if state.slot_trace is not None else 0
+        self.row_start(backbone, state, input_ids, valid)
+        logits = torch.zeros(valid.shape[0], backbone.lm_head.out_features, device=valid.device, dtype=backbone.dtype)
+        steps = torch.zeros(valid.shape, device=valid.device)
+        while bool(row.busy.any()):
+            done, out, s = self.step_rows(backbone, state)
+            if out is not None:
+                logits = torch.where(done[:, None], out.to(logits.dtype), logits)
+            steps = torch.where(done, s.float(), steps)
+            row = state.rows
+        if trace is not None:
+            trace[calls:] = [torch.stack(trace[calls:], dim=1)]
+        return logits, steps * valid
 
     def decode_capacity(self, num_tokens: int) -> int:
         """Cache entries needed for `num_tokens` tokens at full depth (caches grow if exceeded)."""

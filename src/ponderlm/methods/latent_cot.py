@@ -22,6 +22,8 @@ Decoding runs the same mask over a `SlotKVCache` whose entries keep their depth 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
     PonderMethod,
+    SlotRows,
     gather_tokens,
     pack_active,
     padding_positions,
@@ -42,6 +45,7 @@ from ponderlm.methods.base import (
     scatter_tokens,
 )
 from ponderlm.methods.fixed_pruning import fixed_depths
+from ponderlm.methods.options import current
 
 
 class ContinueRouter(nn.Module):
@@ -164,7 +168,7 @@ class LatentCoT(PonderMethod):
 
     def keep_going(self, reach: torch.Tensor, step: int, fixed: torch.Tensor | None) -> torch.Tensor:
         """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth."""
-        return reach > self.config.tau if fixed is None else fixed > step
+        return reach > current(self.config).tau if fixed is None else fixed > step
 
     # ------------------------------------------------------------------ parallel path
     def depth_pass(
@@ -206,7 +210,7 @@ class LatentCoT(PonderMethod):
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, T)
-        fixed = fixed_depths(self.config, rows, positions)
+        fixed = fixed_depths(current(self.config), rows, positions)
         inputs, active, reach = backbone.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
         hidden, gates, executed = [], [], []
         past, slots_computed = None, 0
@@ -276,7 +280,7 @@ class LatentCoT(PonderMethod):
         valid = attention_mask.bool()
         positions = prompt_positions(state, valid)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-        fixed = fixed_depths(self.config, rows, positions)
+        fixed = fixed_depths(current(self.config), rows, positions)
         apply_norm = self.feedback_apply_norm
         x = self.run_cached_block(backbone, state, backbone.embed(input_ids), positions, 0, self.token_bias(valid),
                                   allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
@@ -300,87 +304,65 @@ class LatentCoT(PonderMethod):
         _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
         return backbone.head(fuse_exits(torch.stack(slots, dim=-2), p)), depth.float() * valid
 
-    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
-        """Slots (t,0), (t,1).. while r > tau; each sees cached keys of depth <= its own. A row that halts
-        while others continue is not computed and gets a -inf-biased entry (invisible); with batch 1
-        nothing is written for skipped depths."""
-        K = self.config.max_steps
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        fixed = fixed_depths(self.config, rows, state.next_position)
-
-        apply_norm = self.feedback_apply_norm
-        x = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, self.token_bias(valid),
-                                 allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
-        h = self.final_norm(backbone, x)
-        slots, gates, active = [h], [], valid
-        reach = torch.ones(valid.shape, device=valid.device)
-        depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
-        for k in range(K):
-            reach, active = self.continue_step(h, k, gates, reach, active, fixed)
-            if not active.any():
-                break
-            bias = torch.where(active, 0.0, NEG_INF).float()
-            # Only the active rows are computed; halted rows keep their input and own no visible entry.
-            x = self.run_cached_slot(backbone, state, x, k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1),
-                                     active=active, apply_norm=apply_norm)
-            h = self.final_norm(backbone, x)
-            slots.append(torch.where(active[:, None], h, torch.zeros_like(h)))
-            depth += active.long()
-        state.next_position += valid.long()
-        stacked = torch.stack(slots, dim=1)
-        if state.slot_trace is not None:
-            state.slot_trace.append(stacked)
-        _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
-        return backbone.head(fuse_exits(stacked, p)), depth.float() * valid
-
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
 
-    def row_extras(self, batch, device, dtype):
+    def new_rows(self, batch, device, dtype):
         K, d = self.config.max_steps, self.config.hidden_size
-        return {"slots": torch.zeros(batch, K + 1, d, device=device, dtype=dtype),  # h^(0..k) of the token
-                "gates": torch.ones(batch, K, device=device), "reach": torch.ones(batch, device=device)}
+        return LatentCoTRows.empty(batch, d, device, dtype,
+                                   slots=torch.zeros(batch, K + 1, d, device=device, dtype=dtype),
+                                   gates=torch.ones(batch, K, device=device), reach=torch.ones(batch, device=device))
 
     def row_start(self, backbone, state: DecodeState, token_ids, rows):
         super().row_start(backbone, state, token_ids, rows)
-        row = state.extras["row"]
-        row["reach"] = torch.where(rows, 1.0, row["reach"])
+        state.rows.reach = torch.where(rows, 1.0, state.rows.reach)
 
     def row_slot(self, state: DecodeState):
-        k = state.extras["row"]["depth"][:, None]
-        return (torch.zeros(k.shape[0], device=k.device),
-                lambda cache: (cache.entry_view()["depth"] <= k)[:, None, :])  # the 2-D mask, per row
+        # Slot (t,k) sees cached keys of depth <= k (the 2-D mask, per row); a halted row runs no more slots
+        # and writes nothing for them (real early exit).
+        return torch.zeros(state.rows.depth.shape, device=state.rows.depth.device), _depth_at_most(state.rows.depth)
 
     def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         K = self.config.max_steps
-        row = state.extras["row"]
-        busy, k = row["busy"], row["depth"]
+        row = state.rows
+        busy, k = row.busy, row.depth
         rows = torch.arange(busy.shape[0], device=busy.device)
-        slots = self.store_row_slot(row, hidden)
+        slots = row.store(hidden)
         keep = torch.zeros_like(busy)
-        gates = row["gates"].clone()
-        fixed = fixed_depths(self.config, rows, state.next_position)
+        gates = row.gates.clone()
+        fixed = fixed_depths(current(self.config), rows, state.next_position)
         for step in range(K):
             at = busy & (k == step)
             if bool(at.any()):
                 g = self.router(hidden, step)
                 gates[:, step] = torch.where(at, g, gates[:, step])
-                reach = torch.where(at, row["reach"] * g, row["reach"])
+                reach = torch.where(at, row.reach * g, row.reach)
                 keep = keep | (at & self.keep_going(reach, step, fixed))
-                row["reach"] = reach
-        row["gates"] = gates
+                row.reach = reach
+        row.gates = gates
         done = busy & ~keep
         logits = None
         if bool(done.any()):
             _, p = exit_weights(gates, k)
             logits = self.rows_logits(backbone, fuse_exits(slots, p), done)
             state.next_position += done.long()
-        row["inputs"] = hidden if feedback is None else feedback
-        row["depth"] = torch.where(busy & keep, k + 1, k)
-        row["busy"] = busy & keep
+        row.inputs = hidden if feedback is None else feedback
+        row.depth = torch.where(busy & keep, k + 1, k)
+        row.busy = busy & keep
         return done, logits, k.float()
 
 
-def _depth_at_most(depth: int):
-    """Decode predicate of the 2-D mask for a depth-`depth` query: keys of depth <= it ([B,1,N] bool)."""
+@dataclass
+class LatentCoTRows(SlotRows):
+    """Per row: the continue gates of the token's slots so far [B,K] and their running product, the reach [B]."""
+
+    gates: torch.Tensor
+    reach: torch.Tensor
+
+
+def _depth_at_most(depth: int | torch.Tensor):
+    """Decode predicate of the 2-D mask for a depth-`depth` query (an int, or per row [B]): keys of depth <= it
+    ([B,1,N] bool)."""
+    if isinstance(depth, torch.Tensor):
+        depth = depth[:, None, None]
     return lambda cache: cache.entry_view()["depth"][:, None, :] <= depth

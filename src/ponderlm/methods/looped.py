@@ -21,7 +21,6 @@ from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
     PonderMethod,
-    decode_mask,
     padding_positions,
     prompt_positions,
     register_method,
@@ -62,23 +61,18 @@ class Looped(PonderMethod):
         return self.num_loops()
 
     def decode_token(self, backbone, state: DecodeState, input_ids, valid):
-        bias = self.token_bias(valid)[:, None]  # [B,1]: padding rows own no visible key
-        position = state.next_position[:, None]
-        x = backbone.embed(input_ids)[:, None]  # [B,1,D]
+        bias = self.token_bias(valid)  # padding rows own no visible key
+        x = backbone.embed(input_ids)
         loops = []
-        for i, cache in enumerate(state.caches):
-            # Like `run_cached_slot`, but without the final norm: the next loop reads the raw residual stream.
-            cache.reserve(position, i, bias)
-            x = backbone.run(x, position, decode_mask(cache), cache=cache, apply_norm=False)
-            cache.commit()
-            state.backbone_calls += 1
-            loops.append(x[:, 0])
+        for i in range(self.num_loops()):
+            # Loop i writes cache i, without the final norm: the next loop reads the raw residual stream.
+            x = self.run_cached_slot(backbone, state, x, i, bias, cache_index=i, apply_norm=False)
+            loops.append(x)
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(loops, dim=1))
-        hidden = backbone.norm(x[:, 0])
         steps = float(self.config.max_steps) * valid.float()
-        return backbone.head(hidden), steps
+        return backbone.head(backbone.norm(x)), steps
 
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """K+1 cached passes over the whole prompt, loop i writing cache i."""

@@ -24,7 +24,7 @@ from ponderlm.methods.base import (
     prompt_positions,
     register_method,
 )
-from ponderlm.methods.ponderlm2 import PonderLM2
+from ponderlm.methods.ponderlm2 import grid_pass
 
 
 @register_method("pause")
@@ -63,8 +63,8 @@ class Pause(PonderMethod):
         tokens = backbone.embed(input_ids)  # [B,T,D]
         pauses = self.pause_inputs().to(tokens.dtype)[None, None].expand(b, t, -1, -1)  # [B,T,K,D]
         grid = torch.cat([tokens[:, :, None], pauses], dim=2)  # [B,T,K+1,D]
-        # `grid_pass` builds the interleaved positions and slot-causal mask; it reads no PonderLM-2 state.
-        hidden = PonderLM2.grid_pass(self, backbone, grid, padding_positions(attention_mask), valid, None)
+        # `grid_pass` builds the interleaved positions and the slot-causal mask, as for PonderLM-2's grid.
+        hidden = grid_pass(backbone, grid, padding_positions(attention_mask), valid, None)
         steps = float(self.config.max_steps) * valid.float()
         return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps, stats={"slot_hidden": hidden})
 

@@ -13,14 +13,12 @@ Training solves the self-referential inputs in parallel: K stage-building passes
 prefixes of the slot grid, R Jacobi sweeps over the full grid (R ~ U{jacobi_iters_train}), and a
 final pass whose output is used. With enough sweeps this equals token-by-token decoding exactly.
 
-`PonderLM2` is also the base of PonderLM-3: subclasses override `latent_key_bias`
-(soft mask on latent keys), `readout` (how slot states fuse into the prediction) and the decode
-depth decision, and reuse the Jacobi machinery.
+`PonderLM2` is also the base of PonderLM-3, which overrides `latent_key_bias` (soft mask on latent
+keys), its forward (router, fusion of the slot states) and the decode (a per-slot policy with a depth
+decision), and reuses the Jacobi machinery (`jacobi`, `grid_pass`).
 """
 
 from __future__ import annotations
-
-import random
 
 import torch
 
@@ -37,6 +35,7 @@ from ponderlm.methods.base import (
     register_method,
     scatter_tokens,
 )
+from ponderlm.methods.options import current
 
 
 def interleave(slots: torch.Tensor) -> torch.Tensor:
@@ -48,6 +47,50 @@ def interleave(slots: torch.Tensor) -> torch.Tensor:
 def deinterleave(seq: torch.Tensor, n: int) -> torch.Tensor:
     b, s = seq.shape[:2]
     return seq.reshape(b, s // n, n, *seq.shape[2:])
+
+
+def grid_pass(
+    backbone,
+    grid_inputs: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    latent_bias: torch.Tensor | None,
+    slot_valid: torch.Tensor | None = None,
+    apply_norm: bool = True,
+) -> torch.Tensor:
+    """Run F over a slot grid [B,T,n,D] (n <= K+1 leading slots per token) -> hidden grid [B,T,n,D].
+
+    slot_valid [B,T,n] optionally removes slots (pruned latent steps) from attention. With
+    `apply_norm` False the grid holds the residual stream before the final norm.
+    """
+    b, t, n, _ = grid_inputs.shape
+    key_valid = valid[:, :, None].expand(b, t, n)
+    if slot_valid is not None:
+        key_valid = key_valid & slot_valid
+    key_bias = None
+    if latent_bias is not None and n > 1:
+        key_bias = torch.cat([torch.zeros_like(latent_bias[:, :, :1]), latent_bias[:, :, : n - 1]], dim=2)
+        key_bias = interleave(key_bias)
+    pos = interleave(positions[:, :, None].expand(b, t, n))
+    inputs = interleave(grid_inputs)
+    if slot_valid is not None:
+        # Pruned (and padding) slots are removed, not masked: the pass runs only the kept slots,
+        # packed left per row in slot order (so causal order is index order). A removed slot's
+        # output is its input, a starting guess should a later sweep's router keep it.
+        index, present = pack_active(interleave(key_valid))
+        bias = None if key_bias is None else gather_tokens(key_bias, index)
+        # Kept slots come first in every row, so a plain causal order never lets a kept slot see the
+        # filler behind it: the mask is causal + key bias, which attention folds into the heads.
+        mask = slot_causal_mask(present, None) if bias is None else CausalKeyBias(bias)
+        packed = backbone.run(gather_tokens(inputs, index), gather_tokens(pos, index), mask, apply_norm=apply_norm)
+        return deinterleave(scatter_tokens(inputs, index, present, packed), n)
+    if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
+        # No padding: the mask is causal plus a key bias, which attention folds into the heads
+        # rather than differentiating a dense [B,1,S,S] mask (PonderLM-3 training).
+        mask = CausalKeyBias(key_bias)
+    else:
+        mask = slot_causal_mask(interleave(key_valid), key_bias)
+    return deinterleave(backbone.run(inputs, pos, mask, apply_norm=apply_norm), n)
 
 
 @register_method("ponderlm2")
@@ -82,68 +125,29 @@ class PonderLM2(PonderMethod):
     def parallel_cost(cls, config, costs, T, a, sweeps, training):
         return cls.jacobi_passes(config, T, sweeps, grad=not (training and config.jacobi_detach)), []
 
-    # ------------------------------------------------------------------ hooks for subclasses
+    # ------------------------------------------------------------------ hook for PonderLM-3
     def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor | None:
         """Additive bias [B,T,K] for latent keys (t,1..K) given the token slots' states h^(0) [B,T,D]."""
         return None
 
-    def readout(self, slot_hidden: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fuse slot states [B,T,K+1,D] into the predicting state [B,T,D]; also return executed steps [B,T]."""
-        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
-        return slot_hidden[:, :, -1], steps
-
-    def aux_loss(self, slot_hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
-        return None
-
     # ------------------------------------------------------------------ parallel path
+    _sweep_step, _sweep_draws = -1, 0  # the optimizer step of the last sweep draw, draws made in it
+
     def num_sweeps(self) -> int:
-        if self.training:
-            return random.choice(self.config.jacobi_iters_train)
-        return self.config.jacobi_iters_eval
+        """R: drawn from `jacobi_iters_train` in training, `jacobi_iters_eval` (a decode option) otherwise.
 
-    def grid_pass(
-        self,
-        backbone,
-        grid_inputs: torch.Tensor,
-        positions: torch.Tensor,
-        valid: torch.Tensor,
-        latent_bias: torch.Tensor | None,
-        slot_valid: torch.Tensor | None = None,
-        apply_norm: bool = True,
-    ) -> torch.Tensor:
-        """Run F over a slot grid [B,T,n,D] (n <= K+1 leading slots per token) -> hidden grid [B,T,n,D].
-
-        slot_valid [B,T,n] optionally removes slots (pruned latent steps) from attention. With
-        `apply_norm` False the grid holds the residual stream before the final norm.
-        """
-        b, t, n, _ = grid_inputs.shape
-        key_valid = valid[:, :, None].expand(b, t, n)
-        if slot_valid is not None:
-            key_valid = key_valid & slot_valid
-        key_bias = None
-        if latent_bias is not None and n > 1:
-            key_bias = torch.cat([torch.zeros_like(latent_bias[:, :, :1]), latent_bias[:, :, : n - 1]], dim=2)
-            key_bias = interleave(key_bias)
-        pos = interleave(positions[:, :, None].expand(b, t, n))
-        inputs = interleave(grid_inputs)
-        if slot_valid is not None:
-            # Pruned (and padding) slots are removed, not masked: the pass runs only the kept slots,
-            # packed left per row in slot order (so causal order is index order). A removed slot's
-            # output is its input, a starting guess should a later sweep's router keep it.
-            index, present = pack_active(interleave(key_valid))
-            bias = None if key_bias is None else gather_tokens(key_bias, index)
-            # Kept slots come first in every row, so a plain causal order never lets a kept slot see the
-            # filler behind it: the mask is causal + key bias, which attention folds into the heads.
-            mask = slot_causal_mask(present, None) if bias is None else CausalKeyBias(bias)
-            packed = backbone.run(gather_tokens(inputs, index), gather_tokens(pos, index), mask, apply_norm=apply_norm)
-            return deinterleave(scatter_tokens(inputs, index, present, packed), n)
-        if key_bias is not None and key_bias.requires_grad and bool(valid.all()):
-            # No padding: the mask is causal plus a key bias, which attention folds into the heads
-            # rather than differentiating a dense [B,1,S,S] mask (PonderLM-3 training).
-            mask = CausalKeyBias(key_bias)
-        else:
-            mask = slot_causal_mask(interleave(key_valid), key_bias)
-        return deinterleave(backbone.run(inputs, pos, mask, apply_norm=apply_norm), n)
+        The draw is a function of (optimizer step, draw index within the step) through its own
+        `torch.Generator`: the same on every rank (they must run the same passes) and after a resume,
+        and independent of the global RNGs that data order and dropout use."""
+        if not self.training:
+            return current(self.config).jacobi_iters_eval
+        if self._sweep_step != self.training_progress:
+            self._sweep_step, self._sweep_draws = self.training_progress, 0
+        self._sweep_draws += 1
+        seed = (self.training_progress * 1_000_003 + self._sweep_draws) % 2**63
+        choices = self.config.jacobi_iters_train
+        index = int(torch.randint(len(choices), (1,), generator=torch.Generator().manual_seed(seed)))
+        return choices[index]
 
     def jacobi(
         self,
@@ -177,13 +181,13 @@ class PonderLM2(PonderMethod):
         # All latent inputs are refreshed from the newest pass (a Jacobi update on the prefix grid).
         for _ in range(K):
             n = len(latents) + 1
-            out = self.grid_pass(backbone, inputs_grid(), positions, valid, latent_bias,
+            out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias,
                                  None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
             latents = [out[:, :, j] for j in range(n)]
             latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
         # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
         for sweep in range(num_sweeps + 1):
-            out = self.grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid,
+            out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid,
                                  apply_norm=apply_norm)
             if trace is not None:
                 trace.append(self.final_norm(backbone, out).detach())
@@ -200,8 +204,8 @@ class PonderLM2(PonderMethod):
     def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
         valid = attention_mask.bool()
         hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps())
-        fused, steps = self.readout(hidden, valid)
-        return MethodOutput(hidden=fused, executed_steps=steps, aux_loss=self.aux_loss(hidden, valid),
+        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
+        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps,
                             stats={"slot_hidden": hidden})
 
     # ------------------------------------------------------------------ sequential path

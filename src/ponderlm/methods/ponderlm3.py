@@ -15,13 +15,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from transformers import initialization as init
 
 from ponderlm.config import check_finite, reject
-from ponderlm.methods.base import DecodeState, MethodOutput, padding_positions, register_method
+from ponderlm.methods.base import (
+    DecodeState,
+    MethodOutput,
+    PonderMethod,
+    SlotRows,
+    padding_positions,
+    register_method,
+)
 from ponderlm.methods.fixed_pruning import fixed_depths
+from ponderlm.methods.options import current
 from ponderlm.methods.ponderlm2 import PonderLM2
 
 
@@ -111,9 +121,10 @@ class PonderLM3(PonderLM2):
     def route(self, token_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0)."""
         logits = self.router(token_hidden).float()
-        if not self.training and self.config.alpha != 0.0:
+        alpha = current(self.config).alpha
+        if not self.training and alpha != 0.0:
             steps = torch.arange(self.config.max_steps + 1, device=logits.device, dtype=logits.dtype)
-            logits = logits + self.config.alpha * steps
+            logits = logits + alpha * steps
         s = torch.softmax(logits, dim=-1)
         return s, tail_cdf(s)
 
@@ -122,10 +133,11 @@ class PonderLM3(PonderLM2):
 
     def depth(self, w: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Inference depth K^ (long): a fixed-pruning draw if configured, else max{k : w_k >= tau}."""
-        fixed = fixed_depths(self.config, rows, positions)
+        options = current(self.config)
+        fixed = fixed_depths(options, rows, positions)
         if fixed is not None:
             return fixed
-        return ((w >= self.config.tau).long().sum(-1) - 1).clamp(min=0)
+        return ((w >= options.tau).long().sum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ Jacobi hooks
     def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor:
@@ -171,64 +183,51 @@ class PonderLM3(PonderLM2):
         return MethodOutput(hidden=fused, executed_steps=steps * validf, aux_loss=aux,
                             stats={"slot_hidden": hidden, "step_probs": s, "expected_steps": expected * validf})
 
-    # ------------------------------------------------------------------ sequential path (real early exit)
-    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
-        tok_bias = self.token_bias(valid)
-        apply_norm = self.feedback_apply_norm
-        x = self.run_cached_slot(backbone, state, backbone.embed(input_ids), 0, tok_bias, apply_norm=apply_norm)
-        h = self.final_norm(backbone, x)
-        s, w = self.route(h)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        depth = torch.where(valid, self.depth(w, rows, state.next_position), 0)
-        slots = [h]
-        # The depth is known before any latent step runs: only slots 1..max(depth) are computed, and
-        # a row whose own depth is smaller contributes no visible key (bias -inf) for those slots.
-        for k in range(1, int(depth.max()) + 1):
-            active = depth >= k
-            bias = torch.where(active, self.mask_bias(w[:, k]), torch.full_like(w[:, k], float("-inf")))
-            x = self.run_cached_slot(backbone, state, x, k, bias, active=active, apply_norm=apply_norm)
-            slots.append(self.final_norm(backbone, x))
-        state.next_position += valid.long()
-        stacked = torch.stack(slots, dim=1)
-        if state.slot_trace is not None:
-            state.slot_trace.append(stacked)
-        fused = self.fuse(stacked, s[:, : stacked.shape[1]], depth)
-        return backbone.head(fused), depth.float() * valid
-
-    # ------------------------------------------------------------------ per-row schedule (continuous batching)
+    # ------------------------------------------------------------------ per-slot decode (real early exit)
     supports_row_schedule = True
+    decode_token = PonderMethod.decode_token  # the per-slot policy below, not PonderLM-2's fixed-depth loop
 
-    def row_extras(self, batch, device, dtype):
+    def new_rows(self, batch, device, dtype):
         K, d = self.config.max_steps, self.config.hidden_size
-        return {"slots": torch.zeros(batch, K + 1, d, device=device, dtype=dtype),  # h^(0..k) of the token
-                "s": torch.zeros(batch, K + 1, device=device), "w": torch.ones(batch, K + 1, device=device),
-                "target": torch.zeros(batch, dtype=torch.long, device=device)}  # the token's depth K^
+        return PonderLM3Rows.empty(
+            batch, d, device, dtype, slots=torch.zeros(batch, K + 1, d, device=device, dtype=dtype),
+            s=torch.zeros(batch, K + 1, device=device), w=torch.ones(batch, K + 1, device=device),
+            target=torch.zeros(batch, dtype=torch.long, device=device))
 
     def row_slot(self, state: DecodeState):
-        row = state.extras["row"]
-        k = row["depth"]
-        # Token slots carry no bias; kept latent slot k carries log w_k of its token (as in decode_token).
-        latent = self.mask_bias(row["w"].gather(1, k[:, None])[:, 0])
-        return torch.where(k > 0, latent, 0.0), None
+        row = state.rows
+        # Token slots carry no bias; kept latent slot k carries log w_k of its token. A row's depth K^ is known
+        # once slot (t,0) has run, so slots beyond it are never computed nor cached (real early exit).
+        latent = self.mask_bias(row.w.gather(1, row.depth[:, None])[:, 0])
+        return torch.where(row.depth > 0, latent, 0.0), None
 
     def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
-        row = state.extras["row"]
-        busy, k = row["busy"], row["depth"]
+        row = state.rows
+        busy, k = row.busy, row.depth
         rows = torch.arange(busy.shape[0], device=busy.device)
-        slots = self.store_row_slot(row, hidden)
+        slots = row.store(hidden)
         started = busy & (k == 0)
         if bool(started.any()):  # the depth is decided from h^(0), before any latent slot runs
             s, w = self.route(hidden)
             target = self.depth(w, rows, state.next_position)
-            row["s"] = torch.where(started[:, None], s, row["s"])
-            row["w"] = torch.where(started[:, None], w, row["w"])
-            row["target"] = torch.where(started, target, row["target"])
-        done = busy & (k >= row["target"])
+            row.s = torch.where(started[:, None], s, row.s)
+            row.w = torch.where(started[:, None], w, row.w)
+            row.target = torch.where(started, target, row.target)
+        done = busy & (k >= row.target)
         logits = None
         if bool(done.any()):
-            logits = self.rows_logits(backbone, self.fuse(slots, row["s"], row["target"]), done)
+            logits = self.rows_logits(backbone, self.fuse(slots, row.s, row.target), done)
             state.next_position += done.long()
-        row["inputs"] = hidden if feedback is None else feedback
-        row["depth"] = torch.where(busy & ~done, k + 1, k)
-        row["busy"] = busy & ~done
-        return done, logits, row["target"].float()
+        row.inputs = hidden if feedback is None else feedback
+        row.depth = torch.where(busy & ~done, k + 1, k)
+        row.busy = busy & ~done
+        return done, logits, row.target.float()
+
+
+@dataclass
+class PonderLM3Rows(SlotRows):
+    """Per row: the token's step distribution s and tail-CDF w [B,K+1] and its depth K^ [B]."""
+
+    s: torch.Tensor
+    w: torch.Tensor
+    target: torch.Tensor

@@ -125,42 +125,6 @@ class RecurrentPonder(PonderMethod):
     def decode_capacity(self, num_tokens: int) -> int:
         return num_tokens * (self.config.max_steps + 1)
 
-    def decode_token(self, backbone, state: DecodeState, input_ids, valid):
-        """K+1 single-token passes at most; pass j attends to the entries serving depth j (see module doc)."""
-        K = self.config.max_steps
-        cache = state.cache
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        positions = state.next_position
-        inputs = backbone.embed(input_ids)
-        active = valid
-        steps = torch.zeros(valid.shape, device=valid.device)
-        hidden = None
-        trace = []
-        for j in range(K + 1):
-            # Rows not active in this pass (padding, halted while another row continues) own no visible key.
-            # Halted rows are not computed at all (only the active rows run this pass).
-            new = self.run_cached_slot(backbone, state, inputs, j, self.token_bias(active),
-                                       allowed_extra_fn=_depth_window(j), active=active)
-            hidden = new if hidden is None else torch.where(active[:, None], new, hidden)
-            trace.append(hidden)
-            if j == K:
-                break
-            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
-            halted = active & ~nxt
-            if bool(halted.any()):
-                # Alias, not copy: the entry just written serves every later pass of these rows.
-                cache.set_depth_last(cache.length - 1, K, halted)
-            steps = steps + nxt.float()
-            if not bool(nxt.any()):
-                break
-            inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
-            active = nxt
-        state.next_position += valid.long()
-        if state.slot_trace is not None:
-            state.slot_trace.append(torch.stack(trace, dim=1))
-        return backbone.head(hidden), steps * valid
-
-
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """Pass-major: pass j runs once over the prompt's tokens still active at j, packed left per row
         (halted tokens cost nothing and, with batch 1, write nothing). Same entries, depths and aliases
@@ -203,20 +167,15 @@ class RecurrentPonder(PonderMethod):
     supports_row_schedule = True
 
     def row_slot(self, state: DecodeState):
-        j = state.extras["row"]["depth"][:, None]
-
-        def visible(cache: SlotKVCache) -> torch.Tensor:  # pass j of each row: depth <= j <= depth_last
-            meta = cache.entry_view()
-            return ((meta["depth"] <= j) & (meta["depth_last"] >= j))[:, None, :]
-
-        return torch.zeros(j.shape[0], device=j.device), visible
+        # Pass j of each row sees the entries serving depth j (depth <= j <= depth_last, see the module doc).
+        return torch.zeros(state.rows.depth.shape, device=state.rows.depth.device), _depth_window(state.rows.depth)
 
     def row_finish(self, backbone, state: DecodeState, hidden: torch.Tensor, feedback: torch.Tensor | None = None):
         # `feedback` is unused: the next pass takes U + P(gamma E), P read from the post-norm `hidden` by the
         # LM head, never a hidden state itself, so `latent_feedback` has nothing to switch (see the module doc).
         K = self.config.max_steps
-        row = state.extras["row"]
-        busy, j = row["busy"], row["depth"]
+        row = state.rows
+        busy, j = row.busy, row.depth
         rows = torch.arange(busy.shape[0], device=busy.device)
         # The gate after the pass just run (pass j -> gate j+1) decides whether the token continues.
         scale = torch.ones(busy.shape, device=busy.device)
@@ -243,9 +202,9 @@ class RecurrentPonder(PonderMethod):
             index = cont.nonzero()[:, 0]  # feedback (a full LM head + embedding mix) only where needed
             mixed = self.feedback(backbone, hidden.index_select(0, index))
             update = torch.zeros_like(hidden).index_copy(0, index, mixed)
-            row["inputs"] = self.next_inputs(row["inputs"], update, scale, cont)
-        row["depth"] = torch.where(cont, j + 1, j)
-        row["busy"] = cont
+            row.inputs = self.next_inputs(row.inputs, update, scale, cont)
+        row.depth = torch.where(cont, j + 1, j)
+        row.busy = cont
         return done, logits, j.float()
 
 
@@ -268,8 +227,10 @@ def _kv_reuse_hook(active: torch.Tensor | None, kv_in: list, kv_out: list):
     return hook
 
 
-def _depth_window(j: int):
-    """Decode predicate for a pass-j query: entries with depth <= j <= depth_last ([B,1,N] bool)."""
+def _depth_window(j: int | torch.Tensor):
+    """Decode predicate for a pass-j query (j an int, or per row [B]): entries with depth <= j <= depth_last."""
+    if isinstance(j, torch.Tensor):
+        j = j[:, None]
 
     def allowed(cache: SlotKVCache) -> torch.Tensor:
         meta = cache.entry_view()

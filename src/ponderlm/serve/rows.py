@@ -62,12 +62,11 @@ def release_row(state: DecodeState, row: int) -> None:
 
 
 def _set_idle(state: DecodeState, row: int) -> None:
-    schedule = state.extras.get("row")
-    if schedule is not None:
+    if state.rows is not None:
         # Methods replace these tensors rather than writing in place; do the same.
-        busy = schedule["busy"].clone()
+        busy = state.rows.busy.clone()
         busy[row] = False
-        schedule["busy"] = busy
+        state.rows.busy = busy
 
 
 def grow_rows(model, state: DecodeState, batch: int) -> None:
@@ -87,13 +86,12 @@ def grow_rows(model, state: DecodeState, batch: int) -> None:
         cache.bias[old:] = NEG_INF
         cache.batch_size = batch
     state.next_position = pad(state.next_position)
-    schedule = state.extras.get("row")
-    if schedule is not None:
+    if state.rows is not None:
         # New rows start from the method's own initial values (not zeros: e.g. gates start at one).
         param = next(model.parameters())
-        fresh = {"inputs": None, "depth": None, "busy": None,
-                 **model.method.row_extras(batch, param.device, param.dtype)}
-        state.extras["row"] = {k: pad(v, fresh.get(k)) for k, v in schedule.items()}
+        fresh = model.method.new_rows(batch, param.device, param.dtype)
+        for name, value in state.rows.tensors().items():
+            setattr(state.rows, name, pad(value, getattr(fresh, name)))
 
 
 def visible_counts(cache: SlotKVCache) -> torch.Tensor:
