@@ -21,9 +21,11 @@ LATENT_FEEDBACK = ("post_norm", "pre_norm")
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
-    """`METHODS` (the registered methods) and `ADAPTIVE_METHODS` (those deciding a per-token depth): registry views."""
-    if name in ("METHODS", "ADAPTIVE_METHODS"):
-        return method_names(**({"adaptive": True} if name == "ADAPTIVE_METHODS" else {}))
+    """Views of the method registry: `METHODS` (every registered method), `ADAPTIVE_METHODS` (per-token depth)."""
+    if name == "METHODS":
+        return method_names()
+    if name == "ADAPTIVE_METHODS":
+        return method_names(adaptive=True)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -80,21 +82,12 @@ class PonderConfig(PretrainedConfig):
         depth_target: requested average executed additional steps for fixed pruning.
         depth_seed: seed of the fixed-pruning depth draws.
 
-    Method options: declared (with defaults and validation) by each method's `Options`, accepted here as keyword
-    arguments and stored flat like every other field; every config carries every registered method's options.
-
-    Options (Jacobi, ponderlm2/ponderlm3):
-        jacobi_iters_train: the sweep counts R is drawn from uniformly at each training step.
-        jacobi_iters_eval: R used in eval mode.
-        jacobi_detach: stop gradients through all but the final pass (default: gradients flow).
-
-    Options (ponderlm3): router_hidden_size (0 = linear router), router_init ("full_depth" or
-        "uniform"), router_init_bias, mask_eps, lambda_steps, renormalize_pruned.
-
-    Options (adaponder): gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac,
-        halt_k_frac_ramp_steps.
-
-    Options (latent_cot): cot_router ("shared", "step", "mlp"), cot_router_init_bias, cot_lambda, cot_beta.
+    Method options (keyword arguments too, stored flat like every field): declared with their defaults and
+    checks by each method's `Options` (methods/<name>.py); every config carries every registered method's.
+    Jacobi (ponderlm2, ponderlm3): jacobi_iters_train, jacobi_iters_eval, jacobi_detach. ponderlm3:
+    router_hidden_size, router_init, router_init_bias, mask_eps, lambda_steps, renormalize_pruned. adaponder:
+    gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac, halt_k_frac_ramp_steps. latent_cot: cot_router,
+    cot_router_init_bias, cot_lambda, cot_beta.
     """
 
     model_type = "ponder"
@@ -212,11 +205,37 @@ class PonderConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise one `ValueError` naming the first bad value; the method checks its options and needs."""
-        if self.backbone not in BACKBONES:
-            reject(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        """Raise one `ValueError` naming the first bad value: the backbone's shape, then the pondering fields;
+        the method checks what it needs (`validate_config`) and every registered method its options."""
+        self._validate_backbone()
         if self.method not in REGISTRY:
             reject(f"unknown method {self.method!r}; choose one of {', '.join(REGISTRY)}")
+        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
+            reject(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+        self.method_class.validate_config(self)
+        if self.embed_scale is not None:
+            check_finite(self, "embed_scale", low=0)
+        for name, allowed in (("init", INIT_SCHEMES), ("latent_feedback", LATENT_FEEDBACK)):
+            if getattr(self, name) not in allowed:
+                reject(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not (0.0 <= self.tau < 1.0):
+            reject(f"tau must be in [0, 1), got {self.tau}")
+        if not math.isfinite(self.alpha):
+            reject(f"alpha must be finite, got {self.alpha}")
+        if self.depth_policy not in DEPTH_POLICIES:
+            reject(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
+        if self.depth_policy in ("uniform", "geometric", "constant"):
+            if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
+                reject(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
+                       f"got {self.depth_target!r}")
+            if self.depth_policy == "constant" and float(self.depth_target) != round(self.depth_target):
+                reject(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
+        for cls in REGISTRY.values():
+            cls.validate_options(self)
+
+    def _validate_backbone(self) -> None:
+        if self.backbone not in BACKBONES:
+            reject(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings"):
             value = getattr(self, name)
@@ -235,29 +254,6 @@ class PonderConfig(PretrainedConfig):
             reject(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
         if self.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_fast", "relu"):
             reject(f"unsupported hidden_act {self.hidden_act!r}")
-        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
-            reject(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
-        self.method_class.validate_config(self)
-        if self.embed_scale is not None and not (self.embed_scale > 0 and math.isfinite(self.embed_scale)):
-            reject(f"embed_scale must be a finite number > 0, got {self.embed_scale}")
         for name in ("rope_theta", "rms_norm_eps", "layer_norm_eps"):
             check_finite(self, name, low=0)
         check_finite(self, "initializer_range")
-        if self.init not in INIT_SCHEMES:
-            reject(f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
-        if self.latent_feedback not in LATENT_FEEDBACK:
-            reject(f"latent_feedback must be one of {', '.join(LATENT_FEEDBACK)}, got {self.latent_feedback!r}")
-        if not (0.0 <= self.tau < 1.0):
-            reject(f"tau must be in [0, 1), got {self.tau}")
-        if not math.isfinite(self.alpha):
-            reject(f"alpha must be finite, got {self.alpha}")
-        if self.depth_policy not in DEPTH_POLICIES:
-            reject(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
-        if self.depth_policy in ("uniform", "geometric", "constant"):
-            if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
-                reject(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
-                       f"got {self.depth_target!r}")
-            if self.depth_policy == "constant" and float(self.depth_target) != round(self.depth_target):
-                reject(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
-        for cls in REGISTRY.values():
-            cls.validate_options(self)
