@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(m for m in args.methods.split(",") if m)
     unknown = sorted(set(methods) - set(REGISTRY))
     if unknown:
-        p.error(f"unknown methods {unknown}; choose from {', '.join(REGISTRY)}")
+        p.error(f"unknown methods {unknown}; choose from {', '.join(method_names())}")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     study = Study(args.out, args.docs, args.workers, seeds, methods, steps=args.steps, eval_batches=args.eval_batches,
                   threads=args.threads)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.registry import REGISTRY, method_class
+from ponderlm.registry import REGISTRY, method_class, method_names
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -217,7 +217,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec = sub.add_parser("decode", help="adaptive vs fixed-depth decode tokens/s, latency and KV memory")
     dec.add_argument("--model", metavar="DIR", help="checkpoint or run directory (default: a synthetic model of "
                                                     "--method)")
-    dec.add_argument("--method", default="ponderlm3", choices=REGISTRY,
+    dec.add_argument("--method", default="ponderlm3", choices=method_names(),
                      help="method of the synthetic model (default ponderlm3)")
     dec.add_argument("--hidden", type=int, default=256, metavar="D", help="synthetic model width (default 256)")
     dec.add_argument("--layers", type=int, default=4, metavar="L", help="synthetic model layers (default 4)")
@@ -279,7 +279,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
+        raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}")
     if "vanilla" not in methods:
         methods.insert(0, "vanilla")
     rows, peak = bench_train(methods, args.hidden, args.layers, args.max_steps, args.vocab, args.seq_len,

@@ -209,7 +209,7 @@ class PonderConfig(PretrainedConfig):
         the method checks what it needs (`validate_config`) and every registered method its options."""
         self._validate_backbone()
         if self.method not in REGISTRY:
-            reject(f"unknown method {self.method!r}; choose one of {', '.join(REGISTRY)}")
+            reject(f"unknown method {self.method!r}; choose one of {', '.join(method_names())}")
         if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
             reject(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
         self.method_class.validate_config(self)

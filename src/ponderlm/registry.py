@@ -1,4 +1,4 @@
-"""The method registry: method name -> `PonderMethod` subclass, in registration order.
+"""The method registry: method name -> `PonderMethod` subclass.
 
 A leaf module (it imports nothing from ponderlm), so `ponderlm.config` can ask a method for its facts
 without importing the methods package; `ponderlm.methods` fills it when imported (the package root
@@ -32,5 +32,5 @@ def method_class(name: str) -> Any:
 
 
 def method_names(**facts: Any) -> tuple[str, ...]:
-    """Registered names whose class has all the given facts, e.g. `method_names(adaptive=True)`."""
-    return tuple(n for n, c in REGISTRY.items() if all(getattr(c, k) == v for k, v in facts.items()))
+    """Registered names (sorted) whose class has all the given facts, e.g. `method_names(adaptive=True)`."""
+    return tuple(sorted(n for n, c in REGISTRY.items() if all(getattr(c, k) == v for k, v in facts.items())))
