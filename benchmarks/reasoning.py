@@ -64,9 +64,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "data": ["--task", "hops", "--symbols", "12", "--hops", "1,2,3", "--queries", "6", *_DATA_COMMON],
         "steps": 1500, "lr": 3e-3,
         "core": [("vanilla", 0), ("ponderlm", 1), ("ponderlm2", 1), ("adaponder", 1), ("latent_cot", 1),
-                 ("ponderlm3", 1), ("ponderlm", 2), ("adaponder", 2), ("ponderlm2", 2), ("pause", 1), ("looped", 1)],
-        "rest": [("latent_cot", 2), ("ponderlm3", 2), ("ponderlm", 3), ("adaponder", 3), ("ponderlm2", 3),
-                 ("latent_cot", 3), ("ponderlm3", 3), ("looped", 2), ("pause", 2), ("looped", 3), ("pause", 3)],
+                 ("ponderlm3", 1), ("ponderlm", 2), ("adaponder", 2), ("pause", 1), ("looped", 1)],
+        "rest": [("ponderlm2", 2), ("latent_cot", 2), ("ponderlm3", 2), ("ponderlm", 3), ("adaponder", 3),
+                 ("ponderlm2", 3), ("latent_cot", 3), ("ponderlm3", 3), ("looped", 2), ("pause", 2), ("looped", 3),
+                 ("pause", 3)],
         "out": "results/reasoning-n12", "docs": "docs/results/reasoning",
     },
     "n8-hops12": {
@@ -89,8 +90,14 @@ def run_name(method: str, k: int, seed: int, variant: str = "") -> str:
 VARIANTS = {
     "lam0.1": ["model.lambda_steps=0.1"],  # PonderLM-3: a compute penalty, so the router has a reason to prune
     "ramp200": ["model.halt_k_frac_ramp_steps=200"],  # AdaPonderLM: the bottom-k halting ramp ends inside the run
+    "steps3000": ["train.steps=3000", "train.eval_every=3000"],  # twice the budget: does K = 2 learn 3 hops?
+    "tau0": ["model.tau=0"],  # AdaPonderLM: no hard halting in training (gates stay soft); halt only at eval
 }
-EXTRA = {"n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")], "n12-hops123": []}
+EXTRA = {
+    "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
+    "n12-hops123": [("ponderlm", 1, 0, "steps3000"), ("ponderlm", 2, 1, "steps3000"), ("ponderlm", 1, 1, "steps3000"),
+                    ("ponderlm", 2, 2, "steps3000"), ("ponderlm", 1, 2, "steps3000"), ("ponderlm", 2, 0, "steps3000")],
+}
 
 
 def plan(setting: str, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
@@ -214,8 +221,10 @@ class Bench:
                     settings = DecodeSettings(depth_policy=policy, depth_target=target)
                     fixed[policy] = reasoning_eval(model, self.data, settings, split="test", progress=False)
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        steps = next((int(o.split("=", 1)[1]) for o in VARIANTS.get(variant, []) if o.startswith("train.steps=")),
+                     self.steps)
         result = {"run": run.name, "setting": self.setting, "method": method, "K": k, "seed": seed,
-                  "steps": self.steps, "variant": variant,
+                  "steps": steps, "variant": variant,
                   "val_answer_loss": summary.get("val_loss"),
                   "params": sum(p.numel() for p in model.parameters()), "learned": learned, "fixed": fixed,
                   "train_seconds": train_seconds, "eval_seconds": time.time() - start, "load": load_avg()}
@@ -287,10 +296,14 @@ class Bench:
         torch.set_num_threads(1)
         self.prepare()
         for method, k, seed, variant in EXTRA.get(self.setting, []):
-            if (self.runs / run_name(method, k, seed, variant) / "eval.json").is_file():
+            run = self.runs / run_name(method, k, seed, variant)
+            if (run / "eval.json").is_file() or not claim(run):
                 continue
-            t = self.train(method, k, seed, variant)
-            r = self.evaluate(method, k, seed, t, variant)
+            try:
+                t = self.train(method, k, seed, variant)
+                r = self.evaluate(method, k, seed, t, variant)
+            finally:
+                release(run)
             self.log(f"extra {r['run']}: train {t:.0f}s | acc {r['learned']['accuracy']:.3f} "
                      f"steps {r['learned']['avg_steps']:.2f} rho {r['learned']['spearman_steps_difficulty']}")
         self.sweep()
