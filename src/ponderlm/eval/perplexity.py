@@ -24,7 +24,7 @@ import torch
 
 from ponderlm.errors import PonderError
 from ponderlm.loading import load_model, resolve_device, resolve_model_dir  # noqa: F401  (public here too)
-from ponderlm.registry import method_names
+from ponderlm.registry import method_class, method_names
 
 
 def model_name(path: str | Path) -> str:
@@ -127,7 +127,7 @@ AS_SAVED = DecodeSettings()
 
 def check_settings(config, settings: DecodeSettings) -> list[str]:
     """Refuse settings the method cannot honour; return notes for options it silently ignores."""
-    method, cls = config.method, config.method_class
+    method, cls = config.method, method_class(config.method)
     if settings.depth_policy not in (None, "learned") and not cls.adaptive:
         raise PonderError(f"fixed pruning (--depth-policy {settings.depth_policy}) needs an adaptive method "
                           f"({', '.join(method_names(adaptive=True))}); this checkpoint is {method!r}")
@@ -249,7 +249,7 @@ def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
         _note_once(f"flops_ratio unavailable: ponderlm.flops could not be imported ({exc})")
         return None
     # Fixed-depth methods always run K steps; flops() checks that, so do not pass float noise.
-    steps = float(avg_steps) if config.method_class.adaptive else None
+    steps = float(avg_steps) if method_class(config.method).adaptive else None
     try:
         result = flops(config, seq_len, avg_steps=steps)
     except ValueError as exc:

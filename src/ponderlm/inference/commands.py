@@ -64,16 +64,19 @@ def _check_args(args: argparse.Namespace) -> None:
 def depth_policy_text(config, args: argparse.Namespace) -> str:
     """What decided the depths in this generation: the method's own policy (with the threshold / bias it used)
     or a fixed-pruning control with its target, as shown on the --html page."""
+    from ponderlm.registry import method_class
+
+    cls = method_class(config.method)
     tau = config.tau if args.tau is None else args.tau
     alpha = config.alpha if args.alpha is None else args.alpha
     policy = args.depth_policy or config.depth_policy or "learned"
     target = config.depth_target if args.depth_target is None else args.depth_target
     head = f"{config.method}, K={config.max_steps}"
-    if not config.method_class.adaptive:
+    if not cls.adaptive:
         return f"{head}, depth policy: fixed (every token runs K additional steps)"
     if policy != "learned":
         return f"{head}, depth policy: {policy} fixed pruning, target {target:g} additional steps per token"
-    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if config.method_class.uses_alpha else "")
+    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if cls.uses_alpha else "")
     return f"{head}, depth policy: learned ({knobs})"
 
 
