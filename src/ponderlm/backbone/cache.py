@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from ponderlm.backbone.attention import NEG_INF
+from ponderlm.backbone.packing import pack_active
+
 
 class SlotKVCache:
     # Attend over the whole batch (dummy queries for inactive rows) when at least this fraction of the
@@ -145,6 +148,71 @@ class SlotKVCache:
         start, count = self._pending
         self.length = start + count
         self._pending = None
+
+    # ------------------------------------------------------------------ row surgery (a server's running batch)
+    # Requests join and leave a running batch between backbone calls (`ponderlm.serve.rows`). Every operation
+    # keeps each other row's visible entries and their order, so every mask predicate selects the same keys.
+    _META = ("position", "depth", "depth_last", "bias")
+
+    def extend(self, length: int) -> None:
+        """Grow to `length` entries; the new columns are invisible for every row."""
+        if length <= self.length:
+            return
+        if length > self.capacity:
+            self._grow(max(2 * self.capacity, length))
+        for name in self._META:
+            getattr(self, name)[:, self.length:length] = NEG_INF if name == "bias" else 0
+        self.length = length
+
+    def copy_row(self, row: int, src: SlotKVCache, src_row: int = 0) -> None:
+        """Row `row` holds row `src_row` of `src`'s entries at the front, nothing visible after them."""
+        n = src.length
+        self.extend(n)
+        for layer in range(self.num_layers):
+            self.keys[layer][row, :, :n] = src.keys[layer][src_row, :, :n]
+            self.values[layer][row, :, :n] = src.values[layer][src_row, :, :n]
+        for name in self._META:
+            getattr(self, name)[row, :n] = getattr(src, name)[src_row, :n]
+        self.bias[row, n:self.length] = NEG_INF
+
+    def hide_row(self, row: int) -> None:
+        """Every entry of `row` becomes invisible (the row's request left)."""
+        self.bias[row, :self.length] = NEG_INF
+
+    def add_rows(self, batch: int) -> None:
+        """`batch` rows (more than now); the new rows are empty (no visible entry)."""
+        old = self.batch_size
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros((batch, *t.shape[1:]))
+            out[:old] = t
+            return out
+
+        self.keys = [pad(k) for k in self.keys]
+        self.values = [pad(v) for v in self.values]
+        for name in self._META:
+            setattr(self, name, pad(getattr(self, name)))
+        self.bias[old:] = NEG_INF
+        self.batch_size = batch
+
+    def visible_counts(self) -> torch.Tensor:
+        """Visible entries per row [B]."""
+        return torch.isfinite(self.bias[:, :self.length]).sum(-1)
+
+    def compact(self) -> None:
+        """Pack every row's visible entries to the front, in order, and drop the columns no row needs."""
+        index, present = pack_active(torch.isfinite(self.bias[:, :self.length]))
+        n = index.shape[1]
+        for store in (self.keys, self.values):
+            for layer in range(self.num_layers):
+                t = store[layer]
+                b, h, _, d = t.shape
+                t[:, :, :n] = t[:, :, :self.length].gather(2, index[:, None, :, None].expand(b, h, n, d))
+        for name in self._META:
+            t = getattr(self, name)
+            t[:, :n] = t[:, :self.length].gather(1, index)
+        self.bias[:, :n] = torch.where(present, self.bias[:, :n], NEG_INF)
+        self.length = n
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row b becomes row index[b] (beam search: each surviving beam continues some earlier beam's cache)."""

@@ -12,6 +12,7 @@ transformer block. Two entry points must agree exactly:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch.nn as nn
 from ponderlm.backbone.attention import NEG_INF, additive_mask
 from ponderlm.backbone.cache import SlotKVCache
 from ponderlm.backbone.interface import Backbone
+from ponderlm.backbone.packing import gather_tokens, pack_active, scatter_tokens  # noqa: F401  (used by methods)
 from ponderlm.config import PonderConfig, reject
 from ponderlm.registry import REGISTRY as METHOD_REGISTRY  # noqa: F401  (re-exported by ponderlm.methods)
 from ponderlm.registry import method_names, register_method  # noqa: F401  (methods register with @register_method)
@@ -136,37 +138,6 @@ def prompt_positions(state: DecodeState, valid: torch.Tensor) -> torch.Tensor:
     the number of real tokens before t (a padding token sits at the next real token's position)."""
     before = valid.long().cumsum(-1) - valid.long()
     return state.next_position[:, None] + before
-
-
-def pack_active(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the indices of the active tokens in order, left-packed: (index [B,n] long, present [B,n] bool).
-
-    n is the largest active count of a row; shorter rows are filled up with indices of their inactive
-    tokens (present False), so the indices of a row are distinct and scattering back is well defined.
-    Inside `torch.compile` n is the full width T instead: reading the largest count on the host would break
-    the graph, and the extra columns are filler like any other (same results, no compute saved).
-    """
-    counts = active.sum(-1)
-    if torch.compiler.is_compiling():
-        n = active.shape[-1]
-    else:
-        n = int(counts.max()) if active.numel() else 0
-    order = torch.argsort((~active).to(torch.int8), dim=-1, stable=True)[:, :n]
-    present = torch.arange(n, device=active.device)[None, :] < counts[:, None]
-    return order, present
-
-
-def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x [B,T,...] at index [B,n] -> [B,n,...]."""
-    shape = index.shape + x.shape[2:]
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
-
-
-def scatter_tokens(x: torch.Tensor, index: torch.Tensor, present: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Copy of x [B,T,D] with values [B,n,D] written at index [B,n] where present."""
-    current = gather_tokens(x, index)
-    values = torch.where(present[..., None], values.to(x.dtype), current)
-    return x.scatter(1, index[..., None].expand_as(values), values)
 
 
 class PonderMethod(nn.Module):
@@ -326,6 +297,21 @@ class PonderMethod(nn.Module):
         what the token's next latent slot takes as input, see `final_norm`, None = hidden). Returns (done [B]
         bool: the row's token is complete, logits [B,V] of those rows (None if none), executed steps [B])."""
         raise NotImplementedError
+
+    def complete_rows(self, backbone: Backbone, state: DecodeState, done: torch.Tensor,
+                      readout: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """End of `row_finish`: the rows whose token is complete (`done` [B]) get LM-head logits of `readout()`
+        (their predicting states; computed for those rows only) and move to their next position; the other busy
+        rows go on to their token's next slot. Returns the logits [B,V] (None if no row completed)."""
+        row = state.rows
+        logits = None
+        if bool(done.any()):
+            logits = self.rows_logits(backbone, readout(), done)
+            state.next_position += done.long()
+        going_on = row.busy & ~done
+        row.depth = torch.where(going_on, row.depth + 1, row.depth)
+        row.busy = going_on
+        return logits
 
     def step_rows(self, backbone: Backbone, state: DecodeState
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

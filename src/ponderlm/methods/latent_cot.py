@@ -341,14 +341,8 @@ class LatentCoT(PonderMethod):
                 row.reach = reach
         row.gates = gates
         done = busy & ~keep
-        logits = None
-        if bool(done.any()):
-            _, p = exit_weights(gates, k)
-            logits = self.rows_logits(backbone, fuse_exits(slots, p), done)
-            state.next_position += done.long()
         row.inputs = hidden if feedback is None else feedback
-        row.depth = torch.where(busy & keep, k + 1, k)
-        row.busy = busy & keep
+        logits = self.complete_rows(backbone, state, done, lambda: fuse_exits(slots, exit_weights(gates, k)[1]))
         return done, logits, k.float()
 
 

@@ -214,13 +214,8 @@ class PonderLM3(PonderLM2):
             row.w = torch.where(started[:, None], w, row.w)
             row.target = torch.where(started, target, row.target)
         done = busy & (k >= row.target)
-        logits = None
-        if bool(done.any()):
-            logits = self.rows_logits(backbone, self.fuse(slots, row.s, row.target), done)
-            state.next_position += done.long()
         row.inputs = hidden if feedback is None else feedback
-        row.depth = torch.where(busy & ~done, k + 1, k)
-        row.busy = busy & ~done
+        logits = self.complete_rows(backbone, state, done, lambda: self.fuse(slots, row.s, row.target))
         return done, logits, row.target.float()
 
 

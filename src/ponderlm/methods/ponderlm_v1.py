@@ -193,19 +193,13 @@ class RecurrentPonder(PonderMethod):
         if bool(halted_early.any()):
             # Alias, not copy: this row's entry just written serves all its later passes.
             cache.set_depth_last(cache.length - 1, K, halted_early)
-        logits = None
-        if bool(done.any()):
-            logits = self.rows_logits(backbone, hidden, done)
-            state.next_position += done.long()
         cont = busy & keep
         if bool(cont.any()):
             index = cont.nonzero()[:, 0]  # feedback (a full LM head + embedding mix) only where needed
             mixed = self.feedback(backbone, hidden.index_select(0, index))
             update = torch.zeros_like(hidden).index_copy(0, index, mixed)
             row.inputs = self.next_inputs(row.inputs, update, scale, cont)
-        row.depth = torch.where(cont, j + 1, j)
-        row.busy = cont
-        return done, logits, j.float()
+        return done, self.complete_rows(backbone, state, done, lambda: hidden), j.float()
 
 
 def _kv_reuse_hook(active: torch.Tensor | None, kv_in: list, kv_out: list):

@@ -444,7 +444,7 @@ class Engine:
             elif batch.released:
                 batch.released = False
                 cache = batch.state.caches[0]
-                longest = int(row_ops.visible_counts(cache).max())
+                longest = int(cache.visible_counts().max())
                 if cache.length > max(self.compact_min_entries, self.compact_ratio * longest):
                     row_ops.compact(batch.state)
                     self.compactions += 1
