@@ -121,13 +121,13 @@ def run_lm_eval(
               max_length=model.config.max_position_embeddings)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model.eval()
-    with applied(model, settings):
+    with applied(model, settings) as opts:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
             bootstrap_iters=bootstrap_iters, log_samples=False,
         )
-        effective = {"tau": model.config.tau, "alpha": model.config.alpha,
-                     "depth_policy": model.config.depth_policy, "depth_target": model.config.depth_target}
+        effective = {"tau": opts.tau, "alpha": opts.alpha, "depth_policy": opts.depth_policy,
+                     "depth_target": opts.depth_target}
     if results is None:  # non-zero ranks under torchrun
         return {}
     out = {key: results[key] for key in ("results", "versions", "n-shot", "higher_is_better", "n-samples")

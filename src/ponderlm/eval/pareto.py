@@ -70,10 +70,10 @@ def sweep_model(
     def run(settings: DecodeSettings, curve: str, policy: str, desc: str) -> ParetoPoint:
         settings = DecodeSettings(**{**asdict(settings), "jacobi_iters": jacobi_iters})
         stats = collect_token_stats(model, batches, settings, progress=progress, desc=desc)
-        with applied(model, settings):  # FLOPs of the configuration actually in force
+        with applied(model, settings) as opts:  # the options actually in force
             ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
-            alpha = model.config.alpha if cls.uses_alpha else None
-            tau = model.config.tau if cls.adaptive else None
+            alpha = opts.alpha if cls.uses_alpha else None
+            tau = opts.tau if cls.adaptive else None
         return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy, alpha=alpha, tau=tau,
                            depth_target=settings.depth_target, avg_steps=stats.avg_steps, ppl=stats.ppl,
                            loss=stats.loss, flops_ratio=ratio, tokens=int(stats.nll.size))

@@ -145,16 +145,17 @@ def check_settings(config, settings: DecodeSettings) -> list[str]:
 
 
 class applied:
-    """Context manager: `decode_options` with config validation errors turned into one-line user errors."""
+    """Context manager: `decode_options` with config validation errors turned into one-line user errors; gives
+    the `DecodeOptions` in force (the config keeps its saved values)."""
 
     def __init__(self, model, settings: DecodeSettings) -> None:
         from ponderlm.inference import decode_options
 
         self._ctx = decode_options(model, **settings.options())
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Any:
         try:
-            self._ctx.__enter__()
+            return self._ctx.__enter__()
         except ValueError as exc:
             raise PonderError(str(exc)) from None
 
@@ -296,11 +297,10 @@ def perplexity(
     stats = collect_token_stats(model, batches, settings, progress=progress, desc="ppl")
     seq_len = int(batches[0].shape[1])
     effective = {k: v for k, v in settings.options().items() if v is not None}
-    with applied(model, settings):  # report what was actually in force, including the checkpoint's own values
-        cfg = model.config
-        effective.update(tau=cfg.tau, alpha=cfg.alpha, depth_policy=cfg.depth_policy,
-                         depth_target=cfg.depth_target, jacobi_iters_eval=cfg.jacobi_iters_eval)
-        ratio = flops_ratio(cfg, seq_len, stats.avg_steps)
+    with applied(model, settings) as opts:  # report what was actually in force, including the checkpoint's own
+        effective.update(tau=opts.tau, alpha=opts.alpha, depth_policy=opts.depth_policy,
+                         depth_target=opts.depth_target, jacobi_iters_eval=opts.jacobi_iters_eval)
+        ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
     return PerplexityResult(
         ppl=stats.ppl, loss=stats.loss, avg_steps=stats.avg_steps, flops_ratio=ratio, tokens=int(stats.nll.size),
         method=model.config.method, max_steps=model.config.max_steps, seq_len=seq_len,

@@ -109,7 +109,7 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
     was_training = model.training
     model.eval()
     try:
-        with applied(model, settings):
+        with applied(model, settings) as opts:
             for i in tqdm(range(0, len(data.tokens), batch_size), desc="reasoning", unit="batch",
                           disable=not progress, file=sys.stderr, leave=False):
                 x = torch.from_numpy(data.tokens[i: i + batch_size]).to(device)
@@ -117,12 +117,11 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
                 preds.append(out.logits.argmax(-1).cpu())
                 st = out.executed_steps
                 steps_all.append(torch.zeros(x.shape) if st is None else st.float().cpu())
-            cfg = model.config
-            effective = {"tau": cfg.tau, "alpha": cfg.alpha, "depth_policy": cfg.depth_policy,
-                         "depth_target": cfg.depth_target, "jacobi_iters_eval": cfg.jacobi_iters_eval}
+            effective = {"tau": opts.tau, "alpha": opts.alpha, "depth_policy": opts.depth_policy,
+                         "depth_target": opts.depth_target, "jacobi_iters_eval": opts.jacobi_iters_eval}
             pred = torch.cat(preds).numpy()
             steps = torch.cat(steps_all).double().numpy()
-            ratio = flops_ratio(cfg, L, float(steps.mean()))
+            ratio = flops_ratio(model.config, L, float(steps.mean()))
     finally:
         model.train(was_training)
     ex, pos = np.nonzero(data.mask)  # answer tokens; each is predicted at pos - 1
