@@ -8,10 +8,7 @@
 
 How a forced depth is obtained. Adaptive methods (ponderlm3, adaponder, latent_cot) take a fixed-pruning
 policy (METHODS.md §9) in place of their learned depth, so the same checkpoint runs at a chosen depth:
-a `constant` policy when the installed `fixed_pruning` offers one; otherwise depth 0 and depth K come
-from the degenerate geometric policy (target 0 / K puts all mass on one depth), and each intermediate
-depth k is estimated from a run with depths drawn uniformly over 0..K, keeping the tokens that drew k
-(marked `random_depth` in the JSON). Vanilla is its own 0-step model. Fixed-depth methods (pondering
+the `constant` policy gives every token exactly k steps. Vanilla is its own 0-step model. Fixed-depth methods (pondering
 with always K steps: pause, looped, ponderlm, ponderlm2) have no 0-step prediction and are refused.
 """
 
@@ -23,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ponderlm.config import DEPTH_POLICIES
 from ponderlm.errors import PonderError
 from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
 from ponderlm.registry import method_names
@@ -33,13 +29,9 @@ JACOBI_FLOOR = 1e-6
 
 
 # ------------------------------------------------------------------ forced depths
-def forced_depth_settings(config, k: int) -> DecodeSettings | None:
-    """Settings that give every token exactly k additional steps, or None if no policy does."""
-    if "constant" in DEPTH_POLICIES:
-        return DecodeSettings(depth_policy="constant", depth_target=float(k))
-    if k in (0, config.max_steps):
-        return DecodeSettings(depth_policy="geometric", depth_target=float(k))
-    return None
+def forced_depth_settings(config, k: int) -> DecodeSettings:
+    """Settings that give every token exactly k additional steps (the constant fixed-pruning policy)."""
+    return DecodeSettings(depth_policy="constant", depth_target=float(k))
 
 
 def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -> TokenStats:
@@ -102,18 +94,11 @@ def difficulty_analysis(
     nll_by_depth: dict[int, np.ndarray] = {0: base.nll}
     mask_by_depth: dict[int, np.ndarray] = {0: np.ones_like(base.nll, dtype=bool)}
     source = {0: "exact"}
-    random_run: TokenStats | None = None
     for k in range(1, K + 1):
-        forced = forced_depth_settings(model.config, k)
-        if forced is not None:
-            stats = collect_token_stats(model, batches, forced, progress=progress, desc=f"depth {k}")
-            _check_depth(stats, k)
-            nll_by_depth[k], mask_by_depth[k], source[k] = stats.nll, np.ones_like(stats.nll, dtype=bool), "exact"
-        else:
-            if random_run is None:  # uniform over 0..K: every depth drawn independently of content
-                random_run = collect_token_stats(model, batches, DecodeSettings(depth_policy="uniform",
-                                                 depth_target=K / 2), progress=progress, desc="random depths")
-            nll_by_depth[k], mask_by_depth[k], source[k] = random_run.nll, random_run.steps == k, "random_depth"
+        stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=progress,
+                                    desc=f"depth {k}")
+        _check_depth(stats, k)
+        nll_by_depth[k], mask_by_depth[k], source[k] = stats.nll, np.ones_like(stats.nll, dtype=bool), "exact"
     learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
                                   if model.config.method_class.adaptive else settings,
                                   progress=progress, desc="learned depth")
