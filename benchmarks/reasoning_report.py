@@ -48,13 +48,15 @@ def _multi_hop(result: dict[str, Any]) -> float:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["method"], r["K"]), []).append(r)
+        groups.setdefault((r["method"], r["K"], r.get("variant") or ""), []).append(r)
     rows = []
-    for (method, k), rs in sorted(groups.items(), key=lambda kv: (METHOD_ORDER.index(kv[0][0]), kv[0][1])):
+    for (method, k, variant), rs in sorted(groups.items(),
+                                           key=lambda kv: (kv[0][2], METHOD_ORDER.index(kv[0][0]), kv[0][1])):
         diffs = sorted({p["difficulty"] for r in rs for p in r["learned"]["per_difficulty"]})
-        row = {"method": method, "K": k, "seeds": sorted(r["seed"] for r in rs), "params": rs[0]["params"],
+        row = {"method": method, "K": k, "variant": variant, "steps": rs[0].get("steps"),
+               "seeds": sorted(r["seed"] for r in rs), "params": rs[0]["params"],
                "accuracy": _mean_std([r["learned"]["accuracy"] for r in rs]),
                "multi_hop": _mean_std([_multi_hop(r["learned"]) for r in rs]),
                "per_difficulty": {d: _mean_std([_acc_at(r["learned"], d) for r in rs]) for d in diffs},
@@ -105,6 +107,20 @@ def table_md(rows: list[dict[str, Any]]) -> str:
                                             _fmt(*r["fixed_geometric"])]
                                            + [_fmt(*r["steps_per_difficulty"][d], pct=False, digits=2)
                                               for d in diffs]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def extra_md(rows: list[dict[str, Any]]) -> str:
+    """The investigation runs (one recipe change each), aggregated like the main table."""
+    diffs = sorted({d for r in rows for d in r["per_difficulty"]})
+    lines = ["| method | K | variant | steps | seeds | accuracy % | multi-hop % | "
+             + " | ".join(f"{d}-hop %" for d in diffs) + " | train s |", "|" + "---|" * (7 + len(diffs))]
+    for r in rows:
+        cells = [r["method"], str(r["K"]), r["variant"], str(r["steps"]), str(len(r["seeds"])),
+                 _fmt(*r["accuracy"]), _fmt(*r["multi_hop"])]
+        cells += [_fmt(*r["per_difficulty"][d]) if d in r["per_difficulty"] else "" for d in diffs]
+        cells.append(f"{r['train_seconds'][0]:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,12 +224,19 @@ def report(work: Path, docs: Path) -> None:
         raise SystemExit(f"no finished runs under {work / 'runs'}")
     docs.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
-    summary = {"runs": runs, "aggregate": rows, "extra_runs": extra}
+    extra_rows = aggregate(extra) if extra else []
+    summary = {"runs": runs, "aggregate": rows, "extra_runs": extra, "extra_aggregate": extra_rows}
     (docs / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     text = table_md(rows) + "\nAdaptive runs: default decoding and the alpha / tau sweep, each with fixed pruning " \
         "at the same average steps.\n\n" + sweep_md(work, runs + extra) + "\nAdaptive runs at a forced constant " \
         "depth (every token, 500 test examples).\n\n" + forced_md(work, runs + extra)
+    if extra_rows:
+        text += "\nInvestigation runs (`extra` phase, one recipe change each; not in the tables above).\n\n" \
+            + extra_md(extra_rows)
     (docs / "table.md").write_text(text)
     paths = plots(rows, docs)
+    for name in ("bench.log", "commands.txt"):  # timings + load, and every command in order
+        if (work / name).is_file():
+            (docs / name).write_text((work / name).read_text())
     print(text)
     print("wrote", docs / "summary.json", docs / "table.md", *paths)
