@@ -140,8 +140,9 @@ def test_bundle_is_generated_from_the_package():
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("ponderlm") for a in node.names), name
     # Source identical to the package's apart from the import lines: no hand-maintained copy.
-    src = (Path(__file__).resolve().parents[1] / "src" / "ponderlm" / "backbone" / "cache.py").read_text()
-    assert files["ponderlm__backbone__cache.py"] == src
+    src = (Path(__file__).resolve().parents[1] / "src" / "ponderlm" / "backbone" / "packing.py").read_text()
+    assert "import ponderlm" not in src and "from ponderlm" not in src  # a module without package imports
+    assert files["ponderlm__backbone__packing.py"] == src
     lines = files["ponderlm__modeling.py"].splitlines()
     assert not [line for line in lines if line.startswith(("AutoConfig.register", "AutoModelForCausalLM.register"))]
 
