@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ponderlm.errors import PonderError
+from ponderlm.flops import flops
 from ponderlm.loading import load_model, resolve_device, resolve_model_dir  # noqa: F401  (public here too)
 from ponderlm.registry import method_class, method_names
 
@@ -239,28 +240,15 @@ _FLOPS_NOTE: list[str] = []
 
 def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
     """Decode forward FLOPs per token relative to vanilla (`forward_ratio` of `ponderlm.flops.flops`) at the
-    measured average steps.
-
-    Returns None (and says why on stderr, once) when the FLOPs module is unavailable or cannot cost
-    this configuration: a missing number is better than an invented one.
-    """
-    try:
-        from ponderlm.flops import flops
-    except ImportError as exc:
-        _note_once(f"flops_ratio unavailable: ponderlm.flops could not be imported ({exc})")
-        return None
+    measured average steps; None (said on stderr, once) if the method's cost model cannot cost this configuration:
+    a missing number is better than an invented one."""
     # Fixed-depth methods always run K steps; flops() checks that, so do not pass float noise.
     steps = float(avg_steps) if method_class(config.method).adaptive else None
     try:
-        result = flops(config, seq_len, avg_steps=steps)
+        return float(flops(config, seq_len, avg_steps=steps)["forward_ratio"])
     except ValueError as exc:
         _note_once(f"flops_ratio unavailable: {exc}")
         return None
-    ratio = result.get("forward_ratio")
-    if ratio is None:
-        _note_once(f"flops_ratio unavailable: ponderlm.flops returned no forward_ratio (keys: {sorted(result)})")
-        return None
-    return float(ratio)
 
 
 def _note_once(message: str) -> None:
