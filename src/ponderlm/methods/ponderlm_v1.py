@@ -87,37 +87,50 @@ class RecurrentPonder(PonderMethod):
         return inputs + (scale * active).to(feedback.dtype)[..., None] * feedback
 
     # ------------------------------------------------------------------ parallel path
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
-        K = self.config.max_steps
-        valid = attention_mask.bool()
-        positions = padding_positions(attention_mask)
+    def pass_loop(self, backbone, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
+                  run_pass, on_halt=None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Passes 0..K, shared by the parallel forward and the prefill: `run_pass(j, inputs, active)` computes
+        pass j for the active tokens (the others keep their last state), then the gates decide who continues,
+        `on_halt(j, halted)` sees the tokens that stop, and the continuing ones take U + s e as next inputs.
+        Returns (hidden [B,T,D] of each token's last pass, executed steps [B,T], the (gate, mask) pairs)."""
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-        mask = slot_causal_mask(valid)
-        inputs = backbone.embed(input_ids)
-        active = valid
+        inputs, active = backbone.embed(input_ids), valid
         steps = torch.zeros(valid.shape, device=valid.device)
         gates: list[tuple[torch.Tensor, torch.Tensor]] = []
-        hidden = None
-        kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.config.num_hidden_layers
-        for j in range(K + 1):
-            # Only real tokens that halted need their old K/V and state; padding keys are masked anyway.
-            frozen = valid & ~active
-            kv_out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(kv)
-            hook = _kv_reuse_hook(active if (j > 0 and bool(frozen.any())) else None, kv, kv_out)
-            new = backbone.run(inputs, positions, mask, kv_hook=hook)
-            hidden = new if hidden is None or not bool(frozen.any()) else torch.where(active[..., None], new, hidden)
-            kv = kv_out
-            if j == K:
+        for j in range(self.config.max_steps + 1):
+            hidden = run_pass(j, inputs, active)
+            if j == self.config.max_steps:
                 break
             scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
             if scale is not None:
                 gates.append((scale, active))
+            if on_halt is not None:
+                on_halt(j, active & ~nxt)
             steps = steps + nxt.float()
             if not bool(nxt.any()):  # everyone halted: later passes would change nothing
                 break
             inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
             active = nxt
-        steps = steps * valid
+        return hidden, steps * valid, gates
+
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        mask = slot_causal_mask(valid)
+        last: dict[str, torch.Tensor | list | None] = {"hidden": None, "kv": [None] * self.config.num_hidden_layers}
+
+        def dense_pass(j: int, inputs: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+            # Only real tokens that halted need their old K/V and state; padding keys are masked anyway.
+            frozen = bool((valid & ~active).any())
+            kv_out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(last["kv"])
+            hook = _kv_reuse_hook(active if (j > 0 and frozen) else None, last["kv"], kv_out)
+            new = backbone.run(inputs, positions, mask, kv_hook=hook)
+            hidden = last["hidden"]
+            last["hidden"] = new if hidden is None or not frozen else torch.where(active[..., None], new, hidden)
+            last["kv"] = kv_out
+            return last["hidden"]
+
+        hidden, steps, gates = self.pass_loop(backbone, input_ids, valid, positions, dense_pass)
         return MethodOutput(hidden=hidden, executed_steps=steps, aux_loss=self.aux_loss(gates, valid),
                             stats={"gates": gates})
 
@@ -128,40 +141,33 @@ class RecurrentPonder(PonderMethod):
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """Pass-major: pass j runs once over the prompt's tokens still active at j, packed left per row
         (halted tokens cost nothing and, with batch 1, write nothing). Same entries, depths and aliases
-        as `decode_token`, in pass-major instead of token-major order."""
-        K = self.config.max_steps
+        as token-by-token decoding, in pass-major instead of token-major order."""
         cache = state.cache
         valid = attention_mask.bool()
         positions = prompt_positions(state, valid)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-        inputs = backbone.embed(input_ids)
-        hidden = torch.zeros_like(inputs)
-        active = valid
-        steps = torch.zeros(valid.shape, device=valid.device)
-        for j in range(K + 1):
-            # Pass 0 keeps padding as invisible entries, exactly like decode_token; later passes pack.
+        last = {"hidden": torch.zeros(*input_ids.shape, self.config.hidden_size, device=input_ids.device,
+                                      dtype=backbone.dtype)}
+
+        def cached_pass(j: int, inputs: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+            # Pass 0 keeps padding as invisible entries, exactly like decoding; later passes pack.
             index, present = pack_active(active if j > 0 else torch.ones_like(active))
             owned = present & gather_tokens(active, index)
             bias = torch.where(owned, 0.0, NEG_INF).float()
             new = self.run_cached_block(backbone, state, gather_tokens(inputs, index), gather_tokens(positions, index),
                                         j, bias, allowed_extra_fn=_depth_window(j))
-            start = cache.length - index.shape[1]
-            hidden = scatter_tokens(hidden, index, owned, new)
-            if j == K:
-                break
-            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
-            halted = active & ~nxt
+            last.update(index=index, owned=owned, start=cache.length - index.shape[1])
+            last["hidden"] = scatter_tokens(last["hidden"], index, owned, new)
+            return last["hidden"]
+
+        def alias_halted(j: int, halted: torch.Tensor) -> None:
             if bool(halted.any()):
                 # Alias, not copy: the entries just written serve every later pass of halted tokens.
-                cache.set_depth_last(slice(start, cache.length), K, gather_tokens(halted, index) & owned)
-            steps = steps + nxt.float()
-            if not bool(nxt.any()):
-                break
-            inputs = self.next_inputs(inputs, self.feedback(backbone, hidden), scale, nxt)
-            active = nxt
-        state.next_position += valid.long().sum(-1)
-        return backbone.head(hidden), steps * valid
+                selected = gather_tokens(halted, last["index"]) & last["owned"]
+                cache.set_depth_last(slice(last["start"], cache.length), self.config.max_steps, selected)
 
+        hidden, steps, _ = self.pass_loop(backbone, input_ids, valid, positions, cached_pass, alias_halted)
+        state.next_position += valid.long().sum(-1)
+        return backbone.head(hidden), steps
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
