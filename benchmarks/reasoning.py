@@ -96,9 +96,11 @@ VARIANTS = {
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
     # twice the budget: PonderLM-2 K = 1 vs vanilla (3 seeds; seed 0 of PonderLM-2 K = 1 was a probe), K = 1 vs 2
-    # on the 3-hop queries (PonderLM-2, PonderLM v1)
+    # on the 3-hop queries (PonderLM-2, PonderLM v1), and the adaptive methods built on PonderLM-2's latent slots
     "n12-hops123": [("vanilla", 0, 0, "steps3000"), ("ponderlm2", 1, 1, "steps3000"), ("vanilla", 0, 1, "steps3000"),
                     ("ponderlm2", 1, 2, "steps3000"), ("vanilla", 0, 2, "steps3000"), ("ponderlm2", 2, 0, "steps3000"),
+                    ("ponderlm3", 2, 0, "steps3000"), ("latent_cot", 2, 0, "steps3000"),
+                    ("ponderlm2", 2, 1, "steps3000"), ("ponderlm2", 2, 2, "steps3000"),
                     ("ponderlm", 1, 0, "steps3000"), ("ponderlm", 2, 1, "steps3000"), ("ponderlm", 1, 1, "steps3000"),
                     ("ponderlm", 2, 2, "steps3000"), ("ponderlm", 1, 2, "steps3000"), ("ponderlm2", 1, 0, "steps3000"),
                     ("ponderlm", 2, 0, "steps3000")],
