@@ -86,6 +86,9 @@ class DecodeState:
     caches: list[SlotKVCache]
     next_position: torch.Tensor  # [B] long
     rows: RowState | None = None  # created on first use by per-slot methods (`PonderMethod.row_state`)
+    # Lockstep decoding collects the predicting state of each row here as its token completes and runs the LM
+    # head once per token (None: completing rows get their logits at once, as continuous batching needs).
+    readout: torch.Tensor | None = None
     # If a list, decode_token appends per-token slot hidden states [B, n_slots, D] (Jacobi RMSE, analyses).
     slot_trace: list[torch.Tensor] | None = None
     # Single-slot backbone calls made and batch rows they computed (tests count them to prove
@@ -306,7 +309,10 @@ class PonderMethod(nn.Module):
         row = state.rows
         logits = None
         if bool(done.any()):
-            logits = self.rows_logits(backbone, readout(), done)
+            if state.readout is not None:
+                state.readout = torch.where(done[:, None], readout().to(state.readout.dtype), state.readout)
+            else:
+                logits = self.rows_logits(backbone, readout(), done)
             state.next_position += done.long()
         going_on = row.busy & ~done
         row.depth = torch.where(going_on, row.depth + 1, row.depth)
@@ -333,10 +339,10 @@ class PonderMethod(nn.Module):
         """Consume one token per row (input_ids [B], valid [B] bool); return (logits [B,V], executed steps [B]).
 
         Fixed-depth methods override it with their own slot loop. For per-slot methods this is lockstep
-        decoding: every valid row starts its token, then `step_rows`
-        runs until all are complete, so step k runs (for the rows that need it) while any row does, and a
-        row whose token is complete is not computed. With `state.slot_trace` a list, it receives the slot
-        states [B, calls, D] of the token (zeros for rows that ran no slot in a call)."""
+        decoding: every valid row starts its token, then `step_rows` runs until all are complete, so step k
+        runs (for the rows that need it) while any row does, and a row whose token is complete is not
+        computed; the LM head runs once, on every row's predicting state. With `state.slot_trace` a list, it
+        receives the slot states [B, calls, D] of the token (zeros for rows that ran no slot in a call)."""
         if not self.supports_row_schedule:
             raise NotImplementedError
         row = self.row_state(backbone, state)
@@ -344,14 +350,16 @@ class PonderMethod(nn.Module):
             raise RuntimeError("decode_token needs every row between tokens (a per-row schedule is mid-token)")
         trace, calls = state.slot_trace, len(state.slot_trace) if state.slot_trace is not None else 0
         self.row_start(backbone, state, input_ids, valid)
-        logits = torch.zeros(valid.shape[0], backbone.lm_head.out_features, device=valid.device, dtype=backbone.dtype)
+        state.readout = row.inputs.new_zeros(row.inputs.shape)  # one LM-head call per token, after all rows
         steps = torch.zeros(valid.shape, device=valid.device)
-        while bool(row.busy.any()):
-            done, out, s = self.step_rows(backbone, state)
-            if out is not None:
-                logits = torch.where(done[:, None], out.to(logits.dtype), logits)
-            steps = torch.where(done, s.float(), steps)
-            row = state.rows
+        try:
+            while bool(row.busy.any()):
+                done, _, s = self.step_rows(backbone, state)
+                steps = torch.where(done, s.float(), steps)
+                row = state.rows
+            logits = backbone.head(state.readout)
+        finally:
+            state.readout = None
         if trace is not None:
             trace[calls:] = [torch.stack(trace[calls:], dim=1)]
         return logits, steps * valid
