@@ -92,6 +92,9 @@ VARIANTS = {
     "ramp200": ["model.halt_k_frac_ramp_steps=200"],  # AdaPonderLM: the bottom-k halting ramp ends inside the run
     "steps3000": ["train.steps=3000", "train.eval_every=3000"],  # twice the budget: does K = 2 learn 3 hops?
     "tau0": ["model.tau=0"],  # AdaPonderLM: no hard halting in training (gates stay soft); halt only at eval
+    # latent CoT at 3,000 steps: without the compute penalty, or without hard halting in training
+    "steps3000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.cot_lambda=0"],
+    "steps3000-tau0": ["train.steps=3000", "train.eval_every=3000", "model.tau=0"],
 }
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
@@ -100,7 +103,8 @@ EXTRA = {
     "n12-hops123": [("vanilla", 0, 0, "steps3000"), ("ponderlm2", 1, 1, "steps3000"), ("vanilla", 0, 1, "steps3000"),
                     ("ponderlm2", 1, 2, "steps3000"), ("vanilla", 0, 2, "steps3000"), ("ponderlm2", 2, 0, "steps3000"),
                     ("ponderlm3", 2, 0, "steps3000"), ("latent_cot", 2, 0, "steps3000"),
-                    ("ponderlm2", 2, 1, "steps3000"), ("ponderlm2", 2, 2, "steps3000"),
+                    ("ponderlm2", 2, 1, "steps3000"), ("latent_cot", 1, 0, "steps3000-lam0"),
+                    ("latent_cot", 1, 0, "steps3000-tau0"), ("ponderlm2", 2, 2, "steps3000"),
                     ("ponderlm", 1, 0, "steps3000"), ("ponderlm", 2, 1, "steps3000"), ("ponderlm", 1, 1, "steps3000"),
                     ("ponderlm", 2, 2, "steps3000"), ("ponderlm", 1, 2, "steps3000"), ("ponderlm2", 1, 0, "steps3000"),
                     ("ponderlm", 2, 0, "steps3000")],

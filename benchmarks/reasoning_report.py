@@ -114,7 +114,7 @@ def extra_md(rows: list[dict[str, Any]]) -> str:
     """The investigation runs (one recipe change each), aggregated like the main table."""
     diffs = sorted({d for r in rows for d in r["per_difficulty"]})
     lines = ["| method | K | variant | steps | seeds | accuracy % | multi-hop % | "
-             + " | ".join(f"{d}-hop %" for d in diffs) + " | train s |", "|" + "---|" * (7 + len(diffs))]
+             + " | ".join(f"{d}-hop %" for d in diffs) + " | train s |", "|" + "---|" * (8 + len(diffs))]
     for r in rows:
         cells = [r["method"], str(r["K"]), r["variant"], str(r["steps"]), str(len(r["seeds"])),
                  _fmt(*r["accuracy"]), _fmt(*r["multi_hop"])]
