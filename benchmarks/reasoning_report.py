@@ -2,7 +2,7 @@
 
 Reads every `runs/*/eval.json` under the work directory and writes into the docs directory:
 `summary.json` (per run and aggregated over seeds), `table.md` (the tables docs/REASONING.md quotes) and
-three figures: accuracy vs hop count per method (K = 3), executed steps vs hop count for the adaptive
+three figures: accuracy vs hop count per method (at its largest K), executed steps vs hop count for the adaptive
 methods, and accuracy on the hardest hop count vs K.
 """
 
@@ -128,7 +128,8 @@ def plots(rows: list[dict[str, Any]], docs: Path) -> list[Path]:
     from ponderlm.eval.plots import _figure, _save
 
     out = []
-    k3 = [r for r in rows if r["K"] in (0, 3)]
+    top = {r["method"]: r["K"] for r in sorted(rows, key=lambda r: r["K"])}  # each method at its largest K
+    k3 = [r for r in rows if r["K"] == top[r["method"]]]
     fig, (ax,) = _figure(width=6.5, height=4.5)
     for r in k3:
         ds = sorted(r["per_difficulty"])
