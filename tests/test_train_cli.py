@@ -72,6 +72,22 @@ def test_overrides_parse_and_apply():
     assert cfg.optim.warmup_steps is None
 
 
+def test_switching_the_method_drops_the_recipes_options_for_its_own_method():
+    """The quickstart recipe tunes PonderLM-3 (compute penalty, router init, tau); `model.method=...` must not
+    carry those into another method's run, while options given as overrides and shared keys still apply."""
+    quickstart = load_config(None, [])
+    model = quickstart.model
+    assert (model["method"], model["lambda_steps"], model["tau"]) == ("ponderlm3", 0.05, 3e-3)
+    same = load_config(None, ["model.max_steps=2"])  # the recipe's own method: its options stay
+    assert same.model["lambda_steps"] == 0.05 and same.model["router_init"] == "uniform"
+    other = load_config(None, ["model.method=adaponder", "model.halt_lambda=0.2"])
+    assert not {"lambda_steps", "router_init", "tau"} & set(other.model)
+    assert other.model["halt_lambda"] == 0.2 and other.model["hidden_size"] == quickstart.model["hidden_size"]
+    config = run_config.build_model_config(other)
+    assert config.tau == 1e-4 and config.lambda_steps == 0.0  # the documented defaults
+    assert load_config(None, ["model.method=latent_cot", "model.tau=0.01"]).model["tau"] == 0.01
+
+
 def test_override_errors():
     with pytest.raises(PonderError, match=r"train\.steps must be int, got 2\.5"):
         from_dict({}, ["train.steps=2.5"])

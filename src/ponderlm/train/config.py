@@ -280,10 +280,32 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Run
 
         for key in (*ARCHITECTURE_KEYS, "max_position_embeddings"):
             cfg.model.pop(key, None)
+    _drop_foreign_method_options(cfg, parsed)
     for key, value in parsed:
         _set(cfg, key, value, model_hints=model_hints)
     validate(cfg)
     return cfg
+
+
+# Decode options a recipe tunes for its own method (METHODS.md: thresholds and router bias of adaptive methods).
+DECODE_KEYS = ("tau", "alpha", "depth_policy", "depth_target", "depth_seed")
+
+
+def _drop_foreign_method_options(cfg: RunConfig, parsed: list[tuple[str, Any]]) -> None:
+    """When an override switches the recipe to another method, the recipe's options the new method does not have
+    (its method's `Options` fields) and its decode thresholds give way: they were chosen for the recipe's method
+    (e.g. the quickstart's PonderLM-3 compute penalty and tau), not for the new one. Overrides still apply."""
+    method = next((value for key, value in parsed if key == "model.method"), None)
+    recipe_method = cfg.model.get("method")
+    if method is None or recipe_method is None or method == recipe_method \
+            or recipe_method not in REGISTRY or method not in REGISTRY:
+        return
+
+    def options(name: str) -> set[str]:
+        return {f.name for f in dataclasses.fields(REGISTRY[name].Options)}
+
+    for key in (options(recipe_method) - options(method)) | set(DECODE_KEYS):
+        cfg.model.pop(key, None)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
