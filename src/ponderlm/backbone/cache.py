@@ -28,6 +28,7 @@ class SlotKVCache:
     # Attend over the whole batch (dummy queries for inactive rows) when at least this fraction of the
     # rows is active in a forward; below it, gather the active rows' K/V (see `reserve`).
     full_batch_attention_min_fraction = 1 / 3
+    _META = ("position", "depth", "depth_last", "bias")  # per-entry metadata tensors [B, capacity]
     def __init__(
         self,
         num_layers: int,
@@ -79,6 +80,11 @@ class SlotKVCache:
         self.bias = grow(self.bias, 1)
         self.capacity = capacity
 
+    def _reserve_capacity(self, length: int) -> None:
+        """Room for `length` entries, growing by doubling (amortised O(1) appends)."""
+        if length > self.capacity:
+            self._grow(max(2 * self.capacity, length))
+
     def nbytes(self) -> int:
         """Bytes of K/V actually holding entries (what early exit saves), not the preallocated capacity."""
         per_entry = 2 * self.num_layers * self.batch_size * self.num_kv_heads * self.head_dim
@@ -103,8 +109,7 @@ class SlotKVCache:
             raise RuntimeError("SlotKVCache: previous entries were reserved but never committed")
         count = position.shape[1]
         start = self.length
-        if start + count > self.capacity:
-            self._grow(max(2 * self.capacity, start + count))
+        self._reserve_capacity(start + count)
         end = start + count
         self.position[:, start:end] = position
         self.depth[:, start:end] = depth
@@ -152,14 +157,11 @@ class SlotKVCache:
     # ------------------------------------------------------------------ row surgery (a server's running batch)
     # Requests join and leave a running batch between backbone calls (`ponderlm.serve.rows`). Every operation
     # keeps each other row's visible entries and their order, so every mask predicate selects the same keys.
-    _META = ("position", "depth", "depth_last", "bias")
-
     def extend(self, length: int) -> None:
         """Grow to `length` entries; the new columns are invisible for every row."""
         if length <= self.length:
             return
-        if length > self.capacity:
-            self._grow(max(2 * self.capacity, length))
+        self._reserve_capacity(length)
         for name in self._META:
             getattr(self, name)[:, self.length:length] = NEG_INF if name == "bias" else 0
         self.length = length
@@ -220,7 +222,7 @@ class SlotKVCache:
             raise RuntimeError("SlotKVCache.reorder called between reserve() and commit()")
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
-        for name in ("position", "depth", "depth_last", "bias"):
+        for name in self._META:
             setattr(self, name, getattr(self, name).index_select(0, index))
 
     # ------------------------------------------------------------------ reading

@@ -356,7 +356,6 @@ class PonderMethod(nn.Module):
             while bool(row.busy.any()):
                 done, _, s = self.step_rows(backbone, state)
                 steps = torch.where(done, s.float(), steps)
-                row = state.rows
             logits = backbone.head(state.readout)
         finally:
             state.readout = None

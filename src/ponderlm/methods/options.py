@@ -39,7 +39,8 @@ class DecodeOptions:
     def replace(self, config, **overrides) -> DecodeOptions:
         """These options with `overrides` (None = keep), validated by the config's own rules."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(overrides) - {f.name for f in fields(self)} | ({"max_steps"} & set(overrides)))
+        overridable = {f.name for f in fields(self)} - {"max_steps"}
+        unknown = sorted(set(overrides) - overridable)
         if unknown:
             raise ValueError(f"unknown decoding option {unknown[0]!r}")
         if not overrides:
