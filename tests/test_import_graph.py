@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backbone",),
     ("flops",),  # cost-model vocabulary the methods build their cost models from
     ("methods",),
-    ("inference",),  # drivers over the method's per-slot policy: sequential, continuous, generate
+    ("inference",),  # drivers over the method's per-slot policy: sequential, generate
     ("modeling",),  # the Hugging Face model class: backbone + method + generate
     ("loading", "data"),
     ("eval", "train"),

@@ -75,9 +75,8 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
 
     Every token (prompt and new) is consumed by `decode_token` in lockstep across the batch, or, with
     `continuous` and a method that supports it, by the per-row slot schedule (continuous batching,
-    `ponderlm.inference.continuous`), each row greedily continuing its own text.
+    `PonderMethod.step_rows`), each row greedily continuing its own text.
     """
-    from ponderlm.inference import continuous as rows_schedule
     from ponderlm.inference.sequential import decode_options, new_state
     from ponderlm.methods.base import PonderMethod
 
@@ -88,11 +87,11 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
         valid = torch.ones(batch, dtype=torch.bool)
         steps = []
         start = time.perf_counter()
-        if continuous and rows_schedule.supports(model):
+        if continuous and model.method.supports_row_schedule:
             consumed = torch.zeros(batch, dtype=torch.long)
             model.method.row_start(model.backbone, state, prompt[:, 0], valid)
             while bool(state.rows.busy.any()):
-                done, logits, s = rows_schedule.run_row_slots(model, state)
+                done, logits, s = model.method.step_rows(model.backbone, state)
                 steps.append(s[done])
                 consumed += done.long()
                 more = done & (consumed < total)

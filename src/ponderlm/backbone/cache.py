@@ -155,7 +155,7 @@ class SlotKVCache:
         self._pending = None
 
     # ------------------------------------------------------------------ row surgery (a server's running batch)
-    # Requests join and leave a running batch between backbone calls (`ponderlm.serve.rows`). Every operation
+    # Requests join and leave a running batch between backbone calls (`DecodeState.splice_row` & co.). Every operation
     # keeps each other row's visible entries and their order, so every mask predicate selects the same keys.
     def extend(self, length: int) -> None:
         """Grow to `length` entries; the new columns are invisible for every row."""

@@ -23,35 +23,13 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.configuration_utils import GenerationMode
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
-from ponderlm.inference import continuous
 from ponderlm.inference.sequential import decode_options, new_state
 
 PONDER_OPTIONS = ("tau", "alpha", "depth_policy", "depth_target")
-
-
-def _logits_processors(cfg: GenerationConfig) -> LogitsProcessorList:
-    """The sampling processors of `cfg` (the serving scheduler's per-request subset of what `generate` builds)."""
-    procs = LogitsProcessorList()
-    if cfg.repetition_penalty is not None and cfg.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
-    if cfg.do_sample:
-        if cfg.temperature is not None and cfg.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(cfg.temperature))
-        if cfg.top_k is not None and cfg.top_k > 0:
-            procs.append(TopKLogitsWarper(cfg.top_k))
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            procs.append(TopPLogitsWarper(cfg.top_p))
-    return procs
 
 
 def _choose(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -234,9 +212,9 @@ def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, cri
     if beams:
         return _beam_search(model, state, input_ids, logits, prompt_steps, processors, criteria, cfg)
     has_eos = any(hasattr(c, "eos_token_id") for c in criteria)
-    per_row = (row_wise and batch > 1 and streamer is None and continuous.supports(model) and cfg.max_time is None
-               and not (cfg.return_dict_in_generate and (cfg.output_scores or cfg.output_logits))
-               and cfg.watermarking_config is None)
+    per_row = (row_wise and batch > 1 and streamer is None and model.method.supports_row_schedule
+               and cfg.max_time is None and cfg.watermarking_config is None
+               and not (cfg.return_dict_in_generate and (cfg.output_scores or cfg.output_logits)))
     if per_row:
         # Rows of different depths: continuous batching instead of the lockstep loop.
         sequences, new_steps = _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg,
@@ -288,7 +266,7 @@ def _sample(model, state, input_ids, logits, processors, criteria, cfg, has_eos,
 
 def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg, generator
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched generation with continuous batching (`ponderlm.inference.continuous`): each backbone call
+    """Batched generation with continuous batching (`PonderMethod.step_rows`): each backbone call
     advances every unfinished row by one slot of its own token, so rows at different depths never wait
     for each other. Processors and stopping criteria (row-wise ones only) run per row. Returns the padded
     sequences and the executed steps [B, new - 1] of each consumed new token."""
@@ -321,7 +299,7 @@ def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg
 
     start([(row, logits[row]) for row in range(batch)])
     while bool(open_rows.any()):
-        done, done_logits, steps = continuous.run_row_slots(model, state)
+        done, done_logits, steps = model.method.step_rows(model.backbone, state)
         finished = done.nonzero()[:, 0].tolist()
         for row in finished:
             rows_steps[row].append(float(steps[row]))

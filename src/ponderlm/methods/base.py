@@ -110,6 +110,49 @@ class DecodeState:
         if self.slot_trace is not None:
             self.slot_trace = [t.index_select(0, index) for t in self.slot_trace]
 
+    # Row surgery for a server batch: requests join and leave between backbone calls, each operation leaving every
+    # other row untouched (the caches do the tensor work). Attention only ever sees a row's own finite-bias entries
+    # in their order, so a spliced row decodes exactly as it would alone.
+    def splice_row(self, row: int, src: DecodeState, src_row: int = 0) -> None:
+        """Put row `src_row` of a prefilled state into row `row` (its entries at the row's start, any previous
+        content invisible), idle until its next token starts."""
+        for cache, src_cache in zip(self.caches, src.caches, strict=True):
+            cache.copy_row(row, src_cache, src_row)
+        self.next_position[row] = src.next_position[src_row]
+        self._set_idle(row)
+
+    def release_row(self, row: int) -> None:
+        """The row holds no request any more (finished or cancelled): its entries become invisible, it is idle."""
+        for cache in self.caches:
+            cache.hide_row(row)
+        self._set_idle(row)
+
+    def _set_idle(self, row: int) -> None:
+        if self.rows is not None:  # methods replace these tensors rather than writing in place; do the same
+            busy = self.rows.busy.clone()
+            busy[row] = False
+            self.rows.busy = busy
+
+    def grow_rows(self, batch: int, fresh_rows: RowState | None) -> None:
+        """Have `batch` rows (more than now); the new ones are empty and idle, their per-row state taken from
+        `fresh_rows` (the method's initial values for `batch` rows, not zeros: e.g. gates start at one)."""
+        old = self.next_position.shape[0]
+        for cache in self.caches:
+            cache.add_rows(batch)
+        position = self.next_position.new_zeros(batch)
+        position[:old] = self.next_position
+        self.next_position = position
+        if self.rows is not None:
+            for name, value in self.rows.tensors().items():
+                getattr(fresh_rows, name)[:old] = value
+            self.rows = fresh_rows
+
+    def compact(self) -> None:
+        """Drop invisible entries (each row keeps its visible ones, in order), so a server that never drains does
+        not attend over an ever-growing column count."""
+        for cache in self.caches:
+            cache.compact()
+
 
 def padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding: the t-th real token of a row gets position t (left or right padding)."""
@@ -270,6 +313,9 @@ class PonderMethod(nn.Module):
     # compute step 2 of its token while row c starts a new one (continuous batching). Lockstep decoding
     # (`decode_token`) is the same policy with every row starting together, so each algorithm is written
     # once. The per-row state is a typed `RowState` (a method-specific subclass) in `state.rows`.
+    # Why continuous batching: lockstep runs a token's step k whenever *any* row needs it, which saves FLOPs
+    # but not calls, and at small and medium sizes a call's fixed cost dominates. Decoupled rows need about
+    # T(1 + average steps) calls, and every cache entry belongs to its row (no invisible skipped-step entries).
     supports_row_schedule = False
 
     def new_rows(self, batch: int, device: torch.device, dtype: torch.dtype) -> RowState:

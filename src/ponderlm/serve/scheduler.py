@@ -2,8 +2,8 @@
 
 Requests wait in a bounded queue. Between backbone calls the engine admits waiting requests into
 free rows (each prompt prefilled alone by the method's own `prefill`, then spliced into the running
-batch, see `rows.py`), removes finished and cancelled ones, and advances every running row by one
-backbone call of the library's schedule: `continuous.run_row_slots` (one slot of each row's own
+batch, see `DecodeState.splice_row`), removes finished and cancelled ones, and advances every running row by one
+backbone call of the library's schedule: `step_rows` (one slot of each row's own
 token: real per-token early exit, skipped steps never computed) for methods with a per-row schedule,
 the method's `decode_token` (one token per running row) for the others. Rows with different
 `tau` / `alpha` cannot share a call (the threshold is read from the config), so each distinct pair
@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from ponderlm.inference import continuous
 from ponderlm.inference.sequential import decode_options, new_state
 from ponderlm.methods.options import DecodeOptions
 from ponderlm.methods.options import scope as options_scope
-from ponderlm.serve import rows as row_ops
 from ponderlm.serve.metrics import Metrics
 
 
@@ -115,7 +113,7 @@ class _Batch:
         if row is None:
             row = len(self.choices)
             size = min(self.max_batch, 2 * row)
-            row_ops.grow_rows(self.model, self.state, size)
+            self.state.grow_rows(size, self.model.method.new_rows(size, self.model.device, self.model.dtype))
             self.choices += [None] * (size - row)
         return row
 
@@ -140,7 +138,7 @@ class Engine:
         self.defaults = {"tau": model.config.tau if tau is None else tau,
                          "alpha": model.config.alpha if alpha is None else alpha}
         self.metrics = metrics or Metrics(model.config.max_steps)
-        self.row_schedule = continuous.supports(model)
+        self.row_schedule = model.method.supports_row_schedule
         self.device = next(model.parameters()).device
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -280,7 +278,7 @@ class Engine:
                 batch = self._batches[key] = _Batch(model, resolved, rows, self.max_batch)
             for c in range(req.n):
                 row = batch.free_row()
-                row_ops.splice_row(batch.state, row, state, src_row=i)
+                batch.state.splice_row(row, state, src_row=i)
                 choice = self._new_choice(req, c)
                 batch.choices[row] = choice
                 if self._sample(batch, row, choice, logits[i, -1], float(steps[i, -1])):
@@ -321,7 +319,7 @@ class Engine:
         try:
             with options_scope(self.model.config, batch.options):
                 if self.row_schedule:
-                    done, logits, steps = continuous.run_row_slots(model, state)
+                    done, logits, steps = model.method.step_rows(model.backbone, state)
                     finished = done.nonzero()[:, 0].tolist()
                 else:
                     running = torch.tensor([c is not None for c in batch.choices], device=self.device)
@@ -406,7 +404,7 @@ class Engine:
     def _release(self, batch: _Batch, row: int, outcome: str) -> None:
         req = batch.choices[row].req
         batch.choices[row] = None
-        row_ops.release_row(batch.state, row)
+        batch.state.release_row(row)
         batch.released = True
         req.open_choices -= 1
         if req.open_choices == 0:
@@ -446,7 +444,7 @@ class Engine:
                 cache = batch.state.caches[0]
                 longest = int(cache.visible_counts().max())
                 if cache.length > max(self.compact_min_entries, self.compact_ratio * longest):
-                    row_ops.compact(batch.state)
+                    batch.state.compact()
                     self.compactions += 1
 
 
