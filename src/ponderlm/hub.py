@@ -43,15 +43,11 @@ def flat_name(module: str) -> str:
     return BUNDLE_PREFIX + "__".join(module.split(".")[1:])
 
 
-def _package_dir() -> Path:
-    return Path(__file__).resolve().parent
-
-
 def _module_file(module: str) -> Path | None:
     """Source file of a ponderlm module or package (its __init__.py); None if `module` is not one."""
     if module != ROOT_PACKAGE and not module.startswith(ROOT_PACKAGE + "."):
         return None
-    path = _package_dir().joinpath(*module.split(".")[1:])
+    path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:])
     if (path / "__init__.py").is_file():
         return path / "__init__.py"
     if path.with_suffix(".py").is_file():
@@ -63,7 +59,7 @@ def _absolute(module: str, node: ast.ImportFrom) -> str | None:
     """The absolute module an ImportFrom names (relative imports resolved against `module`)."""
     if node.level == 0:
         return node.module
-    is_package = _module_file(module) is not None and _module_file(module).name == "__init__.py"
+    is_package = getattr(_module_file(module), "name", None) == "__init__.py"
     base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
     return ".".join(base + ([node.module] if node.module else []))
 
@@ -212,28 +208,18 @@ def update_json(path: Path, **values: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- metadata
-def special_token_ids(tokenizer) -> dict[str, int | None]:
-    """bos / eos / pad ids of `tokenizer` (pad falls back to eos, as generation needs one)."""
+def complete_checkpoint(directory: str | Path, model, tokenizer, card: dict[str, Any] | None = None) -> None:
+    """Finish a `save_pretrained` directory for Hugging Face users: special token ids in config.json and
+    generation_config.json, a left-padding tokenizer (batched generation appends on the right), a model card.
+    The ids are set on the model's configs in memory too; bos and pad fall back to eos, as generation needs them."""
+    directory = Path(directory)
     eos = tokenizer.eos_token_id
-    return {"bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
-            "eos_token_id": eos,
-            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
-
-
-def set_token_ids(model, tokenizer) -> dict[str, int | None]:
-    """Copy the tokenizer's special ids into the model config and generation config (in memory)."""
-    ids = special_token_ids(tokenizer)
+    ids = {"bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+           "eos_token_id": eos,
+           "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
     for key, value in ids.items():
         setattr(model.config, key, value)
         setattr(model.generation_config, key, value)
-    return ids
-
-
-def complete_checkpoint(directory: str | Path, model, tokenizer, card: dict[str, Any] | None = None) -> None:
-    """Finish a `save_pretrained` directory for Hugging Face users: special token ids in config.json and
-    generation_config.json, a left-padding tokenizer (batched generation appends on the right), a model card."""
-    directory = Path(directory)
-    ids = set_token_ids(model, tokenizer)
     update_json(directory / "config.json", **ids)
     gen_path = directory / "generation_config.json"
     if gen_path.is_file():
