@@ -8,13 +8,14 @@ model's `save_pretrained` directory can carry it. `<|endoftext|>` (id 0) is eos,
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ponderlm.data.corpus import Source, resolve_inputs
 from ponderlm.errors import PonderError
+from ponderlm.hub import update_json
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 EOT = "<|endoftext|>"
@@ -65,17 +66,11 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    n_docs = 0
-
-    def counted() -> Iterator[str]:
-        nonlocal n_docs
-        for text in _training_texts(sources):
-            n_docs += 1
-            yield text
-
-    tok.train_from_iterator(counted(), trainer=trainer)
-    if n_docs == 0:
+    texts = _training_texts(sources)
+    first = next(texts, None)
+    if first is None:
         raise PonderError("no documents to train the tokenizer on: inputs are empty or whitespace only")
+    tok.train_from_iterator(itertools.chain([first], texts), trainer=trainer)
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=None, model_max_length=1 << 30
@@ -83,10 +78,7 @@ def train_tokenizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))
     # transformers 5 writes its new class name; the old one loads the same file in 4.x and 5.x alike.
-    config_path = out_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    update_json(out_dir / "tokenizer_config.json", tokenizer_class="PreTrainedTokenizerFast")
     return out_dir
 
 
