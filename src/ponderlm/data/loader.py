@@ -11,6 +11,7 @@ slice of `batch_size`, so the union over ranks does not depend on how the global
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -64,9 +65,7 @@ class TokenStream:
             if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
                 raise PonderError(f"shard {path} is missing or has the wrong size; re-run `ponderlm data prepare`")
             self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
-        self.starts = [0]
-        for shard in self.shards:
-            self.starts.append(self.starts[-1] + len(shard))
+        self.starts = list(itertools.accumulate((len(shard) for shard in self.shards), initial=0))
         self.num_tokens = self.starts[-1]
 
     def read(self, start: int, length: int) -> np.ndarray:
@@ -142,16 +141,11 @@ class TokenLoader:
     def next_labeled_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels), each [batch_size, seq_len]. Without a loss mask `labels is inputs`; with one,
         labels are the inputs with -100 wherever the mask is 0 (only answer tokens are targets)."""
-        first = self.epoch * self.num_windows + self.position + self.rank * self.batch_size
+        done = self.epoch * self.num_windows + self.position  # windows the whole world has consumed
+        first = done + self.rank * self.batch_size
         starts = [self._window_start(first + i) for i in range(self.batch_size)]
-        self.epoch, self.position = divmod(
-            self.epoch * self.num_windows + self.position + self.batch_size * self.world_size, self.num_windows
-        )
-        x = torch.from_numpy(np.stack([self.stream.read(s, self.seq_len) for s in starts]))
-        if self.mask is None:
-            return x, x
-        keep = torch.from_numpy(np.stack([self.mask.read(s, self.seq_len) for s in starts])) != 0
-        return x, x.masked_fill(~keep, -100)
+        self.epoch, self.position = divmod(done + self.batch_size * self.world_size, self.num_windows)
+        return _labeled_windows(self.stream, self.mask, starts, self.seq_len)
 
     def state_dict(self) -> dict:
         """Plain ints. `position` counts windows of the epoch consumed by all ranks together."""
@@ -182,15 +176,18 @@ def iter_eval_batches(
     for b, first in enumerate(range(0, n, batch_size)):
         if max_batches is not None and b >= max_batches:
             return
-        count = min(batch_size, n - first)
-        x = torch.from_numpy(stream.read(first * seq_len, count * seq_len).reshape(count, seq_len))
-        if not labels:
-            yield x
-        elif mask is None:
-            yield x, x
-        else:
-            keep = torch.from_numpy(mask.read(first * seq_len, count * seq_len).reshape(count, seq_len)) != 0
-            yield x, x.masked_fill(~keep, -100)
+        starts = range(first * seq_len, min(first + batch_size, n) * seq_len, seq_len)
+        x, y = _labeled_windows(stream, mask, starts, seq_len)
+        yield (x, y) if labels else x
+
+
+def _labeled_windows(stream: TokenStream, mask: TokenStream | None, starts, seq_len: int):
+    """(inputs, labels) of the windows at `starts`, each [len(starts), seq_len], as `next_labeled_batch` says."""
+    x = torch.from_numpy(np.stack([stream.read(s, seq_len) for s in starts]))
+    if mask is None:
+        return x, x
+    keep = torch.from_numpy(np.stack([mask.read(s, seq_len) for s in starts])) != 0
+    return x, x.masked_fill(~keep, -100)
 
 
 def check_example_len(meta: dict, seq_len: int) -> None:
