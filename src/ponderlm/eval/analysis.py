@@ -22,6 +22,7 @@ import torch
 
 from ponderlm.errors import PonderError
 from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
+from ponderlm.eval.reasoning import spearman as reasoning_spearman
 from ponderlm.registry import method_names
 
 # RMSE below this (relative to the initial error, at least 1) is float32 round-off, not Jacobi error.
@@ -56,6 +57,11 @@ def _check_depth(stats: TokenStats, k: int) -> None:
         raise PonderError(f"forcing depth {k} did not give every token {k} steps (got mean {stats.steps.mean():.3f})")
 
 
+def _mean(values: np.ndarray, sel: np.ndarray, empty: float | None = float("nan")) -> float | None:
+    """Mean of `values` over the boolean selection `sel`; `empty` when nothing is selected."""
+    return float(values[sel].mean()) if sel.any() else empty
+
+
 def difficulty_buckets(difficulty: np.ndarray, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
     """Quantile edges and bucket index per token (bucket 0 = easiest)."""
     if num_buckets < 1:
@@ -66,16 +72,9 @@ def difficulty_buckets(difficulty: np.ndarray, num_buckets: int) -> tuple[np.nda
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation with average ranks for ties (steps are integers: many ties)."""
-    def ranks(x: np.ndarray) -> np.ndarray:
-        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        return (starts + (counts - 1) / 2.0)[inverse]
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """`reasoning.spearman`, with 0.0 where it is undefined (a constant side)."""
+    rho = reasoning_spearman(a, b)
+    return 0.0 if rho is None else rho
 
 
 # ------------------------------------------------------------------ difficulty
@@ -92,13 +91,11 @@ def difficulty_analysis(
     difficulty = base.nll
     edges, bucket = difficulty_buckets(difficulty, num_buckets)
     nll_by_depth: dict[int, np.ndarray] = {0: base.nll}
-    mask_by_depth: dict[int, np.ndarray] = {0: np.ones_like(base.nll, dtype=bool)}
-    source = {0: "exact"}
     for k in range(1, K + 1):
         stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=progress,
                                     desc=f"depth {k}")
         _check_depth(stats, k)
-        nll_by_depth[k], mask_by_depth[k], source[k] = stats.nll, np.ones_like(stats.nll, dtype=bool), "exact"
+        nll_by_depth[k] = stats.nll
     learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
                                   if model.config.method_class.adaptive else settings,
                                   progress=progress, desc="learned depth")
@@ -106,23 +103,19 @@ def difficulty_analysis(
     buckets = []
     for b in range(num_buckets):
         in_b = bucket == b
-        gains, counts = {}, {}
-        for k in nll_by_depth:
-            sel = in_b & mask_by_depth[k]
-            counts[str(k)] = int(sel.sum())
-            gains[str(k)] = float((difficulty[sel] - nll_by_depth[k][sel]).mean()) if sel.any() else None
         buckets.append({
             "bucket": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "tokens": int(in_b.sum()),
-            "mean_difficulty": float(difficulty[in_b].mean()) if in_b.any() else float("nan"),
-            "gain_by_depth": gains, "count_by_depth": counts,
-            "learned_steps_mean": float(learned.steps[in_b].mean()) if in_b.any() else float("nan"),
+            "mean_difficulty": _mean(difficulty, in_b),
+            "gain_by_depth": {str(k): _mean(difficulty - nll, in_b, None) for k, nll in nll_by_depth.items()},
+            "count_by_depth": {str(k): int(in_b.sum()) for k in nll_by_depth},
+            "learned_steps_mean": _mean(learned.steps, in_b),
             "learned_steps_std": float(learned.steps[in_b].std()) if in_b.any() else float("nan"),
-            "learned_nll_mean": float(learned.nll[in_b].mean()) if in_b.any() else float("nan"),
+            "learned_nll_mean": _mean(learned.nll, in_b),
         })
     return {
         "analysis": "difficulty", "method": model.config.method, "max_steps": K, "tokens": int(difficulty.size),
         "difficulty": "NLL of the next token with 0 additional steps (nats)",
-        "depths": list(range(K + 1)), "depth_source": {str(k): v for k, v in source.items()},
+        "depths": list(range(K + 1)), "depth_source": {str(k): "exact" for k in nll_by_depth},
         "learned_avg_steps": learned.avg_steps, "learned_loss": learned.loss, "zero_step_loss": base.loss,
         "spearman_difficulty_steps": spearman(difficulty, learned.steps),
         "buckets": buckets,
@@ -143,18 +136,13 @@ def alpha_analysis(
     difficulty = zero_step_stats(model, batches, progress).nll
     median = float(np.median(difficulty))
     subsets = {"easy": difficulty <= median, "hard": difficulty > median}
-    runs = {}
-    for a in alphas:
-        runs[a] = collect_token_stats(model, batches, replace(settings, alpha=a, depth_policy="learned"),
-                                      progress=progress, desc=f"alpha {a:g}")
-    out: dict[str, list[dict[str, float]]] = {}
+    runs = {a: collect_token_stats(model, batches, replace(settings, alpha=a, depth_policy="learned"),
+                                   progress=progress, desc=f"alpha {a:g}") for a in alphas}
+    out = {}
     for name, sel in subsets.items():
-        ref = float(runs[0.0].nll[sel].mean()) if sel.any() else float("nan")
-        out[name] = [{
-            "alpha": a, "loss": float(r.nll[sel].mean()) if sel.any() else float("nan"),
-            "delta_loss": (float(r.nll[sel].mean()) - ref) if sel.any() else float("nan"),
-            "avg_steps": float(r.steps[sel].mean()) if sel.any() else float("nan"),
-        } for a, r in runs.items()]
+        ref = _mean(runs[0.0].nll, sel)
+        out[name] = [{"alpha": a, "loss": _mean(r.nll, sel), "delta_loss": _mean(r.nll, sel) - ref,
+                      "avg_steps": _mean(r.steps, sel)} for a, r in runs.items()]
     return {
         "analysis": "alpha", "method": method, "max_steps": model.config.max_steps,
         "tokens": int(difficulty.size), "median_difficulty": median,

@@ -14,13 +14,13 @@ x = average executed additional steps per token, y = perplexity.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import DecodeSettings, applied, collect_token_stats, flops_ratio
+from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats, in_force
 
 DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
 DEFAULT_TAUS = (1e-4, 0.05, 0.2, 0.4, 0.6, 0.8)
@@ -68,12 +68,10 @@ def sweep_model(
     points: list[ParetoPoint] = []
 
     def run(settings: DecodeSettings, curve: str, policy: str, desc: str) -> ParetoPoint:
-        settings = DecodeSettings(**{**asdict(settings), "jacobi_iters": jacobi_iters})
+        settings = replace(settings, jacobi_iters=jacobi_iters)
         stats = collect_token_stats(model, batches, settings, progress=progress, desc=desc)
-        with applied(model, settings) as opts:  # the options actually in force
-            ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
-            alpha = opts.alpha if cls.uses_alpha else None
-            tau = opts.tau if cls.adaptive else None
+        opts, ratio = in_force(model, settings, seq_len, stats.avg_steps)
+        alpha, tau = opts["alpha"] if cls.uses_alpha else None, opts["tau"] if cls.adaptive else None
         return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy, alpha=alpha, tau=tau,
                            depth_target=settings.depth_target, avg_steps=stats.avg_steps, ppl=stats.ppl,
                            loss=stats.loss, flops_ratio=ratio, tokens=int(stats.nll.size))

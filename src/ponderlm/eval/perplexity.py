@@ -12,9 +12,11 @@ target, but its steps are compute all the same, so averages of steps run over ev
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,23 +147,18 @@ def check_settings(config, settings: DecodeSettings) -> list[str]:
     return notes
 
 
-class applied:
-    """Context manager: `decode_options` with config validation errors turned into one-line user errors; gives
-    the `DecodeOptions` in force (the config keeps its saved values)."""
+@contextmanager
+def applied(model, settings: DecodeSettings) -> Iterator[Any]:
+    """`decode_options` with config validation errors turned into one-line user errors; gives the
+    `DecodeOptions` in force (the config keeps its saved values)."""
+    from ponderlm.inference import decode_options
 
-    def __init__(self, model, settings: DecodeSettings) -> None:
-        from ponderlm.inference import decode_options
-
-        self._ctx = decode_options(model, **settings.options())
-
-    def __enter__(self) -> Any:
+    with ExitStack() as stack:
         try:
-            return self._ctx.__enter__()
+            opts = stack.enter_context(decode_options(model, **settings.options()))
         except ValueError as exc:
             raise PonderError(str(exc)) from None
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
+        yield opts
 
 
 # ------------------------------------------------------------------ per-token statistics
@@ -192,19 +189,15 @@ class TokenStats:
 
 
 @torch.no_grad()
-def collect_token_stats(
-    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
-    progress: bool = True, desc: str = "eval",
-) -> TokenStats:
-    """Eval-mode forward of every batch under `settings`; per-token NLL and executed steps."""
-    import time
-
+def eval_forwards(
+    model, batches: Iterable[torch.Tensor], settings: DecodeSettings, *, progress: bool, desc: str,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Eval-mode forward of every batch under `settings`: (input_ids on the model's device, logits [B,T,V],
+    executed steps [B,T] as float, zeros for a method without per-token steps) per batch; the model's
+    train / eval mode is restored afterwards."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    nlls, steps, tokens, windows = [], [], [], []
-    total_steps, positions, offset = 0.0, 0, 0
-    start = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
@@ -212,19 +205,32 @@ def collect_token_stats(
             for x in tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
                 x = x.to(device)
                 out = model(input_ids=x)
-                logits = out.logits[:, :-1].float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-                step = out.executed_steps
-                step = torch.zeros(x.shape, device=device) if step is None else step.float()
-                nlls.append(nll.cpu().reshape(-1))
-                steps.append(step[:, :-1].cpu().reshape(-1))
-                tokens.append(x[:, :-1].cpu().reshape(-1))
-                windows.append((torch.arange(x.shape[0])[:, None] + offset).expand(-1, x.shape[1] - 1).reshape(-1))
-                total_steps += float(step.sum())
-                positions += x.numel()
-                offset += x.shape[0]
+                steps = out.executed_steps
+                yield x, out.logits, torch.zeros(x.shape, device=device) if steps is None else steps.float()
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def collect_token_stats(
+    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
+    progress: bool = True, desc: str = "eval",
+) -> TokenStats:
+    """Eval-mode forward of every batch under `settings`; per-token NLL and executed steps."""
+    import time
+
+    nlls, steps, tokens, windows = [], [], [], []
+    total_steps, positions, offset = 0.0, 0, 0
+    start = time.perf_counter()
+    for x, logits, step in eval_forwards(model, batches, settings, progress=progress, desc=desc):
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
+        nlls.append(nll.cpu().reshape(-1))
+        steps.append(step[:, :-1].cpu().reshape(-1))
+        tokens.append(x[:, :-1].cpu().reshape(-1))
+        windows.append((torch.arange(x.shape[0])[:, None] + offset).expand(-1, x.shape[1] - 1).reshape(-1))
+        total_steps += float(step.sum())
+        positions += x.numel()
+        offset += x.shape[0]
     if not nlls:
         raise PonderError("no evaluation batches")
     return TokenStats(
@@ -235,9 +241,6 @@ def collect_token_stats(
 
 
 # ------------------------------------------------------------------ FLOPs
-_FLOPS_NOTE: list[str] = []
-
-
 def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
     """Decode forward FLOPs per token relative to vanilla (`forward_ratio` of `ponderlm.flops.flops`) at the
     measured average steps; None (said on stderr, once) if the method's cost model cannot cost this configuration:
@@ -251,10 +254,17 @@ def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
         return None
 
 
+def in_force(model, settings: DecodeSettings, seq_len: int, avg_steps: float) -> tuple[dict[str, Any], float | None]:
+    """What a result reports: the decoding options actually in force under `settings` (including the checkpoint's
+    own values), and `flops_ratio` at `avg_steps` under them."""
+    with applied(model, settings) as opts:
+        return ({key: getattr(opts, key) for key in AS_SAVED.options()},
+                flops_ratio(model.config, seq_len, avg_steps))
+
+
+@functools.cache  # once per distinct message
 def _note_once(message: str) -> None:
-    if message not in _FLOPS_NOTE:
-        _FLOPS_NOTE.append(message)
-        print(f"note: {message}", file=sys.stderr)
+    print(f"note: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ perplexity
@@ -284,11 +294,7 @@ def perplexity(
         print(f"note: {note}", file=sys.stderr)
     stats = collect_token_stats(model, batches, settings, progress=progress, desc="ppl")
     seq_len = int(batches[0].shape[1])
-    effective = {k: v for k, v in settings.options().items() if v is not None}
-    with applied(model, settings) as opts:  # report what was actually in force, including the checkpoint's own
-        effective.update(tau=opts.tau, alpha=opts.alpha, depth_policy=opts.depth_policy,
-                         depth_target=opts.depth_target, jacobi_iters_eval=opts.jacobi_iters_eval)
-        ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
+    effective, ratio = in_force(model, settings, seq_len, stats.avg_steps)
     return PerplexityResult(
         ppl=stats.ppl, loss=stats.loss, avg_steps=stats.avg_steps, flops_ratio=ratio, tokens=int(stats.nll.size),
         method=model.config.method, max_steps=model.config.max_steps, seq_len=seq_len,

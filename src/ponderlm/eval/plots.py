@@ -61,11 +61,7 @@ def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
         xs = [k for k, g in zip(depths, gains) if g is not None]
         ys = [g for g in gains if g is not None]
         ax_a.plot(xs, ys, "-o", label=labels[bucket["bucket"]])
-    estimated = [k for k in depths if result["depth_source"].get(str(k)) == "random_depth"]
-    title = "(a) CE gain vs executed steps"
-    if estimated:
-        title += f"\n(steps {', '.join(map(str, estimated))}: tokens at that depth under random depths)"
-    ax_a.set_title(title, fontsize=9)
+    ax_a.set_title("(a) CE gain vs executed steps", fontsize=9)
     ax_a.set_xlabel("executed additional steps")
     ax_a.set_ylabel("CE gain over 0 steps (nats)")
     ax_a.axhline(0.0, color="grey", lw=0.8)

@@ -10,7 +10,6 @@ eval forward under the decoding options (tau, alpha, fixed pruning, Jacobi sweep
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -21,31 +20,25 @@ import numpy as np
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, applied, check_settings, flops_ratio
+from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, check_settings, eval_forwards, in_force
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
-    """Spearman rank correlation with average ranks for ties; None when either side is constant."""
+    """Spearman rank correlation with average ranks for ties (steps are integers: many ties); None when either
+    side is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size != y.size:
         raise ValueError(f"spearman needs equal lengths, got {x.size} and {y.size}")
-    if x.size < 2:
-        return None
     rx, ry = _average_ranks(x), _average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return None if denom == 0 else float((rx * ry).sum() / denom)
+    if x.size < 2 or rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def _average_ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="mergesort")
-    sorted_v = v[order]
-    ranks = np.empty(v.size, dtype=np.float64)
-    starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
-    ends = np.r_[starts[1:], v.size]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e - 1) / 2.0 + 1.0
-    return ranks
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse]
 
 
 def score_answers(correct: np.ndarray, difficulty: np.ndarray, steps: np.ndarray,
@@ -80,8 +73,6 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
     """Score a model on a synthetic split; returns the JSON-ready result (see docs/REASONING.md).
 
     With `tokenizer` (the one saved with the model) a set written with another vocabulary is refused."""
-    from tqdm.auto import tqdm
-
     from ponderlm.data.synth import read_split
 
     for note in check_settings(model.config, settings):
@@ -103,27 +94,15 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
     if L > model.config.max_position_embeddings:
         raise PonderError(f"examples have {L} tokens, more than the model's max_position_embeddings "
                           f"({model.config.max_position_embeddings})")
-    device = next(model.parameters()).device
     preds, steps_all = [], []
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with applied(model, settings) as opts:
-            for i in tqdm(range(0, len(data.tokens), batch_size), desc="reasoning", unit="batch",
-                          disable=not progress, file=sys.stderr, leave=False):
-                x = torch.from_numpy(data.tokens[i: i + batch_size]).to(device)
-                out = model(input_ids=x)
-                preds.append(out.logits.argmax(-1).cpu())
-                st = out.executed_steps
-                steps_all.append(torch.zeros(x.shape) if st is None else st.float().cpu())
-            effective = {"tau": opts.tau, "alpha": opts.alpha, "depth_policy": opts.depth_policy,
-                         "depth_target": opts.depth_target, "jacobi_iters_eval": opts.jacobi_iters_eval}
-            pred = torch.cat(preds).numpy()
-            steps = torch.cat(steps_all).double().numpy()
-            ratio = flops_ratio(model.config, L, float(steps.mean()))
-    finally:
-        model.train(was_training)
+    batches = torch.from_numpy(data.tokens).split(batch_size)
+    for _, logits, st in eval_forwards(model, batches, settings, progress=progress, desc="reasoning"):
+        preds.append(logits.argmax(-1).cpu())
+        steps_all.append(st.cpu())
+    pred = torch.cat(preds).numpy()
+    steps = torch.cat(steps_all).double().numpy()
+    effective, ratio = in_force(model, settings, L, float(steps.mean()))
     ex, pos = np.nonzero(data.mask)  # answer tokens; each is predicted at pos - 1
     if (pos == 0).any():
         raise PonderError("an answer token sits at position 0 of an example; the set is malformed")
