@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,10 +29,6 @@ DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_SHARD_TOKENS = 100_000_000
 _BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
 SPLITS = ("train", "val")
-
-
-def default_num_proc() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def resolve_dtype(dtype: str, vocab_size: int) -> np.dtype:
@@ -84,14 +80,14 @@ class ShardWriter:
 _worker_tokenizer = None
 
 
-def _init_worker(tokenizer_json: str | None, tokenizer_obj) -> None:
+def _init_worker(tokenizer) -> None:
+    """`tokenizer` is a `tokenizers.Tokenizer` as its JSON string (rebuilt here), or a slow tokenizer."""
     global _worker_tokenizer
-    if tokenizer_json is not None:
+    if isinstance(tokenizer, str):
         from tokenizers import Tokenizer
 
-        _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
-    else:
-        _worker_tokenizer = tokenizer_obj
+        tokenizer = Tokenizer.from_str(tokenizer)
+    _worker_tokenizer = tokenizer
 
 
 def _encode(texts: list[str], tokenizer, eos_id: int) -> np.ndarray:
@@ -133,7 +129,7 @@ def _tokenize_ordered(batches, tokenizer, eos_id: int, num_proc: int) -> Iterato
         for split, texts in batches:
             yield split, len(texts), _encode(texts, backend or tokenizer, eos_id)
         return
-    init = (backend.to_str(), None) if backend is not None else (None, tokenizer)
+    init = (backend.to_str() if backend is not None else tokenizer,)
     # Workers each get one thread: the parallelism is across processes, and tokenizers' own thread
     # pool does not survive fork.
     old = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -163,16 +159,10 @@ def _count_documents(sources: list[Source]) -> tuple[list[int], list[int], list[
     """First pass: (unsplit documents, fixed-split documents, file stats) per source; refuses binary files."""
     unsplit, fixed, stats = [], [], []
     for source in sources:
-        file_stats: list[FileStats] = []
-        n_unsplit = n_fixed = 0
-        for split, _ in source.documents(file_stats):
-            if split is None:
-                n_unsplit += 1
-            else:
-                n_fixed += 1
-        unsplit.append(n_unsplit)
-        fixed.append(n_fixed)
-        stats.append(file_stats)
+        stats.append([])
+        counts = Counter(split is None for split, _ in source.documents(stats[-1]))
+        unsplit.append(counts[True])
+        fixed.append(counts[False])
     return unsplit, fixed, stats
 
 
@@ -292,7 +282,7 @@ def prepare_data(
         raise PonderError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
         raise PonderError(f"shard_tokens must be positive, got {shard_tokens}")
-    num_proc = default_num_proc() if num_proc is None else max(1, int(num_proc))
+    num_proc = min(8, os.cpu_count() or 1) if num_proc is None else max(1, int(num_proc))
     frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     out_dir = Path(out_dir)
     # Everything that can be checked without reading the data is checked before anything is written.
