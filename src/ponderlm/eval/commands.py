@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,9 @@ def float_list(text: str) -> list[float]:
 
 
 def _model_arg(p: argparse.ArgumentParser, multiple: bool = False) -> None:
-    help_text = "a saved model directory, or a run directory (its final/ is used)"
-    if multiple:
-        p.add_argument("--model", action="append", required=True, metavar="DIR", help=help_text + "; repeatable")
-    else:
-        p.add_argument("--model", required=True, metavar="DIR", help=help_text)
+    p.add_argument("--model", action="append" if multiple else "store", required=True, metavar="DIR",
+                   help="a saved model directory, or a run directory (its final/ is used)"
+                        + ("; repeatable" if multiple else ""))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -64,13 +63,23 @@ def _decode_args(p: argparse.ArgumentParser, depth: bool = True) -> None:
                    "jacobi_iters_eval; ponderlm2/ponderlm3 only)")
 
 
+def _analysis_parser(sub: argparse._SubParsersAction, name: str, func, help: str, description: str | None = None,
+                     max_batches: int = 16, seq_len: int | None = None) -> argparse.ArgumentParser:
+    """`ponderlm analyze NAME`: one --model, held-out data, --out results/NAME."""
+    p = sub.add_parser(name, help=help, description=description)
+    _model_arg(p)
+    _data_args(p, max_batches, seq_len)
+    p.add_argument("--out", default=f"results/{name}", metavar="DIR",
+                   help=f"output directory for the JSON and plot (default results/{name})")
+    p.set_defaults(func=func)
+    return p
+
+
 def _settings(args: argparse.Namespace):
+    """The `DecodeSettings` a command's decoding options give (an option the command lacks: the checkpoint's)."""
     from ponderlm.eval.perplexity import DecodeSettings
 
-    return DecodeSettings(tau=getattr(args, "tau", None), alpha=getattr(args, "alpha", None),
-                          depth_policy=getattr(args, "depth_policy", None),
-                          depth_target=getattr(args, "depth_target", None),
-                          jacobi_iters=getattr(args, "jacobi_iters", None))
+    return DecodeSettings(**{f.name: getattr(args, f.name, None) for f in fields(DecodeSettings)})
 
 
 def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, list]:
@@ -91,6 +100,17 @@ def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, 
     batches = eval_batches(args.data, tokenizer, split=args.split, seq_len=seq_len, batch_size=args.batch_size,
                            max_batches=args.max_batches)
     return model, tokenizer, batches
+
+
+def _names(paths: list[str]) -> list[str]:
+    """A label per --model: the run's name, with `#i` added when an earlier model has the same one."""
+    from ponderlm.eval.perplexity import model_name
+
+    names: list[str] = []
+    for i, path in enumerate(paths):
+        name = model_name(path)
+        names.append(f"{name}#{i + 1}" if name in names else name)
+    return names
 
 
 def _write_json(data: dict[str, Any], path: Path) -> Path:
@@ -150,50 +170,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     an = subparsers.add_parser("analyze", help="where pondering compute goes: difficulty, alpha, gates, jacobi")
     an_sub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True)
-    p = an_sub.add_parser("difficulty", help="CE gain per difficulty bucket vs steps; difficulty vs learned steps",
-                          description="Difficulty = NLL with 0 additional steps. Plots (a) the CE gain per difficulty "
-                                      "bucket at each forced number of steps and (b) mean learned steps per bucket.")
-    _model_arg(p)
-    _data_args(p, max_batches=16)
+    p = _analysis_parser(an_sub, "difficulty", cmd_difficulty,
+                         help="CE gain per difficulty bucket vs steps; difficulty vs learned steps",
+                         description="Difficulty = NLL with 0 additional steps. Plots (a) the CE gain per difficulty "
+                                     "bucket at each forced number of steps and (b) mean learned steps per bucket.")
     _decode_args(p, depth=False)
     p.add_argument("--buckets", type=int, default=5, metavar="N", help="difficulty quantile buckets (default 5)")
-    p.add_argument("--out", default="results/difficulty", metavar="DIR",
-                   help="output directory for the JSON and plot (default results/difficulty)")
-    p.set_defaults(func=cmd_difficulty)
 
-    p = an_sub.add_parser("alpha", help="alpha sweep: Δloss vs induced steps on easy and hard tokens (PonderLM-3)",
-                          description="Split tokens into easy / hard halves by 0-step NLL, sweep the router bias alpha "
-                                      "and plot each half's loss change relative to alpha = 0 against its avg steps.")
-    _model_arg(p)
-    _data_args(p, max_batches=16)
+    p = _analysis_parser(an_sub, "alpha", cmd_alpha,
+                         help="alpha sweep: Δloss vs induced steps on easy and hard tokens (PonderLM-3)",
+                         description="Split tokens into easy / hard halves by 0-step NLL, sweep the router bias alpha "
+                                     "and plot each half's loss change relative to alpha = 0 against its avg steps.")
     p.add_argument("--alpha", type=float_list, default=[-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0], metavar="LIST",
                    help="alphas (0 is always added; default -4,-2,-1,0,1,2,4)")
     p.add_argument("--tau", type=float, metavar="T", help="threshold (default: the checkpoint's)")
     p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
-    p.add_argument("--out", default="results/alpha", metavar="DIR",
-                   help="output directory for the JSON and plot (default results/alpha)")
-    p.set_defaults(func=cmd_alpha)
 
-    p = an_sub.add_parser("gates", help="NLL by executed steps and most / least pondered tokens (halting methods)")
-    _model_arg(p)
-    _data_args(p, max_batches=16)
+    p = _analysis_parser(an_sub, "gates", cmd_gates,
+                         help="NLL by executed steps and most / least pondered tokens (halting methods)")
     _decode_args(p, depth=False)
     p.add_argument("--top", type=int, default=20, metavar="N", help="tokens listed at each end (default 20)")
     p.add_argument("--min-count", type=int, default=5, metavar="N", help="min occurrences of a listed token")
-    p.add_argument("--out", default="results/gates", metavar="DIR",
-                   help="output directory for the JSON and plot (default results/gates)")
-    p.set_defaults(func=cmd_gates)
 
-    p = an_sub.add_parser("jacobi", help="Jacobi convergence: RMSE to the sequential solution per sweep",
-                          description="RMSE of the slot hidden states of the parallel Jacobi solve to token-by-token "
-                                      "decoding after each sweep (ponderlm2, ponderlm3).")
-    _model_arg(p)
-    _data_args(p, max_batches=1, seq_len=64)
+    p = _analysis_parser(an_sub, "jacobi", cmd_jacobi,
+                         help="Jacobi convergence: RMSE to the sequential solution per sweep",
+                         description="RMSE of the slot hidden states of the parallel Jacobi solve to token-by-token "
+                                     "decoding after each sweep (ponderlm2, ponderlm3).",
+                         max_batches=1, seq_len=64)
     p.add_argument("--sweeps", type=int, default=8, metavar="N", help="Jacobi sweeps to trace (default 8)")
     p.add_argument("--num-seqs", type=int, default=2, metavar="N", help="sequences to trace (default 2)")
-    p.add_argument("--out", default="results/jacobi", metavar="DIR",
-                   help="output directory for the JSON and plot (default results/jacobi)")
-    p.set_defaults(func=cmd_jacobi)
 
     p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at a chosen tau / alpha",
                               description="Run lm-evaluation-harness (pip install 'ponderlm[eval]'). Offline tasks "
@@ -237,17 +242,14 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
 
 def cmd_reasoning(args: argparse.Namespace) -> int:
-    from ponderlm.eval.perplexity import check_settings, load_model, model_name
+    from ponderlm.eval.perplexity import check_settings, load_model
     from ponderlm.eval.reasoning import plot_reasoning, reasoning_eval
 
     if args.max_examples is not None and args.max_examples < 1:
         raise PonderError(f"--max-examples must be at least 1, got {args.max_examples}")
     settings = _settings(args)
-    results, names = [], set()
-    for i, path in enumerate(args.model):
-        name = model_name(path)
-        name = f"{name}#{i + 1}" if name in names else name
-        names.add(name)
+    results = []
+    for path, name in zip(args.model, _names(args.model)):
         model, tokenizer = load_model(path, args.device)
         check_settings(model.config, settings)  # fail before any forward
         result = reasoning_eval(model, args.data, settings, split=args.split, batch_size=args.batch_size,
@@ -277,19 +279,14 @@ def cmd_reasoning(args: argparse.Namespace) -> int:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from ponderlm.eval.pareto import FIXED_POLICIES, pareto_result, sweep_model
-    from ponderlm.eval.perplexity import model_name
     from ponderlm.eval.plots import plot_pareto
 
     fixed = () if args.fixed.strip().lower() == "none" else tuple(x.strip() for x in args.fixed.split(",") if x.strip())
     bad = [p for p in fixed if p not in FIXED_POLICIES]
     if bad:
         raise PonderError(f"unknown --fixed policy {', '.join(bad)}; choose from {', '.join(FIXED_POLICIES)} or none")
-    points, names, seq_len, sequences = [], set(), 0, 0
-    for i, path in enumerate(args.model):
-        name = model_name(path)
-        if name in names:
-            name = f"{name}#{i + 1}"
-        names.add(name)
+    points, seq_len, sequences = [], 0, 0
+    for path, name in zip(args.model, _names(args.model)):
         model, _, batches = _load(args, path)
         seq_len, sequences = int(batches[0].shape[1]), sum(int(b.shape[0]) for b in batches)
         points += sweep_model(model, name, batches, alphas=args.alpha, taus=args.tau, fixed=fixed,
@@ -353,7 +350,7 @@ def _finish(result: dict[str, Any], out: Path, name: str, plot) -> int:
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from ponderlm.eval.lm_eval_adapter import require_lm_eval, results_table, run_lm_eval
-    from ponderlm.eval.perplexity import DecodeSettings, load_model
+    from ponderlm.eval.perplexity import load_model
 
     require_lm_eval()  # before loading the model: one line telling how to install
     if args.output:
@@ -361,7 +358,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model, tokenizer = load_model(args.model, args.device)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    results = run_lm_eval(model, tokenizer, tasks, settings=DecodeSettings(tau=args.tau, alpha=args.alpha),
+    results = run_lm_eval(model, tokenizer, tasks, settings=_settings(args),
                           limit=limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
                           bootstrap_iters=args.bootstrap_iters, include_paths=args.include_path)
     print(results_table(results))
