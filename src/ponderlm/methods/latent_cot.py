@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import initialization as init
 
-from ponderlm.backbone.attention import NEG_INF, additive_mask
+from ponderlm.backbone.attention import additive_mask
 from ponderlm.config import check_finite, reject
 from ponderlm.flops import Pass
 from ponderlm.methods.base import (
@@ -204,38 +204,51 @@ class LatentCoT(PonderMethod):
         hidden = backbone.run(inputs, positions, mask, kv_hook=hook, apply_norm=apply_norm)
         return hidden, ([fresh[i] for i in range(len(fresh))], key_tok, key_valid)
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
-        """K+1 exact depth passes over the still-active tokens (METHODS.md §8)."""
-        K, (B, T) = self.config.max_steps, input_ids.shape
-        valid = attention_mask.bool()
-        positions = padding_positions(attention_mask)
-        rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, T)
-        fixed = fixed_depths(current(self.config), rows, positions)
-        inputs, active, reach = backbone.embed(input_ids), valid, torch.ones(B, T, device=input_ids.device)
-        hidden, gates, executed = [], [], []
-        past, slots_computed = None, 0
-        apply_norm = self.feedback_apply_norm
-        for k in range(K + 1):
-            # Depth 0 is a plain dense pass (padding included, like vanilla); later depths pack the active slots.
-            idx, q_valid = pack_active(active) if k else (torch.arange(T, device=valid.device).expand(B, T), valid)
-            out, past = self.depth_pass(backbone, gather_tokens(inputs, idx), positions.gather(1, idx), idx, q_valid,
-                                        past, apply_norm=apply_norm)
-            slots_computed += idx.numel()
-            dense = torch.zeros_like(inputs).scatter(1, idx[..., None].expand_as(out), out)
-            fed = torch.where(active[..., None], dense, torch.zeros_like(dense))  # the next depth's inputs
-            # Readouts see post-norm states (zeros at non-executed slots); under post_norm that is `fed` itself.
-            hidden.append(fed if apply_norm else torch.where(active[..., None], self.final_norm(backbone, dense), fed))
-            executed.append(active)
-            if k == K:
+    def depth_loop(self, backbone, inputs: torch.Tensor, valid: torch.Tensor, fixed: torch.Tensor | None, run_depth
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The K+1 depth passes, shared by the parallel forward and prefill (they differ only in `run_depth`).
+
+        inputs [B,T,D]: the token slots' inputs; run_depth(k, index [B,A], present [B,A], inputs [B,A,D]) runs
+        depth k on the packed slots of tokens `index` (present False: packing filler) and returns their outputs
+        (pre-norm if not `feedback_apply_norm`). Depth 0 is a plain dense pass over every token (padding
+        included, like vanilla); later depths pack the tokens still active. Returns the slot states [B,T,n,D]
+        (post-norm, zeros at non-executed slots), the continue gates of the executed steps and the depths K^.
+        """
+        B, T = valid.shape
+        index, present, active = torch.arange(T, device=valid.device).expand(B, T), valid, valid
+        reach, depth = torch.ones(B, T, device=valid.device), torch.zeros(B, T, dtype=torch.long, device=valid.device)
+        slots, gates = [], []
+        for k in range(self.config.max_steps + 1):
+            inputs = scatter_tokens(inputs, index, present, run_depth(k, index, present, gather_tokens(inputs, index)))
+            slots.append(torch.where(active[..., None], self.final_norm(backbone, inputs), 0.0))
+            if k:
+                depth += active.long()
+            if k == self.config.max_steps:
                 break
-            reach, active = self.continue_step(hidden[-1], k, gates, reach, active, fixed)
+            reach, active = self.continue_step(slots[-1], k, gates, reach, active, fixed)
             if not active.any():
                 break
-            inputs = fed
-        depth = torch.stack(executed[1:], -1).sum(-1) if len(executed) > 1 else torch.zeros_like(input_ids)
+            index, present = pack_active(active)
+        return torch.stack(slots, dim=2), gates, depth
+
+    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+        """K+1 exact depth passes over the still-active tokens (METHODS.md §8)."""
+        valid = attention_mask.bool()
+        positions = padding_positions(attention_mask)
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)
+        past, slots_computed = None, 0
+
+        def run_depth(k, index, present, inputs):
+            nonlocal past, slots_computed
+            slots_computed += index.numel()
+            out, past = self.depth_pass(backbone, inputs, positions.gather(1, index), index, present, past,
+                                        apply_norm=self.feedback_apply_norm)
+            return out
+
+        slot_hidden, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid,
+                                                    fixed_depths(current(self.config), rows, positions), run_depth)
         gate_t = stack_gates(gates, valid.shape, input_ids.device)
         r, p = exit_weights(gate_t, depth)
-        slot_hidden = torch.stack(hidden, dim=2)  # [B,T,n,D], zeros at non-executed slots
         fused = fuse_exits(slot_hidden, p)
         # r_{t,k} is defined where slot k-1 ran: k <= K^_t + 1 (the last one is <= tau, the halting reach).
         k_idx = torch.arange(r.shape[-1], device=r.device)
@@ -243,14 +256,14 @@ class LatentCoT(PonderMethod):
         expected = (r * defined).sum(-1) * valid
         aux = None
         if self.training and labels is not None and self.config.cot_lambda > 0:
-            aux = self.penalty(backbone, hidden, r, defined, labels, valid)
+            aux = self.penalty(backbone, slot_hidden, r, defined, labels, valid)
         # Diagnostics only (detached). slots_computed counts backbone slots incl. per-batch packing filler.
         stats = {"slots_computed": slots_computed, "slots_executed": int(valid.sum() + depth.sum()),
                  "expected_steps": expected.detach(), "exit_weights": p.detach(), "continue_probs": gate_t.detach(),
                  "slot_hidden": slot_hidden.detach()}
         return MethodOutput(hidden=fused, executed_steps=depth.float() * valid, aux_loss=aux, stats=stats)
 
-    def penalty(self, backbone, hidden: list[torch.Tensor], r: torch.Tensor, defined: torch.Tensor,
+    def penalty(self, backbone, slot_hidden: torch.Tensor, r: torch.Tensor, defined: torch.Tensor,
                 labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """cot_lambda * mean_t sum_{k>=1} r_{t,k} sg(q_{t,k-1})^beta, q = p(x_{t+1}) read from slot (t,k-1)."""
         B, T = labels.shape
@@ -260,11 +273,11 @@ class LatentCoT(PonderMethod):
         terms = torch.zeros(B, T, device=labels.device)
         with torch.no_grad():  # q is a stop-gradient weight; computed only on executed slots with a target
             qs = []
-            for j in range(min(len(hidden), r.shape[-1] - 1)):
+            for j in range(min(slot_hidden.shape[2], r.shape[-1] - 1)):
                 sel = has_target & defined[..., j + 1]
                 q = torch.zeros(B, T, device=labels.device)
                 if sel.any():
-                    logp = torch.log_softmax(backbone.head(hidden[j][sel]).float(), dim=-1)
+                    logp = torch.log_softmax(backbone.head(slot_hidden[:, :, j][sel]).float(), dim=-1)
                     q[sel] = logp.gather(1, target[sel][:, None])[:, 0].exp()
                 qs.append(q)
         for j, q in enumerate(qs):
@@ -276,33 +289,20 @@ class LatentCoT(PonderMethod):
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """Depth-major, as in training: depth k runs once over the prompt's tokens still thinking at k,
         packed left per row. The 2-D mask makes this exact (a depth-k slot reads no deeper key)."""
-        K = self.config.max_steps
         valid = attention_mask.bool()
         positions = prompt_positions(state, valid)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
-        fixed = fixed_depths(current(self.config), rows, positions)
-        apply_norm = self.feedback_apply_norm
-        x = self.run_cached_block(backbone, state, backbone.embed(input_ids), positions, 0, self.token_bias(valid),
-                                  allowed_extra_fn=_depth_at_most(0), apply_norm=apply_norm)
-        h = self.final_norm(backbone, x)
-        slots, gates, active = [h], [], valid
-        reach = torch.ones(valid.shape, device=valid.device)
-        depth = torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
-        for k in range(K):
-            reach, active = self.continue_step(h, k, gates, reach, active, fixed)
-            if not active.any():
-                break
-            index, present = pack_active(active)
-            bias = torch.where(present, 0.0, NEG_INF).float()
-            new = self.run_cached_block(backbone, state, gather_tokens(x, index), gather_tokens(positions, index),
-                                        k + 1, bias, allowed_extra_fn=_depth_at_most(k + 1), apply_norm=apply_norm)
-            x = scatter_tokens(x, index, present, new)
-            h = self.final_norm(backbone, x)
-            slots.append(torch.where(active[..., None], h, torch.zeros_like(h)))
-            depth += active.long()
+
+        def run_depth(k, index, present, inputs):
+            return self.run_cached_block(backbone, state, inputs, positions.gather(1, index), k,
+                                         self.token_bias(present), allowed_extra_fn=_depth_at_most(k),
+                                         apply_norm=self.feedback_apply_norm)
+
+        slots, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid,
+                                              fixed_depths(current(self.config), rows, positions), run_depth)
         state.next_position += valid.long().sum(-1)
         _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
-        return backbone.head(fuse_exits(torch.stack(slots, dim=-2), p)), depth.float() * valid
+        return backbone.head(fuse_exits(slots, p)), depth.float() * valid
 
     # ------------------------------------------------------------------ per-row schedule (continuous batching)
     supports_row_schedule = True
