@@ -165,12 +165,11 @@ def applied(model, settings: DecodeSettings) -> Iterator[Any]:
 @dataclass
 class TokenStats:
     """Flattened over all scored positions: nll[i] = -log p(next token), steps[i] = executed steps there,
-    token_ids[i] = the consumed token, window[i] = index of the window it came from."""
+    token_ids[i] = the consumed token."""
 
     nll: np.ndarray
     steps: np.ndarray
     token_ids: np.ndarray
-    window: np.ndarray
     steps_all_positions: float  # sum of executed steps over every position (including unscored last ones)
     positions: int  # number of positions processed
     seconds: float = 0.0
@@ -219,24 +218,22 @@ def collect_token_stats(
     """Eval-mode forward of every batch under `settings`; per-token NLL and executed steps."""
     import time
 
-    nlls, steps, tokens, windows = [], [], [], []
-    total_steps, positions, offset = 0.0, 0, 0
+    nlls, steps, tokens = [], [], []
+    total_steps, positions = 0.0, 0
     start = time.perf_counter()
     for x, logits, step in eval_forwards(model, batches, settings, progress=progress, desc=desc):
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
         nlls.append(nll.cpu().reshape(-1))
         steps.append(step[:, :-1].cpu().reshape(-1))
         tokens.append(x[:, :-1].cpu().reshape(-1))
-        windows.append((torch.arange(x.shape[0])[:, None] + offset).expand(-1, x.shape[1] - 1).reshape(-1))
         total_steps += float(step.sum())
         positions += x.numel()
-        offset += x.shape[0]
     if not nlls:
         raise PonderError("no evaluation batches")
     return TokenStats(
         nll=torch.cat(nlls).double().numpy(), steps=torch.cat(steps).double().numpy(),
-        token_ids=torch.cat(tokens).numpy(), window=torch.cat(windows).numpy(),
-        steps_all_positions=total_steps, positions=positions, seconds=time.perf_counter() - start,
+        token_ids=torch.cat(tokens).numpy(), steps_all_positions=total_steps, positions=positions,
+        seconds=time.perf_counter() - start,
     )
 
 
