@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ponderlm.errors import PonderError
 
@@ -36,6 +36,7 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 PARQUET_SUFFIXES = {".parquet"}
 COMPRESSION_SUFFIXES = {".gz", ".xz"}
+DOCUMENT_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
 
 # Control characters we drop: C0 except tab and newline (\r is normalised before), DEL, C1, and the BOM.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
@@ -61,7 +62,7 @@ class FileStats:
     documents: int = 0
     invalid_utf8: int = 0  # replacement characters inserted for undecodable bytes
     control_chars: int = 0  # control characters dropped by clean_text
-    _hash: object = field(default=None, repr=False)
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("path", "bytes", "sha256", "documents", "invalid_utf8", "control_chars")}
@@ -124,8 +125,6 @@ def _iter_lines(path: Path, stats: FileStats | None) -> Iterator[str]:
 
 def iter_file_documents(path: Path, stats: FileStats | None = None, text_column: str = "text") -> Iterator[str]:
     """Yield the cleaned, non-empty documents of one file (see the module docstring for the rules)."""
-    if stats is not None:
-        stats._hash = hashlib.sha256()
     kind = _base_suffix(path)
     if kind in PARQUET_SUFFIXES:
         docs: Iterable[str] = _iter_parquet(path, stats, text_column)
@@ -192,8 +191,8 @@ def _iter_parquet(path: Path, stats: FileStats | None, text_column: str = "text"
 
 def list_files(root: Path) -> list[Path]:
     """Supported files under a directory, sorted by relative path so the order never depends on the filesystem."""
-    known = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
-    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and _base_suffix(p) in known]
+    files = [p for p in root.rglob("*")
+             if p.is_file() and not p.name.startswith(".") and _base_suffix(p) in DOCUMENT_SUFFIXES]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -281,22 +280,17 @@ class Source:
                         yield split, text
 
     def describe(self) -> dict:
-        info = self._describe()
+        info: dict = {"input": self.spec, "kind": self.kind}
+        if self.kind == "default":
+            files = default_corpus_files()
+            info["files"] = {split: {"path": p.name, "sha256": sha256_file(p)} for split, p in files.items()}
+        elif self.kind == "texts":
+            info["documents"] = len(self.texts)
+        elif self.kind == "dataset":
+            info["fingerprints"] = {name: getattr(ds, "_fingerprint", None) for name, ds in self.dataset.items()}
         if self.text_column != "text":  # part of what made the tokens (meta.json, data cache identity)
             info["text_column"] = self.text_column
         return info
-
-    def _describe(self) -> dict:
-        if self.kind == "default":
-            files = default_corpus_files()
-            return {"input": self.spec, "kind": "default",
-                    "files": {split: {"path": p.name, "sha256": sha256_file(p)} for split, p in files.items()}}
-        if self.kind == "texts":
-            return {"input": self.spec, "kind": "texts", "documents": len(self.texts)}
-        if self.kind == "dataset":
-            fingerprints = {name: getattr(ds, "_fingerprint", None) for name, ds in self.dataset.items()}
-            return {"input": self.spec, "kind": "dataset", "fingerprints": fingerprints}
-        return {"input": self.spec, "kind": "files"}
 
 
 def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool = False,
@@ -319,7 +313,7 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path], allow_texts: bool 
         if isinstance(item, str) and spec == DEFAULT_NAME:
             sources.append(Source(spec, "default", fixed_split=True))
         elif path.is_dir() and _is_saved_dataset(path):
-            sources.append(_load_saved_dataset(spec, path))
+            sources.append(_load_dataset(spec, saved=path))
         elif path.is_dir():
             files = list_files(path)
             if not files:
@@ -348,43 +342,28 @@ def _is_saved_dataset(path: Path) -> bool:
                                                       and (path / "dataset_info.json").is_file())
 
 
-def _load_saved_dataset(spec: str, path: Path) -> Source:
-    try:
-        import datasets
-    except ImportError:
-        raise PonderError(f"{spec} is a saved `datasets` directory; reading it needs the datasets package: "
-                          "pip install 'ponderlm[data]'") from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # a corrupt or partial directory, or one written by an incompatible version
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PonderError(f"could not load the saved dataset {spec}: {first}") from None
-    if isinstance(ds, datasets.Dataset):  # one split: documents are held out by val_fraction like files
-        return Source(spec, "dataset", dataset={"train": ds})
-    if "train" not in ds:
-        raise PonderError(f"saved dataset {spec} has no 'train' split (splits: {', '.join(ds)})")
-    return Source(spec, "dataset", dataset=ds, fixed_split="validation" in ds)
-
-
 def _looks_like_path(spec: str) -> bool:
-    known = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES | COMPRESSION_SUFFIXES
+    known = DOCUMENT_SUFFIXES | COMPRESSION_SUFFIXES
     return spec.startswith((".", "~")) or Path(spec).suffix.lower() in known or spec.count("/") > 1
 
 
-def _load_dataset(spec: str) -> Source:
+def _load_dataset(spec: str, saved: Path | None = None) -> Source:
+    """A Hugging Face `datasets` input: the `save_to_disk` directory `saved`, or else the dataset `name[:config]`."""
+    what = f"the saved dataset {spec}" if saved else f"dataset {spec!r}"
     try:
         import datasets
     except ImportError:
-        raise PonderError(
-            f"input not found: {spec} is not a file or directory, and loading it as a Hugging Face dataset "
-            "needs the datasets package: pip install 'ponderlm[data]'"
-        ) from None
+        reading = (f"{spec} is a saved `datasets` directory; reading it" if saved else
+                   f"input not found: {spec} is not a file or directory, and loading it as a Hugging Face dataset")
+        raise PonderError(f"{reading} needs the datasets package: pip install 'ponderlm[data]'") from None
     name, _, config = spec.partition(":")
     try:
-        ds = datasets.load_dataset(name, config or None)
-    except Exception as exc:  # offline, unknown name, gated, ...: all user-facing
+        ds = datasets.load_from_disk(str(saved)) if saved else datasets.load_dataset(name, config or None)
+    except Exception as exc:  # corrupt, partial or incompatible directory; offline, unknown or gated name: user-facing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PonderError(f"could not load dataset {spec!r} (not a local path; offline?): {first}") from None
+        raise PonderError(f"could not load {what}{'' if saved else ' (not a local path; offline?)'}: {first}") from None
+    if isinstance(ds, datasets.Dataset):  # one split: documents are held out by val_fraction like files
+        ds = {"train": ds}
     if "train" not in ds:
-        raise PonderError(f"dataset {spec!r} has no 'train' split (splits: {', '.join(ds)})")
+        raise PonderError(f"{what} has no 'train' split (splits: {', '.join(ds)})")
     return Source(spec, "dataset", dataset=ds, fixed_split="validation" in ds)
