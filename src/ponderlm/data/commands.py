@@ -87,18 +87,14 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _number_list(parse, what: str):
+    """An argparse type: comma-separated numbers (each read by `parse`) as a tuple."""
+    def convert(text: str) -> tuple:
+        try:
+            return tuple(parse(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    return convert
 
 
 def _register_synth(data_sub) -> None:
@@ -114,18 +110,17 @@ def _register_synth(data_sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created atomically)")
     p.add_argument("--symbols", type=int, default=8, metavar="N",
                    help="hops: permutation size; chains: number of constant values (default 8)")
-    p.add_argument("--hops", type=_int_list, default=[1, 2, 3, 4], metavar="LIST",
+    p.add_argument("--hops", type=_number_list(int, "integers"), default=(1, 2, 3, 4), metavar="LIST",
                    help="hop counts (hops) or chain depths (chains) drawn per query (default 1,2,3,4)")
-    p.add_argument("--hop-weights", type=_float_list, metavar="LIST",
+    p.add_argument("--hop-weights", type=_number_list(float, "numbers"), metavar="LIST",
                    help="relative frequency of each --hops entry (default uniform)")
     p.add_argument("--queries", type=int, metavar="N", help="queries per example (default hops 7, chains 4)")
     p.add_argument("--perm", default="cycle", choices=["cycle", "any"],
                    help="hops: single n-cycle (exact hop counts, default) or any permutation")
     p.add_argument("--example-len", type=int, metavar="N",
                    help="tokens per example incl. eos padding (default: next power of two of what is needed)")
-    p.add_argument("--train", type=int, default=20000, metavar="N", help="train examples (default 20000)")
-    p.add_argument("--val", type=int, default=500, metavar="N", help="val examples (default 500)")
-    p.add_argument("--test", type=int, default=2000, metavar="N", help="test examples (default 2000)")
+    for split, n in (("train", 20000), ("val", 500), ("test", 2000)):
+        p.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"{split} examples (default {n})")
     p.add_argument("--seed", type=int, default=0, help="generator seed (splits do not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -135,8 +130,7 @@ def _register_synth(data_sub) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from ponderlm.data.synth import SynthOptions, synthesize
 
-    options = SynthOptions(task=args.task, symbols=args.symbols, hops=tuple(args.hops),
-                           hop_weights=None if args.hop_weights is None else tuple(args.hop_weights),
+    options = SynthOptions(task=args.task, symbols=args.symbols, hops=args.hops, hop_weights=args.hop_weights,
                            queries=args.queries, perm=args.perm, example_len=args.example_len,
                            train=args.train, val=args.val, test=args.test, seed=args.seed)
     meta = synthesize(options, args.out, overwrite=args.overwrite, progress=not args.no_progress)
