@@ -45,16 +45,17 @@ def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -
             f"method {method!r} always runs K={model.config.max_steps} steps and cannot be forced to 0 steps, so "
             f"its tokens have no 0-step difficulty; use an adaptive method ({', '.join(method_names(adaptive=True))})"
         )
-    stats = collect_token_stats(model, batches, forced_depth_settings(model.config, 0), progress=progress,
-                                desc="depth 0")
-    _check_depth(stats, 0)
-    return stats
+    return forced_depth_stats(model, batches, 0, progress)
 
 
-def _check_depth(stats: TokenStats, k: int) -> None:
+def forced_depth_stats(model, batches: list[torch.Tensor], k: int, progress: bool = True) -> TokenStats:
+    """Per-token stats with every token at exactly k additional steps (an adaptive method's checkpoint)."""
+    stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=progress,
+                                desc=f"depth {k}")
     # Guards against a fixed-pruning policy that is not degenerate at k: the analysis would silently mix depths.
     if stats.steps.size and not np.allclose(stats.steps, k):
         raise PonderError(f"forcing depth {k} did not give every token {k} steps (got mean {stats.steps.mean():.3f})")
+    return stats
 
 
 def _mean(values: np.ndarray, sel: np.ndarray, empty: float | None = float("nan")) -> float | None:
@@ -90,12 +91,7 @@ def difficulty_analysis(
     base = zero_step_stats(model, batches, progress)
     difficulty = base.nll
     edges, bucket = difficulty_buckets(difficulty, num_buckets)
-    nll_by_depth: dict[int, np.ndarray] = {0: base.nll}
-    for k in range(1, K + 1):
-        stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=progress,
-                                    desc=f"depth {k}")
-        _check_depth(stats, k)
-        nll_by_depth[k] = stats.nll
+    nll_by_depth = {0: base.nll} | {k: forced_depth_stats(model, batches, k, progress).nll for k in range(1, K + 1)}
     learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
                                   if model.config.method_class.adaptive else settings,
                                   progress=progress, desc="learned depth")

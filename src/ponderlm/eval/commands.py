@@ -292,14 +292,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         points += sweep_model(model, name, batches, alphas=args.alpha, taus=args.tau, fixed=fixed,
                               targets=args.targets, jacobi_iters=args.jacobi_iters, progress=not args.no_progress)
         del model
-    out = Path(args.out)
-    result = pareto_result(points, seq_len, sequences)
-    json_path = _write_json(result, out / "pareto.json")
-    png = plot_pareto(result["points"], out / "pareto.png")
     for p in points:
         print(f"{p.curve:40s} steps {p.avg_steps:6.3f}  ppl {p.ppl:9.3f}", file=sys.stderr)
-    print(f"wrote {json_path} and {png}")
-    return 0
+    return _finish(pareto_result(points, seq_len, sequences), Path(args.out), "pareto",
+                   lambda r, path: plot_pareto(r["points"], path))
 
 
 def cmd_difficulty(args: argparse.Namespace) -> int:

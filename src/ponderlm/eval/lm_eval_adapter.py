@@ -89,7 +89,6 @@ def run_lm_eval(
     batch_size: int = 8,
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
-    cache_root: str | Path | None = None,
     include_paths: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Evaluate `model` on lm-eval `tasks` (names, or paths of task YAML files; `include_paths`: directories of
@@ -105,7 +104,7 @@ def run_lm_eval(
     if unknown and not user_dirs:
         raise PonderError(f"unknown offline task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASK_NAMES)}")
     builtin = [t for t in tasks if t not in TASK_NAMES]
-    include = ([str(build_tasks(cache_root))] if len(builtin) < len(tasks) else []) + user_dirs
+    include = ([str(build_tasks())] if len(builtin) < len(tasks) else []) + user_dirs
     # Indexing lm-eval's thousands of built-in task files takes seconds: skip it when every task is ours or in
     # the include paths.
     manager = TaskManager(include_path=include or None, include_defaults=False)

@@ -72,9 +72,7 @@ def eval_batches(
         if n == 0:
             raise PonderError(f"{spec} has {len(ids)} tokens, fewer than seq_len={seq_len}")
         windows = torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len))
-        batches = list(windows.split(batch_size))
-        if max_batches is not None:
-            batches = batches[:max_batches]
+        batches = list(windows.split(batch_size))[:max_batches]
     if not batches:
         raise PonderError(f"no evaluation batches from {spec} (max_batches={max_batches})")
     return batches
