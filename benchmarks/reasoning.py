@@ -96,6 +96,15 @@ VARIANTS = {
     "steps3000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.cot_lambda=0"],
     "steps3000-tau0": ["train.steps=3000", "train.eval_every=3000", "model.tau=0"],
 }
+# PonderLM-3 two-stage recipe (docs/REASONING.md, "Why PonderLM-3 does not use depth here"): continue from the
+# trained PonderLM-2 K = 1 (3,000 steps, seed 1; it solves the 2-hop queries) with a fresh router, at
+# METHODS.md's defaults (full-depth router init, tau 1e-4) unless the name says otherwise, 1,000 steps at lr 1e-3.
+_FROM_P2 = ["model.init_from={runs}/ponderlm2-k1-steps3000-s1/final", "train.steps=1000", "train.eval_every=1000",
+            "optim.lr=0.001", "model.router_init=full_depth", "model.tau=0.0001"]
+VARIANTS.update({
+    "from-p2s1-lam0": [*_FROM_P2, "model.lambda_steps=0"],
+    "from-p2s1-lam0.05": [*_FROM_P2, "model.lambda_steps=0.05"],
+})
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
     # twice the budget: PonderLM-2 K = 1 vs vanilla (3 seeds; seed 0 of PonderLM-2 K = 1 was a probe), K = 1 vs 2
@@ -107,7 +116,8 @@ EXTRA = {
                     ("latent_cot", 1, 0, "steps3000-tau0"), ("ponderlm2", 2, 2, "steps3000"),
                     ("ponderlm", 1, 0, "steps3000"), ("ponderlm", 2, 1, "steps3000"), ("ponderlm", 1, 1, "steps3000"),
                     ("ponderlm", 2, 2, "steps3000"), ("ponderlm", 1, 2, "steps3000"), ("ponderlm2", 1, 0, "steps3000"),
-                    ("ponderlm", 2, 0, "steps3000")],
+                    ("ponderlm", 2, 0, "steps3000"),
+                    ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05")],
 }
 
 
@@ -209,7 +219,7 @@ class Bench:
         argv += [*COMMON, f"optim.lr={self.cfg['lr']}", f"model.method={method}", f"model.max_steps={k}",
                  f"data.data_dir={self.data}",
                  f"train.steps={self.steps}", f"train.eval_every={self.steps}", f"train.seed={seed}",
-                 f"name={run.name}", *VARIANTS.get(variant, [])]
+                 f"name={run.name}", *(o.format(runs=self.runs) for o in VARIANTS.get(variant, []))]
         start = time.time()
         rc = self.cli(argv, self.out / "logs" / f"{run.name}.log")
         if rc:
@@ -300,15 +310,16 @@ class Bench:
             self.log(f"forced depths {run.name}: " + ", ".join(
                 f"{row['depth']}: " + "/".join(f"{p['accuracy']:.2f}" for p in row["per_difficulty"]) for row in rows))
 
-    def extra(self) -> None:
-        """The investigation runs in EXTRA (train + evaluate), then their sweeps."""
+    def extra(self, only: tuple[str, ...] = ()) -> None:
+        """The investigation runs in EXTRA (train + evaluate; with `only`, just the runs named there), then the
+        sweeps of every finished adaptive run that has none."""
         import torch
 
         torch.set_num_threads(1)
         self.prepare()
         for method, k, seed, variant in EXTRA.get(self.setting, []):
             run = self.runs / run_name(method, k, seed, variant)
-            if (run / "eval.json").is_file() or not claim(run):
+            if (only and run.name not in only) or (run / "eval.json").is_file() or not claim(run):
                 continue
             try:
                 t = self.train(method, k, seed, variant)
@@ -358,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the setting's)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
+    p.add_argument("--only", default="", help="extra: comma-separated run names to do (default: all of EXTRA)")
     args = p.parse_args(argv)
     cfg = SETTINGS[args.setting]
     out = Path(args.out) if args.out else ROOT / cfg["out"]
@@ -365,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     if args.phase in ("run", "sweep", "forced", "extra"):
         bench = Bench(args.setting, out, args.steps, seeds, args.max_minutes)
-        {"run": bench.run, "sweep": bench.sweep, "forced": bench.forced, "extra": bench.extra}[args.phase]()
+        if args.phase == "extra":
+            bench.extra(tuple(name for name in args.only.split(",") if name.strip()))
+            return 0
+        {"run": bench.run, "sweep": bench.sweep, "forced": bench.forced}[args.phase]()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report

@@ -11,6 +11,10 @@
   K^_t are never computed nor cached; kept latent keys keep their `log w` bias in the cache.
 - `latent_feedback="pre_norm"` changes only what latent slots take as input (the residual stream);
   the router reads the post-norm `h_t^(0)` and the fusion post-norm `h_t^(k)` either way.
+- `router_warmup_steps=N` (training only): for the first N optimizer steps `s` is held at the router's initial
+  prior (uniform, or the full-depth bias), the same for every token, so the latent slots get every token's
+  gradient (as in PonderLM-2) before the router may turn them off (docs/REASONING.md: on the hop task a free
+  router turns the latent step off for the hard queries before it has learned anything, and it never recovers).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class PonderLM3(PonderLM2):
         mask_eps: float = 1e-6
         lambda_steps: float = 0.0
         renormalize_pruned: bool = False
+        router_warmup_steps: int = 0  # training steps with s held at the router's initial prior
 
     @classmethod
     def validate_options(cls, config) -> None:
@@ -92,6 +97,8 @@ class PonderLM3(PonderLM2):
             reject(f"mask_eps must be in (0, 1), got {config.mask_eps}")
         if config.lambda_steps < 0:
             reject(f"lambda_steps must be >= 0, got {config.lambda_steps}")
+        if not isinstance(config.router_warmup_steps, int) or config.router_warmup_steps < 0:
+            reject(f"router_warmup_steps must be an integer >= 0, got {config.router_warmup_steps!r}")
 
     @staticmethod
     def router_flops(config) -> int:
@@ -118,9 +125,19 @@ class PonderLM3(PonderLM2):
                                   config.router_init, config.router_init_bias)
 
     # ------------------------------------------------------------------ router
+    def router_prior(self) -> torch.Tensor:
+        """The router's initial logits [K+1] (what `init_ponder_weights` sets up): 0, or the full-depth bias on K."""
+        prior = torch.zeros(self.config.max_steps + 1)
+        if self.config.router_init == "full_depth":
+            prior[-1] = self.config.router_init_bias
+        return prior
+
     def route(self, token_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0)."""
         logits = self.router(token_hidden).float()
+        if self.training and self.training_progress < self.config.router_warmup_steps:
+            # Held at the prior; `0 * logits` keeps the router in the graph (zero gradient, no unused parameter).
+            logits = 0.0 * logits + self.router_prior().to(logits.device)
         alpha = current(self.config).alpha
         if not self.training and alpha != 0.0:
             steps = torch.arange(self.config.max_steps + 1, device=logits.device, dtype=logits.dtype)
