@@ -177,7 +177,8 @@ def _assign_splits(sources: list[Source], n_val: int, n_unsplit: int) -> Iterato
             yield split, text
 
 
-def _make_temp_dir(out_dir: Path, overwrite: bool) -> Path:
+def make_temp_dir(out_dir: Path, overwrite: bool) -> Path:
+    """A fresh temp dir beside `out_dir` to write into, after checking `out_dir` may be (over)written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PonderError(f"output path {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -196,7 +197,7 @@ def _make_temp_dir(out_dir: Path, overwrite: bool) -> Path:
     return tmp
 
 
-def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+def publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the finished temp dir into place. Without overwrite this is one rename, which fails if another
     process published a non-empty out_dir meanwhile; with it, the old directory is swapped out only now."""
     old = None
@@ -295,7 +296,7 @@ def prepare_data(
     if eos_id is None:
         raise PonderError(f"tokenizer {tokenizer_spec} has no eos token to separate documents")
 
-    tmp = _make_temp_dir(out_dir, overwrite)
+    tmp = make_temp_dir(out_dir, overwrite)
     try:
         unsplit, fixed, stats = _count_documents(sources)
         n_val = _num_val(sources, unsplit, fixed, frac)
@@ -315,7 +316,7 @@ def prepare_data(
         # Keep the tokenizer with the data so a run directory can be traced back to it.
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out_dir, overwrite)
+        publish(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

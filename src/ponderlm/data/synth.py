@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,20 +262,16 @@ def synthesize(options: SynthOptions, out_dir: str | Path, *, overwrite: bool = 
     """Generate the task's train / val / test splits into `out_dir` (atomically); returns meta.json's content."""
     from tqdm.auto import tqdm
 
+    from ponderlm.data.prepare import make_temp_dir, publish
     from ponderlm.data.tokenizer import tokenizer_identity
+    from ponderlm.hub import update_json
     from ponderlm.version import __version__
 
     o = options.resolved()
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise PonderError(f"{out} exists and is not empty; pass --overwrite to replace it")
     words = vocabulary(o)
     ids = {w: i for i, w in enumerate(words)}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise PonderError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    tmp = make_temp_dir(out, overwrite)
     try:
         meta: dict[str, Any] = {"dtype": "uint16", "vocab_size": len(words), "eos_id": 0, "tokens": {},
                                 "documents": {}, "shards": {}, "loss_mask": {}, "difficulty": {},
@@ -298,10 +292,8 @@ def synthesize(options: SynthOptions, out_dir: str | Path, *, overwrite: bool = 
             counts[split]["structures"] = len({ex.structure for ex in examples})
         tokenizer = build_tokenizer(words)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        config_path = tmp / "tokenizer" / "tokenizer_config.json"  # transformers 4.x and 5.x both load this class
-        config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
-                                           "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2, sort_keys=True))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a data directory is shared like prepare_data's
+        # transformers 4.x and 5.x both load this class
+        update_json(tmp / "tokenizer" / "tokenizer_config.json", tokenizer_class="PreTrainedTokenizerFast")
         options_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items() if k != "_derived"}
         meta["tokenizer"] = tokenizer_identity(tokenizer, "synth")
         meta["synth"] = {"format": FORMAT_VERSION, "task": o.task, "options": options_dict,
@@ -310,13 +302,7 @@ def synthesize(options: SynthOptions, out_dir: str | Path, *, overwrite: bool = 
         meta["inputs"] = []
         meta["ponderlm_version"] = __version__
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        publish(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
