@@ -103,8 +103,7 @@ def run_lm_eval(
     unknown = [t for t in tasks if t.startswith("ponder_") and t not in TASK_NAMES]
     if unknown and not user_dirs:
         raise PonderError(f"unknown offline task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASK_NAMES)}")
-    builtin = [t for t in tasks if t not in TASK_NAMES]
-    include = ([str(build_tasks())] if len(builtin) < len(tasks) else []) + user_dirs
+    include = ([str(build_tasks())] if any(t in TASK_NAMES for t in tasks) else []) + user_dirs
     # Indexing lm-eval's thousands of built-in task files takes seconds: skip it when every task is ours or in
     # the include paths.
     manager = TaskManager(include_path=include or None, include_defaults=False)

@@ -38,11 +38,8 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
         curves.setdefault(p["curve"], []).append(p)
     for label, pts in curves.items():
         pts = sorted(pts, key=lambda p: p["avg_steps"])
-        xs = [p["avg_steps"] for p in pts]
-        ys = [p["ppl"] for p in pts]
-        policy = pts[0]["policy"]
-        style = {"learned": "-o", "uniform": "--s", "geometric": ":^"}.get(policy, "D")
-        ax.plot(xs, ys, style, label=label, markersize=5)
+        style = {"learned": "-o", "uniform": "--s", "geometric": ":^"}.get(pts[0]["policy"], "D")
+        ax.plot([p["avg_steps"] for p in pts], [p["ppl"] for p in pts], style, label=label, markersize=5)
     ax.set_xlabel("avg executed additional steps per token")
     ax.set_ylabel("perplexity")
     ax.set_title("Quality vs pondering compute")

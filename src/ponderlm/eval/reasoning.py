@@ -127,14 +127,13 @@ def plot_reasoning(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
         rho = r.get("spearman_steps_difficulty")
         tag = "" if rho is None else f" (ρ={rho:.2f})"
         ax_steps.plot(xs, [p["avg_steps"] for p in r["per_difficulty"]], "-o", label=label + tag, markersize=4)
-    ax_acc.set_xlabel("true difficulty (hops / chain depth)")
     ax_acc.set_ylabel("answer accuracy")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.set_title("Accuracy vs difficulty")
-    ax_steps.set_xlabel("true difficulty (hops / chain depth)")
     ax_steps.set_ylabel("executed additional steps at the query")
     ax_steps.set_title("Executed steps vs difficulty (Spearman ρ)")
     for ax in (ax_acc, ax_steps):
+        ax.set_xlabel("true difficulty (hops / chain depth)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
