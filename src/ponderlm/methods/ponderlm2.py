@@ -182,13 +182,12 @@ class PonderLM2(PonderMethod):
         for _ in range(K):
             n = len(latents) + 1
             out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias,
-                                 None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
+                            None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
             latents = [out[:, :, j] for j in range(n)]
             latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
         # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
         for sweep in range(num_sweeps + 1):
-            out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid,
-                                 apply_norm=apply_norm)
+            out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid, apply_norm=apply_norm)
             if trace is not None:
                 trace.append(self.final_norm(backbone, out).detach())
             if sweep < num_sweeps:
