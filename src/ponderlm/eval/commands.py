@@ -103,12 +103,14 @@ def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, 
 
 
 def _names(paths: list[str]) -> list[str]:
-    """A label per --model: the run's name, with `#i` added when an earlier model has the same one."""
-    from ponderlm.eval.perplexity import model_name
+    """A label per --model for plots: the run directory's name rather than 'final', with `#i` added when an
+    earlier model has the same one."""
+    from ponderlm.loading import resolve_model_dir
 
     names: list[str] = []
     for i, path in enumerate(paths):
-        name = model_name(path)
+        model_dir = resolve_model_dir(path)
+        name = model_dir.parent.name if model_dir.name == "final" else model_dir.name
         names.append(f"{name}#{i + 1}" if name in names else name)
     return names
 

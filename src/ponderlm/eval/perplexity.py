@@ -30,12 +30,6 @@ from ponderlm.loading import load_model, resolve_device, resolve_model_dir  # no
 from ponderlm.registry import method_class, method_names
 
 
-def model_name(path: str | Path) -> str:
-    """A short label for plots: the run directory's name rather than 'final'."""
-    model_dir = resolve_model_dir(path)
-    return model_dir.parent.name if model_dir.name == "final" else model_dir.name
-
-
 # ------------------------------------------------------------------ evaluation data
 def eval_batches(
     data: str | Path,
