@@ -126,11 +126,6 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
-
-
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep_last: int) -> Path:
     """Write `root/step_XXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints."""
@@ -160,13 +155,6 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     for _, old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def clean_temp_dirs(root: Path) -> None:
-    """Remove half-written `.tmp-*` checkpoint dirs left by a crash."""
-    if root.is_dir():
-        for p in root.glob(".tmp-step_*"):
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def verify_checkpoint(path: Path, identity_hash: str) -> dict[str, Any]:
@@ -204,7 +192,10 @@ def verify_checkpoint(path: Path, identity_hash: str) -> dict[str, Any]:
 
 def newest_valid_checkpoint(root: Path, identity_hash: str) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint that verifies, with its trainer_state. Corrupt newer ones are renamed to
-    `step_XXXXXX.corrupt` (kept for inspection, no longer listed) with a warning; a foreign one is an error."""
+    `step_XXXXXX.corrupt` (kept for inspection, no longer listed) with a warning; a foreign one is an error.
+    Half-written `.tmp-*` checkpoint dirs left by a crash are removed first."""
+    for p in root.glob(".tmp-step_*"):
+        shutil.rmtree(p, ignore_errors=True)
     found = list_checkpoints(root)
     if not found:
         raise PonderError(f"--resume: no complete checkpoint in {root}")

@@ -104,8 +104,8 @@ def _relaunch(args: argparse.Namespace, cfg) -> int:
         argv.append("--resume")
     code = parallel.relaunch(args.nproc, argv)
     if code == 1:
-        last = checkpoint.latest_checkpoint(Path(out) / "checkpoints")
-        print(f"last complete checkpoint: {last or 'none'}; continue with "
+        found = checkpoint.list_checkpoints(Path(out) / "checkpoints")
+        print(f"last complete checkpoint: {found[-1][1] if found else 'none'}; continue with "
               f"`ponderlm train --out {out} --resume --nproc {args.nproc}`", file=sys.stderr)
     return code
 

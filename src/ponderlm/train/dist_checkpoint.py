@@ -52,7 +52,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ponderlm.errors import PonderError
 from ponderlm.train import checkpoint as ckpt
-from ponderlm.train.parallel import Dist, barrier, broadcast_object, is_fsdp, on_main
+from ponderlm.train.parallel import Dist, barrier, broadcast_object, is_fsdp
 
 DCP_DIR = "dcp"
 
@@ -177,20 +177,6 @@ def _gather_dicts(d: Dist, mine: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def find_resume(root: Path, identity_hash: str, d: Dist) -> tuple[Path, dict[str, Any]]:
-    """Rank 0 cleans temp dirs, picks the newest complete checkpoint that verifies (corrupt newer ones are set
-    aside with a warning); all ranks get (path, trainer_state) or raise the same PonderError, before the run
-    writes anything else."""
-
-    def find() -> tuple[str, dict[str, Any]]:
-        ckpt.clean_temp_dirs(root)
-        path, state = ckpt.newest_valid_checkpoint(root, identity_hash)  # skips corrupt ones with a warning
-        return str(path), state
-
-    path, state = on_main(d, find)
-    return Path(path), state
-
-
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> None:
     """Load a verified checkpoint of either format into the (wrapped) model and its optimizer."""
     if not is_sharded(path):

@@ -42,10 +42,6 @@ def is_run_dir(out: Path) -> bool:
     return (out / LOCK).is_file() or (out / "checkpoints").is_dir()
 
 
-def has_checkpoint(out: Path) -> bool:
-    return bool(ckpt.list_checkpoints(out / "checkpoints"))
-
-
 def _entries(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir())
 
@@ -156,13 +152,12 @@ class RunLock:
 def claim(out: Path, resume: bool) -> bool:
     """Under the lock: re-check `out` and decide. True = resume from a checkpoint; False = start at step 0
     (after clearing what an earlier attempt left before its first checkpoint)."""
-    names = [n for n in _entries(out) if n != LOCK]
-    if resume and has_checkpoint(out):
+    if resume and ckpt.list_checkpoints(out / "checkpoints"):
         clean_staging(out)
         return True
     if not resume:
         _refuse_finished(out)
-    if resume or any(n in _RUN_FILES for n in names):
+    if resume or any(n in _RUN_FILES for n in _entries(out)):
         print(f"warning: {out} holds a run that stopped before its first complete checkpoint; starting it "
               "again from step 0", file=sys.stderr)
         for name in _RUN_FILES:

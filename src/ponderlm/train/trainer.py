@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponderlm.data.loader import read_meta
+from ponderlm.data.loader import TokenLoader, iter_eval_batches, read_meta, unigram_perplexity
 from ponderlm.errors import PonderError
 from ponderlm.paths import cache_dir
 from ponderlm.train import checkpoint as ckpt
@@ -102,8 +102,8 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     resuming = parallel.on_main(d, lambda: rundir.claim(out, resume))
     state: dict[str, Any] = {}
     resume_from = None
-    if resuming:
-        resume_from, state = dckpt.find_resume(out / "checkpoints", identity, d)
+    if resuming:  # rank 0 verifies (corrupt newer checkpoints are set aside with a warning); every rank gets it
+        resume_from, state = parallel.on_main(d, lambda: ckpt.newest_valid_checkpoint(out / "checkpoints", identity))
     start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
 
     if d.is_main:
@@ -113,8 +113,6 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
             raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
 
     # ---- model (wrapped for DDP/FSDP2), optimizer over the wrapped parameters, data loader, resume
-    from ponderlm.data.loader import TokenLoader
-
     # Seed every RNG a method might draw from (PonderLM-2 draws its Jacobi sweep count with `random`):
     # same init and the same draws on every rank and every fresh run; a resume then restores the states.
     random.seed(t.seed)
@@ -136,9 +134,8 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
         loader.load_state_dict(state["loader"])
         if d.is_main:
             print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
-    frozen = None
-    if start_step < freeze_steps:  # e.g. AdaPonderLM continued pretraining: gates only until step freeze_steps
-        frozen = model.method.freeze_backbone(model)
+    # e.g. AdaPonderLM continued pretraining: gates only until step freeze_steps
+    frozen = model.method.freeze_backbone(model) if start_step < freeze_steps else None
     n_params = sum(p.numel() for p in model.parameters())
     logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
                            wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
@@ -294,10 +291,7 @@ def build_model(cfg: RunConfig, model_config: Any, data_vocab: int) -> torch.nn.
         model = PonderForCausalLM.from_backbone(init_from, **cfg.model_kwargs())
     except ValueError as exc:  # e.g. settings that contradict the checkpoint's architecture: one line
         raise PonderError(f"model.init_from: {exc}") from None
-    _check_vocab(model.config.vocab_size, data_vocab)
-    if cfg.data.seq_len > model.config.max_position_embeddings:
-        raise PonderError(f"data.seq_len ({cfg.data.seq_len}) exceeds {init_from}'s max_position_embeddings "
-                          f"({model.config.max_position_embeddings})")
+    _check_vocab(model.config.vocab_size, data_vocab)  # data.seq_len was checked by _check_init_from
     return model
 
 
@@ -332,8 +326,6 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 def evaluate(model: torch.nn.Module, data_dir: Path, cfg: RunConfig, device: torch.device,
              autocast: Any) -> dict[str, float]:
     """Validation CE (without method aux losses), perplexity and average executed steps."""
-    from ponderlm.data.loader import iter_eval_batches
-
     model.eval()
     nll, count, rows, steps = 0.0, 0, 0, 0.0
     K = model.config.max_steps
@@ -477,7 +469,6 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
             staging: Path) -> None:
     """Complete `final/` (the weights are already in `staging`) with the tokenizer, publish it, print the summary
     and a greedy sample."""
-    from ponderlm.data.loader import unigram_perplexity
     from ponderlm.data.tokenizer import load_tokenizer
     from ponderlm.hub import complete_checkpoint
 
