@@ -142,19 +142,28 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     (tmp / STATE).write_text(json.dumps({**state, "step": step, "rng": rng_plain}, indent=1))
     files = sorted(p for p in tmp.iterdir() if p.is_file())
     crash_point(f"checkpoint:{step}")  # every file but the manifest is written
-    for p in files:
+    commit(tmp, final, step, {p.name: describe(p) for p in files}, keep_last)
+    return final
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """`path`'s manifest entry (size, sha256), fsynced first: the manifest only vouches for data on disk."""
+    _fsync(path)
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def commit(tmp: Path, final: Path, step: int, files: dict[str, Any], keep_last: int) -> None:
+    """Write the manifest (`files`: `describe` of every file in `tmp`) last, as the "complete" marker, rename `tmp`
+    into place in one step, then delete all but the newest `keep_last` checkpoints."""
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": dict(sorted(files.items()))}, indent=1))
+    for p in (tmp / MANIFEST, *(p for p in tmp.iterdir() if p.is_dir()), tmp):
         _fsync(p)
-    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
-    _fsync(tmp / MANIFEST)
-    _fsync(tmp)
     if final.exists():  # same step saved twice (e.g. a signal right after a periodic save): keep the newer
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(root)
-    for _, old in list_checkpoints(root)[:-keep_last]:
+    _fsync(final.parent)
+    for _, old in list_checkpoints(final.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def verify_checkpoint(path: Path, identity_hash: str) -> dict[str, Any]:

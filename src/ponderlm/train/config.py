@@ -133,8 +133,7 @@ class RunConfig:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig, "dist": DistConfig}
-TOP_LEVEL = ("name", "model", *SECTIONS)
+TOP_LEVEL = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 # ---------------------------------------------------------------------------------------------- type checks
@@ -173,26 +172,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except PonderError:
                 continue
         raise PonderError(f"{key} must be {_type_name(hint)}, got {value!r}")
-    if hint is type(None):
-        if value is None:
-            return None
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads `3e-4` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
+    plain = hint in (type(None), bool, int, str)
+    if plain and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):  # True is no int
+        return value
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # also a string: PyYAML reads `3e-4` (no dot) as one
+        except ValueError:
+            pass
     elif origin in (list, tuple) and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -216,7 +203,7 @@ def _unknown(key: str, valid: typing.Iterable[str]) -> PonderError:
 
 
 # ---------------------------------------------------------------------------------------------- build
-def _set(cfg: RunConfig, key: str, value: Any, model_hints: dict[str, Any] | None = None) -> None:
+def _set(cfg: RunConfig, key: str, value: Any, model_hints: dict[str, Any]) -> None:
     """Set one dotted key on `cfg` with type checks (shared by YAML loading and CLI overrides)."""
     parts = key.split(".")
     top = parts[0]
@@ -236,17 +223,13 @@ def _set(cfg: RunConfig, key: str, value: Any, model_hints: dict[str, Any] | Non
     if len(parts) > 2:
         raise PonderError(f"config keys have one level below the section, got '{key}'")
     leaf = parts[1]
-    if top == "model":
-        hints = model_hints if model_hints is not None else _model_hints()
-        if leaf not in hints:
-            raise _unknown(key, hints)
-        cfg.model[leaf] = _coerce(value, hints[leaf], key)
-        return
-    section = getattr(cfg, top)
-    hints = typing.get_type_hints(type(section))
+    hints = model_hints if top == "model" else typing.get_type_hints(type(getattr(cfg, top)))
     if leaf not in hints:
         raise _unknown(key, hints)
-    setattr(section, leaf, _coerce(value, hints[leaf], key))
+    if top == "model":
+        cfg.model[leaf] = _coerce(value, hints[leaf], key)
+    else:
+        setattr(getattr(cfg, top), leaf, _coerce(value, hints[leaf], key))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -282,7 +265,7 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Run
             cfg.model.pop(key, None)
     _drop_foreign_method_options(cfg, parsed)
     for key, value in parsed:
-        _set(cfg, key, value, model_hints=model_hints)
+        _set(cfg, key, value, model_hints)
     validate(cfg)
     return cfg
 
@@ -297,8 +280,7 @@ def _drop_foreign_method_options(cfg: RunConfig, parsed: list[tuple[str, Any]]) 
     (e.g. the quickstart's PonderLM-3 compute penalty and tau), not for the new one. Overrides still apply."""
     method = next((value for key, value in parsed if key == "model.method"), None)
     recipe_method = cfg.model.get("method")
-    if method is None or recipe_method is None or method == recipe_method \
-            or recipe_method not in REGISTRY or method not in REGISTRY:
+    if method == recipe_method or recipe_method not in REGISTRY or method not in REGISTRY:  # (None is not in it)
         return
 
     def options(name: str) -> set[str]:

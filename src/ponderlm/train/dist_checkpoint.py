@@ -146,26 +146,12 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     Path(f"{name}.json").write_text(json.dumps(plain))
     barrier(d)  # every rank's files are on disk
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    mine = {str(p.relative_to(tmp)): _describe(p) for i, p in enumerate(files) if i % d.world_size == d.rank}
+    mine = {str(p.relative_to(tmp)): ckpt.describe(p) for i, p in enumerate(files) if i % d.world_size == d.rank}
     manifest = _gather_dicts(d, mine)
     if d.is_main:
-        (tmp / ckpt.MANIFEST).write_text(json.dumps({"step": step, "files": dict(sorted(manifest.items()))},
-                                                    indent=1))
-        for sub in (tmp / ckpt.MANIFEST, tmp / DCP_DIR, tmp / "rng", tmp):
-            ckpt._fsync(sub)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        ckpt._fsync(root)
-        for _, old in ckpt.list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        ckpt.commit(tmp, final, step, manifest, keep_last)
     barrier(d)  # nobody moves on (or exits) before the checkpoint is complete
     return final
-
-
-def _describe(path: Path) -> dict[str, Any]:
-    ckpt._fsync(path)
-    return {"bytes": path.stat().st_size, "sha256": ckpt._sha256(path)}
 
 
 def _gather_dicts(d: Dist, mine: dict[str, Any]) -> dict[str, Any]:

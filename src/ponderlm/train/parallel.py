@@ -83,15 +83,13 @@ def main_first(d: Dist, fn: Callable[[], T]) -> T:
     For work that fills a cache (data preparation, hub downloads): one process does it, the others find
     it done (node-local caches are filled once per node). Bad input on rank 0 raises on every rank.
     """
-    result, error = None, None
-    if d.is_main:
-        try:
-            result = fn()
-        except PonderError as exc:
-            error = str(exc)
-    error = broadcast_object(d, error)  # also the barrier after rank 0's turn
-    if error is not None:
-        raise PonderError(error)
+    result = None
+
+    def first() -> None:
+        nonlocal result
+        result = fn()
+
+    on_main(d, first)  # rank 0's turn (its broadcast is also the barrier after it)
     for turn in (d.rank != 0 and d.local_rank == 0, d.local_rank != 0):
         if turn:
             result = fn()
@@ -185,9 +183,8 @@ def gradient_sync(train_model: nn.Module, sync: bool) -> Iterator[None]:
         replicated = [p.grad for p in train_model._replicated_params if p.grad is not None]
         if sync and replicated:
             flat = torch.cat([g.reshape(1) for g in replicated])
-            dist.all_reduce(flat, op=dist.ReduceOp.AVG if flat.device.type == "cuda" else dist.ReduceOp.SUM)
-            if flat.device.type != "cuda":  # gloo has no AVG
-                flat /= dist.get_world_size()
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # then divide: gloo has no AVG
+            flat /= dist.get_world_size()
             for g, v in zip(replicated, flat):
                 g.copy_(v)
     elif sync or not hasattr(train_model, "no_sync"):

@@ -10,9 +10,7 @@ import math
 
 
 def warmup_steps(total_steps: int, warmup_frac: float, warmup_steps: int | None = None) -> int:
-    if warmup_steps is not None:
-        return min(warmup_steps, total_steps)
-    return min(total_steps, math.ceil(warmup_frac * total_steps))
+    return min(total_steps, math.ceil(warmup_frac * total_steps) if warmup_steps is None else warmup_steps)
 
 
 def lr_at(step: int, *, lr: float, total_steps: int, warmup: int, min_lr_ratio: float) -> float:

@@ -256,7 +256,7 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     if not last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
         last_eval = evaluate(model, data_dir, cfg, device, autocast)
     # final/ is assembled in a staging dir and renamed into place complete (rundir.publish_dir)
-    staging = Path(parallel.broadcast_object(d, str(rundir.staging_dir(out))))
+    staging = parallel.broadcast_object(d, rundir.staging_dir(out))
     plain = dckpt.export_pretrained(model, staging, d)
     if d.is_main:
         _finish(result, plain, cfg, data_dir, last_eval, staging)
@@ -364,16 +364,14 @@ def _with_input_rms(model: Any, x: torch.Tensor) -> tuple[Any, dict[str, float]]
     the token slot; for the recurrent methods (one slot per token, several passes), the last pass's input.
     Methods whose last pass is packed (pruned slots removed) or single-pass report only the token RMS.
     """
-    inner = model.model if hasattr(model, "model") else None
     calls: list[torch.Tensor] = []
-    handle = inner.register_forward_pre_hook(lambda _m, args: calls.append(args[0].detach())) if inner else None
+    handle = model.model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].detach()))
     try:
         out = model(input_ids=x)
     finally:
-        if handle is not None:
-            handle.remove()
+        handle.remove()
     rms = lambda t: float(t.float().pow(2).mean().sqrt())  # noqa: E731
-    result = {"input_rms_token": rms(model.embed(x))} if hasattr(model, "embed") else {}
+    result = {"input_rms_token": rms(model.embed(x))}
     n, (b, t) = model.config.num_slots_per_token, x.shape
     if calls and n > 1 and calls[-1].shape[:2] == (b, t * n):
         result["input_rms_latent"] = rms(calls[-1].view(b, t, n, -1)[:, :, 1:])
