@@ -83,11 +83,8 @@ class PonderConfig(PretrainedConfig):
         depth_seed: seed of the fixed-pruning depth draws.
 
     Method options (keyword arguments too, stored flat like every field): declared with their defaults and
-    checks by each method's `Options` (methods/<name>.py); every config carries every registered method's.
-    Jacobi (ponderlm2, ponderlm3): jacobi_iters_train, jacobi_iters_eval, jacobi_detach. ponderlm3:
-    router_hidden_size, router_init, router_init_bias, mask_eps, lambda_steps, renormalize_pruned. adaponder:
-    gate_hidden_size, gate_init_bias, halt_lambda, halt_k_frac, halt_k_frac_ramp_steps. latent_cot: cot_router,
-    cot_router_init_bias, cot_lambda, cot_beta.
+    checks by each method's `Options` (methods/<name>.py; `method_options()` lists them all); every config
+    carries every registered method's.
     """
 
     model_type = "ponder"
