@@ -17,7 +17,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -400,11 +399,10 @@ def build_model_config(cfg: RunConfig) -> Any:
 
 
 def save_yaml(cfg: RunConfig, path: str | Path) -> None:
-    """Write via a temp file + rename, so a kill mid-write never leaves a truncated recipe behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    """Write atomically (temp file + rename), so a kill mid-write never leaves a truncated recipe behind."""
+    from ponderlm.train.rundir import write_text_atomic  # torch: only needed once a run starts
+
+    write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------- presets

@@ -57,10 +57,6 @@ from ponderlm.train.parallel import Dist, barrier, broadcast_object, is_fsdp
 DCP_DIR = "dcp"
 
 
-def is_sharded(path: Path) -> bool:
-    return (path / DCP_DIR).is_dir()
-
-
 # ---------------------------------------------------------------------------------------------- safe reading
 # Every global a DCP `.metadata` pickle written by torch.distributed.checkpoint refers to. Constructing any of
 # them with attacker-chosen arguments only builds inert data (dataclasses, a Size, a path, a dtype).
@@ -165,7 +161,7 @@ def _gather_dicts(d: Dist, mine: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- resume
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> None:
     """Load a verified checkpoint of either format into the (wrapped) model and its optimizer."""
-    if not is_sharded(path):
+    if not (path / DCP_DIR).is_dir():  # a single-file checkpoint
         if is_fsdp(model):
             raise PonderError(f"{path} is a single-process checkpoint; resume it with dist.backend=ddp "
                               "(or one process) and save once, then switch to fsdp2")

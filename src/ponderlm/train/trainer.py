@@ -100,10 +100,9 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     # leaves the run dir untouched); a run that never completed a checkpoint starts again from step 0
     parallel.on_main(d, lambda: lock.acquire(out))
     resuming = parallel.on_main(d, lambda: rundir.claim(out, resume))
-    state: dict[str, Any] = {}
-    resume_from = None
-    if resuming:  # rank 0 verifies (corrupt newer checkpoints are set aside with a warning); every rank gets it
-        resume_from, state = parallel.on_main(d, lambda: ckpt.newest_valid_checkpoint(out / "checkpoints", identity))
+    # rank 0 verifies (corrupt newer checkpoints are set aside with a warning); every rank gets the same answer
+    find = lambda: ckpt.newest_valid_checkpoint(out / "checkpoints", identity)  # noqa: E731
+    resume_from, state = parallel.on_main(d, find) if resuming else (None, {})
     start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
 
     if d.is_main:
