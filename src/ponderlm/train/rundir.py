@@ -60,19 +60,18 @@ def _in_use_error(out: Path) -> PonderError:
                        "or choose another --out")
 
 
-def _locked_by_other(out: Path) -> bool:
+def _refuse_if_locked(out: Path) -> None:
     """Try the lock without keeping it (read-only check before any work)."""
     try:
         f = open(out / LOCK, "rb")
     except OSError:
-        return False
+        return
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            raise _in_use_error(out) from None
         fcntl.flock(f, fcntl.LOCK_UN)
-    return False
 
 
 def check_out_dir(out: Path, resume: bool) -> None:
@@ -84,8 +83,7 @@ def check_out_dir(out: Path, resume: bool) -> None:
             raise PonderError(f"--resume: {out} does not exist; start the run without --resume")
         if not is_run_dir(out):
             raise PonderError(f"--resume: {out} is not a ponderlm run directory (no {LOCK} or checkpoints/)")
-        if _locked_by_other(out):
-            raise _in_use_error(out)
+        _refuse_if_locked(out)
         return
     if out.is_dir():
         if not os.access(out, os.W_OK | os.X_OK):
@@ -97,8 +95,7 @@ def check_out_dir(out: Path, resume: bool) -> None:
             shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
             raise PonderError(f"--out {out} already holds files that are not a ponderlm run ({shown}); choose a "
                               "new or empty directory")
-        if _locked_by_other(out):
-            raise _in_use_error(out)
+        _refuse_if_locked(out)
         _refuse_finished(out)
         return
     parent = out
