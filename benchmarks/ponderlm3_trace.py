@@ -47,7 +47,10 @@ def trace_checkpoint(path: Path, tokens: np.ndarray, mask: np.ndarray, difficult
     if model.config.method != "ponderlm3" or model.config.max_steps != 1:
         raise SystemExit(f"{path}: needs a PonderLM-3 K = 1 checkpoint, got {model.config.method} "
                          f"K = {model.config.max_steps}")
+    step = json.loads((path / "trainer_state.json").read_text()).get("step") \
+        if (path / "trainer_state.json").exists() else None
     model.train()  # the training forward: soft log(w) mask on every latent key, no pruning
+    model.set_training_progress(10**9 if step is None else step)  # `router_warmup_steps` as at that step
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("hop", "s1", "ce_fused", "ce_h0", "ce_h1", "acc_h0",
                                                           "acc_h1", "dz1")}
     ctx_s1: list[float] = []
@@ -82,8 +85,6 @@ def trace_checkpoint(path: Path, tokens: np.ndarray, mask: np.ndarray, difficult
             ctx = torch.arange(x.shape[1])[None, :] < torch.from_numpy(first_query)[:, None]
             ctx_s1.append(float(s[..., 1][ctx].mean()))
     cat = {k: np.concatenate(v) for k, v in rows.items()}
-    step = json.loads((path / "trainer_state.json").read_text()).get("step") \
-        if (path / "trainer_state.json").exists() else None
     result: dict[str, Any] = {"checkpoint": path.name, "step": step, "s1_ctx": float(np.mean(ctx_s1)), "hops": {}}
     for hop in sorted(set(cat["hop"].tolist())):
         sel = cat["hop"] == hop

@@ -9,6 +9,7 @@ counts, equal parameters, several seeds, K = 1, 2, 3, and iso-FLOPs fixed-prunin
     python benchmarks/reasoning.py report               # table + plots into docs/results/reasoning/
     python benchmarks/reasoning.py run --max-minutes 45 # stop starting new runs after 45 minutes
     python benchmarks/reasoning.py run --setting n8-hops12   # the first protocol (8 symbols, hop counts 1, 2)
+    python benchmarks/reasoning.py extra --only NAME,NAME    # just these runs (run names as in runs/)
 
 Everything is the public CLI / Python API: `ponderlm data synth`, `ponderlm train` (called in-process through
 `ponderlm.cli.main`, so the exact command lines in `<out>/commands.txt` reproduce each run) and
@@ -45,6 +46,9 @@ BATCH = 32
 SEQ_LEN = 32
 SWEEP_ALPHAS = (-4.0, -2.0, -1.0)  # PonderLM-3 router bias (alpha = 0 is the main evaluation)
 SWEEP_TAUS = (0.05, 0.2, 0.5, 0.8)  # AdaPonderLM / latent CoT halting threshold (1e-4 is the main evaluation)
+# PonderLM-3 pruning threshold on w_k: a router trained with a small compute penalty keeps s_1 ~ 0.1 on the tokens
+# it would prune, far above the default tau = 1e-4, so its allocation shows only at a larger tau
+SWEEP_TAUS_P3 = (0.5, 0.9)
 SWEEP_EXAMPLES = 500  # the first 500 test examples per sweep point
 COMMON = [
     "model.backbone=llama", "model.hidden_size=64", "model.num_hidden_layers=1", "model.num_attention_heads=4",
@@ -104,6 +108,14 @@ _FROM_P2 = ["model.init_from={runs}/ponderlm2-k1-steps3000-s1/final", "train.ste
 VARIANTS.update({
     "from-p2s1-lam0": [*_FROM_P2, "model.lambda_steps=0"],
     "from-p2s1-lam0.05": [*_FROM_P2, "model.lambda_steps=0.05"],
+    # one stage: the router held at its prior for the first 2,000 of 3,000 steps (checkpoints every 100 steps, kept
+    # for benchmarks/ponderlm3_trace.py)
+    "steps3000-warm2000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth",
+                                "model.tau=0.0001", "model.lambda_steps=0", "model.router_warmup_steps=2000",
+                                "train.save_every=100", "train.keep_last=40"],
+    "steps3000-warm2000-lam0.05": ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth",
+                                   "model.tau=0.0001", "model.lambda_steps=0.05", "model.router_warmup_steps=2000",
+                                   "train.save_every=100", "train.keep_last=40"],
 })
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
@@ -117,7 +129,8 @@ EXTRA = {
                     ("ponderlm", 1, 0, "steps3000"), ("ponderlm", 2, 1, "steps3000"), ("ponderlm", 1, 1, "steps3000"),
                     ("ponderlm", 2, 2, "steps3000"), ("ponderlm", 1, 2, "steps3000"), ("ponderlm2", 1, 0, "steps3000"),
                     ("ponderlm", 2, 0, "steps3000"),
-                    ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05")],
+                    ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05"),
+                    ("ponderlm3", 1, 0, "steps3000-warm2000-lam0"), ("ponderlm3", 1, 0, "steps3000-warm2000-lam0.05")],
 }
 
 
@@ -269,8 +282,8 @@ class Bench:
                 continue
             start = time.time()
             model, tokenizer = load_model(run, "cpu")
-            knobs = ([DecodeSettings(alpha=a) for a in SWEEP_ALPHAS] if info["method"] == "ponderlm3"
-                     else [DecodeSettings(tau=t) for t in SWEEP_TAUS])
+            knobs = ([DecodeSettings(alpha=a) for a in SWEEP_ALPHAS] + [DecodeSettings(tau=t) for t in SWEEP_TAUS_P3]
+                     if info["method"] == "ponderlm3" else [DecodeSettings(tau=t) for t in SWEEP_TAUS])
             points = []
             for settings in knobs:
                 learned = reasoning_eval(model, self.data, settings, progress=False, tokenizer=tokenizer,
@@ -330,14 +343,15 @@ class Bench:
                      f"steps {r['learned']['avg_steps']:.2f} rho {r['learned']['spearman_steps_difficulty']}")
         self.sweep()
 
-    def run(self) -> None:
+    def run(self, only: tuple[str, ...] = ()) -> None:
         import torch
 
         torch.set_num_threads(1)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.prepare()
         begin = time.time()
-        todo = [r for r in plan(self.setting, self.seeds) if not (self.runs / run_name(*r) / "eval.json").is_file()]
+        todo = [r for r in plan(self.setting, self.seeds) if not (self.runs / run_name(*r) / "eval.json").is_file()
+                and (not only or run_name(*r) in only)]
         self.log(f"start ({self.setting}, pid {os.getpid()}): {len(todo)} runs to do, {self.steps} steps each")
         for i, (method, k, seed) in enumerate(todo):
             if self.max_minutes is not None and time.time() - begin > 60 * self.max_minutes:
@@ -369,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the setting's)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--max-minutes", type=float, help="start no new run after this many minutes")
-    p.add_argument("--only", default="", help="extra: comma-separated run names to do (default: all of EXTRA)")
+    p.add_argument("--only", default="", help="run / extra: comma-separated run names to do (default: all)")
     args = p.parse_args(argv)
     cfg = SETTINGS[args.setting]
     out = Path(args.out) if args.out else ROOT / cfg["out"]
@@ -377,10 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     if args.phase in ("run", "sweep", "forced", "extra"):
         bench = Bench(args.setting, out, args.steps, seeds, args.max_minutes)
-        if args.phase == "extra":
-            bench.extra(tuple(name for name in args.only.split(",") if name.strip()))
+        only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+        if args.phase in ("run", "extra"):
+            {"run": bench.run, "extra": bench.extra}[args.phase](only)
             return 0
-        {"run": bench.run, "sweep": bench.sweep, "forced": bench.forced}[args.phase]()
+        {"sweep": bench.sweep, "forced": bench.forced}[args.phase]()
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reasoning_report import report
