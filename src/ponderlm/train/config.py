@@ -279,7 +279,8 @@ def _drop_foreign_method_options(cfg: RunConfig, parsed: list[tuple[str, Any]]) 
     (e.g. the quickstart's PonderLM-3 compute penalty and tau), not for the new one. Overrides still apply."""
     method = next((value for key, value in parsed if key == "model.method"), None)
     recipe_method = cfg.model.get("method")
-    if method == recipe_method or recipe_method not in REGISTRY or method not in REGISTRY:  # (None is not in it)
+    if not isinstance(method, str) or method == recipe_method or recipe_method not in REGISTRY \
+            or method not in REGISTRY:  # a method that is no str (None, a list) is left to _set's type check
         return
 
     def options(name: str) -> set[str]:
