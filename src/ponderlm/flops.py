@@ -25,6 +25,7 @@ Conventions (docs/COMPUTE.md has the derivations and a table):
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Sequence
@@ -164,7 +165,9 @@ def flops(config, seq_len: int, *, avg_steps: Any = None, training: bool = False
     if not training:  # the `training*` entries always describe a train-mode step
         train_mode = _totals(config, seq_len, a, _sweeps(config, True, jacobi_sweeps), True, costs)
         out["training"], out["training_executed"] = train_mode["training"], train_mode["training_executed"]
-    vanilla = _totals(_VanillaView(config), seq_len, [1.0], 0, True, costs)
+    vanilla_config = copy.copy(config)  # the same backbone as a vanilla model (no validation round-trip)
+    vanilla_config.method, vanilla_config.max_steps = "vanilla", 0
+    vanilla = _totals(vanilla_config, seq_len, [1.0], 0, True, costs)
     result: dict[str, Any] = {"method": config.method, "seq_len": seq_len, "avg_steps": sum(a[1:]), "sweeps": sweeps}
     for key, value in out.items():
         result[key] = value
@@ -172,17 +175,6 @@ def flops(config, seq_len: int, *, avg_steps: Any = None, training: bool = False
     for key in ("forward", "parallel", "parallel_useful", "training", "training_executed"):
         result[f"{key}_ratio"] = out[key] / vanilla[key]
     return result
-
-
-class _VanillaView:
-    """The same backbone as `config` with method vanilla (no PonderConfig validation round-trip)."""
-
-    def __init__(self, config) -> None:
-        self._config = config
-        self.method, self.max_steps = "vanilla", 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._config, name)
 
 
 # --------------------------------------------------------------------------- measured FLOPs
