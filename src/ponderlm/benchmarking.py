@@ -80,7 +80,6 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
     from ponderlm.inference.sequential import decode_options, new_state
     from ponderlm.methods.base import PonderMethod
 
-    model.eval()
     batch, total = prompt.shape[0], prompt.shape[1] + new_tokens
     with decode_options(model, **options):
         state = new_state(model, batch, total)

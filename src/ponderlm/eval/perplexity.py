@@ -189,17 +189,12 @@ def eval_forwards(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with applied(model, settings):
-            for x in tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
-                x = x.to(device)
-                out = model(input_ids=x)
-                steps = out.executed_steps
-                yield x, out.logits, torch.zeros(x.shape, device=device) if steps is None else steps.float()
-    finally:
-        model.train(was_training)
+    with applied(model, settings):  # eval mode, restored after
+        for x in tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
+            x = x.to(device)
+            out = model(input_ids=x)
+            steps = out.executed_steps
+            yield x, out.logits, torch.zeros(x.shape, device=device) if steps is None else steps.float()
 
 
 @torch.no_grad()

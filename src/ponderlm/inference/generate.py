@@ -159,18 +159,13 @@ def generate(
         return _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
                        streamer=streamer, generator=generator, row_wise=not custom_lists and not stops)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with decode_options(model, **ponder):
-            # transformers prepares the config, the expanded batch, the processors and the stopping criteria
-            # exactly as for any causal LM, then runs `decode_loop` instead of its own loops.
-            return GenerationMixin.generate(
-                model, input_ids, generation_config=generation_config, logits_processor=logits_processor,
-                stopping_criteria=criteria, streamer=streamer, custom_generate=decode_loop,
-                attention_mask=attention_mask, **kwargs)
-    finally:
-        model.train(was_training)
+    with decode_options(model, **ponder):  # eval mode, restored after
+        # transformers prepares the config, the expanded batch, the processors and the stopping criteria
+        # exactly as for any causal LM, then runs `decode_loop` instead of its own loops.
+        return GenerationMixin.generate(
+            model, input_ids, generation_config=generation_config, logits_processor=logits_processor,
+            stopping_criteria=criteria, streamer=streamer, custom_generate=decode_loop,
+            attention_mask=attention_mask, **kwargs)
 
 
 class StopStringsInNewText(StoppingCriteria):

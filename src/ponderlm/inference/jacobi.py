@@ -22,18 +22,13 @@ def jacobi_rmse(
         raise ValueError(f"method {model.config.method!r} has no Jacobi solver")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    was_training = model.training
-    model.eval()
-    try:
-        _, _, state = sequential_logits(model, input_ids, attention_mask, tau=0.0, alpha=0.0, return_state=True,
-                                        trace=True)
-        reference = torch.stack(state.slot_trace, dim=1)  # [B,T,K+1,D]
-        trace: list[torch.Tensor] = []
-        # tau = 0 and alpha = 0 so the parallel solve keeps every slot, like the traced decode above.
-        with decode_options(model, tau=0.0, alpha=0.0):
-            method.jacobi(model.backbone, input_ids, attention_mask, max_sweeps, trace=trace)
-    finally:
-        model.train(was_training)
+    _, _, state = sequential_logits(model, input_ids, attention_mask, tau=0.0, alpha=0.0, return_state=True,
+                                    trace=True)
+    reference = torch.stack(state.slot_trace, dim=1)  # [B,T,K+1,D]
+    trace: list[torch.Tensor] = []
+    # tau = 0 and alpha = 0 so the parallel solve keeps every slot, like the traced decode above.
+    with decode_options(model, tau=0.0, alpha=0.0):
+        method.jacobi(model.backbone, input_ids, attention_mask, max_sweeps, trace=trace)
     valid = attention_mask.bool()
     return [float(((h - reference)[valid] ** 2).mean().sqrt()) for h in trace]
 

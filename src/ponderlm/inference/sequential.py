@@ -13,12 +13,18 @@ from ponderlm.methods.options import DecodeOptions, current, scope
 
 @contextmanager
 def decode_options(model, **options) -> Iterator[DecodeOptions]:
-    """Decode `model` with inference options overridden (tau, alpha, depth_policy, depth_target, depth_seed,
-    jacobi_iters_eval; None keeps the saved value). Validated once; the config itself is never changed, so
-    scopes nest and concurrent threads / tasks do not see each other's options."""
+    """Decode `model` in eval mode with inference options overridden (tau, alpha, depth_policy, depth_target,
+    depth_seed, jacobi_iters_eval; None keeps the saved value). Validated once; the config itself is never
+    changed, so scopes nest and concurrent threads / tasks do not see each other's options. The model's
+    train / eval mode is restored on exit."""
     resolved = current(model.config).replace(model.config, **options)
-    with scope(model.config, resolved):
-        yield resolved
+    was_training = model.training
+    model.eval()
+    try:
+        with scope(model.config, resolved):
+            yield resolved
+    finally:
+        model.train(was_training)
 
 
 def new_state(model, batch_size: int, num_tokens: int, trace: bool = False) -> DecodeState:
@@ -57,17 +63,12 @@ def sequential_logits(
                          f"({model.config.max_position_embeddings})")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    was_training = model.training
-    model.eval()
-    try:
-        with decode_options(model, tau=tau, alpha=alpha, depth_policy=depth_policy, depth_target=depth_target):
-            batch, length = input_ids.shape
-            state = new_state(model, batch, length, trace=trace)
-            # The base class's prefill is exactly one `decode_token` call per token (never a method's
-            # parallel override): this function is the reference the parallel paths are tested against.
-            logits, steps = PonderMethod.prefill(model.method, model.backbone, state, input_ids, attention_mask)
-    finally:
-        model.train(was_training)
+    with decode_options(model, tau=tau, alpha=alpha, depth_policy=depth_policy, depth_target=depth_target):
+        batch, length = input_ids.shape
+        state = new_state(model, batch, length, trace=trace)
+        # The base class's prefill is exactly one `decode_token` call per token (never a method's
+        # parallel override): this function is the reference the parallel paths are tested against.
+        logits, steps = PonderMethod.prefill(model.method, model.backbone, state, input_ids, attention_mask)
     if return_state:
         return logits, steps, state
     return logits, steps
