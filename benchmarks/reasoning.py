@@ -109,6 +109,9 @@ VARIANTS.update({
     "from-p2s1-lam0": [*_FROM_P2, "model.lambda_steps=0"],
     "from-p2s1-lam0.05": [*_FROM_P2, "model.lambda_steps=0.05"],
     "from-p2s2-lam0.05": [*(o.replace("-s1/", "-s2/") for o in _FROM_P2), "model.lambda_steps=0.05"],  # 2nd start
+    # K = 2: from PonderLM-2 K = 2 (3,000 steps, seed 0; it solves all three hop counts)
+    "from-p2k2s0-lam0.05": [*(o.replace("-k1-steps3000-s1/", "-k2-steps3000-s0/") for o in _FROM_P2),
+                            "model.lambda_steps=0.05"],
     # one stage: the router held at its prior for the first 2,000 of 3,000 steps (checkpoints every 100 steps, kept
     # for benchmarks/ponderlm3_trace.py)
     "steps3000-warm2000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth",
@@ -132,7 +135,8 @@ EXTRA = {
                     ("ponderlm", 2, 0, "steps3000"),
                     ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05"),
                     ("ponderlm3", 1, 0, "steps3000-warm2000-lam0"), ("ponderlm3", 1, 0, "steps3000-warm2000-lam0.05"),
-                    ("ponderlm3", 1, 0, "from-p2s2-lam0.05"), ("ponderlm3", 1, 1, "steps3000-warm2000-lam0.05")],
+                    ("ponderlm3", 1, 0, "from-p2s2-lam0.05"), ("ponderlm3", 1, 1, "steps3000-warm2000-lam0.05"),
+                    ("ponderlm3", 2, 0, "from-p2k2s0-lam0.05")],
 }
 
 
