@@ -136,7 +136,7 @@ EXTRA = {
                     ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05"),
                     ("ponderlm3", 1, 0, "steps3000-warm2000-lam0"), ("ponderlm3", 1, 0, "steps3000-warm2000-lam0.05"),
                     ("ponderlm3", 1, 0, "from-p2s2-lam0.05"), ("ponderlm3", 1, 1, "steps3000-warm2000-lam0.05"),
-                    ("ponderlm3", 2, 0, "from-p2k2s0-lam0.05")],
+                    ("ponderlm3", 2, 0, "from-p2k2s0-lam0.05"), ("ponderlm3", 1, 2, "steps3000-warm2000-lam0.05")],
 }
 
 
