@@ -304,3 +304,23 @@ def test_greedy_generate_matches_sequential():
     logits, steps = sequential_logits(model, out.sequences[:, :-1])
     assert torch.equal(out.sequences[:, 3:], logits[:, 2:].argmax(-1))
     assert torch.equal(out.executed_steps, steps)
+
+
+def test_penalty_delay_turns_the_penalty_on_at_the_given_step():
+    """cot_lambda_delay_steps: no penalty before the step, exactly the undelayed penalty from it on."""
+    ids, mask = batch("right")
+    delayed = make(3, tau=0.0, cot_lambda=0.3, cot_lambda_delay_steps=5).train()
+    plain = make(3, tau=0.0, cot_lambda=0.3).train()
+    plain.load_state_dict(delayed.state_dict())
+    reference = plain(ids, attention_mask=mask, labels=ids)
+    assert reference.aux_loss is not None and float(reference.aux_loss.detach()) > 0
+    for step, on in ((0, False), (4, False), (5, True), (9, True)):
+        delayed.set_training_progress(step)
+        out = delayed(ids, attention_mask=mask, labels=ids)
+        if on:
+            torch.testing.assert_close(out.aux_loss, reference.aux_loss)
+        else:
+            assert out.aux_loss is None
+            torch.testing.assert_close(out.loss, reference.lm_loss)
+    with pytest.raises(ValueError, match="cot_lambda_delay_steps"):
+        make(3, cot_lambda_delay_steps=-1)

@@ -18,6 +18,10 @@ Training compute is (T + sum_t K^_t) slots (+ packing filler in a batch), not T(
 `latent_feedback="pre_norm"` feeds `u_t^(k)` = the residual stream of slot k-1 before the final norm;
 the router g_{t,k}, the fusion, the penalty's q_{t,k} = softmax(W_out h^(k)) keep post-norm states.
 Decoding runs the same mask over a `SlotKVCache` whose entries keep their depth index.
+
+`cot_lambda_delay_steps=N` (training only) turns the compute penalty on after N optimizer steps: on a task
+whose latent step pays off only late, the penalty otherwise closes the router for every token before the step
+has learned anything, and a halted token sends no gradient through the step it skipped (docs/REASONING.md).
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class LatentCoT(PonderMethod):
         cot_router: str = "shared"  # "shared", "step" or "mlp"
         cot_router_init_bias: float = 2.0
         cot_lambda: float = 0.1
+        cot_lambda_delay_steps: int = 0  # training steps before the penalty applies (the router cannot close early)
         cot_beta: float = 1.0
 
     @classmethod
@@ -129,6 +134,8 @@ class LatentCoT(PonderMethod):
             reject(f"cot_router must be 'shared', 'step' or 'mlp', got {config.cot_router!r}")
         if config.cot_beta < 0:
             reject(f"cot_beta must be >= 0, got {config.cot_beta}")
+        if not isinstance(config.cot_lambda_delay_steps, int) or config.cot_lambda_delay_steps < 0:
+            reject(f"cot_lambda_delay_steps must be an integer >= 0, got {config.cot_lambda_delay_steps!r}")
 
     @staticmethod
     def router_flops(config) -> int:
@@ -255,7 +262,8 @@ class LatentCoT(PonderMethod):
         defined = (k_idx >= 1) & (k_idx <= depth[..., None] + 1)
         expected = (r * defined).sum(-1) * valid
         aux = None
-        if self.training and labels is not None and self.config.cot_lambda > 0:
+        if self.training and labels is not None and self.config.cot_lambda > 0 \
+                and self.training_progress >= self.config.cot_lambda_delay_steps:
             aux = self.penalty(backbone, slot_hidden, r, defined, labels, valid)
         # Diagnostics only (detached). slots_computed counts backbone slots incl. per-batch packing filler.
         stats = {"slots_computed": slots_computed, "slots_executed": int(valid.sum() + depth.sum()),
