@@ -99,6 +99,10 @@ VARIANTS = {
     # latent CoT at 3,000 steps: without the compute penalty, or without hard halting in training
     "steps3000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.cot_lambda=0"],
     "steps3000-tau0": ["train.steps=3000", "train.eval_every=3000", "model.tau=0"],
+    # ... or with the penalty turned on only after 2,000 steps (the lam0 run learns the step by ~1,800)
+    "steps3000-delay2000": ["train.steps=3000", "train.eval_every=3000", "model.cot_lambda_delay_steps=2000"],
+    # seeds 1 and 2 had not learned the step by 2,000 steps: a longer plateau allowance
+    "steps4500-delay3000": ["train.steps=4500", "train.eval_every=4500", "model.cot_lambda_delay_steps=3000"],
 }
 # PonderLM-3 two-stage recipe (docs/REASONING.md, "Why PonderLM-3 does not use depth here"): continue from the
 # trained PonderLM-2 K = 1 (3,000 steps, seed 1; it solves the 2-hop queries) with a fresh router, at
@@ -136,7 +140,10 @@ EXTRA = {
                     ("ponderlm3", 1, 0, "from-p2s1-lam0"), ("ponderlm3", 1, 0, "from-p2s1-lam0.05"),
                     ("ponderlm3", 1, 0, "steps3000-warm2000-lam0"), ("ponderlm3", 1, 0, "steps3000-warm2000-lam0.05"),
                     ("ponderlm3", 1, 0, "from-p2s2-lam0.05"), ("ponderlm3", 1, 1, "steps3000-warm2000-lam0.05"),
-                    ("ponderlm3", 2, 0, "from-p2k2s0-lam0.05"), ("ponderlm3", 1, 2, "steps3000-warm2000-lam0.05")],
+                    ("ponderlm3", 2, 0, "from-p2k2s0-lam0.05"), ("ponderlm3", 1, 2, "steps3000-warm2000-lam0.05"),
+                    ("latent_cot", 1, 0, "steps3000-delay2000"), ("latent_cot", 1, 1, "steps3000-delay2000"),
+                    ("latent_cot", 1, 2, "steps3000-delay2000"), ("latent_cot", 1, 0, "steps4500-delay3000"),
+                    ("latent_cot", 1, 1, "steps4500-delay3000"), ("latent_cot", 1, 2, "steps4500-delay3000")],
 }
 
 
