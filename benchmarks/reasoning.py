@@ -218,7 +218,8 @@ class Bench:
         """`ponderlm ARGV` in this process with stdout/stderr appended to `log`; the line goes to commands.txt."""
         from ponderlm.cli import main
 
-        line = "ponderlm " + shlex.join(argv)
+        # Paths relative to the repository (the commands run from its root), never this machine's.
+        line = "ponderlm " + shlex.join(argv).replace(f"{ROOT}/", "")
         with open(self.out / "commands.txt", "a") as f:
             f.write(line + "\n")
         log.parent.mkdir(parents=True, exist_ok=True)
