@@ -52,14 +52,18 @@ class DepthRouter(nn.Module):
         self.init_kind = init_kind
         self.init_bias = init_bias
 
+    def prior(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The prior logits [K+1] the output bias starts at: 0, or `init_bias` on the full depth K."""
+        prior = torch.zeros(self.net[-1].out_features, device=device, dtype=dtype)
+        if self.init_kind == "full_depth":
+            prior[-1] = self.init_bias
+        return prior
+
     def init_ponder_weights(self) -> None:
         # Small output weights keep s near the bias-defined prior at the start of training.
         out = self.net[-1]
         init.normal_(out.weight, mean=0.0, std=1e-3)
-        bias = torch.zeros_like(out.bias)
-        if self.init_kind == "full_depth":
-            bias[-1] = self.init_bias
-        init.copy_(out.bias, bias)
+        init.copy_(out.bias, self.prior(out.bias.device, out.bias.dtype))
 
     def forward(self, h0: torch.Tensor) -> torch.Tensor:
         return self.net(h0)
@@ -125,19 +129,12 @@ class PonderLM3(PonderLM2):
                                   config.router_init, config.router_init_bias)
 
     # ------------------------------------------------------------------ router
-    def router_prior(self) -> torch.Tensor:
-        """The router's initial logits [K+1] (what `init_ponder_weights` sets up): 0, or the full-depth bias on K."""
-        prior = torch.zeros(self.config.max_steps + 1)
-        if self.config.router_init == "full_depth":
-            prior[-1] = self.config.router_init_bias
-        return prior
-
     def route(self, token_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0)."""
         logits = self.router(token_hidden).float()
         if self.training and self.training_progress < self.config.router_warmup_steps:
             # Held at the prior; `0 * logits` keeps the router in the graph (zero gradient, no unused parameter).
-            logits = 0.0 * logits + self.router_prior().to(logits.device)
+            logits = 0.0 * logits + self.router.prior(logits.device)
         alpha = current(self.config).alpha
         if not self.training and alpha != 0.0:
             steps = torch.arange(self.config.max_steps + 1, device=logits.device, dtype=logits.dtype)
