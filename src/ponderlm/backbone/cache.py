@@ -29,6 +29,7 @@ class SlotKVCache:
     # rows is active in a forward; below it, gather the active rows' K/V (see `reserve`).
     full_batch_attention_min_fraction = 1 / 3
     _META = ("position", "depth", "depth_last", "bias")  # per-entry metadata tensors [B, capacity]
+
     def __init__(
         self,
         num_layers: int,

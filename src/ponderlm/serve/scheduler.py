@@ -2,9 +2,9 @@
 
 Requests wait in a bounded queue. Between backbone calls the engine admits waiting requests into
 free rows (each prompt prefilled alone by the method's own `prefill`, then spliced into the running
-batch, see `DecodeState.splice_row`), removes finished and cancelled ones, and advances every running row by one
-backbone call of the library's schedule: `step_rows` (one slot of each row's own
-token: real per-token early exit, skipped steps never computed) for methods with a per-row schedule,
+batch, see `DecodeState.splice_row`), removes finished and cancelled ones, and advances every running row by
+one backbone call of the library's schedule: `PonderMethod.step_rows` (one slot of each row's own token: real
+per-token early exit, skipped steps never computed) for methods with a per-row schedule,
 the method's `decode_token` (one token per running row) for the others. Rows with different
 `tau` / `alpha` cannot share a call (the threshold is read from the config), so each distinct pair
 runs as its own batch and the engine visits the batches in turn.
