@@ -8,8 +8,9 @@
 
 How a forced depth is obtained. Adaptive methods (ponderlm3, adaponder, latent_cot) take a fixed-pruning
 policy (METHODS.md §9) in place of their learned depth, so the same checkpoint runs at a chosen depth:
-the `constant` policy gives every token exactly k steps. Vanilla is its own 0-step model. Fixed-depth methods (pondering
-with always K steps: pause, looped, ponderlm, ponderlm2) have no 0-step prediction and are refused.
+the `constant` policy gives every token exactly k steps. Vanilla is its own 0-step model. Fixed-depth
+methods (pondering with always K steps: pause, looped, ponderlm, ponderlm2) have no 0-step prediction and
+are refused.
 """
 
 from __future__ import annotations

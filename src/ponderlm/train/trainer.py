@@ -112,8 +112,8 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
             raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
 
     # ---- model (wrapped for DDP/FSDP2), optimizer over the wrapped parameters, data loader, resume
-    # Seed every RNG a method might draw from (PonderLM-2 draws its Jacobi sweep count with `random`):
-    # same init and the same draws on every rank and every fresh run; a resume then restores the states.
+    # Seed every global RNG (init, dropout, data order): the same draws on every rank and every fresh run; a resume
+    # then restores the states. PonderLM-2's Jacobi sweep counts come from their own generator, keyed by the step.
     random.seed(t.seed)
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)
