@@ -109,6 +109,9 @@ VARIANTS = {
 # METHODS.md's defaults (full-depth router init, tau 1e-4) unless the name says otherwise, 1,000 steps at lr 1e-3.
 _FROM_P2 = ["model.init_from={runs}/ponderlm2-k1-steps3000-s1/final", "train.steps=1000", "train.eval_every=1000",
             "optim.lr=0.001", "model.router_init=full_depth", "model.tau=0.0001"]
+# Checkpoints every 100 steps, kept for benchmarks/ponderlm3_trace.py.
+_WARM2000 = ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth", "model.tau=0.0001",
+             "model.router_warmup_steps=2000", "train.save_every=100", "train.keep_last=40"]
 VARIANTS.update({
     "from-p2s1-lam0": [*_FROM_P2, "model.lambda_steps=0"],
     "from-p2s1-lam0.05": [*_FROM_P2, "model.lambda_steps=0.05"],
@@ -116,14 +119,9 @@ VARIANTS.update({
     # K = 2: from PonderLM-2 K = 2 (3,000 steps, seed 0; it solves all three hop counts)
     "from-p2k2s0-lam0.05": [*(o.replace("-k1-steps3000-s1/", "-k2-steps3000-s0/") for o in _FROM_P2),
                             "model.lambda_steps=0.05"],
-    # one stage: the router held at its prior for the first 2,000 of 3,000 steps (checkpoints every 100 steps, kept
-    # for benchmarks/ponderlm3_trace.py)
-    "steps3000-warm2000-lam0": ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth",
-                                "model.tau=0.0001", "model.lambda_steps=0", "model.router_warmup_steps=2000",
-                                "train.save_every=100", "train.keep_last=40"],
-    "steps3000-warm2000-lam0.05": ["train.steps=3000", "train.eval_every=3000", "model.router_init=full_depth",
-                                   "model.tau=0.0001", "model.lambda_steps=0.05", "model.router_warmup_steps=2000",
-                                   "train.save_every=100", "train.keep_last=40"],
+    # one stage: the router held at its prior for the first 2,000 of 3,000 steps
+    "steps3000-warm2000-lam0": [*_WARM2000, "model.lambda_steps=0"],
+    "steps3000-warm2000-lam0.05": [*_WARM2000, "model.lambda_steps=0.05"],
 })
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
