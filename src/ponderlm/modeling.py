@@ -69,6 +69,8 @@ class PonderPreTrainedModel(PreTrainedModel):
 
 class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # The HF Trainer passes `num_items_in_batch` to forward (and then does not divide by the accumulation steps).
+    accepts_loss_kwargs = True
 
     def __init__(self, config: PonderConfig) -> None:
         super().__init__(config)
@@ -121,10 +123,37 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        use_cache: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> PonderCausalLMOutput:
-        """Parallel forward of the configured method. `labels` are the inputs (shifted inside, -100 ignored)."""
+    ) -> PonderCausalLMOutput | tuple:
+        """Parallel forward of the configured method. `labels` are the inputs (shifted inside, -100 ignored).
+
+        As for transformers' causal LMs:
+        - `num_items_in_batch` (passed by the HF `Trainer`): the language-model loss is the sum of the per-token
+          losses divided by it, so gradient accumulation gives the same loss and gradients as one large batch;
+          the method's auxiliary loss (a mean over this batch) is weighted by this batch's share of the targets.
+        - `output_hidden_states`: the HF tuple (embeddings, each layer's output, final normed state) when the
+          method makes one backbone pass over the tokens; a pondering method runs several passes per token, so
+          per-layer states are not defined and the option is refused.
+        - `return_dict=False` returns `to_tuple()` (loss first when labels are given).
+        `output_attentions` and `use_cache=True` are refused (SDPA returns no weights; this is the cache-free
+        parallel path, `generate` keeps its own slot cache), and so is any other argument: none is ignored.
+        """
+        # transformers passes options it does not use as None (logits_to_keep as 0); anything else set is refused.
+        passed = [k for k, v in kwargs.items() if v is not None and not (k == "logits_to_keep" and v == 0)]
+        if passed:
+            raise ValueError(f"PonderForCausalLM.forward does not support {passed[0]} (positions come from "
+                             "attention_mask; there is no inputs_embeds or HF cache path)")
+        if output_attentions:
+            raise ValueError("output_attentions is not supported by PonderForCausalLM (attention runs in SDPA, "
+                             "which returns no attention weights)")
+        if use_cache:
+            raise ValueError("use_cache=True is not supported by PonderForCausalLM.forward (the parallel path "
+                             "keeps no cache; generate() decodes with its own slot KV cache)")
         if input_ids is None:
             raise ValueError("PonderForCausalLM.forward needs input_ids")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -134,15 +163,25 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = self.method(self.backbone, input_ids, attention_mask, labels)
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        with _LayerRecorder(self.model.layers, output_hidden_states) as recorder:
+            out = self.method(self.backbone, input_ids, attention_mask, labels)
+        hidden_states = recorder.hidden_states(out.hidden, self.config.method) if output_hidden_states else None
         logits = out.logits if out.logits is not None else self.lm_head(out.hidden)
         loss = lm_loss = None
         if labels is not None:
-            lm_loss = causal_lm_loss(logits, labels, attention_mask)
-            loss = lm_loss if out.aux_loss is None else lm_loss + out.aux_loss
-        return PonderCausalLMOutput(
-            loss=loss, logits=logits, executed_steps=out.executed_steps, aux_loss=out.aux_loss, lm_loss=lm_loss
-        )
+            lm_loss = causal_lm_loss(logits, labels, attention_mask, num_items_in_batch)
+            aux_loss = out.aux_loss
+            if aux_loss is not None and num_items_in_batch is not None:
+                # The Trainer sums the micro-batch losses without dividing by the accumulation steps: weight this
+                # batch's mean by its share of the targets, as its LM loss is weighted.
+                aux_loss = aux_loss * (_target_count(labels, attention_mask) / num_items_in_batch)
+            loss = lm_loss if aux_loss is None else lm_loss + aux_loss
+        output = PonderCausalLMOutput(loss=loss, logits=logits, hidden_states=hidden_states,
+                                      executed_steps=out.executed_steps, aux_loss=out.aux_loss, lm_loss=lm_loss)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -187,15 +226,67 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         return from_hf_backbone(cls, path_or_model, method=method, **overrides)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean next-token cross entropy over valid targets (labels == -100 or padded targets are ignored)."""
+def _target_labels(labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Next-token targets [B, T-1]: -100 where the label is ignored or the target is padding."""
     labels = labels.clone()
     if attention_mask is not None:
         labels[attention_mask == 0] = -100
+    return labels[:, 1:]
+
+
+def _target_count(labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return (_target_labels(labels, attention_mask) != -100).sum()
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+                   num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Next-token cross entropy over valid targets (labels == -100 or padded targets are ignored): their mean, or
+    with `num_items_in_batch` their sum divided by it (transformers' `ForCausalLMLoss`: the HF Trainer passes the
+    target count of all accumulated micro-batches, so their summed losses are the mean over the whole batch)."""
     shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=-100)
+    shift_labels = _target_labels(labels, attention_mask).to(shift_logits.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=-100, reduction=reduction)
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
+class _LayerRecorder:
+    """Records the input of the first decoder layer and every layer's output while the method runs (forward
+    hooks; nothing is recorded when disabled), for `output_hidden_states`."""
+
+    def __init__(self, layers: nn.ModuleList, enabled: bool) -> None:
+        self.layers, self.enabled = layers, enabled
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[list[torch.Tensor]] = [[] for _ in layers]
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _LayerRecorder:
+        if self.enabled:
+            self.handles.append(self.layers[0].register_forward_pre_hook(
+                lambda module, args: self.inputs.append(args[0])))
+            for i, layer in enumerate(self.layers):
+                self.handles.append(layer.register_forward_hook(
+                    lambda module, args, output, i=i: self.outputs[i].append(output)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def hidden_states(self, final: torch.Tensor, method: str) -> tuple[torch.Tensor, ...]:
+        """(embeddings, layer 1 .. L-1 outputs, final normed state) of a single pass over the tokens, as
+        transformers' Llama / GPT-NeoX return them; a ValueError when the method ran several passes."""
+        passes = len(self.inputs)
+        if passes != 1 or self.inputs[0].shape != final.shape:
+            raise ValueError(f"output_hidden_states is not supported for method {method!r}: it ran {passes} backbone "
+                             "passes over the tokens, so per-layer token states are not defined (only one-pass "
+                             "models return them)")
+        return (self.inputs[0], *(outputs[0] for outputs in self.outputs[:-1]), final)
 
 
 AutoConfig.register(PonderConfig.model_type, PonderConfig, exist_ok=True)
