@@ -1,8 +1,50 @@
-"""ponderlm: pretraining, evaluation and serving of pondering language models."""
+"""ponderlm: pretraining, evaluation and serving of pondering language models.
 
-from ponderlm import flops  # compute ledger module: flops.flops(config, seq_len), flops.ComputeLedger
-from ponderlm.config import PonderConfig
-from ponderlm.modeling import PonderForCausalLM
+The root is light: `import ponderlm` loads neither torch nor transformers, so `ponderlm --help` starts in
+well under a second. Its public names are loaded on first use (PEP 562), so
+`from ponderlm import PonderConfig, PonderForCausalLM` works as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ponderlm import registry
 from ponderlm.version import __version__
 
+if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` imports these on demand
+    from ponderlm import flops
+    from ponderlm.config import PonderConfig
+    from ponderlm.modeling import PonderForCausalLM
+
+# public name -> module that defines it ("" = the name is the submodule itself)
+_EXPORTS = {
+    "PonderConfig": "ponderlm.config",
+    "PonderForCausalLM": "ponderlm.modeling",
+    "flops": "",  # compute ledger module: flops.flops(config, seq_len), flops.ComputeLedger
+}
 __all__ = ["PonderConfig", "PonderForCausalLM", "__version__", "flops"]
+
+
+def _fill_registry() -> None:
+    # The built-in methods register themselves when `ponderlm.methods` is imported. The registry is a leaf
+    # module and may not import it, so the package root (top layer) tells it where they live; the registry
+    # imports them the first time anyone reads it, not at `import ponderlm` (that would load torch).
+    importlib.import_module("ponderlm.methods")
+
+
+registry.add_loader(_fill_registry)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name] or f"{__name__}.{name}")
+        value = module if not _EXPORTS[name] else getattr(module, name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'ponderlm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

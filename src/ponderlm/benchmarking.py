@@ -11,12 +11,15 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ponderlm.errors import PonderError
 from ponderlm.registry import REGISTRY, method_class, method_names
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported inside the functions: `ponderlm --help` imports this module for `register` and must not
+# load it (issue 28).
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -50,6 +53,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     """This machine's fp32 matmul FLOP/s right now (a large square matmul, median of repeats)."""
+    import torch
+
     a, b = torch.randn(size, size), torch.randn(size, size)
     seconds = interleaved_medians({"mm": lambda: a @ b}, repeats=repeats)["mm"]
     return 2 * size**3 / seconds
@@ -57,6 +62,8 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 
 # --------------------------------------------------------------------------- models
 def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab: int, seed: int = 0, **extra: Any):
+    import torch
+
     from ponderlm.config import PonderConfig
     from ponderlm.modeling import PonderForCausalLM
 
@@ -68,7 +75,6 @@ def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab
 
 
 # --------------------------------------------------------------------------- decode
-@torch.no_grad()
 def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = False,
                **options: Any) -> dict[str, Any]:
     """Greedy decode through the method's sequential path; returns steps, KV bytes, backbone calls and time.
@@ -77,11 +83,13 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
     `continuous` and a method that supports it, by the per-row slot schedule (continuous batching,
     `PonderMethod.step_rows`), each row greedily continuing its own text.
     """
+    import torch
+
     from ponderlm.inference.sequential import decode_options, new_state
     from ponderlm.methods.base import PonderMethod
 
     batch, total = prompt.shape[0], prompt.shape[1] + new_tokens
-    with decode_options(model, **options):
+    with torch.no_grad(), decode_options(model, **options):
         state = new_state(model, batch, total)
         valid = torch.ones(batch, dtype=torch.bool)
         steps = []
@@ -119,6 +127,8 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
     """Adaptive vs fixed-full-depth decode of the same model, per batch size, with the ideal ratio.
 
     continuous: decode batches with the per-row slot schedule (see `decode_run`) instead of lockstep."""
+    import torch
+
     config = model.config
     K = config.max_steps
     adaptive = config.method_class.adaptive
@@ -158,6 +168,8 @@ def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, re
 def bench_train(methods: list[str], hidden: int, layers: int, max_steps: int, vocab: int, seq_len: int, batch: int,
                 repeats: int, hf_reference: bool = True) -> tuple[list[dict[str, Any]], float]:
     """Training step time per method (fwd + bwd + AdamW), achieved FLOP/s and fraction of the matmul peak."""
+    import torch
+
     from ponderlm.flops import flops
 
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
@@ -208,6 +220,17 @@ def bench_train(methods: list[str], hidden: int, layers: int, max_steps: int, vo
 
 
 # --------------------------------------------------------------------------- CLI
+class _MethodNames:
+    """`choices` that read the registry only when argparse checks a value or prints this subcommand's help:
+    reading it imports every method (torch), which `ponderlm --help` must not."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in REGISTRY
+
+    def __iter__(self):
+        return iter(method_names())
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="side-by-side decode / training speed measurements")
     sub = bench.add_subparsers(dest="bench_command", metavar="{decode,train}", required=True)
@@ -215,8 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec = sub.add_parser("decode", help="adaptive vs fixed-depth decode tokens/s, latency and KV memory")
     dec.add_argument("--model", metavar="DIR", help="checkpoint or run directory (default: a synthetic model of "
                                                     "--method)")
-    dec.add_argument("--method", default="ponderlm3", choices=method_names(),
-                     help="method of the synthetic model (default ponderlm3)")
+    dec.add_argument("--method", default="ponderlm3", choices=_MethodNames(), metavar="M",
+                     help="method of the synthetic model: %(choices)s (default ponderlm3)")
     dec.add_argument("--hidden", type=int, default=256, metavar="D", help="synthetic model width (default 256)")
     dec.add_argument("--layers", type=int, default=4, metavar="L", help="synthetic model layers (default 4)")
     dec.add_argument("--max-steps", type=int, default=3, metavar="K",
@@ -252,6 +275,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
@@ -274,6 +299,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:

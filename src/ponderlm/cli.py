@@ -1,7 +1,9 @@
 """`ponderlm` command line: a thin map from subcommands to functions in the subpackages.
 
 Each area registers its own subcommands (`register(subparsers)`) so this file stays small and
-heavy imports (torch, transformers) happen only inside the command that needs them.
+heavy imports (torch, transformers) happen only inside the command that needs them: building the parser
+imports neither, so `ponderlm --help` and `ponderlm <command> --help` answer in a fraction of a second
+(tests/test_cli_startup.py checks the imports; benchmarks/bench_cli_startup.py times it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from typing import NoReturn
 
 from ponderlm.errors import PonderError
+from ponderlm.version import __version__
 
 # Modules that expose `register(subparsers)`. Missing optional areas are skipped.
 COMMAND_MODULES = (
@@ -37,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ponderlm",
         description="Pretrain, evaluate and serve pondering language models.",
+        epilog="Run `ponderlm COMMAND --help` for a command's options; `ponderlm train` with no arguments "
+               "trains the CPU quickstart.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -53,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv:
-        argv = ["train"]  # `ponderlm` alone behaves like `ponderlm train`: the CPU quickstart
+    if not argv:  # like git or pip: help, not a multi-minute training run the user did not ask for
+        parser.print_help()
+        return 0
     args, extra = parser.parse_known_args(argv)
     # `ponderlm train CONFIG --out DIR key=value`: argparse ends a positional list at the first flag, so
     # positionals after flags come back unparsed; commands with a free positional list accept them anywhere.

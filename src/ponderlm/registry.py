@@ -1,15 +1,66 @@
 """The method registry: method name -> `PonderMethod` subclass.
 
 A leaf module (it imports nothing from ponderlm), so `ponderlm.config` can ask a method for its facts
-without importing the methods package; `ponderlm.methods` fills it when imported (the package root
-imports it, so importing any ponderlm module fills the registry first).
+without importing the methods package; `ponderlm.methods` fills it when imported. The package root stays
+light (no torch at `import ponderlm`), so it registers a loader instead (`add_loader`): the first read of
+the registry runs it, and any ponderlm module sees every built-in method without importing them itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-REGISTRY: dict[str, Any] = {}
+_loaders: list[Callable[[], None]] = []
+
+
+def add_loader(loader: Callable[[], None]) -> None:
+    """Run `loader` (which imports modules that register methods) before the registry is first read."""
+    _loaders.append(loader)
+
+
+def _load() -> None:
+    while _loaders:  # popped first: a loader that reads the registry while importing sees a partial one, no loop
+        _loaders.pop(0)()
+
+
+class _Registry(dict):
+    """A dict that runs the pending loaders before any read; writes (registration) never trigger them."""
+
+    def __getitem__(self, key: str) -> Any:
+        _load()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        _load()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        _load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        _load()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        _load()
+        return super().get(key, default)
+
+    def keys(self):
+        _load()
+        return super().keys()
+
+    def values(self):
+        _load()
+        return super().values()
+
+    def items(self):
+        _load()
+        return super().items()
+
+
+REGISTRY: dict[str, Any] = _Registry()
 
 
 def register_method(name: str):

@@ -1,6 +1,39 @@
-"""Inference: token-by-token decoding with real early exit, generation, step and FLOP accounting."""
+"""Inference: token-by-token decoding with real early exit, generation, step and FLOP accounting.
 
-from ponderlm.inference.generate import generate
-from ponderlm.inference.sequential import decode_options, sequential_logits
+Imports are lazy so `ponderlm --help` (which imports `ponderlm.inference.commands`) does not load torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+_EXPORTS = {
+    "decode_options": "ponderlm.inference.sequential",
+    "sequential_logits": "ponderlm.inference.sequential",
+    "generate": "ponderlm.inference.generate",
+}
 __all__ = ["decode_options", "generate", "sequential_logits"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ponderlm.inference' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule `ponderlm.inference.generate` binds it on this package under the name of
+        # the function it defines; `ponderlm.inference.generate` stays the function, as when this file
+        # imported it eagerly.
+        if name == "generate" and isinstance(value, types.ModuleType):
+            value = value.generate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
