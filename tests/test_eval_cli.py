@@ -151,7 +151,8 @@ def test_generate_show_steps_and_html(checkpoint, tau, tmp_path, capsys):
     assert html.startswith("<!DOCTYPE html>") and "additional step(s)" in html
     assert page_text(html).replace("<|endoftext|>", "") == out[:-1]  # every token of the text is on the page
     code, out, _ = run(capsys, "generate", "--model", checkpoint, "--prompt", "And the LORD said",
-                       "--max-new-tokens", "8", "--tau", tau, "--show-steps", "--temperature", "0.8", "--seed", "3")
+                       "--max-new-tokens", "8", "--tau", tau, "--show-steps", "--temperature", "0.8", "--seed", "3",
+                       "--color", "always")  # captured stdout is no terminal: colours only when forced
     assert code == 0 and "\x1b[38;5;" in out and "additional steps per token" in out and "avg executed steps" in out
 
 

@@ -30,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    p.add_argument("--show-steps", action="store_true", help="colour tokens by executed steps (ANSI) with a legend")
+    p.add_argument("--show-steps", action="store_true",
+                   help="show the executed steps of each token with a legend: ANSI colours on a terminal, "
+                        "else the count in [brackets] after the token")
+    p.add_argument("--color", default="auto", choices=("auto", "always", "never"),
+                   help="--show-steps colours: auto (default) colours a terminal unless NO_COLOR is set "
+                        "(no-color.org); always / never")
     p.add_argument("--html", metavar="FILE", help="write a standalone HTML page of the depth view")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=cmd_generate)
@@ -84,7 +89,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from ponderlm.eval.perplexity import DecodeSettings, check_settings
-    from ponderlm.inference.render import depth_view, legend_ansi, render_ansi, render_html
+    from ponderlm.inference.render import (
+        colour_enabled,
+        depth_view,
+        legend_ansi,
+        legend_plain,
+        render_ansi,
+        render_html,
+        render_plain,
+    )
     from ponderlm.loading import load_model
 
     _check_args(args)
@@ -115,8 +128,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     K = model.config.max_steps
     if args.show_steps:
         view = depth_view(tokenizer, sequence, steps, len(ids))
-        print(render_ansi(view, K))
-        print(legend_ansi(K))
+        if colour_enabled(args.color, sys.stdout):
+            print(render_ansi(view, K))
+            print(legend_ansi(K))
+        else:
+            print(render_plain(view))
+            print(legend_plain(view))
         generated = steps[len(ids):] if len(steps) > len(ids) else []
         avg = sum(steps) / len(steps) if steps else 0.0
         print(f"avg executed steps {avg:.2f} of K={K} over {len(steps)} consumed tokens"

@@ -2,15 +2,18 @@
 
 A token's steps are those the model executed when it consumed that token, i.e. the pondering that
 produced the prediction of the *next* token (`executed_steps[t]`). The last token of a generation is
-never consumed, so it has no steps. Two renderings of the same view: ANSI colours for a terminal and a
-standalone HTML page (inline CSS, a tooltip with the step count on every token).
+never consumed, so it has no steps. Three renderings of the same view: ANSI colours for a terminal, plain
+text with the step count after each token (a pipe, a file, `NO_COLOR`) and a standalone HTML page (inline
+CSS, a tooltip with the step count on every token).
 """
 
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 # 256-colour foregrounds from cool to hot; steps are mapped onto this ramp by their fraction of K.
 ANSI_RAMP = (244, 39, 45, 48, 190, 220, 208, 202, 196)
@@ -69,6 +72,35 @@ def render_ansi(view: list[TokenView], max_steps: int) -> str:
         # Colour codes do not survive a newline on every terminal: re-open the style after each one.
         out.append(style + tok.text.replace("\n", RESET + "\n" + style) + RESET)
     return "".join(out)
+
+
+COLOR_MODES = ("auto", "always", "never")
+
+
+def colour_enabled(mode: str, stream: TextIO) -> bool:
+    """Whether to write ANSI colours to `stream` for `--color MODE` (auto / always / never).
+
+    auto colours only a terminal: not a pipe or file (escape codes would end up in the data), not when
+    `NO_COLOR` is set to a non-empty value (https://no-color.org), not on `TERM=dumb`."""
+    if mode not in COLOR_MODES:
+        raise ValueError(f"color mode must be one of {', '.join(COLOR_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def render_plain(view: list[TokenView]) -> str:
+    """The view without escape codes: each consumed token is followed by its step count in brackets."""
+    return "".join(tok.text + (f"[{tok.steps:g}]" if tok.steps is not None else "") for tok in view if tok.text)
+
+
+def legend_plain(view: list[TokenView]) -> str:
+    prompt = sum(1 for tok in view if not tok.generated and tok.text)
+    return (f"additional steps per token in [brackets] after it; the first {prompt} token(s) are the prompt; "
+            "the last token has none (never consumed)")
 
 
 def legend_ansi(max_steps: int) -> str:
