@@ -124,28 +124,29 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     """Collective: every rank must call it. Returns the final directory."""
     final = root / ckpt.step_dir_name(step)
     tmp = Path(broadcast_object(d, str(root / f".tmp-{final.name}-{os.getpid()}")))
-    if d.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
-        model.config.to_json_file(tmp / "config.json")
-        (tmp / ckpt.STATE).write_text(json.dumps({**state, "step": step, "format": "dcp",
-                                                   "world_size": d.world_size}, indent=1))
-    barrier(d)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR),  # fsyncs its files
-             no_dist=not dist.is_initialized())
-    tensors, plain = ckpt.capture_rng()
-    name = tmp / "rng" / f"rank_{d.rank:05d}"
-    save_file(tensors, f"{name}.safetensors")
-    Path(f"{name}.json").write_text(json.dumps(plain))
-    barrier(d)  # every rank's files are on disk
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    mine = {str(p.relative_to(tmp)): ckpt.describe(p) for i, p in enumerate(files) if i % d.world_size == d.rank}
-    manifest = _gather_dicts(d, mine)
-    if d.is_main:
-        ckpt.commit(tmp, final, step, manifest, keep_last)
+    with ckpt.writing(f"checkpoint {final}", tmp):  # a full disk: tmp removed, the OS error in one line
+        if d.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "rng").mkdir(parents=True)
+            model.config.to_json_file(tmp / "config.json")
+            (tmp / ckpt.STATE).write_text(json.dumps({**state, "step": step, "format": "dcp",
+                                                       "world_size": d.world_size}, indent=1))
+        barrier(d)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR),  # fsyncs its files
+                 no_dist=not dist.is_initialized())
+        tensors, plain = ckpt.capture_rng()
+        name = tmp / "rng" / f"rank_{d.rank:05d}"
+        save_file(tensors, f"{name}.safetensors")
+        Path(f"{name}.json").write_text(json.dumps(plain))
+        barrier(d)  # every rank's files are on disk
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        mine = {str(p.relative_to(tmp)): ckpt.describe(p) for i, p in enumerate(files) if i % d.world_size == d.rank}
+        manifest = _gather_dicts(d, mine)
+        if d.is_main:
+            ckpt.commit(tmp, final, step, manifest, keep_last)
     barrier(d)  # nobody moves on (or exits) before the checkpoint is complete
     return final
 

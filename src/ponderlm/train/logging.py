@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,43 @@ from ponderlm.errors import PonderError
 METRICS_FILE = "metrics.jsonl"
 
 
+def _parse_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file. A last line that does not parse is what a kill or a full disk leaves in the
+    middle of a write: it is dropped (with a warning) rather than making the whole file unreadable; a damaged
+    line anywhere else is an error naming it."""
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if line.strip()]
+    rows = []
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if i == len(lines) - 1:
+                print(f"warning: {path}:{lineno} is a truncated metrics row (the run was killed or the disk filled "
+                      "while writing it); ignoring it", file=sys.stderr)
+                break
+            raise PonderError(f"{path}:{lineno} is not a metrics row (damaged file); remove that line") from None
+        rows.append(row)
+    return rows
+
+
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl file, optionally only those of one `kind`."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]
+    return [r for r in _parse_rows(path) if kind is None or r.get("kind") == kind]
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    """Keep the rows up to `step` (a resumed run writes the later ones again); repairs a truncated last row."""
+    from ponderlm.train.rundir import write_text_atomic
+
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in _parse_rows(path) if row["step"] <= step))
 
 
 class MetricsLogger:
@@ -46,7 +68,8 @@ class MetricsLogger:
             _truncate_after(self.path, start_step)
         elif self.path.exists():
             self.path.unlink()
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run keeps its rows
+        # line-buffered: a killed run keeps its rows; O_NOFOLLOW: never append through a link (rundir.py)
+        self._file = open(self.path, "a", buffering=1, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW))
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -64,7 +87,11 @@ class MetricsLogger:
                                          dir=str(out_dir), config=config)
 
     def log(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        try:
+            self._file.write(json.dumps(row) + "\n")
+        except OSError as exc:  # a full disk: one line; a partial row left behind is repaired on --resume
+            raise PonderError(f"cannot write {self.path}: {exc.strerror or exc} (errno {exc.errno}); free space "
+                              "and continue with --resume") from None
         step, kind = row["step"], row.get("kind", "train")
         scalars = {f"{kind}/{k}": v for k, v in row.items()
                    if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -96,20 +96,11 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     _check_vocab(model_config.vocab_size, data_vocab)
     identity = cfg.identity_hash()
 
-    # ---- lock the run dir, then find and verify the checkpoint before writing anything else (a bad one
-    # leaves the run dir untouched); a run that never completed a checkpoint starts again from step 0
-    parallel.on_main(d, lambda: lock.acquire(out))
-    resuming = parallel.on_main(d, lambda: rundir.claim(out, resume))
-    # rank 0 verifies (corrupt newer checkpoints are set aside with a warning); every rank gets the same answer
-    find = lambda: ckpt.newest_valid_checkpoint(out / "checkpoints", identity)  # noqa: E731
-    resume_from, state = parallel.on_main(d, find) if resuming else (None, {})
-    start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
-
-    if d.is_main:
-        try:
-            save_yaml(cfg, out / "config.yaml")
-        except OSError as exc:
-            raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+    # ---- lock the run dir (a new one appears with its config.yaml); a run that never completed a checkpoint
+    # starts again from step 0, rewriting config.yaml first, so a kill at any point leaves a restartable dir
+    write_config = lambda where: save_yaml(cfg, where / "config.yaml")  # noqa: E731
+    parallel.on_main(d, lambda: lock.acquire(out, write_config))
+    resuming = parallel.on_main(d, lambda: rundir.claim(out, resume, write_config))
 
     # ---- model (wrapped for DDP/FSDP2), optimizer over the wrapped parameters, data loader, resume
     # Seed every global RNG (init, dropout, data order): the same draws on every rank and every fresh run; a resume
@@ -121,6 +112,22 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     model = parallel.main_first(d, build) if init_from else build()  # hub downloads happen once
     model_config = model.config
     model.to(device)
+
+    # ---- find and verify the checkpoint against this model and its optimizer before writing anything else (a bad
+    # one is set aside and an older one used; none valid leaves the run dir untouched). Rank 0 verifies; every
+    # rank gets the same answer. Verification only reads, and uses scratch RNGs: the seeded draws are unchanged.
+    def find() -> tuple[Path, dict[str, Any]]:
+        template = ckpt.StateTemplate.of(model, build_optimizer(model, cfg, torch.device("cpu")))
+        return ckpt.newest_valid_checkpoint(out / "checkpoints", identity, template)
+
+    resume_from, state = parallel.on_main(d, find) if resuming else (None, {})
+    start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
+    if d.is_main and resuming:
+        try:
+            save_yaml(cfg, out / "config.yaml")
+        except OSError as exc:
+            raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+
     freeze_steps = t.freeze_backbone_steps
     train_model = parallel.wrap(model, d, backend=cfg.dist.backend, amp_dtype=amp_dtype,
                                 activation_checkpointing=cfg.dist.activation_checkpointing,
@@ -256,9 +263,10 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
         last_eval = evaluate(model, data_dir, cfg, device, autocast)
     # final/ is assembled in a staging dir and renamed into place complete (rundir.publish_dir)
     staging = parallel.broadcast_object(d, rundir.staging_dir(out))
-    plain = dckpt.export_pretrained(model, staging, d)
-    if d.is_main:
-        _finish(result, plain, cfg, data_dir, last_eval, staging)
+    with ckpt.writing(f"{out / 'final'}", staging):  # a full disk: the half-written export is removed
+        plain = dckpt.export_pretrained(model, staging, d)
+        if d.is_main:
+            _finish(result, plain, cfg, data_dir, last_eval, staging)
     return result
 
 
