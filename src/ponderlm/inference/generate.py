@@ -9,8 +9,8 @@ calls differ: every consumed token runs on the KV-cached sequential path, comput
 
 - greedy / sampling: `_sample`, step for step as transformers' `_sample` (lockstep over the batch);
 - batches of adaptive methods with row-wise options only: continuous batching (`_generate_per_row`);
-- beam search and beam sampling: `_beam_search`, transformers' vectorised beam search driven by its own
-  helpers, with the slot cache reordered per beam (`DecodeState.reorder`).
+- beam search and beam sampling: `_beam_search`, transformers' vectorised beam search written out here (only
+  public transformers API is used), with the slot cache reordered per beam (`DecodeState.reorder`).
 Whatever this path cannot honour raises a ValueError naming the option; nothing is silently ignored.
 """
 
@@ -21,15 +21,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+# Public transformers API only (tests/test_generate_api.py checks it): private helpers change between releases.
 from transformers import GenerationConfig, GenerationMixin
-from transformers.generation.configuration_utils import GenerationMode
-from transformers.generation.logits_process import LogitsProcessorList
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.generation import (
+    GenerateBeamDecoderOnlyOutput,
+    GenerateDecoderOnlyOutput,
+    GenerationMode,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from ponderlm.inference.sequential import decode_options, new_state
 
 PONDER_OPTIONS = ("tau", "alpha", "depth_policy", "depth_target")
+
+
+def _special_tokens(cfg: GenerationConfig, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(pad, eos [n]) as transformers resolves them for a decoder-only model: eos as a 1-D tensor, pad defaulting
+    to the first eos. Read from the public config fields (the prepared config's tensor copies are private)."""
+    eos = cfg.eos_token_id
+    eos = None if eos is None else torch.as_tensor(eos, dtype=torch.long, device=device).view(-1)
+    if cfg.pad_token_id is not None:
+        return torch.as_tensor(cfg.pad_token_id, dtype=torch.long, device=device), eos
+    return (eos[0] if eos is not None else None), eos
 
 
 def _choose(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -230,7 +246,7 @@ def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, cri
 
 def _sample(model, state, input_ids, logits, processors, criteria, cfg, has_eos, streamer, generator):
     """Greedy or multinomial sampling in lockstep, step for step as `GenerationMixin._sample`."""
-    pad = cfg._pad_token_tensor
+    pad, _ = _special_tokens(cfg, input_ids.device)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     scores = () if (cfg.return_dict_in_generate and cfg.output_scores) else None
     raw = () if (cfg.return_dict_in_generate and cfg.output_logits) else None
@@ -267,7 +283,8 @@ def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg
     sequences and the executed steps [B, new - 1] of each consumed new token."""
     batch = input_ids.shape[0]
     device = input_ids.device
-    pad_id = int(cfg._pad_token_tensor) if cfg._pad_token_tensor is not None else 0
+    pad, _ = _special_tokens(cfg, device)
+    pad_id = int(pad) if pad is not None else 0
     rows_new: list[list[int]] = [[] for _ in range(batch)]
     rows_steps: list[list[float]] = [[] for _ in range(batch)]
     open_rows = torch.ones(batch, dtype=torch.bool, device=device)
@@ -309,39 +326,47 @@ def _generate_per_row(model, state, input_ids, logits, processors, criteria, cfg
 
 
 def _beam_search(model, state, input_ids, logits, prompt_steps, processors, criteria, cfg):
-    """Beam search / beam sampling, step for step as `GenerationMixin._beam_search` (its own helpers pick and
-    score the beams); the model step is one sequential `decode_token` per beam, and the slot cache follows the
-    beams (`DecodeState.reorder`)."""
-    pad_token_id, eos_token_id = cfg._pad_token_tensor, cfg._eos_token_tensor
+    """Beam search / beam sampling with transformers' semantics (the vectorised `GenerationMixin._beam_search`:
+    the same candidates, scores, length penalty, early-stopping heuristic and outputs), written out here so only
+    public transformers API is used. The model step is one sequential `decode_token` per beam, and the slot cache
+    follows the beams (`DecodeState.reorder`).
+
+    Per prompt it keeps `num_beams` running beams (scores are summed log-probabilities) and the `num_beams` best
+    finished ones (scores divided by length ** length_penalty). Each step takes the best `beams_to_keep`
+    continuations over all beams x vocabulary (sampled without replacement for beam sampling); those that hit a
+    stopping criterion may become finished beams (only among the top `num_beams`), the best others run on."""
+    pad_token_id, eos_token_id = _special_tokens(cfg, input_ids.device)
     num_beams, num_return, max_length = cfg.num_beams, cfg.num_return_sequences, cfg.max_length
     early_stopping, length_penalty, do_sample = cfg.early_stopping, cfg.length_penalty, cfg.do_sample
     flat, cur_len = input_ids.shape
     batch = flat // num_beams
     prompt_len = cur_len
     device = input_ids.device
+    # Enough candidates that num_beams of them are still running even if the best ones all end in an EOS.
     n_eos = eos_token_id.shape[0] if eos_token_id is not None else 0
     beams_to_keep = max(2, 1 + n_eos) * num_beams
     top_num_beam_mask = torch.cat((torch.ones(num_beams, dtype=torch.bool),
                                    torch.zeros(beams_to_keep - num_beams, dtype=torch.bool))).to(device)
     all_scores = () if (cfg.return_dict_in_generate and cfg.output_scores) else None
     raw_logits = () if (cfg.return_dict_in_generate and cfg.output_logits) else None
-    flatten, unflatten = model._flatten_beam_dim, model._unflatten_beam_dim
 
     fill = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1  # (sic) as transformers
     running_sequences = torch.full((batch, num_beams, max_length), fill_value=fill, dtype=torch.int64, device=device)
-    running_sequences[:, :, :cur_len] = unflatten(input_ids, batch, num_beams)
+    running_sequences[:, :, :cur_len] = _unflatten(input_ids, batch, num_beams)
     sequences = running_sequences.detach().clone()
     running_beam_scores = torch.zeros((batch, num_beams), dtype=torch.float, device=device)
     running_beam_scores[:, 1:] = -1e9  # only the first beam's continuations are candidates at the first step
     beam_scores = torch.full((batch, num_beams), fill_value=-1e9, dtype=torch.float, device=device)
     is_sent_finished = torch.zeros((batch, num_beams), dtype=torch.bool, device=device)
-    is_early_stop_heuristic_unsatisfied = torch.ones((batch, 1), dtype=torch.bool, device=device)
+    improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)  # the early-stop heuristic not yet met
+    # beam_indices[b, j, i]: the flat running beam that new token i of beam j extended.
     running_beam_indices = torch.full((batch, num_beams, max_length - cur_len), fill_value=-1, dtype=torch.int32,
                                       device=device)
     beam_indices = running_beam_indices.detach().clone()
     flat_running_sequences = input_ids
     steps_log: list[torch.Tensor] = []  # per decode call: steps [flat] in that call's beam layout
     valid = torch.ones(flat, dtype=torch.bool, device=device)
+    vocab = logits.shape[-1]
 
     while True:
         logits = logits.float()
@@ -350,44 +375,63 @@ def _beam_search(model, state, input_ids, logits, prompt_steps, processors, crit
             raw_logits += (logits.clone(),)
         if all_scores is not None:
             all_scores += (log_probs.clone(),)
-        log_probs = unflatten(log_probs, batch, num_beams) + running_beam_scores[:, :, None]
+        log_probs = _unflatten(log_probs, batch, num_beams) + running_beam_scores[:, :, None]
         log_probs = torch.reshape(log_probs, (batch, -1))
-        topk_log_probs, topk_running_sequences, topk_running_beam_indices = model._get_top_k_continuations(
-            accumulated_log_probs=log_probs, running_sequences=running_sequences,
-            running_beam_indices=running_beam_indices, cur_len=cur_len, decoder_prompt_len=prompt_len,
-            do_sample=do_sample, beams_to_keep=beams_to_keep, num_beams=num_beams, batch_size=batch)
-        hits = criteria(flatten(topk_running_sequences[:, :, : cur_len + 1]), all_scores)
-        hits = unflatten(hits, batch, beams_to_keep)
-        running_sequences, running_beam_scores, running_beam_indices = model._get_running_beams_for_next_iteration(
-            topk_log_probs=topk_log_probs, topk_running_sequences=topk_running_sequences,
-            topk_running_beam_indices=topk_running_beam_indices, next_token_hits_stopping_criteria=hits,
-            num_beams=num_beams)
-        sequences, beam_scores, beam_indices, is_sent_finished = model._update_finished_beams(
-            sequences=sequences, topk_running_sequences=topk_running_sequences, beam_scores=beam_scores,
-            topk_log_probs=topk_log_probs, beam_indices=beam_indices,
-            topk_running_beam_indices=topk_running_beam_indices,
-            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
-            is_sent_finished=is_sent_finished, next_token_hits_stopping_criteria=hits,
-            top_num_beam_mask=top_num_beam_mask, num_beams=num_beams, cur_len=cur_len,
-            decoder_prompt_len=prompt_len, length_penalty=length_penalty, early_stopping=early_stopping)
+
+        # The best (or sampled) `beams_to_keep` continuations of each prompt over all its beams.
+        if do_sample:
+            topk_indices = torch.multinomial(torch.softmax(log_probs, dim=-1), num_samples=beams_to_keep)
+            topk_log_probs = torch.gather(log_probs, dim=1, index=topk_indices)
+            topk_log_probs, order = topk_log_probs.sort(dim=-1, descending=True)
+            topk_indices = topk_indices.gather(dim=-1, index=order)
+        else:
+            topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
+        topk_beams = topk_indices // vocab
+        topk_running_beam_indices = _gather_beams(running_beam_indices, topk_beams)
+        topk_running_sequences = _gather_beams(running_sequences, topk_beams)
+        topk_running_sequences[:, :, cur_len] = topk_indices % vocab
+        batch_offset = torch.arange(batch, device=device).view(-1, 1) * num_beams
+        topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beams + batch_offset
+        hits = criteria(_flatten(topk_running_sequences[:, :, : cur_len + 1]), all_scores)
+        hits = _unflatten(hits, batch, beams_to_keep)
+
+        # Running beams for the next step: the best continuations that did not just finish.
+        topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * -1.0e9
+        next_topk = torch.topk(topk_running_log_probs, k=num_beams)[1]
+        running_sequences = _gather_beams(topk_running_sequences, next_topk)
+        running_beam_scores = _gather_beams(topk_running_log_probs, next_topk)
+        running_beam_indices = _gather_beams(topk_running_beam_indices, next_topk)
+
+        # Finished beams: merge the ones that just finished among the top num_beams (length-penalised) with the
+        # finished ones so far, unless the prompt is complete (early_stopping=True) or cannot improve any more.
+        just_finished = hits & top_num_beam_mask[None, :]
+        finished_scores = topk_log_probs / ((cur_len + 1 - prompt_len) ** length_penalty)
+        full = torch.all(is_sent_finished, dim=-1, keepdim=True) & (early_stopping is True)
+        finished_scores = finished_scores + full.to(torch.float32) * -1.0e9
+        finished_scores = finished_scores + (~improvable).to(torch.float32) * -1.0e9
+        finished_scores = finished_scores + (~just_finished) * -1.0e9
+        merged_scores = torch.cat((beam_scores, finished_scores), dim=1)
+        best = torch.topk(merged_scores, k=num_beams)[1]
+        sequences = _gather_beams(torch.cat((sequences, topk_running_sequences), dim=1), best)
+        beam_scores = _gather_beams(merged_scores, best)
+        beam_indices = _gather_beams(torch.cat((beam_indices, topk_running_beam_indices), dim=1), best)
+        is_sent_finished = _gather_beams(torch.cat((is_sent_finished, just_finished), dim=1), best)
+
         # Each surviving beam continues the slot cache of the beam it extends.
-        state.reorder(flatten(running_beam_indices[..., cur_len - prompt_len]).long())
+        state.reorder(_flatten(running_beam_indices[..., cur_len - prompt_len]).long())
         cur_len += 1
-        is_early_stop_heuristic_unsatisfied = model._check_early_stop_heuristic(
-            is_early_stop_heuristic_unsatisfied=is_early_stop_heuristic_unsatisfied,
-            running_beam_scores=running_beam_scores, beam_scores=beam_scores, is_sent_finished=is_sent_finished,
-            cur_len=cur_len, max_length=max_length, decoder_prompt_len=prompt_len, early_stopping=early_stopping,
-            length_penalty=length_penalty)
-        if not bool(model._beam_search_has_unfinished_sequences(is_early_stop_heuristic_unsatisfied,
-                                                                 is_sent_finished, hits, early_stopping)):
+        improvable = improvable & _can_improve(running_beam_scores, beam_scores, is_sent_finished, cur_len,
+                                               max_length, prompt_len, early_stopping, length_penalty)
+        exists_open_beam = ~(torch.all(is_sent_finished) & (early_stopping is True))
+        if not bool(torch.any(improvable) & exists_open_beam & ~torch.all(hits)):
             break
-        flat_running_sequences = flatten(running_sequences[:, :, :cur_len])
+        flat_running_sequences = _flatten(running_sequences[:, :, :cur_len])
         logits, steps = model.method.decode_token(model.backbone, state, flat_running_sequences[:, -1], valid)
         steps_log.append(steps)
 
-    sequences = flatten(sequences[:, :num_return, :])
-    beam_scores = flatten(beam_scores[:, :num_return])
-    beam_indices = flatten(beam_indices[:, :num_return, :])
+    sequences = _flatten(sequences[:, :num_return, :])
+    beam_scores = _flatten(beam_scores[:, :num_return])
+    beam_indices = _flatten(beam_indices[:, :num_return, :])
     max_generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
     sequences = sequences[:, : prompt_len + max_generated]
     beam_indices = beam_indices[:, :max_generated]
@@ -397,6 +441,38 @@ def _beam_search(model, state, input_ids, logits, prompt_steps, processors, crit
     return PonderGenerateBeamOutput(
         sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=all_scores,
         logits=raw_logits, beam_indices=beam_indices, executed_steps=steps, new_tokens=sequences[:, prompt_len:])
+
+
+def _can_improve(running_beam_scores: torch.Tensor, beam_scores: torch.Tensor, is_sent_finished: torch.Tensor,
+                 cur_len: int, max_length: int, prompt_len: int, early_stopping: bool | str,
+                 length_penalty: float) -> torch.Tensor:
+    """[batch, 1]: whether the best running beam could still beat the worst finished one (transformers' heuristic:
+    the best running score at the current length, or at max_length for early_stopping="never" with a positive
+    length penalty)."""
+    if early_stopping == "never" and length_penalty > 0.0:
+        best_length = max_length - prompt_len
+    else:
+        best_length = cur_len - prompt_len
+    best_running = running_beam_scores[:, :1] / (best_length ** length_penalty)
+    worst_finished = torch.where(is_sent_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
+    return torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+
+
+def _flatten(tensor: torch.Tensor) -> torch.Tensor:
+    """[batch, beams, ...] -> [batch * beams, ...]"""
+    return tensor.reshape(tensor.shape[0] * tensor.shape[1], *tensor.shape[2:])
+
+
+def _unflatten(tensor: torch.Tensor, batch: int, beams: int) -> torch.Tensor:
+    """[batch * beams, ...] -> [batch, beams, ...]"""
+    return tensor.reshape(batch, beams, *tensor.shape[1:])
+
+
+def _gather_beams(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """tensor [batch, beams, ...] at beams `indices` [batch, k] -> [batch, k, ...]"""
+    while indices.dim() < tensor.dim():
+        indices = indices.unsqueeze(-1)
+    return torch.take_along_dim(tensor, indices, dim=1)
 
 
 def _beam_steps(prompt_steps: torch.Tensor, steps_log: list[torch.Tensor], beam_indices: torch.Tensor,
