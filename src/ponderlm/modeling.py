@@ -214,6 +214,17 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> PonderForCausalLM:
+        """Also reads the official PonderLM-2 / PonderingLM formats (`backbone/official.py`: detected from
+        config.json, `official_method=` where it cannot tell); everything else loads as usual."""
+        from ponderlm.backbone.official import maybe_load_official
+
+        official = None if args else maybe_load_official(cls, pretrained_model_name_or_path, **kwargs)
+        if official is not None:
+            return official
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # ------------------------------------------------------------------ continued pretraining
     @classmethod
     def from_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderForCausalLM:
