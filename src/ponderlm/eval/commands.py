@@ -206,12 +206,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Run lm-evaluation-harness (pip install 'ponderlm[eval]'). Offline tasks "
                                           "built from the bundled validation text: ponder_cloze, ponder_nextsent, "
                                           "ponder_wikitext_style; your own tasks as task YAML paths or names "
-                                          "found under --include-path; other names go to lm-eval unchanged.")
+                                          "found under --include_path; other names go to lm-eval unchanged. "
+                                          "Flags use lm-eval's spellings (--include_path, --output_path, "
+                                          "--log_samples); the dashed forms work too.")
     _model_arg(p)
     p.add_argument("--tasks", required=True, metavar="LIST",
                    help="comma-separated task names or task YAML paths (e.g. ponder_cloze,my_tasks/qa.yaml)")
-    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
-                   help="a directory of your own lm-eval task YAMLs (repeatable)")
+    p.add_argument("--include_path", "--include-path", dest="include_path", action="append", default=[],
+                   metavar="DIR", help="a directory of your own lm-eval task YAMLs (repeatable)")
     p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
     p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias (default: the checkpoint's)")
     p.add_argument("--limit", type=float, metavar="N", help="at most N examples per task (a fraction if < 1)")
@@ -219,7 +221,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per prompt (default: the task's)")
     p.add_argument("--bootstrap-iters", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for stderr of non-mean metrics (0 = skip; default 1000)")
-    p.add_argument("--output", metavar="FILE", help="write the results JSON here")
+    p.add_argument("--output_path", "-o", "--output-path", "--output", dest="output_path", metavar="PATH",
+                   help="results JSON: a .json file, or a directory that gets <model>/results_<time>.json as with "
+                        "lm-eval")
+    p.add_argument("--log_samples", "-s", "--log-samples", dest="log_samples", action="store_true",
+                   help="also write each task's scored documents to samples_<task>_<time>.jsonl beside the results "
+                        "(needs --output_path)")
     p.set_defaults(func=cmd_lm_eval)
 
 
@@ -347,19 +354,22 @@ def _finish(result: dict[str, Any], out: Path, name: str, plot) -> int:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from ponderlm.eval.lm_eval_adapter import require_lm_eval, results_table, run_lm_eval
+    from ponderlm.eval.lm_eval_adapter import require_lm_eval, results_table, run_lm_eval, write_outputs
     from ponderlm.eval.perplexity import load_model
 
+    if args.log_samples and not args.output_path:  # lm-eval refuses this too: the samples would go nowhere
+        raise PonderError("--log_samples writes files next to the results: give --output_path too")
     require_lm_eval()  # before loading the model: one line telling how to install
-    if args.output:
-        check_writable(args.output, "--output", directory=False)
+    if args.output_path:
+        check_writable(args.output_path, "--output_path", directory=not args.output_path.endswith(".json"))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model, tokenizer = load_model(args.model, args.device)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     results = run_lm_eval(model, tokenizer, tasks, settings=_settings(args),
                           limit=limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
-                          bootstrap_iters=args.bootstrap_iters, include_paths=args.include_path)
+                          bootstrap_iters=args.bootstrap_iters, include_paths=args.include_path,
+                          log_samples=args.log_samples)
     print(results_table(results))
-    if args.output:
-        print(f"wrote {_write_json(results, Path(args.output))}")
+    if args.output_path:
+        print(f"wrote {', '.join(str(f) for f in write_outputs(results, args.output_path, args.model))}")
     return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def resolve_tasks(tasks: list[str], include_paths: list[str] | tuple[str, ...] =
     names, dirs = [], []
     for path in include_paths:
         if not Path(path).is_dir():
-            raise PonderError(f"--include-path {path}: not a directory")
+            raise PonderError(f"--include_path {path}: not a directory")
         dirs.append(str(Path(path).resolve()))
     for task in tasks:
         if task.endswith((".yaml", ".yml")):
@@ -90,9 +92,11 @@ def run_lm_eval(
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     include_paths: list[str] | tuple[str, ...] = (),
+    log_samples: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` on lm-eval `tasks` (names, or paths of task YAML files; `include_paths`: directories of
-    the user's own task YAMLs); returns lm-eval's results dict (JSON-serialisable parts)."""
+    the user's own task YAMLs); returns lm-eval's results dict (JSON-serialisable parts), with lm-eval's
+    per-document `samples` (task -> list) when `log_samples`."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -112,7 +116,7 @@ def run_lm_eval(
     missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
         raise PonderError(f"lm-eval does not know task(s) {', '.join(missing)}"
-                          + ("" if user_dirs else " (your own task YAMLs: --include-path DIR or a .yaml path)"))
+                          + ("" if user_dirs else " (your own task YAMLs: --include_path DIR or a .yaml path)"))
     # lm-eval's own Hugging Face model class, unchanged: log-likelihoods through our parallel forward, and
     # generate_until through `generate` with lm-eval's stopping criteria (real early exit).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal",
@@ -122,17 +126,44 @@ def run_lm_eval(
     with applied(model, settings) as opts:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-            bootstrap_iters=bootstrap_iters, log_samples=False,
+            bootstrap_iters=bootstrap_iters, log_samples=log_samples,
         )
         effective = {"tau": opts.tau, "alpha": opts.alpha, "depth_policy": opts.depth_policy,
                      "depth_target": opts.depth_target}
     if results is None:  # non-zero ranks under torchrun
         return {}
-    out = {key: results[key] for key in ("results", "versions", "n-shot", "higher_is_better", "n-samples")
-           if key in results}
+    keys = ("results", "versions", "n-shot", "higher_is_better", "n-samples") + (("samples",) if log_samples else ())
+    out = {key: results[key] for key in keys if key in results}
     out["ponderlm"] = {"method": model.config.method, "max_steps": model.config.max_steps, **effective,
                        "limit": limit, "batch_size": batch_size}
     return json.loads(json.dumps(out, default=str))  # drop numpy scalars and other non-JSON values
+
+
+def write_outputs(results: dict[str, Any], output_path: str | Path, model: str) -> list[Path]:
+    """Write `results` where lm-eval's `--output_path` would, and return the files written.
+
+    A path ending in .json is the results file itself (unlike lm-eval, which adds a timestamp to its name, so
+    a script can read back the file it named); any other path is a directory that gets
+    `<model, sanitised>/results_<time>.json`, as lm-eval lays it out. With `samples` in `results` (from
+    `--log_samples`), each task's documents go to `samples_<task>_<time>.jsonl` beside the results file, one JSON
+    object per line, and are left out of the results file, as in lm-eval."""
+    results = dict(results)
+    samples = results.pop("samples", None) or {}
+    date_id = datetime.now().isoformat().replace(":", "-")  # lm-eval's file-name timestamp
+    path = Path(output_path)
+    if path.suffix == ".json":
+        target = path
+    else:  # lm-eval's model_name_sanitized: a local model path becomes one folder name
+        target = path / re.sub(r"[\"<>:/|\\?*\[\]]+", "__", str(model)) / f"results_{date_id}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    written = [target]
+    for task, docs in samples.items():
+        file = target.parent / f"samples_{task}_{date_id}.jsonl"
+        file.write_text("".join(json.dumps(doc, ensure_ascii=False, default=str) + "\n" for doc in docs),
+                        encoding="utf-8")
+        written.append(file)
+    return written
 
 
 def results_table(results: dict[str, Any]) -> str:
