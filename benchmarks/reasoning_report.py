@@ -241,3 +241,191 @@ def report(work: Path, docs: Path) -> None:
             (docs / name).write_text((work / name).read_text())
     print(text)
     print("wrote", docs / "summary.json", docs / "table.md", *paths)
+
+
+# ---------------------------------------------------------------------------------------------- generated text
+# What docs/REASONING.md and the README quote, rendered from summary.json alone (benchmarks/render_reports.py).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def _group(r: dict[str, Any]) -> tuple[str, int, str, int]:
+    return r["method"], r["K"], r.get("variant") or "", r.get("steps") or 0
+
+
+def _groups(runs: list[dict[str, Any]]) -> dict[tuple[str, int, str, int], list[dict[str, Any]]]:
+    out: dict[tuple[str, int, str, int], list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: (r.get("steps") or 0, r.get("variant") or "", METHOD_ORDER.index(r["method"]),
+                                         r["K"], r["seed"])):
+        out.setdefault(_group(r), []).append(r)
+    return out
+
+
+def _name(method: str, k: int, variant: str) -> str:
+    return f"{method} K={k}" + (f" ({variant})" if variant else "")
+
+
+def settings_md(summary: dict[str, Any]) -> str:
+    """Per run group, what each run recorded: steps, seeds, test examples scored, and the tau / alpha in force at
+    evaluation (the checkpoint's own). Training-time method options were not recorded by these runs."""
+    lines = ["| run group | steps | seeds | test examples per seed | eval tau per seed | eval alpha |",
+             "|---|---|---|---|---|---|"]
+    for (method, k, variant, steps), rs in _groups(summary["runs"] + summary["extra_runs"]).items():
+        taus = " / ".join(f"{r['learned']['settings']['tau']:g}" for r in rs)
+        alphas = sorted({r["learned"]["settings"]["alpha"] for r in rs})
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        examples = " / ".join(f"{r['learned']['examples']:,}" for r in rs)
+        lines.append(f"| {_name(method, k, variant)} | {steps:,} | {seeds} | {examples} | {taus} | "
+                     f"{' / '.join(f'{a:g}' for a in alphas)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired_points(ours: list[dict[str, Any]], base: list[dict[str, Any]], value) -> dict[str, Any] | None:
+    by_seed = {r["seed"]: value(r) for r in base}
+    diffs = [value(r) - by_seed[r["seed"]] for r in ours if r["seed"] in by_seed]
+    if not diffs:
+        return None
+    mean = float(np.mean(diffs))
+    half = T95[len(diffs) - 1] * float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half, "seeds": [r["seed"] for r in ours]}
+
+
+def multi_hop_gains(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Multi-hop accuracy minus vanilla's at the same steps, paired by seed, for every method group that has a
+    vanilla group at its step count (points, with a 95 % t interval over the paired seeds)."""
+    groups = _groups(summary["runs"] + summary["extra_runs"])
+    vanilla = {steps: rs for (m, _, variant, steps), rs in groups.items()
+               if m == "vanilla" and variant in ("", f"steps{steps}")}
+    rows = []
+    for (method, k, variant, steps), rs in groups.items():
+        if method == "vanilla" or steps not in vanilla or variant not in ("", f"steps{steps}"):
+            continue
+        p = _paired_points(rs, vanilla[steps], lambda r: 100 * _multi_hop(r["learned"]))
+        if p:
+            rows.append({"method": method, "K": k, "steps": steps, **p})
+    return rows
+
+
+def iso_flops_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run whose learned depth skips steps (avg steps < K at the query answers) and has fixed-pruning controls:
+    learned accuracy minus uniform and geometric pruning at the same average steps (points)."""
+    rows = []
+    for r in summary["runs"] + summary["extra_runs"]:
+        fixed = r.get("fixed") or {}
+        if "uniform" not in fixed:
+            continue
+        rows.append({"run": r["run"], "method": r["method"], "K": r["K"], "variant": r.get("variant") or "",
+                     "steps": r.get("steps"), "seed": r["seed"], "tau": r["learned"]["settings"]["tau"],
+                     "avg_steps": r["learned"]["avg_steps"], "learned": 100 * r["learned"]["accuracy"],
+                     "uniform": 100 * fixed["uniform"]["accuracy"],
+                     "geometric": 100 * fixed["geometric"]["accuracy"] if "geometric" in fixed else None,
+                     "spearman": r["learned"]["spearman_steps_difficulty"]})
+    return rows
+
+
+def _signed(x: float) -> str:
+    """+1.2 / -0.3, and 0.0 rather than a rounded -0.0."""
+    text = f"{x:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _interval(p: dict[str, Any]) -> str:
+    if math.isinf(p["high"]):
+        return f"{p['mean']:+.1f} (1 seed: no interval)"
+    return f"{p['mean']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}]"
+
+
+def claims_md(summary: dict[str, Any]) -> str:
+    """The numbers behind the claims, with their conditions: seeds, steps, the tau each run was scored at."""
+    gains = multi_hop_gains(summary)
+    lines = ["**Multi-hop accuracy minus vanilla's at the same training steps** (percentage points, paired by seed, "
+             "95 % t interval; every test answer with 2 or 3 hops):", "",
+             "| method | steps | seeds | gain over vanilla, points |", "|---|---|---|---|"]
+    for g in sorted(gains, key=lambda g: (g["steps"], -g["mean"])):
+        lines.append(f"| {g['method']} K={g['K']} | {g['steps']:,} | {', '.join(map(str, g['seeds']))} | "
+                     f"{_interval(g)} |")
+    iso = iso_flops_rows(summary)
+    pruning = [r for r in iso if r["avg_steps"] < r["K"] - 1e-6]
+    better = [r for r in pruning if r["learned"] - r["uniform"] > 0.05]
+    worse = [r for r in pruning if r["learned"] - r["uniform"] < -0.05]
+    lines += ["", f"**Learned depth vs uniform fixed pruning at the same average steps**, every run that skips "
+              f"steps and has the controls ({len(pruning)} runs, each scored at the tau it recorded): learned better "
+              f"by more than 0.05 points in {len(better)}, worse in {len(worse)}, level in "
+              f"{len(pruning) - len(better) - len(worse)}.", "",
+              "| run | steps | tau | avg steps | Spearman(steps, hops) | learned % | uniform % | geometric % | "
+              "learned - uniform |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(pruning, key=lambda r: r["learned"] - r["uniform"], reverse=True):
+        rho = "n/a" if r["spearman"] is None or (isinstance(r["spearman"], float) and math.isnan(r["spearman"])) \
+            else f"{r['spearman']:.2f}"
+        geo = "-" if r["geometric"] is None else f"{r['geometric']:.1f}"
+        lines.append(f"| {r['run']} | {r['steps']:,} | {r['tau']:g} | {r['avg_steps']:.2f} | {rho} | "
+                     f"{r['learned']:.1f} | {r['uniform']:.1f} | {geo} | {_signed(r['learned'] - r['uniform'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_row(summary: dict[str, Any], table: str = "") -> str:
+    """The README's reasoning-testbed result, every number with its seeds and steps (`table`: the committed
+    table.md, for the sweep points)."""
+    gains = multi_hop_gains(summary)
+    best = {}  # per step count, the gain with the largest lower confidence bound: a resolved gain, not a lucky seed
+    for g in gains:
+        if g["steps"] not in best or g["low"] > best[g["steps"]]["low"]:
+            best[g["steps"]] = g
+    iso = [r for r in iso_flops_rows(summary) if r["avg_steps"] < r["K"] - 1e-6]
+    diffs = [r["learned"] - r["uniform"] for r in iso]
+    top = max(iso, key=lambda r: r["spearman"] if isinstance(r["spearman"], float) and not math.isnan(r["spearman"])
+              else -2) if iso else None
+    parts = ["multi-hop gain over vanilla at equal steps with the largest lower 95 % bound: "
+             + "; ".join(f"{g['method']} K={g['K']} {_interval(g)} points at {s:,} steps ({g['n']} seeds)"
+                         for s, g in sorted(best.items()))]
+    if iso:
+        parts.append(f"learned depth vs uniform pruning at equal steps: {sum(d > 0.05 for d in diffs)} of {len(iso)} "
+                     f"runs better, {sum(d < -0.05 for d in diffs)} worse (differences {_signed(min(diffs))} to "
+                     f"{_signed(max(diffs))} points; default decoding, each run's recorded tau)")
+    sweep = sweep_points(table)
+    if sweep:
+        gaps = [p["learned"] - p["uniform"] for p in sweep]
+        parts.append(f"over the {len(sweep)} alpha / tau sweep points: {sum(g > 1 for g in gaps)} better by more than "
+                     f"1 point, {sum(g < -1 for g in gaps)} worse (differences {_signed(min(gaps))} to "
+                     f"{_signed(max(gaps))} points)")
+    if top is not None:
+        parts.append(f"highest Spearman(steps, hops): {top['spearman']:.2f} ({top['run']}, one seed, "
+                     f"tau {top['tau']:g})")
+    return "| reasoning testbed (12-symbol pointer chasing, 1-3 hops, 1 layer d=64) | " + "; ".join(parts) + \
+        " | [REASONING.md](docs/REASONING.md) |\n"
+
+
+def sweep_points(table: str) -> list[dict[str, Any]]:
+    """The sweep rows of a committed table.md (`sweep_md` wrote them from each run's sweep.json): run, knob,
+    average steps, Spearman, learned / uniform / geometric accuracy %."""
+    points, in_sweep = [], False
+    for line in table.splitlines():
+        if line.startswith("| run | setting | avg steps"):
+            in_sweep = True
+            continue
+        if in_sweep and not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not in_sweep or len(cells) != 8 or cells[0].startswith("---") or cells[6] == "-":
+            continue
+        points.append({"run": cells[0], "knob": cells[1].split(" (")[0], "avg_steps": float(cells[2]),
+                       "spearman": None if cells[4] == "n/a" else float(cells[4]),
+                       "learned": float(cells[5].split()[0]), "uniform": float(cells[6]),
+                       "geometric": None if cells[7] == "-" else float(cells[7])})
+    return points
+
+
+def sweep_verdicts_md(table: str) -> str:
+    """Learned depth vs uniform pruning over every sweep point (alpha / tau), wins and losses both listed."""
+    pts = sweep_points(table)
+    better = [p for p in pts if p["learned"] - p["uniform"] > 1.0]
+    worse = [p for p in pts if p["learned"] - p["uniform"] < -1.0]
+    lines = [f"Over the {len(pts)} sweep points with fixed-pruning controls (500 test examples each): learned depth "
+             f"more than 1 point better than uniform pruning at the same average steps at {len(better)}, more than "
+             f"1 point worse at {len(worse)}, within 1 point at {len(pts) - len(better) - len(worse)}. "
+             + (f"Largest win {_signed(max(p['learned'] - p['uniform'] for p in better))} points. " if better else "")
+             + "The points where it loses:", "",
+             "| run | knob | avg steps | learned % | uniform % | learned - uniform |", "|---|---|---|---|---|---|"]
+    for p in sorted(worse, key=lambda p: p["learned"] - p["uniform"]):
+        lines.append(f"| {p['run']} | {p['knob']} | {p['avg_steps']:.2f} | {p['learned']:.1f} | {p['uniform']:.1f} | "
+                     f"{_signed(p['learned'] - p['uniform'])} |")
+    return "\n".join(lines) + "\n"

@@ -7,7 +7,9 @@ wrote; nothing is re-measured here except the analytic training FLOPs, computed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import shlex
 import shutil
@@ -53,6 +55,26 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def run_settings(run: Path, config: PonderConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """What produced a run, read from the run itself: its recipe, every setting that differs from the documented
+    defaults (with its source), the method's options in force (from the saved config.json), the budget and lr."""
+    import yaml
+
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config.method_class.Options)}
+    return {
+        "recorded": "settings" in summary,
+        "recipe": summary.get("settings", {}).get("recipe"),
+        "differs_from_defaults": summary.get("settings", {}).get("differs_from_defaults"),
+        "method_options": options,
+        "K": config.max_steps, "tau": config.tau, "alpha": config.alpha, "embed_scale": config.resolved_embed_scale,
+        "init": config.init, "tie_word_embeddings": config.tie_word_embeddings,
+        "lr": resolved["optim"]["lr"], "steps": resolved["train"]["steps"],
+        "batch_size": resolved["train"]["batch_size"], "seq_len": resolved["data"]["seq_len"],
+        "seed": resolved["train"]["seed"],
+    }
+
+
 def run_record(run: Path, seq_len: int) -> dict[str, Any]:
     """Evaluation, training cost and training wall-clock of one run directory."""
     config = PonderConfig.from_pretrained(run / "final")
@@ -74,6 +96,9 @@ def run_record(run: Path, seq_len: int) -> dict[str, Any]:
         "train_flops": cost["training"] * tokens, "train_flops_ratio": cost["training_ratio"],
         "train_seconds": sum(per_step_tokens / r["tokens_per_s"] for r in rows),
         "trainer_val_ppl": summary.get("val_ppl"),
+        "eval_conditions": evaluation.get("conditions"),
+        "settings": run_settings(run, config, summary),
+        "curve": eval_curve(run),
     }
 
 
@@ -205,7 +230,6 @@ def gap_trend(curves: dict[str, dict[int, list[tuple[int, float]]]], method: str
     have), and a straight-line fit of the gap against log(tokens) over the last three points: its slope per
     doubling of tokens and, when the gap is positive and shrinking, the token count where the line reaches
     zero. An extrapolation, labelled as such."""
-    import math
 
     by_tokens: dict[int, list[float]] = {}
     seeds = sorted(set(curves.get(method, {})) & set(curves.get(base, {})))
@@ -358,6 +382,15 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
             by_k[rec["K"]] = rec
     lr_path = out / "lr.json"
     lr = json.loads(lr_path.read_text()) if lr_path.exists() else None
+    # Runs not rerun here (the old-recipe and K-sweep runs) keep their records from the previous summary.json; their
+    # settings were not recorded by the code of their time, which the rendered report says.
+    previous_path = docs / "summary.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    for key, rec in previous.get("old_recipe", {}).items():
+        m, s = key.rsplit("-s", 1)
+        old.setdefault((m, int(s)), rec)
+    for k, rec in previous.get("k_sweep", {}).items():
+        by_k.setdefault(int(k), rec)
     diagnostics = {}
     for (m, s), _ in records.items():
         evals = [r for r in _read_jsonl(out / "runs" / run_dir_name(m, s) / "metrics.jsonl") if r.get("kind") == "eval"]
@@ -407,6 +440,11 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
                "k_sweep": {str(k): r for k, r in by_k.items()}, "gap_to_vanilla": trends,
                "diagnostics": diagnostics,
                "pareto": {f"s{s}": p for s, p in pareto.items()}}
+    summary["methods"] = list(methods)
     (docs / "summary.json").write_text(json.dumps(summary, indent=1))
+    from study_document import render_results  # benchmarks/ is this script's directory
+
+    results_md = docs.parent / "RESULTS.md"
+    results_md.write_text(render_results(summary), encoding="utf-8")
     print((docs / "table.md").read_text())
-    print(f"wrote {docs / 'summary.json'}, {docs / 'table.md'} and plots in {docs}")
+    print(f"wrote {docs / 'summary.json'}, {docs / 'table.md'}, {results_md} and plots in {docs}")

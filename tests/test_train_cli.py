@@ -75,17 +75,17 @@ def test_overrides_parse_and_apply():
 def test_switching_the_method_drops_the_recipes_options_for_its_own_method():
     """The quickstart recipe tunes PonderLM-3 (compute penalty, router init, tau); `model.method=...` must not
     carry those into another method's run, while options given as overrides and shared keys still apply."""
-    quickstart = load_config(None, [])
+    quickstart = load_config(recipe="quickstart")
     model = quickstart.model
     assert (model["method"], model["lambda_steps"], model["tau"]) == ("ponderlm3", 0.05, 3e-3)
-    same = load_config(None, ["model.max_steps=2"])  # the recipe's own method: its options stay
+    same = load_config(None, ["model.max_steps=2"], recipe="quickstart")  # the recipe's own method: options stay
     assert same.model["lambda_steps"] == 0.05 and same.model["router_init"] == "uniform"
-    other = load_config(None, ["model.method=adaponder", "model.halt_lambda=0.2"])
+    other = load_config(None, ["model.method=adaponder", "model.halt_lambda=0.2"], recipe="quickstart")
     assert not {"lambda_steps", "router_init", "tau"} & set(other.model)
     assert other.model["halt_lambda"] == 0.2 and other.model["hidden_size"] == quickstart.model["hidden_size"]
     config = run_config.build_model_config(other)
     assert config.tau == 1e-4 and config.lambda_steps == 0.0  # the documented defaults
-    assert load_config(None, ["model.method=latent_cot", "model.tau=0.01"]).model["tau"] == 0.01
+    assert load_config(None, ["model.method=latent_cot", "model.tau=0.01"], recipe="quickstart").model["tau"] == 0.01
 
 
 def test_override_errors():
@@ -119,6 +119,85 @@ def test_schedule_warmup_then_cosine_to_min():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     assert lrs[-1] == pytest.approx(0.1)
     assert warmup_steps(100, 0.02, warmup_steps=10) == 10
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+def _declared_defaults(method: str) -> dict:
+    """The documented defaults, read from the declarations themselves (PonderConfig's signature, the method's
+    Options), independently of the run-config code under test."""
+    import dataclasses
+    import inspect
+
+    from ponderlm.config import PonderConfig
+    from ponderlm.registry import REGISTRY
+
+    sig = inspect.signature(PonderConfig.__init__)
+    found = {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    found.update({f.name: f.default for f in dataclasses.fields(REGISTRY[method].Options)})
+    return found
+
+
+@pytest.mark.parametrize("method", ["ponderlm3", "adaponder", "latent_cot", "ponderlm"])
+def test_a_run_without_a_recipe_gets_the_documented_defaults(method):
+    """No hidden recipe: without --recipe nothing but the method's declared defaults and the user's overrides."""
+    cfg = load_config(None, [f"model.method={method}", "model.max_steps=1"])
+    assert cfg.recipe is None
+    built = run_config.build_model_config(cfg)
+    for name, default in _declared_defaults(method).items():
+        if name in ("method", "max_steps") or default is None:  # None: derived from other fields
+            continue
+        got = getattr(built, name)
+        assert (list(got) if isinstance(got, tuple) else got) == (list(default) if isinstance(default, tuple)
+                                                                else default), name
+    assert built.max_steps == 1
+    assert run_config.describe_differences(cfg).splitlines() == [
+        f"{method} (no recipe): 1 setting differs from the documented defaults (docs/METHODS.md):",
+        "  model.max_steps = 1  (default 0; override)"]
+
+
+def test_a_named_recipe_gives_its_options_and_says_so():
+    recipe = yaml.safe_load(preset_path("quickstart").read_text())
+    cfg = load_config(None, ["train.steps=7"], recipe="quickstart")
+    assert cfg.recipe == "quickstart"
+    for key, value in recipe["model"].items():
+        assert cfg.model[key] == value, key
+    defaults = {**_declared_defaults(recipe["model"]["method"]), "vocab_size": None}
+    expected = [f"model.{k}" for k, v in recipe["model"].items() if k != "method" and v != defaults[k]]
+    sections = {"data": run_config.DataConfig(), "optim": run_config.OptimConfig(), "train": run_config.TrainConfig(),
+                "log": run_config.LogConfig(), "dist": run_config.DistConfig()}
+    for section, default in sections.items():
+        for k, v in recipe.get(section, {}).items():
+            if (list(v) if isinstance(v, tuple) else v) != (list(d) if isinstance(d := getattr(default, k), tuple)
+                                                            else d) and f"{section}.{k}" != "train.steps":
+                expected.append(f"{section}.{k}")
+    expected.insert(expected.index("train.eval_every"), "train.steps")  # the override, in config order
+    found = run_config.differences(cfg)
+    assert [d.key for d in found] == expected
+    assert {d.key: d.source for d in found} == {k: "override" if k == "train.steps" else "recipe quickstart"
+                                                for k in expected}
+    lines = run_config.describe_differences(cfg).splitlines()
+    assert lines[0] == f"ponderlm3 (recipe quickstart): {len(expected)} settings differ from the documented " \
+                       "defaults (docs/METHODS.md):"
+    assert "  model.lambda_steps = 0.05  (default 0.0; recipe quickstart)" in lines
+    assert "  train.steps = 7  (default 1000; override)" in lines and len(lines) == len(expected) + 1
+
+
+def test_provenance_survives_the_saved_config(tmp_path):
+    """--resume reloads config.yaml: the sources recorded at the start still say who set what; a value edited
+    into the file by hand is attributed to the file."""
+    cfg = load_config(None, ["model.max_steps=1", "model.method=ponderlm3"], recipe="quickstart")
+    cfg.sources["model.method"] = "flag --method"
+    run_config.save_yaml(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# ponderlm3 (recipe quickstart): ")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and run_config.differences(again) == run_config.differences(cfg)
+    edited = yaml.safe_load(text)
+    edited["optim"]["eps"] = 1e-6  # a key the recipe did not set
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    by_hand = {d.key: d.source for d in run_config.differences(load_config(tmp_path / "edited.yaml"))}
+    assert by_hand["optim.eps"] == f"file {tmp_path / 'edited.yaml'}"
+    assert by_hand["model.lambda_steps"] == "recipe quickstart"
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -165,7 +244,9 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
         (["train", "data.seq_len=100000"], "exceeds model.max_position_embeddings"),
         (["train", "--resume"], "--resume needs --out"),
         (["train", "a.yaml", "b.yaml"], "more than one CONFIG"),
-        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["train", "--preset", "nope"], "unknown recipe 'nope'"),  # the old spelling of --recipe
+        (["train", "--out", ""], "train.out (--out) is empty"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -229,7 +310,8 @@ def test_cli_end_to_end_run_directory(tmp_path, corpus, capsys):
     from ponderlm.train import read_metrics
 
     out = tmp_path / "run"
-    argv = ["train", "--out", str(out), "--method", "ponderlm2", f"data.inputs=[{corpus}]", "train.steps=4", *TINY]
+    argv = ["train", "--out", str(out), "--method", "ponderlm2", "model.max_steps=1", f"data.inputs=[{corpus}]",
+            "train.steps=4", *TINY]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "val perplexity" in printed and "unigram baseline" in printed and "sample" in printed
@@ -257,6 +339,15 @@ def test_cli_end_to_end_run_directory(tmp_path, corpus, capsys):
     assert len(AutoTokenizer.from_pretrained(final)) == model.config.vocab_size
     summary = __import__("json").loads((out / "summary.json").read_text())
     assert summary["val_ppl"] == eval_rows[-1]["val_ppl"] and summary["avg_executed_steps"] == 1.0
+    # no recipe: the settings record says so, with every differing key and who set it
+    assert summary["settings"]["recipe"] is None and summary["settings"]["method"] == "ponderlm2"
+    assert summary["settings"]["differs_from_defaults"]["model.max_steps"] == {"value": 1, "default": 0,
+                                                                                "source": "override"}
+    assert summary["settings"]["differs_from_defaults"]["model.vocab_size"]["source"] == "the data's tokenizer"
+    assert summary["settings"]["differs_from_defaults"]["train.steps"]["source"] == "override"
+    ev = summary["evaluation"]
+    assert (ev["split"], ev["seq_len"], ev["batch_size"], ev["batches"]) == ("val", 32, 2, 2)
+    assert ev["tokens"] == eval_rows[-1]["val_tokens"] and "31" not in ev["description"].split()
     assert 1.0 < summary["unigram_ppl"] < 4096 and summary["steps"] == 4 and summary["tokens_seen"] == 4 * 2 * 32
 
 

@@ -11,11 +11,14 @@ from ponderlm.errors import PonderError
 from ponderlm.registry import REGISTRY
 
 DESCRIPTION = """\
-Pretrain a pondering language model. With no arguments, runs the CPU quickstart recipe
-(a tiny PonderLM on the bundled corpus, a few minutes on a laptop).
+Pretrain a pondering language model. `ponderlm train --recipe quickstart` is the CPU quickstart
+(a tiny PonderLM-3 on the bundled corpus, a few minutes on a laptop).
 
-CONFIG.yaml is a run recipe (see docs/TRAINING.md); --preset NAME picks a packaged one.
-key=value overrides any recipe key, e.g. optim.lr=3e-4 model.method=ponderlm3 train.steps=200.
+A run's settings come from the documented defaults (docs/METHODS.md), a recipe you name
+(CONFIG.yaml, see docs/TRAINING.md, or --recipe NAME for a packaged one) and key=value overrides,
+e.g. optim.lr=3e-4 model.method=ponderlm3 train.steps=200; nothing else. Without a recipe every
+setting you do not give is its documented default. The run prints, and records in config.yaml and
+summary.json, every setting that differs from the defaults and where it came from.
 The flags below win over key=value overrides. Note: model.max_steps is K (pondering steps per
 token); --max-steps / train.steps is the number of training steps.
 
@@ -30,11 +33,12 @@ after writing a checkpoint (continue with --out DIR --resume); 1 a rank failed (
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ponderlm.train.config import preset_names
 
-    p = subparsers.add_parser("train", help="pretrain a pondering LM (no arguments: the CPU quickstart)",
+    p = subparsers.add_parser("train", help="pretrain a pondering LM (--recipe quickstart: the CPU quickstart)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=f"presets: {', '.join(preset_names())}")
+                              epilog=f"recipes: {', '.join(preset_names())}")
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value", help="a recipe file and/or overrides")
-    p.add_argument("--preset", metavar="NAME", help="a packaged recipe by name (default: quickstart)")
+    p.add_argument("--recipe", "--preset", dest="recipe", metavar="NAME",
+                   help="a packaged recipe by name, e.g. quickstart (default: none, the documented defaults)")
     p.add_argument("--method", metavar="M", help="pondering method (model.method); 'vanilla' also sets K=0")
     p.add_argument("--max-steps", type=int, metavar="N", help="number of training steps (train.steps)")
     p.add_argument("--out", metavar="DIR", help="run directory (train.out); default runs/<name>-<time>")
@@ -67,18 +71,21 @@ def _run(args: argparse.Namespace) -> int:
     config, overrides = _split_positionals(args.args)
     if args.resume and not args.out:
         raise PonderError("--resume needs --out DIR (the run directory to continue)")
-    if args.resume and config is None and args.preset is None and Path(args.out).is_dir():
-        if not (Path(args.out) / "config.yaml").is_file():  # never fall back to the quickstart recipe here
+    if args.resume and config is None and args.recipe is None and Path(args.out).is_dir():
+        if not (Path(args.out) / "config.yaml").is_file():  # never fall back to the defaults here
             raise PonderError(f"--resume: {args.out} has no config.yaml to resume with; pass the run's CONFIG too")
         config = str(Path(args.out) / "config.yaml")
-    cfg = load_config(config, overrides, preset=args.preset)
+    cfg = load_config(config, overrides, recipe=args.recipe)
     if args.method is not None:
         cfg.model["method"] = args.method
+        cfg.sources["model.method"] = "flag --method"
         takes_steps = getattr(REGISTRY.get(args.method), "takes_steps", True)
         if not takes_steps and not any(o.startswith("model.max_steps=") for o in overrides):
             cfg.model["max_steps"] = 0  # a vanilla baseline of any recipe, without a second flag
+            cfg.sources["model.max_steps"] = "flag --method"
     if args.max_steps is not None:
         cfg.train.steps = args.max_steps
+        cfg.sources["train.steps"] = "flag --max-steps"
     if args.out is not None:
         cfg.train.out = args.out
     validate(cfg)
@@ -97,7 +104,7 @@ def _relaunch(args: argparse.Namespace, cfg) -> int:
 
     out = args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     argv = ["train", *args.args, "--out", out]
-    for flag, value in (("--preset", args.preset), ("--method", args.method), ("--max-steps", args.max_steps)):
+    for flag, value in (("--recipe", args.recipe), ("--method", args.method), ("--max-steps", args.max_steps)):
         if value is not None:
             argv += [flag, str(value)]
     if args.resume:

@@ -5,6 +5,11 @@ to the YAML recipes in `ponderlm/configs/`. Loading is strict: unknown keys are 
 the closest valid key, values are type-checked, and dotted `key=value` overrides are parsed with
 `yaml.safe_load` (never `eval`). The resolved config is written to `<out>/config.yaml`.
 
+No hidden recipe: a run's settings come only from the documented defaults (the dataclasses below,
+`PonderConfig` and each method's `Options`), a recipe the user named (`recipe`), and the user's
+overrides. `sources` remembers where every explicitly set key came from, and `differences()` lists
+what differs from the defaults with its source; the trainer prints that list and records it.
+
 Note the two different "max steps": `model.max_steps` is K, the pondering steps per token;
 `train.steps` is the number of optimizer steps.
 """
@@ -105,6 +110,7 @@ class DistConfig:
 @dataclass
 class RunConfig:
     name: str = "run"
+    recipe: str | None = None  # the packaged recipe or file the run started from; None: the documented defaults
     # PonderConfig keyword arguments, plus `init_from` (HF path or id) for continued pretraining.
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +118,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    # dotted key -> where its value came from ("recipe quickstart", "override", "flag --method", ...)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -208,10 +216,15 @@ def _set(cfg: RunConfig, key: str, value: Any, model_hints: dict[str, Any]) -> N
     top = parts[0]
     if top not in TOP_LEVEL:
         raise _unknown(key, TOP_LEVEL)
-    if top == "name":
+    if top in ("name", "recipe"):
         if len(parts) > 1:
-            raise PonderError(f"'name' is a string, not a section: {key}")
-        cfg.name = _coerce(value, str, "name")
+            raise PonderError(f"'{top}' is a string, not a section: {key}")
+        setattr(cfg, top, _coerce(value, str if top == "name" else str | None, top))
+        return
+    if top == "sources":  # a saved config.yaml's record of where each key came from
+        if len(parts) > 1 or not isinstance(value, dict):
+            raise PonderError(f"'sources' must be a mapping of dotted keys to where they came from, got {value!r}")
+        cfg.sources.update({str(k): _coerce(v, str, f"sources.{k}") for k, v in value.items()})
         return
     if len(parts) == 1:
         if not isinstance(value, dict):
@@ -244,14 +257,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Build and validate a RunConfig from a YAML-shaped dict plus `key=value` overrides."""
+def _leaf_keys(key: str, value: Any) -> list[str]:
+    """The dotted leaf keys that setting `key` to `value` sets (a section given as a mapping sets each of its keys)."""
+    if key in ("sources",):
+        return []
+    if "." not in key and key not in ("name", "recipe") and isinstance(value, dict):
+        return [f"{key}.{sub}" for sub in value]
+    return [key]
+
+
+def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = (), *, source: str = "config") -> RunConfig:
+    """Build and validate a RunConfig from a YAML-shaped dict plus `key=value` overrides.
+
+    `source` names where `data` came from ("recipe quickstart", "file my.yaml"): it is recorded for every key
+    `data` sets, unless `data` is a saved config.yaml that already says where its keys came from (`sources`)."""
     if not isinstance(data, dict):
         raise PonderError(f"a run config must be a mapping, got {type(data).__name__}")
     cfg = RunConfig()
     model_hints = _model_hints()
     for key, value in data.items():
         _set(cfg, str(key), value, model_hints)
+    if isinstance(data.get("sources"), dict):
+        # A saved config.yaml: every key it writes is listed, but only the sources it recorded were set by someone;
+        # a differing value it does not account for was edited into the file by hand.
+        for found in differences(cfg):
+            if found.source == "unknown":
+                cfg.sources[found.key] = source
+    else:
+        for key, value in data.items():
+            for leaf in _leaf_keys(str(key), value):
+                cfg.sources.setdefault(leaf, source)
     parsed = [parse_override(text) for text in overrides]
     if not cfg.model.get("init_from") and any(
             (key == "model.init_from" and value) or (key == "model" and isinstance(value, dict)
@@ -265,8 +300,102 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Run
     _drop_foreign_method_options(cfg, parsed)
     for key, value in parsed:
         _set(cfg, key, value, model_hints)
+        for leaf in _leaf_keys(key, value):
+            cfg.sources[leaf] = "override"
+    _forget_dropped_sources(cfg)
     validate(cfg)
     return cfg
+
+
+def _forget_dropped_sources(cfg: RunConfig) -> None:
+    """Keys a method switch or `init_from` removed from `model` no longer come from anywhere."""
+    for key in [k for k in cfg.sources if k.startswith("model.") and k[len("model."):] not in cfg.model]:
+        del cfg.sources[key]
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+@dataclass(frozen=True)
+class Difference:
+    """One setting whose value is not its documented default, and where the value came from."""
+
+    key: str
+    value: Any
+    default: Any
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.key} = {_show(self.value)}  (default {_show(self.default)}; {self.source})"
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+# Identifiers of a run, not settings that change what it computes.
+_NOT_SETTINGS = ("name", "recipe", "train.out")
+
+
+def model_defaults() -> dict[str, Any]:
+    """The documented default of every `model.*` key: `PonderConfig`'s keyword defaults and every registered
+    method's `Options` defaults (docs/METHODS.md renders the same declarations)."""
+    from ponderlm.config import PonderConfig, method_options
+
+    sig = inspect.signature(PonderConfig.__init__)
+    defaults = {n: p.default for n, p in sig.parameters.items()
+                if n != "self" and p.default is not inspect.Parameter.empty}
+    defaults.update({k: list(v) if isinstance(v, tuple) else v for k, v in method_options().items()})
+    defaults["init_from"] = None
+    return defaults
+
+
+def differences(cfg: RunConfig) -> list[Difference]:
+    """Every setting of `cfg` that differs from its documented default (model keys first, then the run's
+    sections in config order), with the source recorded for it. `model.method` is the reference, not a
+    difference: the model keys are compared with the defaults of the method the run trains."""
+    found = []
+    defaults = model_defaults()
+    for key, value in cfg.model.items():
+        if key == "method":
+            continue
+        default = defaults.get(key)
+        if _normal(value) != _normal(default):
+            found.append(Difference(f"model.{key}", value, default, cfg.sources.get(f"model.{key}", "unknown")))
+    for section in ("data", "optim", "train", "log", "dist"):
+        current, default_section = getattr(cfg, section), type(getattr(cfg, section))()
+        for f in dataclasses.fields(current):
+            key = f"{section}.{f.name}"
+            value, default = getattr(current, f.name), getattr(default_section, f.name)
+            if key not in _NOT_SETTINGS and _normal(value) != _normal(default):
+                found.append(Difference(key, value, default, cfg.sources.get(key, "unknown")))
+    return found
+
+
+def _normal(value: Any) -> Any:
+    """Compare lists and tuples, ints and floats, as YAML / JSON round trips them."""
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def describe_differences(cfg: RunConfig) -> str:
+    """The lines the trainer prints at start: the recipe and every setting that differs from the defaults."""
+    method = cfg.model.get("method", "vanilla")
+    recipe = f"recipe {cfg.recipe}" if cfg.recipe else "no recipe"
+    found = differences(cfg)
+    if not found:
+        return f"{method} ({recipe}): every setting at its documented default (docs/METHODS.md)"
+    verb = "setting differs" if len(found) == 1 else "settings differ"
+    lines = [f"{method} ({recipe}): {len(found)} {verb} from the documented defaults (docs/METHODS.md):"]
+    return "\n".join([*lines, *(f"  {d}" for d in found)])
+
+
+def provenance(cfg: RunConfig) -> dict[str, Any]:
+    """What summary.json records: the recipe and each differing setting with its default and source."""
+    return {"recipe": cfg.recipe, "method": cfg.model.get("method", "vanilla"),
+            "differs_from_defaults": {d.key: {"value": d.value, "default": d.default, "source": d.source}
+                                      for d in differences(cfg)}}
 
 
 # Decode options a recipe tunes for its own method (METHODS.md: thresholds and router bias of adaptive methods).
@@ -303,21 +432,37 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise PonderError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
     if data is None:  # an empty file silently training the defaults is never what was meant
         raise PonderError(f"config file {path} is empty; give a recipe with at least one section (model, data, "
-                          "train, ...) or leave CONFIG out for the quickstart")
+                          "train, ...) or leave CONFIG out for the documented defaults")
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
-                preset: str | None = None) -> RunConfig:
-    """Load a recipe from a file or a packaged preset name (default: the CPU quickstart) and apply overrides."""
-    if path is not None and preset is not None:
-        raise PonderError("give either a CONFIG file or --preset, not both")
-    if path is None:
-        path = preset_path(preset or "quickstart")
+                recipe: str | None = None, preset: str | None = None) -> RunConfig:
+    """Load a recipe file or a packaged recipe by name and apply overrides; with neither, the documented defaults.
+
+    There is no implicit recipe: `load_config(None, ["model.method=ponderlm3", ...])` is PonderLM-3 at its
+    documented defaults. The CPU quickstart is `load_config(recipe="quickstart")`. (`preset` is the old name
+    of `recipe`.)"""
+    if recipe is not None and preset is not None and recipe != preset:
+        raise PonderError("give either --recipe or --preset (its old name), not both")
+    recipe = recipe or preset
+    if path is not None and recipe is not None:
+        raise PonderError("give either a CONFIG file or --recipe, not both")
+    if path is None and recipe is None:
+        return from_dict({}, overrides)
+    data_path = Path(path) if path is not None else preset_path(recipe)
     try:
-        return from_dict(load_yaml(path), overrides)
+        data = load_yaml(data_path)
+        if recipe is not None:
+            cfg = from_dict(data, overrides, source=f"recipe {recipe}")
+            cfg.recipe = recipe
+            return cfg
+        cfg = from_dict(data, overrides, source=f"file {path}")
+        if cfg.recipe is None and not isinstance(data.get("sources"), dict):  # a user's recipe file
+            cfg.recipe = str(path)
+        return cfg
     except PonderError as exc:
-        raise PonderError(f"{path}: {exc}") from None
+        raise PonderError(f"{data_path}: {exc}") from None
 
 
 def validate(cfg: RunConfig) -> None:
@@ -328,6 +473,8 @@ def validate(cfg: RunConfig) -> None:
             raise PonderError(msg)
 
     d, o, t, lg, ds = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.dist
+    need(t.out is None or t.out.strip() != "",
+         "train.out (--out) is empty; give a run directory or leave it out for runs/<name>-<time>")
     need(bool(d.inputs), "data.inputs must list at least one input")
     need(d.seq_len >= 2, f"data.seq_len must be >= 2, got {d.seq_len}")
     need(d.val_fraction is None or 0.0 <= d.val_fraction < 1.0,
@@ -400,14 +547,18 @@ def build_model_config(cfg: RunConfig) -> Any:
 
 
 def save_yaml(cfg: RunConfig, path: str | Path) -> None:
-    """Write atomically (temp file + rename), so a kill mid-write never leaves a truncated recipe behind."""
+    """Write atomically (temp file + rename), so a kill mid-write never leaves a truncated recipe behind. A comment
+    header lists the settings that differ from the documented defaults (the `sources` key keeps them machine-
+    readable: loading the file for `--resume` reproduces the same list)."""
     from ponderlm.train.rundir import write_text_atomic  # torch: only needed once a run starts
 
-    write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    header = "".join(f"# {line}\n" for line in describe_differences(cfg).splitlines())
+    write_text_atomic(Path(path), header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# ---------------------------------------------------------------------------------------------- presets
+# ---------------------------------------------------------------------------------------------- recipes
 def preset_names() -> list[str]:
+    """The packaged recipes (`ponderlm train --recipe NAME`)."""
     root = resources.files("ponderlm") / "configs"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
@@ -418,5 +569,5 @@ def preset_path(name: str) -> Path:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"available: {', '.join(names)}"
-        raise PonderError(f"unknown preset '{name}'; {hint}")
+        raise PonderError(f"unknown recipe '{name}'; {hint}")
     return Path(str(resources.files("ponderlm") / "configs" / f"{name}.yaml"))

@@ -30,13 +30,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponderlm.data.loader import TokenLoader, iter_eval_batches, read_meta, unigram_perplexity
+from ponderlm.data.loader import TokenLoader, check_data_dir, iter_eval_batches, read_meta, unigram_perplexity
 from ponderlm.errors import PonderError
 from ponderlm.paths import cache_dir
 from ponderlm.train import checkpoint as ckpt
 from ponderlm.train import dist_checkpoint as dckpt
 from ponderlm.train import parallel, rundir
-from ponderlm.train.config import DataConfig, RunConfig, build_model_config, grad_accum_for, save_yaml
+from ponderlm.train.config import (
+    DataConfig,
+    RunConfig,
+    build_model_config,
+    describe_differences,
+    grad_accum_for,
+    provenance,
+    save_yaml,
+)
 from ponderlm.train.logging import MetricsLogger
 from ponderlm.train.schedule import lr_at, warmup_steps
 
@@ -89,9 +97,11 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     # ---- data (prepared into a cache on first use, by one process) and the vocabulary it implies
     data_dir = parallel.main_first(d, lambda: resolve_data_dir(cfg.data))
     data_vocab = int(read_meta(data_dir)["vocab_size"])
+    parallel.on_main(d, lambda: check_data_dir(data_dir))  # token ids and tokenizer, before anything is written
     init_from = cfg.model.get("init_from")
-    if not init_from:  # a pretrained backbone brings its own vocabulary
-        cfg.model.setdefault("vocab_size", data_vocab)
+    if not init_from and "vocab_size" not in cfg.model:  # a pretrained backbone brings its own vocabulary
+        cfg.model["vocab_size"] = data_vocab
+        cfg.sources["model.vocab_size"] = "the data's tokenizer"
     model_config = build_model_config(cfg)
     _check_vocab(model_config.vocab_size, data_vocab)
     identity = cfg.identity_hash()
@@ -152,6 +162,7 @@ def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: to
     base_state = {"identity_hash": identity, "model_config": cfg.model_kwargs(), "config_name": cfg.name}
     sharded = d.world_size > 1 or cfg.dist.checkpoint == "dcp"
     if d.is_main:
+        print(describe_differences(cfg), file=sys.stderr)  # no hidden recipe: what this run changed, and who did
         where = f"{d.world_size} x {device.type} ({cfg.dist.backend})" if d.world_size > 1 else str(device)
         print(f"{cfg.name}: {model_config.method} (K={model_config.max_steps}) {model_config.backbone}, "
               f"{n_params / 1e6:.2f}M params, {t.steps} steps x {tokens_per_step:,} tokens on {where}"
@@ -460,6 +471,18 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+def eval_conditions(cfg: RunConfig, config: Any, data_dir: Path, tokens: int) -> dict[str, Any]:
+    """The conditions of the trainer's validation perplexity, recorded beside it: another evaluation of the same
+    model (`ponderlm eval ppl` defaults to other windows) gives another number."""
+    t = cfg.train
+    tau_alpha = f"tau {config.tau:g}" + (f", alpha {config.alpha:g}" if config.method_class.uses_alpha else "")
+    return {"split": "val", "data_dir": str(data_dir), "seq_len": cfg.data.seq_len, "batch_size": t.batch_size,
+            "batches": t.eval_batches, "tokens": tokens, "tau": config.tau, "alpha": config.alpha,
+            "description": f"the val split's first {t.eval_batches} batches x {t.batch_size} non-overlapping "
+                           f"{cfg.data.seq_len}-token windows ({tokens:,} scored tokens), the trainer's final "
+                           f"evaluation, {tau_alpha}"}
+
+
 def _data_description(data_dir: Path) -> str:
     """The prepared data's sources and token counts, for the model card."""
     try:
@@ -485,9 +508,12 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
     result.executed_steps = last_eval["val_executed_steps"]
     result.unigram_ppl = unigram_perplexity(data_dir)
     # Special token ids, a left-padding tokenizer and a model card: final/ stands alone as an HF checkpoint.
+    evaluation = eval_conditions(cfg, model.config, data_dir, int(last_eval["val_tokens"]))
+    settings = provenance(cfg)
     complete_checkpoint(staging, model, tokenizer, {
         "name": out.resolve().name, "data": _data_description(data_dir), "init_from": cfg.model.get("init_from"),
         "steps": result.step, "tokens_seen": result.tokens_seen, "val_ppl": result.val_ppl,
+        "val_conditions": evaluation["description"], "recipe": settings["recipe"],
         "avg_executed_steps": result.executed_steps, "parameters": sum(p.numel() for p in model.parameters())})
     rundir.publish_dir(staging, final)
     K = model.config.max_steps
@@ -499,12 +525,14 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "val_loss": result.val_loss,
                "val_ppl": result.val_ppl, "unigram_ppl": result.unigram_ppl,
                "avg_executed_steps": result.executed_steps, "max_steps_K": K, "depth_share": depth_share,
+               "evaluation": evaluation, "settings": settings,
                "final": str(final), "sample": result.sample,
                "sample_steps": None if sample_view is None else [s for _, s in sample_view]}
     rundir.write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     print(f"\ndone: {result.step} steps, {result.tokens_seen:,} tokens\n"
           f"val perplexity {result.val_ppl:.2f} (loss {result.val_loss:.4f}) vs unigram baseline "
           f"{result.unigram_ppl:.2f}\n"
+          f"  on {evaluation['description']}\n"
           f"avg executed steps {result.executed_steps:.2f} of K={model.config.max_steps}\n"
           f"run dir  {out}  (config.yaml, metrics.jsonl, checkpoints/, tb/)\n"
           f"model    {final}  (PonderForCausalLM.from_pretrained)")
