@@ -4,13 +4,11 @@ of the model: `model.generate` and `sequential_logits` (the token-by-token decod
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
+import os
+import queue
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,67 +17,15 @@ import torch
 from helpers import single_thread, split_tau, tiny_checkpoint
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'ponderlm[serve]'")
-uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'ponderlm[serve]'")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'ponderlm[serve]'")
+pytest.importorskip("prometheus_client", reason="the serve extra is not installed: pip install 'ponderlm[serve]'")
 openai = pytest.importorskip("openai", reason="the openai client is not installed: pip install 'ponderlm[test]'")
-httpx = pytest.importorskip("httpx")
+
+from serve_helpers import NAME, TEXT, WAIT_S, Server, httpx, metric, wait_until  # noqa: E402
 
 from ponderlm.eval.perplexity import load_model  # noqa: E402
 from ponderlm.inference import sequential_logits  # noqa: E402
-from ponderlm.serve.app import build_app  # noqa: E402
 from ponderlm.serve.scheduler import Engine, EngineRequest, SamplingParams  # noqa: E402
-
-NAME = "tiny"
-TEXT = ("The old man walked slowly along the river bank, watching the boats drift past while the evening light "
-        "faded over the hills and the town behind him grew quiet.")
-WAIT_S = 60  # bound on every wait for the server; a hang fails the test instead of blocking CI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-class Server:
-    """The app under uvicorn in a thread of this process, on 127.0.0.1 and a free port."""
-
-    def __init__(self, checkpoint: Path, **engine_options) -> None:
-        model, self.tokenizer = load_model(checkpoint, "cpu")
-        self.engine = Engine(model, self.tokenizer, **engine_options)
-        self.port = free_port()
-        config = uvicorn.Config(build_app(self.engine, NAME), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.engine.start()
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_until(lambda: self.server.started, "the server to start")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", timeout=WAIT_S, max_retries=0)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=WAIT_S)
-        self.engine.stop()
-
-    def gate(self) -> threading.Event:
-        """Hold the engine before each backbone call until the returned event is set (admission still runs)."""
-        gate = threading.Event()
-        step = self.engine._step
-
-        def gated(batch) -> None:
-            assert gate.wait(timeout=WAIT_S), "gate never opened"
-            step(batch)
-
-        self.engine._step = gated
-        return gate
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -288,10 +234,8 @@ def test_cancelled_stream_frees_its_row_and_a_full_queue_answers_429(checkpoint)
             gate.set()
             wait_until(lambda: srv.engine.counts() == {"running": 0, "waiting": 0}, "the row to be freed")
             metrics = http.get("/metrics").text
-            assert 'ponderlm_requests_total{outcome="cancelled"} 2' in metrics
-            generated = int(next(v for k, v in (line.split() for line in metrics.splitlines() if line[0] != "#")
-                                 if k == "ponderlm_generation_tokens_total"))
-            assert generated < 100  # stopped long before max_tokens
+            assert metric(metrics, 'ponderlm_requests_total{outcome="cancelled"}') == 2
+            assert metric(metrics, "ponderlm_generation_tokens_total") < 100  # stopped long before max_tokens
             # The freed row serves the next request.
             done = srv.client.completions.create(model=NAME, prompt=TEXT[:20], max_tokens=3, temperature=0)
             assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 3
@@ -299,65 +243,43 @@ def test_cancelled_stream_frees_its_row_and_a_full_queue_answers_429(checkpoint)
         srv.close()
 
 
-# ------------------------------------------------------------------ errors
-BAD_REQUESTS = [
-    ({"prompt": "hi", "bogus": 1}, 400, "unknown field 'bogus'"),
-    ({"prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
-    ({"prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
-    ({"prompt": "hi", "temperature": 3}, 400, "temperature"),
-    ({"prompt": "hi", "top_p": 0}, 400, "top_p"),
-    ({"prompt": "hi", "logprobs": 50}, 400, "logprobs"),
-    ({"prompt": "hi", "tau": 1.5}, 400, "tau"),
-    ({"prompt": "hi", "n": 9}, 400, "max-batch"),
-    ({"prompt": "hi", "presence_penalty": 1.0}, 400, "presence_penalty"),
-    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({"prompt": ""}, 400, "prompt is empty"),
-    ({"prompt": []}, 400, "prompt is empty"),
-    ({"prompt": [1, 2, 10**9]}, 400, "outside the vocabulary"),
-    ({"prompt": list(range(1, 101)), "max_tokens": 40}, 400, "maximum context length is 128"),
-    ({"prompt": {"text": "hi"}}, 400, "prompt"),
-    ({"max_tokens": 3}, 400, "prompt"),
-    ({"prompt": "hi", "model": "gpt-4"}, 404, "does not exist"),
-    ([1, 2], 400, "JSON object"),
-]
-
-
-def test_bad_requests_get_4xx_with_one_line_and_the_server_keeps_serving(server):
-    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
-        for body, status, reason in BAD_REQUESTS:
-            resp = http.post("/v1/completions", json=body)
-            assert resp.status_code == status, (body, resp.text)
-            message = resp.json()["error"]["message"]
-            assert reason in message and "\n" not in message, (body, message)
-        resp = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
-        assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]["message"]
-    with pytest.raises(openai.BadRequestError, match="unknown field"):
-        server.client.completions.create(model=NAME, prompt="hi", extra_body={"nonsense": True})
-    out = server.client.completions.create(model=NAME, prompt="hi", max_tokens=2, temperature=0)
-    assert out.choices[0].finish_reason == "length"
-
-
+# ------------------------------------------------------------------ models, health, metrics
 def test_models_health_and_metrics(server):
     models = server.client.models.list().data
     assert [m.id for m in models] == [NAME] and models[0].model_extra["max_model_len"] == 128
-    with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
+    one = server.client.models.retrieve(NAME)  # GET /v1/models/{id}
+    assert one.id == NAME and one.model_extra["max_model_len"] == 128
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        server.client.models.retrieve("gpt-4")
+    with server.http() as http:
         assert http.get("/health").json()["status"] == "ok"
         before = http.get("/metrics").text
         server.client.completions.create(model=NAME, prompt="hi there", max_tokens=5, temperature=0)
         after = http.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
-
-    def value(text: str, key: str) -> float:
-        return float(next(line.split()[1] for line in text.splitlines() if line.split()[0] == key))
-
+    text = after.text
     tokens = "ponderlm_generation_tokens_total"
-    assert value(after.text, tokens) == value(before, tokens) + 5
-    assert value(after.text, "ponderlm_executed_steps_count") == value(after.text, "ponderlm_generation_tokens_total")
-    assert value(after.text, 'ponderlm_executed_steps_bucket{le="+Inf"}') == value(after.text,
-                                                                                    "ponderlm_executed_steps_count")
+    assert metric(text, tokens) == metric(before, tokens) + 5
+    assert metric(text, "ponderlm_executed_steps_count") == metric(text, tokens)
+    assert metric(text, 'ponderlm_executed_steps_bucket{le="+Inf"}') == metric(text, "ponderlm_executed_steps_count")
+    assert metric(text, 'ponderlm_requests_total{outcome="ok"}') >= 1
     for key in ("ponderlm_queue_depth", "ponderlm_tokens_per_second", "ponderlm_running_sequences",
-                "ponderlm_backbone_calls_total"):
-        assert value(after.text, key) >= 0
+                "ponderlm_backbone_calls_total", "ponderlm_prompt_tokens_total"):
+        assert metric(text, key) >= 0
+
+
+def test_metrics_are_prometheus_clients_exposition(server):
+    """The text parses with prometheus_client's own parser, with the types and buckets it declares."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with server.http() as http:
+        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    assert families["ponderlm_requests"].type == "counter"
+    assert families["ponderlm_queue_depth"].type == "gauge"
+    steps = families["ponderlm_executed_steps"]
+    assert steps.type == "histogram"
+    buckets = [s.labels["le"] for s in steps.samples if s.name.endswith("_bucket")]
+    assert buckets == ["0.0", "1.0", "2.0", "+Inf"]  # one per possible step count 0..K (K = 2)
 
 
 # ------------------------------------------------------------------ other methods: both step modes
@@ -384,7 +306,30 @@ def test_other_methods_match_generate_under_concurrency(method, tmp_path_factory
 
 
 # ------------------------------------------------------------------ lm-evaluation-harness
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "SERVING.md"
+DOC_URL = "http://127.0.0.1:8000"
+
+
+def lm_eval_example() -> tuple[str, str]:
+    """docs/SERVING.md's lm-eval example: the shell line that reads the context length, and --model_args."""
+    block = next(b for b in DOCS.read_text().split("```") if "lm_eval --model local-completions" in b)
+    read_len = next(line for line in block.splitlines() if line.startswith("MAX_LEN="))
+    model_args = block.split("--model_args", 1)[1].split()[0]
+    return read_len, model_args
+
+
+def test_serving_docs_lm_eval_example_passes_the_models_real_context_length(server):
+    """The example once passed max_length=2048 to a 256-position model (every rolling window over 256 tokens
+    then failed with HTTP 400). It must read the length from /v1/models instead of hard-coding one."""
+    read_len, model_args = lm_eval_example()
+    assert "max_length=$MAX_LEN" in model_args and not any(c.isdigit() for c in model_args.split("max_length=")[1])
+    script = read_len.replace(DOC_URL, server.url) + '\necho "$MAX_LEN"'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=WAIT_S)
+    assert out.returncode == 0 and out.stdout.strip() == str(server.engine.model.config.max_position_embeddings), out
+
+
 def test_lm_eval_local_completions_matches_ponderlm_lm_eval(server, checkpoint, tmp_path, monkeypatch):
+    """lm-eval's `local-completions`, configured as docs/SERVING.md shows, scores as `ponderlm lm-eval` does."""
     lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed: pip install 'ponderlm[eval]'")
     pytest.importorskip("tenacity", reason="lm-eval's API client needs its api extra: pip install 'ponderlm[eval]'")
     from lm_eval.tasks import TaskManager
@@ -401,106 +346,43 @@ def test_lm_eval_local_completions_matches_ponderlm_lm_eval(server, checkpoint, 
     # Both at the checkpoint's own tau: lm-eval's client sends no ponderlm fields.
     ours = run_lm_eval(model, tok, tasks, settings=DecodeSettings(), limit=8, batch_size=4, bootstrap_iters=0)
     manager = TaskManager(include_path=str(build_tasks()), include_defaults=False)
+    max_len = server.client.models.list().data[0].model_extra["max_model_len"]
+    model_args = (lm_eval_example()[1].replace("model=quickstart", f"model={NAME}").replace(DOC_URL, server.url)
+                  .replace("runs/quickstart/final", str(checkpoint)).replace("$MAX_LEN", str(max_len)))
     served = lm_eval.simple_evaluate(
         model="local-completions", tasks=tasks, limit=8, bootstrap_iters=0, task_manager=manager,
-        model_args=f"model={NAME},base_url={server.url}/v1/completions,tokenizer_backend=huggingface,"
-                   f"tokenizer={checkpoint},tokenized_requests=True,num_concurrent=4,max_retries=1,max_length=128",
-        gen_kwargs=None)
-    for metric in ("acc,none", "perplexity,none"):
-        assert served["results"]["ponder_cloze"][metric] == pytest.approx(
-            ours["results"]["ponder_cloze"][metric], rel=1e-3), metric
+        model_args=model_args + ",num_concurrent=4,max_retries=1", gen_kwargs=None)
+    for key in ("acc,none", "perplexity,none"):
+        assert served["results"]["ponder_cloze"][key] == pytest.approx(
+            ours["results"]["ponder_cloze"][key], rel=1e-3), key
 
 
-# ------------------------------------------------------------------ the command and the page
-def test_ponderlm_serve_command(checkpoint):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ponderlm", "serve", "--model", str(checkpoint), "--port", str(port),
-                             "--served-model-name", NAME, "--threads", "1"], stderr=subprocess.PIPE, text=True)
+# ------------------------------------------------------------------ the command
+def test_ponderlm_serve_command_with_an_api_key_from_the_environment(checkpoint):
+    """`ponderlm serve --port 0` as a subprocess: it prints the port it got; PONDERLM_API_KEY protects /v1."""
+    env = {**os.environ, "PONDERLM_API_KEY": "s3cret"}
+    proc = subprocess.Popen([sys.executable, "-m", "ponderlm", "serve", "--model", str(checkpoint), "--port", "0",
+                             "--served-model-name", NAME, "--threads", "1"], stderr=subprocess.PIPE, text=True,
+                            env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{port}"
+        first = lines.get(timeout=WAIT_S)
+        assert first.startswith(f"serving '{NAME}'") and first.rstrip().endswith("(API key required)"), first
+        url = first.split(" on ")[1].split()[0]
+        assert httpx.get(url + "/health", timeout=WAIT_S).status_code == 200  # open to probes, as in vLLM
 
-        def up() -> bool:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                return httpx.get(url + "/health", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, "ponderlm serve to listen")
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=WAIT_S, max_retries=0)
+        wrong = openai.OpenAI(base_url=url + "/v1", api_key="guess", timeout=WAIT_S, max_retries=0)
+        with pytest.raises(openai.AuthenticationError, match="incorrect API key"):
+            wrong.completions.create(model=NAME, prompt="Once upon a time", max_tokens=4)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", timeout=WAIT_S, max_retries=0)
         out = client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=4, temperature=0)
         assert out.usage.completion_tokens == 4
         page = httpx.get(url + "/", timeout=WAIT_S).text
-        assert "/v1/completions" in page and "ponder_steps" in page
+        assert "/v1/completions" in page and "ponder_steps" in page and 'id="api_key"' in page
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def test_page_streams_depth_coloured_tokens_in_headless_chromium(server, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("headless Chromium is not installed (apt-get install chromium): page not screenshotted")
-    screenshot(chromium, f"{server.url}/?prompt=Once%20upon%20a%20time&max_tokens=24&tau=0.3&autorun=1", tmp_path)
-
-
-def screenshot(chromium: str, url: str, tmp_path: Path) -> None:
-    """Open the page in headless Chromium (driven over the DevTools protocol), wait until the stream has
-    finished, then check the DOM and the pixels of the screenshot: streamed tokens in several depth colours."""
-    import base64
-    import urllib.request
-
-    ws_client = pytest.importorskip("websockets.sync.client", reason="the websockets package drives Chromium")
-    Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to read the screenshot")
-    port = free_port()
-    browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,600",
-                                f"--remote-debugging-port={port}", "--remote-allow-origins=*",
-                                f"--user-data-dir={tmp_path / 'chromium'}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        targets: list = []
-
-        def listening() -> bool:
-            try:
-                targets[:] = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5))
-            except OSError:
-                return False
-            return any(t["type"] == "page" for t in targets)
-
-        wait_until(listening, "Chromium's DevTools endpoint")
-        page = next(t for t in targets if t["type"] == "page")
-        with ws_client.connect(page["webSocketDebuggerUrl"], max_size=2**26) as ws:
-            ids = iter(range(1, 10**6))
-
-            def call(method: str, **params) -> dict:
-                n = next(ids)
-                ws.send(json.dumps({"id": n, "method": method, "params": params}))
-                while True:
-                    msg = json.loads(ws.recv(timeout=WAIT_S))
-                    if msg.get("id") == n:
-                        return msg.get("result", {})
-
-            def js(expression: str):
-                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            call("Page.navigate", url=url)
-            wait_until(lambda: (js("document.getElementById('status').textContent") or "").startswith("finished"),
-                       "the page's stream to finish")
-            backgrounds = js("[...document.querySelectorAll('#out .tok.gen')].map(e => e.style.background)")
-            box = js("(() => { const r = document.getElementById('out').getBoundingClientRect();"
-                     " return [r.left, r.top, r.right, r.bottom]; })()")
-            png = tmp_path / "page.png"
-            png.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
-    finally:
-        browser.terminate()
-        browser.wait(timeout=WAIT_S)
-    assert len(backgrounds) > 3 and len(set(backgrounds)) > 1  # streamed tokens, more than one depth
-    from ponderlm.inference.render import HTML_RAMP
-
-    ramp = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in HTML_RAMP}
-    text_area = Image.open(png).convert("RGB").crop(tuple(int(v) for v in box))
-    shown = {colour for _, colour in text_area.getcolors(maxcolors=1 << 24)} & ramp
-    assert len(shown) > 1, f"the streamed text shows {len(shown)} depth colour(s)"

@@ -13,12 +13,14 @@ import json
 from ponderlm.inference.render import HTML_RAMP
 
 
-def page_html(model_name: str, max_steps: int) -> str:
+def page_html(model_name: str, max_steps: int, needs_key: bool = False) -> str:
+    """The page; `needs_key` (the server runs with --api-key) shows a field for the key, sent as a Bearer token."""
     legend = "".join(f'<span class="tok" style="background:{_bg(k, max_steps)};color:{_fg(k, max_steps)}">{k}</span> '
                      for k in range(max_steps + 1))
     return _PAGE.replace("__TITLE__", html.escape(model_name)).replace("__LEGEND__", legend) \
         .replace("__RAMP__", json.dumps(list(HTML_RAMP))).replace("__K__", str(max_steps)) \
-        .replace("__MODEL__", json.dumps(model_name))
+        .replace("__MODEL__", json.dumps(model_name)) \
+        .replace("__KEY_STYLE__", "" if needs_key else "display:none")
 
 
 def _level(steps: float, max_steps: int) -> int:
@@ -63,6 +65,7 @@ textarea { width: 100%; font: 15px ui-monospace, monospace; box-sizing: border-b
 max tokens <input id="max_tokens" type="number" value="64" min="1">
 temperature <input id="temperature" type="number" value="0" min="0" max="2" step="0.1">
 tau <input id="tau" type="text" placeholder="default">
+<span style="__KEY_STYLE__">API key <input id="api_key" type="password" autocomplete="off"></span>
 <button id="go">Generate</button> <button id="stop" disabled>Stop</button>
 </div>
 <div class="legend">latent steps executed to produce each token: __LEGEND__ &nbsp; (dotted underline: prompt;
@@ -99,7 +102,10 @@ async function run() {
   document.getElementById("stop").disabled = false;
   statusEl.textContent = "streaming...";
   try {
-    const resp = await fetch("/v1/completions", { method: "POST", headers: { "Content-Type": "application/json" },
+    const headers = { "Content-Type": "application/json" };
+    const key = document.getElementById("api_key").value;
+    if (key) headers["Authorization"] = "Bearer " + key;
+    const resp = await fetch("/v1/completions", { method: "POST", headers: headers,
       body: JSON.stringify(body), signal: controller.signal });
     if (!resp.ok) { const err = await resp.json(); statusEl.textContent = "error: " + err.error.message; return; }
     const reader = resp.body.getReader(), decoder = new TextDecoder();
