@@ -227,13 +227,16 @@ def complete_checkpoint(directory: str | Path, model, tokenizer, card: dict[str,
     else:
         model.generation_config.save_pretrained(directory)
     tokenizer.padding_side = "left"
+    # The model's position limit, so `truncation=True` protects users (a tokenizer trained on its own knows no
+    # model and carries an effectively unlimited 1 << 30).
+    tokenizer.model_max_length = model.config.max_position_embeddings
     tokenizer.save_pretrained(directory)
     # transformers 5 does not write padding_side unless the tokenizer was created with it; the class name is
     # the one that loads the same tokenizer.json in 4.x and 5.x (as `ponderlm tokenizer train` writes it).
     tok_config = directory / "tokenizer_config.json"
     if tok_config.is_file():
         extra = {"tokenizer_class": "PreTrainedTokenizerFast"} if (directory / "tokenizer.json").is_file() else {}
-        update_json(tok_config, padding_side="left", **extra)
+        update_json(tok_config, padding_side="left", model_max_length=model.config.max_position_embeddings, **extra)
     (directory / "README.md").write_text(model_card(model.config, card or {}), encoding="utf-8")
 
 
@@ -264,6 +267,7 @@ def model_card(config, info: dict[str, Any]) -> str:
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     return f"""---
+license: apache-2.0
 library_name: transformers
 pipeline_tag: text-generation
 tags:
@@ -285,7 +289,8 @@ K={k} additional latent steps, and decoding skips the steps the method prunes (r
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tok = AutoTokenizer.from_pretrained("this/dir")
+# trust_remote_code for both: AutoTokenizer reads config.json, whose "ponder" type comes with the checkpoint's code
+tok = AutoTokenizer.from_pretrained("this/dir", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("this/dir", trust_remote_code=True)  # ponderlm not required
 ids = tok("The", return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=32, tau={fmt(config.tau, "g")}, alpha={fmt(config.alpha, "g")},
