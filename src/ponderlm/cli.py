@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "ponderlm.benchmarking",
     "ponderlm.plan",
     "ponderlm.serve.commands",
+    "ponderlm.convert.commands",
 )
 
 

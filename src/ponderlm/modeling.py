@@ -233,7 +233,12 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         Backbone weights are mapped by name; method parameters are freshly initialised.
         """
         from ponderlm.backbone.hf_import import from_hf_backbone
+        from ponderlm.backbone.official import maybe_from_official_backbone
 
+        # An official PonderLM-2 / PonderingLM checkpoint continues from the method it was trained as.
+        official = maybe_from_official_backbone(cls, path_or_model, method, **overrides)
+        if official is not None:
+            return official
         return from_hf_backbone(cls, path_or_model, method=method, **overrides)
 
 

@@ -100,6 +100,10 @@ def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> Pond
 def check_backbone_overrides(path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderConfig:
     """`check_architecture` from the checkpoint's config alone (no weights read), so a run can refuse
     contradicting settings before it writes anything. Returns the checkpoint's architecture as a config."""
+    official = None if hasattr(path_or_model, "config") else _official_config(path_or_model)
+    if official is not None:  # an official PonderLM-2 / PonderingLM checkpoint: its architecture as we import it
+        check_architecture(path_or_model, official, overrides)
+        return official
     from transformers import AutoConfig
 
     hf_cfg = path_or_model.config if hasattr(path_or_model, "config") else AutoConfig.from_pretrained(path_or_model)
@@ -153,6 +157,25 @@ def from_hf_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrid
     if config.tie_word_embeddings:
         model.tie_weights()
     return model
+
+
+def _official_config(path: Any) -> PonderConfig | None:
+    """Our config of an official PonderLM-2 / PonderingLM checkpoint at `path` from its config.json alone (no weights
+    read; `backbone/official_format.py`), or None if it is not one."""
+    from ponderlm.backbone.official_format import detect, hf_config_and_kwargs, read_config, resolve_dir
+    from ponderlm.errors import PonderError
+
+    if not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+        return None
+    try:
+        config = read_config(resolve_dir(path, config_only=True))
+    except PonderError:
+        return None  # not readable here: the Hugging Face loader reports its own error
+    fmt = detect(config)
+    if fmt is None:
+        return None
+    hf, kwargs = hf_config_and_kwargs(config, fmt)
+    return ponder_config_from_hf(hf, fmt.method, **kwargs)
 
 
 def _from_ponder_checkpoint(cls, path_or_model: Any, method: str, **overrides: Any):
