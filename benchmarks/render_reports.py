@@ -5,9 +5,7 @@
 
 Sources (committed): docs/results/summary.json (the study, benchmarks/study.py), docs/results/reasoning/summary.json
 (the reasoning testbed, benchmarks/reasoning.py). Targets: docs/RESULTS.md (whole file), the generated blocks of
-docs/REASONING.md and README.md (`<!-- generated: NAME -->`, see report_blocks.py). Prose outside the blocks may
-quote a number only where a block of the same document holds it; `--check` lists the numbers that break this
-in README.md's results section and REASONING.md's claims summary.
+docs/REASONING.md, docs/METHODS.md and README.md (`<!-- generated: NAME -->`, see report_blocks.py).
 """
 
 from __future__ import annotations
@@ -24,6 +22,65 @@ import report_blocks  # noqa: E402
 import study_document  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The section of docs/METHODS.md that defines each method (GitHub's anchors for its headings).
+METHOD_SECTIONS = {
+    "vanilla": "1-vanilla", "pause": "2-pause", "looped": "3-looped-weight-shared", "ponderlm": "4-ponderlm-v1",
+    "ponderlm2": "5-ponderlm-2-fixed-k-latent-thoughts",
+    "ponderlm3": "6-ponderlm-3-router--differentiable-mask--hard-pruning",
+    "adaponder": "7-adaponder-gates--monotonic-halting--kv-reuse",
+    "latent_cot": "8-adaptive-latent-cot-per-step-halting-2-d-causal-mask",
+}
+
+
+def methods_defaults() -> str:
+    """Every option's documented default, read from the declarations: the shared pondering fields of
+    `PonderConfig` and each registered method's own `Options`."""
+    import dataclasses
+    import inspect
+    import math
+
+    import ponderlm.methods  # noqa: F401  (registers every method)
+    from ponderlm.config import PonderConfig
+    from ponderlm.registry import REGISTRY
+
+    sig = inspect.signature(PonderConfig.__init__)
+    shared = ("init", "max_steps", "embed_scale", "latent_feedback", "tau", "alpha", "depth_policy", "depth_target",
+              "depth_seed", "tie_word_embeddings")
+    lines = ["Shared by every method (`PonderConfig`):", "", "| option | default |", "|---|---|"]
+    lines += [f"| `{name}` | `{sig.parameters[name].default!r}` |" for name in shared]
+    lines += ["", "Per method (its `Options`; an option of another method is ignored). `embed_scale=None` means the "
+              "method's factor: sqrt(factor x d).", "",
+              "| method | section | embed scale factor | option | default |", "|---|---|---|---|---|"]
+    order = list(METHOD_SECTIONS)
+    for name, cls in sorted(REGISTRY.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        factor = "none (scale 1)" if cls.embed_scale_factor is None else f"{cls.embed_scale_factor:g}"
+        fields = [f for f in dataclasses.fields(cls.Options)]
+        link = f"[§]({'#' + METHOD_SECTIONS[name]})" if name in METHOD_SECTIONS else "-"
+        if not fields:
+            lines.append(f"| `{name}` | {link} | {factor} | - | - |")
+        for i, f in enumerate(fields):
+            default = f.default
+            text = f"{default:g}" if isinstance(default, float) and math.isfinite(default) else repr(default)
+            lines.append(f"| {f'`{name}`' if i == 0 else ''} | {link if i == 0 else ''} | {factor if i == 0 else ''} "
+                         f"| `{f.name}` | `{text}` |")
+    return "\n".join(lines) + "\n"
+
+
+def quickstart_row(path: Path) -> str:
+    """The quickstart's result from its committed summary.json (what `ponderlm train --recipe quickstart` wrote)."""
+    if not path.is_file():
+        return ""
+    q = _json(path)
+    shares = q.get("depth_share") or []
+    steps = f"; the router runs the latent step for {100 * shares[1]:.0f}% of validation tokens" if len(shares) > 1 \
+        else ""
+    params = f", {q['parameters'] / 1e6:.2f}M params" if q.get("parameters") else ""
+    recipe = (q.get("settings") or {}).get("recipe")
+    return (f"| quickstart (`--recipe {recipe}`: {q['settings']['method']}, K={q['max_steps_K']}{params}, "
+            f"{q['steps']} steps, {q['tokens_seen']:,} tokens) | val ppl {q['val_ppl']:.1f} vs unigram baseline "
+            f"{q['unigram_ppl']:.1f}, on {q['evaluation']['description']}{steps} | [TRAINING.md](docs/TRAINING.md) |\n")
 
 
 def _json(path: Path) -> dict:
@@ -45,9 +102,11 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
             + "\n" + reasoning_report.sweep_verdicts_md(reasoning_table),
             "reasoning-n8-tables": lambda: n8_table,
         },
+        root / "docs" / "METHODS.md": {"methods-defaults": methods_defaults},
         root / "README.md": {
-            "readme-results": lambda: study_document.readme_row(study)
-            + reasoning_report.readme_row(reasoning, reasoning_table),
+            "readme-results": lambda: "| what | result | details |\n|---|---|---|\n"
+            + quickstart_row(root / "docs" / "results" / "quickstart" / "summary.json")
+            + study_document.readme_row(study) + reasoning_report.readme_row(reasoning, reasoning_table),
         },
     }
     return whole, blocks

@@ -7,9 +7,8 @@ A document may hold blocks written by a report generator:
     <!-- /generated: NAME -->
 
 `update` rewrites every block from its renderer; `check` re-renders and reports each block whose text differs
-(a hand-edited number, a stale setting). Prose outside the blocks may quote a number only if the same number
-appears inside a block of the same document (`unquoted_numbers`), so a headline sentence cannot drift from the
-table it summarises without the check noticing.
+(a hand-edited number, a stale setting). Headline sentences belong inside the blocks, so they cannot drift from
+the data they summarise without the check noticing.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ Renderer = Callable[[], str]
 
 _BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+)(?: \([^)]*\))? -->\n(?P<body>.*?)"
                     r"<!-- /generated: (?P=name) -->", re.S)
-# A number as prose writes it: 1,500 / 0.82 / -0.03 / 12.5% / 4e-3 (a trailing unit or sign is not part of it).
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w])")
 
 
 def blocks(text: str) -> dict[str, str]:
@@ -75,20 +72,3 @@ def check(path: Path, renderers: Mapping[str, Renderer]) -> list[str]:
                             f"{(old[first] if first < len(old) else '<end>')!r} vs "
                             f"{(new[first] if first < len(new) else '<end>')!r}")
     return problems
-
-
-def numbers(text: str) -> set[str]:
-    """The numbers in `text`, normalised (thousands separators dropped)."""
-    return {m.group(0).lstrip("+").replace(",", "") for m in _NUMBER.finditer(text)}
-
-
-def unquoted_numbers(text: str, allowed: set[str] = frozenset()) -> list[str]:
-    """Numbers in the prose of `text` (outside its generated blocks and code) that no generated block contains:
-    a number typed by hand. `allowed` lists numbers that are not results (section numbers, K values, ...)."""
-    inside = set().union(*(numbers(body) for body in blocks(text).values())) if blocks(text) else set()
-    prose = _BLOCK.sub("", text)
-    prose = re.sub(r"```.*?```", "", prose, flags=re.S)  # commands and code are not claims
-    prose = re.sub(r"`[^`]*`", "", prose)
-    prose = re.sub(r"\]\([^)]*\)", "]", prose)  # link targets
-    prose = re.sub(r"<!--.*?-->", "", prose, flags=re.S)
-    return sorted(n for n in numbers(prose) if n not in inside and n.lstrip("-") not in allowed)

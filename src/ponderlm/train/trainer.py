@@ -525,7 +525,7 @@ def _finish(result: TrainResult, model: Any, cfg: RunConfig, data_dir: Path, las
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "val_loss": result.val_loss,
                "val_ppl": result.val_ppl, "unigram_ppl": result.unigram_ppl,
                "avg_executed_steps": result.executed_steps, "max_steps_K": K, "depth_share": depth_share,
-               "evaluation": evaluation, "settings": settings,
+               "evaluation": evaluation, "settings": settings, "parameters": sum(p.numel() for p in model.parameters()),
                "final": str(final), "sample": result.sample,
                "sample_steps": None if sample_view is None else [s for _, s in sample_view]}
     rundir.write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
