@@ -73,6 +73,38 @@ def difficulty_buckets(difficulty: np.ndarray, num_buckets: int) -> tuple[np.nda
     return edges, index
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default): inside [0, 1] and not degenerate at
+    0 or n successes, unlike p +- z * sqrt(p(1-p)/n) or a +-std bar of 0/1 values."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
+    # The interval ends exactly at 0 (1) when no (every) trial succeeds; floating point would land just inside.
+    lo = 0.0 if successes <= 0 else max(0.0, center - half)
+    hi = 1.0 if successes >= n else min(1.0, center + half)
+    return float(lo), float(hi)
+
+
+def mean_interval(values: np.ndarray, binary: bool, z: float = 1.959963984540054) -> tuple[float, float]:
+    """A 95% interval of the mean of `values`: the Wilson interval when they are 0/1 (`binary`: a proportion),
+    else mean +- z standard errors."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    if binary:
+        return wilson_interval(float(values.sum()), int(values.size), z)
+    half = z * _sem(values)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _sem(values: np.ndarray) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)); 0 for a single value."""
+    return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """`reasoning.spearman`, with 0.0 where it is undefined (a constant side)."""
     rho = reasoning_spearman(a, b)
@@ -97,16 +129,21 @@ def difficulty_analysis(
                                   if model.config.method_class.adaptive else settings,
                                   progress=progress, desc="learned depth")
 
+    # Steps of a K = 1 model are 0/1 (their mean is a proportion: Wilson), otherwise counts (mean +- 1.96 SE).
+    binary = K == 1 and bool(np.isin(learned.steps, (0.0, 1.0)).all())
     buckets = []
     for b in range(num_buckets):
         in_b = bucket == b
+        lo, hi = mean_interval(learned.steps[in_b], binary)
         buckets.append({
             "bucket": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "tokens": int(in_b.sum()),
             "mean_difficulty": _mean(difficulty, in_b),
             "gain_by_depth": {str(k): _mean(difficulty - nll, in_b, None) for k, nll in nll_by_depth.items()},
+            "gain_sem_by_depth": {str(k): _sem((difficulty - nll)[in_b]) for k, nll in nll_by_depth.items()},
             "count_by_depth": {str(k): int(in_b.sum()) for k in nll_by_depth},
             "learned_steps_mean": _mean(learned.steps, in_b),
             "learned_steps_std": float(learned.steps[in_b].std()) if in_b.any() else float("nan"),
+            "learned_steps_ci95": [lo, hi],
             "learned_nll_mean": _mean(learned.nll, in_b),
         })
     return {
@@ -115,6 +152,10 @@ def difficulty_analysis(
         "depths": list(range(K + 1)), "depth_source": {str(k): "exact" for k in nll_by_depth},
         "learned_avg_steps": learned.avg_steps, "learned_loss": learned.loss, "zero_step_loss": base.loss,
         "spearman_difficulty_steps": spearman(difficulty, learned.steps),
+        "learned_steps_interval": "wilson" if binary else "sem",
+        "intervals": "learned_steps_ci95: 95% Wilson score interval of the share of tokens that took the step when "
+                     "steps are 0/1 (learned_steps_interval wilson), else mean +- 1.96 standard errors; "
+                     "gain_sem_by_depth: standard error of the mean CE gain",
         "buckets": buckets,
     }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -287,7 +286,7 @@ def cmd_reasoning(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from ponderlm.eval.pareto import FIXED_POLICIES, pareto_result, sweep_model
+    from ponderlm.eval.pareto import FIXED_POLICIES, pareto_result, pareto_table, sweep_model
     from ponderlm.eval.plots import plot_pareto
 
     fixed = () if args.fixed.strip().lower() == "none" else tuple(x.strip() for x in args.fixed.split(",") if x.strip())
@@ -301,8 +300,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         points += sweep_model(model, name, batches, alphas=args.alpha, taus=args.tau, fixed=fixed,
                               targets=args.targets, jacobi_iters=args.jacobi_iters, progress=not args.no_progress)
         del model
-    for p in points:
-        print(f"{p.curve:40s} steps {p.avg_steps:6.3f}  ppl {p.ppl:9.3f}", file=sys.stderr)
+    print(pareto_table(points))  # the result: stdout, apart from the progress bars and notes on stderr
     return _finish(pareto_result(points, seq_len, sequences), Path(args.out), "pareto",
                    lambda r, path: plot_pareto(r["points"], path))
 
@@ -314,6 +312,8 @@ def cmd_difficulty(args: argparse.Namespace) -> int:
     model, _, batches = _load(args)
     result = difficulty_analysis(model, batches, _settings(args), num_buckets=args.buckets,
                                  progress=not args.no_progress)
+    # What the figure's title names: the model and the text it was measured on (n is result["tokens"]).
+    result = {"model": _names([args.model])[0], "data": f"{args.data}:{args.split}", **result}
     return _finish(result, Path(args.out), "difficulty", plot_difficulty)
 
 

@@ -7,7 +7,8 @@ Per checkpoint:
 - fixed-depth methods (vanilla, pause, looped, ponderlm, ponderlm2) give one point;
 - fixed-pruning controls (METHODS.md §9) of adaptive methods run the same checkpoint with depths drawn
   independently of content. By default their targets are the average steps measured at the adaptive
-  points, so each control point sits at the same compute as a learned point (iso-FLOPs).
+  points, so each control point sits at the same compute as a learned point (iso-FLOPs). Policies that
+  draw the same depths (uniform and geometric at K = 1) are run once (`identical_policies`).
 x = average executed additional steps per token, y = perplexity.
 """
 
@@ -21,6 +22,7 @@ import torch
 
 from ponderlm.errors import PonderError
 from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats, in_force
+from ponderlm.methods.fixed_pruning import policy_probs
 
 DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
 DEFAULT_TAUS = (1e-4, 0.05, 0.2, 0.4, 0.6, 0.8)
@@ -41,6 +43,7 @@ class ParetoPoint:
     loss: float
     flops_ratio: float | None
     tokens: int
+    same_as: tuple[str, ...] = ()  # other fixed policies whose depths are these exactly (run once: K = 1)
 
 
 def adaptive_grid(config, alphas: list[float] | None, taus: list[float] | None) -> list[DecodeSettings]:
@@ -85,13 +88,39 @@ def sweep_model(
         label = f"alpha={s.alpha:g}" if cls.uses_alpha else f"tau={s.tau:g}"
         points.append(run(s, curve_label(name, config.method), "learned", f"{name} {label}"))
     goal = sorted(targets) if targets else iso_flops_targets([p.avg_steps for p in points], K)
-    for policy in fixed:
+    for target in goal:
+        if not 0.0 <= target <= K:
+            raise PonderError(f"--targets value {target} is outside [0, K={K}] for {name}")
+    for policy, same in identical_policies(fixed, goal, K):
+        curve = f"{name} {policy}"
+        if same:
+            curve = f"{name} {' = '.join((policy, *same))} (same depths at K={K})"
+            print(f"note: {name}: at K={K} the {' and '.join((policy, *same))} policies draw the same depth for "
+                  f"every token (one extra step, taken with probability = target); run once", file=sys.stderr)
         for target in goal:
-            if not 0.0 <= target <= K:
-                raise PonderError(f"--targets value {target} is outside [0, K={K}] for {name}")
             s = DecodeSettings(depth_policy=policy, depth_target=float(target))
-            points.append(run(s, f"{name} {policy}", policy, f"{name} {policy} {target:.2f}"))
+            points.append(replace(run(s, curve, policy, f"{name} {policy} {target:.2f}"), same_as=same))
     return points
+
+
+def identical_policies(policies: tuple[str, ...], targets: list[float], max_steps: int
+                       ) -> list[tuple[str, tuple[str, ...]]]:
+    """`policies` grouped as (policy to run, the others that coincide with it).
+
+    Every fixed policy maps the same per-token uniform draw through its depth CDF, so two policies with the
+    same depth distribution at every target give every token the same depth: identical points, one hiding
+    the other on the plot, at twice the run time. At K = 1 uniform and geometric are both "one step with
+    probability = target" and always coincide; at K > 1 they differ except at targets 0 and K."""
+    groups: list[tuple[str, list[str]]] = []
+    for policy in policies:
+        for head, same in groups:
+            if all(torch.allclose(policy_probs(head, t, max_steps), policy_probs(policy, t, max_steps), atol=1e-9)
+                   for t in targets):
+                same.append(policy)
+                break
+        else:
+            groups.append((policy, []))
+    return [(head, tuple(same)) for head, same in groups]
 
 
 def curve_label(name: str, method: str, extra: str = "") -> str:
@@ -104,6 +133,23 @@ def curve_label(name: str, method: str, extra: str = "") -> str:
 def iso_flops_targets(avg_steps: list[float], max_steps: int, decimals: int = 4) -> list[float]:
     """Distinct measured averages of the learned points, clipped to [0, K], ascending."""
     return sorted({round(min(max(x, 0.0), float(max_steps)), decimals) for x in avg_steps})
+
+
+def pareto_table(points: list[ParetoPoint]) -> str:
+    """One line per point, what produced it and what it measured (the command prints it to stdout)."""
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    width = max([len("curve"), *(len(p.curve) for p in points)])
+    lines = [f"{'curve':{width}}  {'policy':9}  {'alpha':>6}  {'tau':>7}  {'target':>6}  {'steps':>6}  "
+             f"{'ppl':>9}  {'FLOPs':>6}"]
+    for p in points:
+        learned = p.policy == "learned"  # a fixed-pruning control ignores the alpha / tau still set on the config
+        alpha, tau = (p.alpha, p.tau) if learned else (None, None)
+        lines.append(f"{p.curve:{width}}  {p.policy:9}  {num(alpha, 'g'):>6}  {num(tau, 'g'):>7}  "
+                     f"{num(p.depth_target, '.3f'):>6}  {p.avg_steps:6.3f}  {p.ppl:9.3f}  "
+                     f"{num(p.flops_ratio, '.3f'):>6}")
+    return "\n".join(lines)
 
 
 def pareto_result(points: list[ParetoPoint], seq_len: int, sequences: int) -> dict[str, Any]:

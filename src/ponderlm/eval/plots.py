@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
 
 def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,7 +33,8 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """x = avg executed additional steps per token, y = perplexity; one curve per (model, policy)."""
+    """x = avg executed additional steps per token, y = perplexity; one curve per (model, policy); each learned
+    point labelled with the alpha / tau that produced it."""
     fig, (ax,) = _figure(width=6.5, height=4.5)
     curves: dict[str, list[dict[str, Any]]] = {}
     for p in points:
@@ -39,7 +42,13 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
     for label, pts in curves.items():
         pts = sorted(pts, key=lambda p: p["avg_steps"])
         style = {"learned": "-o", "uniform": "--s", "geometric": ":^"}.get(pts[0]["policy"], "D")
-        ax.plot([p["avg_steps"] for p in pts], [p["ppl"] for p in pts], style, label=label, markersize=5)
+        xs, ys = [p["avg_steps"] for p in pts], [p["ppl"] for p in pts]
+        (line,) = ax.plot(xs, ys, style, label=label, markersize=5)
+        if pts[0]["policy"] != "learned":
+            continue
+        for i, p in enumerate(pts):  # above / below in turn, so neighbours' labels overlap less
+            ax.annotate(point_label(p, pts), (xs[i], ys[i]), fontsize=7, color=line.get_color(),
+                        textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11))
     ax.set_xlabel("avg executed additional steps per token")
     ax.set_ylabel("perplexity")
     ax.set_title("Quality vs pondering compute")
@@ -48,33 +57,64 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def point_label(point: dict[str, Any], curve: Sequence[dict[str, Any]]) -> str:
+    """The knob value that produced a learned Pareto point: alpha for PonderLM-3 (and tau too when its curve
+    sweeps tau), tau for the halting methods."""
+    sweeps_tau = len({p["tau"] for p in curve}) > 1
+    parts = []
+    if point.get("alpha") is not None:
+        parts.append(f"α={point['alpha']:g}")
+    if point.get("tau") is not None and (point.get("alpha") is None or sweeps_tau):
+        parts.append(f"τ={point['tau']:g}")
+    return " ".join(parts)
+
+
 def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
-    """(a) CE gain over depth 0 per difficulty bucket vs forced steps; (b) difficulty vs learned steps."""
-    fig, (ax_a, ax_b) = _figure(ncols=2)
+    """(a) CE gain over depth 0 per difficulty bucket vs forced steps; (b) difficulty vs learned steps.
+
+    Error bars are 95% intervals of the mean, named on the axes: mean +- 1.96 standard errors for the CE
+    gain, and for learned steps a Wilson score interval when steps are 0/1 (K = 1: the share of tokens that
+    took the step, which a +-std bar would push below 0 and above 1), else mean +- 1.96 standard errors."""
+    fig, (ax_a, ax_b) = _figure(ncols=2, height=4.3)
     depths = result["depths"]
     labels = bucket_labels(result["buckets"])
     for bucket in result["buckets"]:
         gains = [bucket["gain_by_depth"].get(str(k)) for k in depths]
+        sems = bucket.get("gain_sem_by_depth", {})
         xs = [k for k, g in zip(depths, gains) if g is not None]
         ys = [g for g in gains if g is not None]
-        ax_a.plot(xs, ys, "-o", label=labels[bucket["bucket"]])
+        yerr = [Z95 * (sems.get(str(k)) or 0.0) for k in xs] if sems else None
+        ax_a.errorbar(xs, ys, yerr=yerr, fmt="-o", capsize=2, markersize=4, label=labels[bucket["bucket"]])
     ax_a.set_title("(a) CE gain vs executed steps", fontsize=9)
     ax_a.set_xlabel("executed additional steps")
-    ax_a.set_ylabel("CE gain over 0 steps (nats)")
+    ax_a.set_ylabel("CE gain over 0 steps (nats)" + ("\nmean ± 1.96 SE" if any(
+        "gain_sem_by_depth" in b for b in result["buckets"]) else ""))
     ax_a.axhline(0.0, color="grey", lw=0.8)
     ax_a.grid(alpha=0.3)
     ax_a.legend(fontsize=7, title="difficulty bucket", title_fontsize=7)
 
     centers = [b["mean_difficulty"] for b in result["buckets"]]
     means = [b["learned_steps_mean"] for b in result["buckets"]]
-    stds = [b["learned_steps_std"] for b in result["buckets"]]
-    ax_b.errorbar(centers, means, yerr=stds, fmt="-o", capsize=3)
+    intervals = [b.get("learned_steps_ci95") for b in result["buckets"]]
+    yerr = None
+    if all(intervals):  # JSON written before the intervals existed has none: draw the means alone
+        yerr = [[m - lo for m, (lo, _) in zip(means, intervals)], [hi - m for m, (_, hi) in zip(means, intervals)]]
+    ax_b.errorbar(centers, means, yerr=yerr, fmt="-o", capsize=3)
     ax_b.set_title(f"(b) learned depth vs difficulty (Spearman {result['spearman_difficulty_steps']:.2f})",
                    fontsize=9)
     ax_b.set_xlabel("difficulty = NLL with 0 additional steps (bucket mean)")
-    ax_b.set_ylabel("executed additional steps (learned)")
-    ax_b.set_ylim(-0.1, result["max_steps"] + 0.1)
+    kind = result.get("learned_steps_interval")
+    if kind == "wilson":
+        ax_b.set_ylabel("share of tokens taking the step (learned)\n95% Wilson CI")
+    else:
+        ax_b.set_ylabel("executed additional steps (learned)" + ("\nmean ± 1.96 SE" if kind else ""))
+    ax_b.set_ylim(-0.05, result["max_steps"] + 0.05)
     ax_b.grid(alpha=0.3)
+    n = result.get("tokens") or sum(b.get("tokens", 0) for b in result["buckets"])
+    model = result.get("model") or result.get("method", "model")
+    data = f" on {result['data']}" if result.get("data") else ""
+    fig.suptitle(f"{model} ({result.get('method', '?')}, K={result['max_steps']}){data}: "
+                 f"n = {n:,} tokens in {len(result['buckets'])} difficulty buckets", fontsize=10)
     return _save(fig, path)
 
 
