@@ -30,12 +30,16 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
-import httpx
 import torch
 from bench_adaponder_decode import build
 from common import interleaved_medians, print_table, setup_threads
 
 from ponderlm.data.tokenizer import load_tokenizer
+
+try:  # the openai client's HTTP library; newer releases publish it as httpx2
+    import httpx2 as httpx
+except ImportError:
+    import httpx
 from ponderlm.serve.scheduler import Engine, EngineRequest, SamplingParams
 
 
