@@ -2,7 +2,8 @@
 
 1. `init="ponder"` gives the documented standard deviations per parameter group, measured on built models of
    both backbones (truncated normal at +-3 std with std sqrt(2 / (5 d)); residual output projections divided
-   by sqrt(2 L) for Llama, sqrt(2 L (K+1)) for GPT-NeoX and PonderLM v1); method modules keep their own rules.
+   by sqrt(2 L) for Llama (every method: the official Llama files, PonderLM v1's included, use sqrt(2 L)) and
+   sqrt(2 L (K+1)) for GPT-NeoX); method modules keep their own rules.
 2. `init="hf"` reproduces the previous release's weights bit for bit (hashes recorded with ponderlm 0.1 at
    commit ac6094c, torch 2.13.0 CPU, seed 0).
 3. Tied and untied models, under either init, keep parallel == token-by-token decoding.
@@ -36,13 +37,14 @@ RESIDUAL = ("o_proj", "down_proj", "attention.dense", "dense_4h_to_h")
 
 
 @pytest.mark.parametrize("backbone,method,K", [("llama", "vanilla", 0), ("llama", "ponderlm2", 1),
-                                               ("llama", "ponderlm", 2), ("gpt_neox", "ponderlm2", 2),
+                                               ("llama", "ponderlm", 2), ("llama", "adaponder", 3),
+                                               ("gpt_neox", "ponderlm", 2), ("gpt_neox", "ponderlm2", 2),
                                                ("gpt_neox", "vanilla", 0)])
 def test_ponder_init_has_the_documented_std_per_group(backbone, method, K):
     d, L = 128, 4
     model = build(backbone, method, K, d, L)
     base = math.sqrt(2 / (5 * d))
-    passes = K + 1 if (backbone == "gpt_neox" or method == "ponderlm") else 1
+    passes = K + 1 if backbone == "gpt_neox" else 1  # official Llama files: sqrt(2 L) whatever the method
     residual = base / math.sqrt(2 * L * passes)
     checked = set()
     for name, p in model.named_parameters():

@@ -61,7 +61,7 @@ class PonderConfig(PretrainedConfig):
             (input and output embeddings are untied by default, as in the official PonderLM-2 configs).
         init: "ponder" (default, every method): the official PonderLM-2 / PonderingLM scheme, a truncated
             normal (+-3 std) with std sqrt(2 / (5 d)) for embeddings and linear weights, the residual output
-            projections further divided by sqrt(2 L) (Llama) or sqrt(2 L (K+1)) (GPT-NeoX, PonderLM v1);
+            projections further divided by sqrt(2 L) (Llama, every method) or sqrt(2 L (K+1)) (GPT-NeoX);
             "hf": the Hugging Face normal(0, initializer_range). Method modules keep their own rules.
 
     Args (pondering, all methods):
@@ -187,7 +187,9 @@ class PonderConfig(PretrainedConfig):
         """Std of the "ponder" init for an embedding / linear weight (see the class docstring)."""
         std = math.sqrt(2.0 / (5 * self.hidden_size))
         if residual_output:
-            over_passes = self.backbone == "gpt_neox" or self.method_class.residual_init_passes
+            # The official GPT-NeoX files also divide by the K+1 passes; every official Llama file (PonderLM v1's
+            # included) divides by sqrt(2 L) only.
+            over_passes = self.backbone == "gpt_neox"
             std /= math.sqrt(2.0 * self.num_hidden_layers * (self.max_steps + 1 if over_passes else 1))
         return std
 

@@ -203,7 +203,6 @@ class PonderMethod(nn.Module):
     variable_passes = False  # the number of passes depends on the data (DDP must look for unused parameters)
     head_feedback = False  # each extra pass is fed by an LM-head readout (its logits stay alive for backward)
     embed_scale_factor: float | None = None  # default embed_scale: sqrt(factor * d); None = 1
-    residual_init_passes = False  # the ponder init divides residual output projections by sqrt(K+1) too
     stand_in_options: dict[str, Any] = {}  # config options of an untrained stand-in model (`bench decode`)
     freeze_backbone = None  # (model) -> handle with .restore(): `train.freeze_backbone_steps` trains the method alone
 

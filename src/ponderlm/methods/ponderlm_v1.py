@@ -243,4 +243,3 @@ def _depth_window(j: int | torch.Tensor):
 class PonderLMv1(RecurrentPonder):
     """PonderLM v1: every token runs all K+1 passes (executed additional steps = K)."""
 
-    residual_init_passes = True
