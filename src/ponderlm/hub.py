@@ -262,7 +262,10 @@ def model_card(config, info: dict[str, Any]) -> str:
         ("continued from", fmt(info.get("init_from"))),
         ("optimizer steps", fmt(info.get("steps"), ",")),
         ("tokens trained", fmt(info.get("tokens_seen"), ",")),
-        ("validation perplexity", fmt(info.get("val_ppl"), ".3f")),
+        ("validation perplexity", fmt(info.get("val_ppl"), ".3f")
+         + (f" on {info['val_conditions']}" if info.get("val_conditions") else "")),
+        ("recipe", fmt(info.get("recipe")) if info.get("recipe") else "none (documented defaults + overrides; "
+                                                                        "see the run's config.yaml)"),
         ("avg executed additional steps (validation)", fmt(info.get("avg_executed_steps"), ".3f")),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)

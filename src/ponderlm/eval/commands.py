@@ -27,6 +27,8 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    if not values:  # "," or "": an empty sweep would write empty results
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
 
 
@@ -91,6 +93,8 @@ def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, 
         value = getattr(args, flag, None)
         if isinstance(value, float) and not math.isfinite(value):
             raise PonderError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if args.seq_len is not None and args.seq_len < 2:  # 0 must not quietly mean the default
+        raise PonderError(f"--seq-len must be >= 2 (a window predicts its tokens after the first), got {args.seq_len}")
     model, tokenizer = load_model(path or args.model, args.device)
     seq_len = args.seq_len or min(256, model.config.max_position_embeddings)
     if seq_len > model.config.max_position_embeddings:
@@ -237,12 +241,19 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_settings(model.config, settings)  # fail before loading any batch into the model
     result = perplexity(model, batches, settings, progress=not args.no_progress)
+    knobs = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.settings.items()
+                      if v is not None)
+    # A perplexity means nothing without its windows: another split, window or token count gives another number.
+    conditions = {"data": args.data, "split": args.split, "seq_len": result.seq_len, "batch_size": args.batch_size,
+                  "batches": len(batches), "windows": result.sequences, "tokens": result.tokens,
+                  "description": f"{args.data}:{args.split}, the first {len(batches)} batches x {args.batch_size} "
+                                 f"non-overlapping {result.seq_len}-token windows ({result.tokens:,} scored "
+                                 f"tokens), {knobs}"}
     if args.json:
-        print(json.dumps(result.as_dict()))
+        print(json.dumps({**result.as_dict(), "conditions": conditions}))
         return 0
     ratio = "n/a" if result.flops_ratio is None else f"{result.flops_ratio:.3f}x vanilla"
-    print(f"{result.method} (K={result.max_steps}) on {args.data}:{args.split}, {result.tokens:,} tokens "
-          f"in {result.sequences} x {result.seq_len}")
+    print(f"{result.method} (K={result.max_steps}) on {conditions['description']}")
     print(f"perplexity {result.ppl:.3f} (loss {result.loss:.4f})")
     print(f"avg executed steps {result.avg_steps:.3f} of K={result.max_steps}")
     print(f"forward FLOPs {ratio}")
