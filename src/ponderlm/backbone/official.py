@@ -67,6 +67,10 @@ def official_state_dict(state: dict[str, torch.Tensor], config: dict, fmt: Offic
                         ours: PonderConfig) -> dict[str, torch.Tensor]:
     """Official tensor names -> ours (GPT-NeoX prefixes renamed; pause slots from the pause token's row)."""
     out = map_hf_state_dict(state, fmt.backbone)
+    if fmt.source == "ponderinglm":
+        # PonderingLM's GPT-NeoX class defines `adapter` = Linear(2d, d) that its forward never calls: not part of
+        # the function, so it is dropped rather than carried.
+        out.pop("adapter.weight", None)
     if fmt.method == "pause":
         pause_id = _count(config, "pause_token_id", PAUSE_TOKEN_DEFAULT)
         if pause_id >= ours.vocab_size:
