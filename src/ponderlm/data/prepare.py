@@ -286,6 +286,11 @@ def prepare_data(
     num_proc = min(8, os.cpu_count() or 1) if num_proc is None else max(1, int(num_proc))
     frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     out_dir = Path(out_dir)
+    from ponderlm.data.official import pretokenized_splits
+
+    official = pretokenized_splits(inputs)  # the official PonderLM-2 `--tokenized_path` layout: ids, no text
+    if official is not None:
+        return _prepare_pretokenized(inputs, official, tokenizer, out_dir, frac, dtype, shard_tokens, overwrite)
     # Everything that can be checked without reading the data is checked before anything is written.
     sources = resolve_inputs(inputs, text_column=text_column)
     tokenizer_spec = tokenizer if isinstance(tokenizer, (str, Path)) else getattr(tokenizer, "name_or_path", "?")
@@ -321,4 +326,66 @@ def prepare_data(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     meta["seconds"] = seconds  # not in meta.json: the file depends only on the inputs
+    return meta
+
+def _prepare_pretokenized(inputs, splits: dict[str, list[Path]], tokenizer, out_dir: Path, frac: float, dtype: str,
+                          shard_tokens: int, overwrite: bool) -> dict:
+    """Copy an official pre-tokenized dataset (`data/official.py`) into token shards: rows concatenated in order,
+    `validation` -> val (else the last `frac` of the train rows). The tokenizer gives vocab / eos and every id is
+    checked against it."""
+    from ponderlm.data.official import SPLIT_NAMES, iter_rows
+    from ponderlm.version import __version__
+
+    tokenizer_spec = tokenizer if isinstance(tokenizer, (str, Path)) else getattr(tokenizer, "name_or_path", "?")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    vocab = len(tokenizer)
+    np_dtype = resolve_dtype(dtype, vocab)
+    hold_out = 0
+    if "validation" not in splits:
+        rows = sum(len(offsets) - 1 for offsets, _ in iter_rows(splits["train"]))
+        hold_out = int(round(rows * frac))
+    source = Path(inputs) if isinstance(inputs, (str, Path)) else Path(next(iter(inputs)))
+    tmp = make_temp_dir(out_dir, overwrite)
+    try:
+        writers = {split: ShardWriter(tmp, split, np_dtype, shard_tokens) for split in SPLITS}
+        t0 = time.time()
+        for name, files in splits.items():
+            seen = 0
+            for offsets, ids in iter_rows(files):
+                if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+                    raise PonderError(f"{source}: token id {int(ids.max())} is outside the tokenizer's {vocab} "
+                                      f"ids (--tokenizer must be the one the data was tokenized with)")
+                n = len(offsets) - 1
+                # Rows before the cut stay in their split; with no validation split the last hold_out train
+                # rows go to val (a batch may straddle the cut: split it at a row boundary).
+                keep = n if not hold_out or name != "train" else min(n, max(0, rows - hold_out - seen))
+                writers[SPLIT_NAMES[name]].write(ids[: offsets[keep]])
+                writers[SPLIT_NAMES[name]].documents += keep
+                if keep < n:
+                    writers["val"].write(ids[offsets[keep]:])
+                    writers["val"].documents += n - keep
+                seen += n
+        for w in writers.values():
+            w.close()
+        meta = {
+            "format": "ponderlm-tokens-v1", "dtype": np_dtype.name, "vocab_size": vocab,
+            "eos_id": int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else None,
+            "tokens": {s: w.tokens for s, w in writers.items()},
+            "documents": {s: w.documents for s, w in writers.items()},
+            "shards": {s: w.shards for s, w in writers.items()},
+            "tokenizer": tokenizer_identity(tokenizer, tokenizer_spec),
+            "inputs": [{"kind": "pretokenized", "path": str(source),
+                        "arrow_files": {k: len(v) for k, v in splits.items()}}],
+            "val_fraction": frac if hold_out else None,
+            "val_rule": "the dataset's validation split" if not hold_out else "the last val_fraction of train rows",
+            "invalid_utf8_replaced": 0, "control_chars_dropped": 0, "ponderlm_version": __version__,
+        }
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        publish(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta["seconds"] = time.time() - t0
     return meta
