@@ -267,9 +267,9 @@ class Engine:
                 req.prompt_logprobs = self._prompt_logprobs(req.prompt_ids, own, params.logprobs)
             req.open_choices = req.n
             if params.max_tokens == 0:  # echo / scoring only: nothing to decode
+                self.metrics.finished("ok")
                 for c in range(req.n):
                     req.emit(Event(choice=c, finish_reason="length"))
-                self.metrics.finished("ok")
                 continue
             batch = self._batches.get(key)
             if batch is None:  # start at the rows this admission needs; grown by doubling later
@@ -381,12 +381,11 @@ class Engine:
             if choice.held is not None:
                 event = _merge(choice.held, event)
             choice.held = event if finish is None else None
+        if finish is not None:  # counted before the client can see the end, so /metrics agrees with it
+            self._release(batch, row, "ok")
         if choice.req.stream or finish is not None:
             choice.req.emit(event)
-        if finish is None:
-            return True
-        self._release(batch, row, "ok")
-        return False
+        return finish is None
 
     def _detokenize(self, choice: _Choice, flush: bool) -> None:
         """Append the text the newest token completes. Decoding only a short window of tokens keeps this O(1)
