@@ -68,19 +68,66 @@ def methods_defaults() -> str:
     return "\n".join(lines) + "\n"
 
 
-def quickstart_row(path: Path) -> str:
-    """The quickstart's result from its committed summary.json (what `ponderlm train --recipe quickstart` wrote)."""
-    if not path.is_file():
+def _quickstart(folder: Path) -> tuple[dict, dict, list] | None:
+    if not (folder / "summary.json").is_file():
+        return None
+    return _json(folder / "summary.json"), _json(folder / "timing.json"), _json(folder / "tau.json")
+
+
+def quickstart_row(folder: Path) -> str:
+    """The README's quickstart row, from what `benchmarks/quickstart.py` recorded."""
+    found = _quickstart(folder)
+    if found is None:
         return ""
-    q = _json(path)
+    q, timing, _ = found
     shares = q.get("depth_share") or []
-    steps = f"; the router runs the latent step for {100 * shares[1]:.0f}% of validation tokens" if len(shares) > 1 \
-        else ""
-    params = f", {q['parameters'] / 1e6:.2f}M params" if q.get("parameters") else ""
-    recipe = (q.get("settings") or {}).get("recipe")
-    return (f"| quickstart (`--recipe {recipe}`: {q['settings']['method']}, K={q['max_steps_K']}{params}, "
-            f"{q['steps']} steps, {q['tokens_seen']:,} tokens) | val ppl {q['val_ppl']:.1f} vs unigram baseline "
-            f"{q['unigram_ppl']:.1f}, on {q['evaluation']['description']}{steps} | [TRAINING.md](docs/TRAINING.md) |\n")
+    steps = f"; the router runs the latent step for {100 * shares[1]:.0f}% of those tokens" if len(shares) > 1 else ""
+    return (f"| quickstart (`--recipe {q['settings']['recipe']}`: {q['settings']['method']}, K={q['max_steps_K']}, "
+            f"{q['parameters'] / 1e6:.2f}M params, {q['steps']} steps, {q['tokens_seen']:,} tokens) | val ppl "
+            f"{q['val_ppl']:.1f} vs unigram baseline {q['unigram_ppl']:.1f}, on {q['evaluation']['description']}"
+            f"{steps}; {timing['wall_seconds'] / 60:.1f} min for the README's first command "
+            f"{'on a fresh clone' if timing['fresh_clone'] else '(training only)'}, load "
+            f"{timing['load_average_before']:.1f} at the start | [TRAINING.md](docs/TRAINING.md) |\n")
+
+
+def quickstart_md(folder: Path) -> str:
+    """docs/TRAINING.md's quickstart numbers: the run's summary, its timing and the threshold sweep."""
+    found = _quickstart(folder)
+    if found is None:
+        return "Not measured yet: run `python benchmarks/quickstart.py`.\n"
+    q, timing, taus = found
+    diff = (q.get("settings") or {}).get("differs_from_defaults") or {}
+    method_keys = [k for k in diff if k.startswith("model.")]
+    shares = " / ".join(f"{k} step{'s' if k != 1 else ''} {100 * v:.0f}%" for k, v in enumerate(q["depth_share"]))
+    lines = [
+        f"Recipe `{q['settings']['recipe']}` ({q['settings']['method']}, K={q['max_steps_K']}, "
+        f"{q['parameters']:,} parameters); its model settings that differ from the documented defaults: "
+        + ", ".join(f"`{k[len('model.'):]}` {diff[k]['value']}" for k in method_keys) + ".",
+        "",
+        "| | measured |",
+        "|---|---|",
+        f"| command | `{timing['command']}`{' on a fresh clone' if timing['fresh_clone'] else ''} |",
+        f"| wall time, end to end | {timing['wall_seconds'] / 60:.1f} min (training alone, from its metrics: "
+        f"{(timing['train_seconds_from_metrics'] or 0) / 60:.1f} min), {timing['cpu_count']} CPU cores, load "
+        f"average {timing['load_average_before']:.1f} before / {timing['load_average_after']:.1f} after, "
+        f"{timing['date']} |",
+        f"| training | {q['steps']} steps, {q['tokens_seen']:,} tokens |",
+        f"| validation perplexity | {q['val_ppl']:.1f} vs the unigram baseline {q['unigram_ppl']:.1f}, on "
+        f"{q['evaluation']['description']} |",
+        f"| learned depth per token (same windows) | {shares} (avg {q['avg_executed_steps']:.2f} of "
+        f"K={q['max_steps_K']}) |",
+        f"| sample | `{q['sample']!r}` |",
+        "",
+        "The same final model scored by `ponderlm eval ppl` (its defaults: every window of the validation split) at "
+        "three thresholds:",
+        "",
+        "| tau | avg executed steps | inference FLOPs vs vanilla | val ppl | scored tokens |",
+        "|---|---|---|---|---|",
+    ]
+    for t in taus:
+        lines.append(f"| {t['settings']['tau']:g} | {t['avg_steps']:.2f} | {t['flops_ratio']:.2f}x | {t['ppl']:.2f} | "
+                     f"{t['tokens']:,} |")
+    return "\n".join(lines) + "\n"
 
 
 def _json(path: Path) -> dict:
@@ -103,9 +150,11 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
             "reasoning-n8-tables": lambda: n8_table,
         },
         root / "docs" / "METHODS.md": {"methods-defaults": methods_defaults},
+        root / "docs" / "TRAINING.md": {
+            "training-quickstart": lambda: quickstart_md(root / "docs" / "results" / "quickstart")},
         root / "README.md": {
             "readme-results": lambda: "| what | result | details |\n|---|---|---|\n"
-            + quickstart_row(root / "docs" / "results" / "quickstart" / "summary.json")
+            + quickstart_row(root / "docs" / "results" / "quickstart")
             + study_document.readme_row(study) + reasoning_report.readme_row(reasoning, reasoning_table),
         },
     }
