@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from helpers import VOCAB, split_tau, tiny_model
+from packaging.version import Version
 from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM
 from transformers.generation import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -14,6 +16,10 @@ from ponderlm import PonderForCausalLM
 from ponderlm.inference import sequential_logits
 
 EOS, PAD = 3, 0
+# transformers 5.24 changed beam sampling (the sampled candidates are sorted by score before the first num_beams are
+# taken as the best); generate owns its beam loop and follows 5.24+ on every release, so on older ones transformers'
+# own beam sampling is no reference for it.
+SAME_BEAM_SAMPLING = Version(transformers.__version__) >= Version("5.24")
 
 
 class BoostToken(LogitsProcessor):
@@ -125,6 +131,8 @@ def test_vanilla_generate_matches_hf_llama_option_by_option(llama_pair, one_thre
     assert torch.equal(greedy, greedy_tokens(hf, ids, mask))
     outputs = {}
     for name, kwargs in options(ids, mask, greedy).items():
+        if name == "beam_sample" and not SAME_BEAM_SAMPLING:
+            continue
         ref = run(hf, ids, mask, kwargs)
         out = run(ours, ids, mask, kwargs)
         assert_same(out, ref, ids, hf, name)

@@ -295,8 +295,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 # trust_remote_code for both: AutoTokenizer reads config.json, whose "ponder" type comes with the checkpoint's code
 tok = AutoTokenizer.from_pretrained("this/dir", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("this/dir", trust_remote_code=True)  # ponderlm not required
-ids = tok("The", return_tensors="pt").input_ids
-out = model.generate(ids, max_new_tokens=32, tau={fmt(config.tau, "g")}, alpha={fmt(config.alpha, "g")},
+inputs = tok("The", return_tensors="pt")  # input_ids and attention_mask (pad is eos: it cannot be inferred)
+out = model.generate(**inputs, max_new_tokens=32, tau={fmt(config.tau, "g")}, alpha={fmt(config.alpha, "g")},
                      return_dict_in_generate=True)
 print(tok.decode(out.sequences[0]), out.executed_steps)
 ```
