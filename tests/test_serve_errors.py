@@ -67,6 +67,7 @@ BAD_COMPLETIONS: list[tuple[str, bytes, int, str, str | None]] = [
     ("prompt-over-max-chars", raw({"prompt": "a" * (MAX_CHARS + 1)}), 400, "--max-prompt-chars", "prompt"),
     ("one-of-prompts-over-max-chars", raw({"prompt": ["hi", "a" * (MAX_CHARS + 1)]}), 400, "--max-prompt-chars",
      "prompt"),
+    ("more-prompts-than-the-queue", raw({"prompt": ["hi"] * 65}), 400, "queues at most 64", "prompt"),
     ("prompt-object", raw({"prompt": {"text": "hi"}}), 400, "prompt", "prompt"),
     ("prompt-mixed-list", raw({"prompt": [[1, 2], "a"]}), 400, "prompt", "prompt"),
     ("prompt-missing", raw({"max_tokens": 3}), 400, "prompt", "prompt"),

@@ -153,7 +153,7 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
         check_model(req.model)
         params = req.sampling()
         check_n(req.n)
-        prompts = token_prompts(req, tokenizer, config.vocab_size, max_chars)
+        prompts = token_prompts(req, tokenizer, config.vocab_size, max_chars, engine.max_queue)
         check_context(prompts, params)
         return req, params, prompts
 

@@ -194,9 +194,11 @@ def parse_request(body: Any, kind: type[_Sampling] = CompletionRequest) -> Any:
         raise RequestError(400, f"invalid {where or 'request'}: {err['msg']} (got {shown})", where or None) from None
 
 
-def token_prompts(req: CompletionRequest, tokenizer, vocab_size: int, max_chars: int) -> list[list[int]]:
+def token_prompts(req: CompletionRequest, tokenizer, vocab_size: int, max_chars: int,
+                  max_prompts: int) -> list[list[int]]:
     """The request's prompts as token ids (strings are tokenized; id lists are checked). Strings longer
-    than `max_chars` are refused before the tokenizer sees them."""
+    than `max_chars`, and more prompts than `max_prompts` (the queue could not take them), are refused
+    before the tokenizer sees any."""
     prompt = req.prompt
     if isinstance(prompt, str):
         prompts: list = [prompt]
@@ -206,6 +208,9 @@ def token_prompts(req: CompletionRequest, tokenizer, vocab_size: int, max_chars:
         prompts = list(prompt)
     if not prompts:
         raise RequestError(400, "prompt is empty", "prompt")
+    if len(prompts) > max_prompts:
+        raise RequestError(400, f"{len(prompts)} prompts in one request; this server queues at most {max_prompts} "
+                                "(--max-queue)", "prompt")
     for p in prompts:
         check_prompt_chars(p, max_chars)
     out = []
