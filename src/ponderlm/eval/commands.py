@@ -211,7 +211,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "ponder_wikitext_style; your own tasks as task YAML paths or names "
                                           "found under --include_path; other names go to lm-eval unchanged. "
                                           "Flags use lm-eval's spellings (--include_path, --output_path, "
-                                          "--log_samples); the dashed forms work too.")
+                                          "--log_samples, --batch_size, --num_fewshot, --bootstrap_iters); the "
+                                          "dashed forms work too.")
     _model_arg(p)
     p.add_argument("--tasks", required=True, metavar="LIST",
                    help="comma-separated task names or task YAML paths (e.g. ponder_cloze,my_tasks/qa.yaml)")
@@ -220,10 +221,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
     p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias (default: the checkpoint's)")
     p.add_argument("--limit", type=float, metavar="N", help="at most N examples per task (a fraction if < 1)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per forward (default 8)")
-    p.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples per prompt (default: the task's)")
-    p.add_argument("--bootstrap-iters", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for stderr of non-mean metrics (0 = skip; default 1000)")
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, metavar="B",
+                   help="requests per forward (default 8)")
+    p.add_argument("--num_fewshot", "--num-fewshot", dest="num_fewshot", type=int, metavar="N",
+                   help="few-shot examples per prompt (default: the task's)")
+    p.add_argument("--bootstrap_iters", "--bootstrap-iters", dest="bootstrap_iters", type=int, default=1000,
+                   metavar="N", help="bootstrap resamples for stderr of non-mean metrics (0 = skip; default 1000)")
     p.add_argument("--output_path", "-o", "--output-path", "--output", dest="output_path", metavar="PATH",
                    help="results JSON: a .json file, or a directory that gets <model>/results_<time>.json as with "
                         "lm-eval")
