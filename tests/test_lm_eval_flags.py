@@ -23,6 +23,10 @@ def test_lm_eval_spellings_and_old_aliases():
     for flag in ("-o", "--output", "--output-path"):
         assert _parse(flag, "out").output_path == "out"
     assert _parse("-s").log_samples and not _parse().log_samples
+    args = _parse("--batch_size", "3", "--num_fewshot", "2", "--bootstrap_iters", "0")
+    assert (args.batch_size, args.num_fewshot, args.bootstrap_iters) == (3, 2, 0)
+    args = _parse("--batch-size", "5", "--num-fewshot", "1", "--bootstrap-iters", "7")
+    assert (args.batch_size, args.num_fewshot, args.bootstrap_iters) == (5, 1, 7)
 
 
 def test_log_samples_needs_an_output_path(capsys):
