@@ -131,6 +131,7 @@ def maybe_load_official(cls: Any, source: Any, **kwargs: Any) -> Any | None:
     if not path.is_dir():
         directory = resolve_dir(source)
     official = {k: kwargs.pop(k) for k in ("official_method", "ignore_fields") if k in kwargs}
+    kwargs.pop("trust_remote_code", None)  # this path never runs code from the checkpoint either way
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     unsupported = sorted(k for k in kwargs if k not in PonderConfig().to_dict())
