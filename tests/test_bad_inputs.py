@@ -6,12 +6,16 @@ directory. Every case snapshots its directory and the shared model / data direct
 any file created, changed or deleted fails the case. docs/RELIABILITY.md lists what is covered.
 
 Placeholders in argv: {tmp} the case's directory, {model} a tiny saved ponderlm3 model with tokenizer,
-{data} a prepared data directory, {recipe} a tiny training recipe (written into {tmp}).
+{data} a prepared data directory, {recipe} a tiny training recipe (written into {tmp}). Resume cases copy
+a run of that recipe (one checkpoint, step 2) into {tmp}/run, damage it and rehash its manifest (an attacker
+writes the manifest too), so only the field checks stand between the file and the trainer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -137,6 +141,164 @@ def _text(name: str) -> Callable[[Path], None]:
     return _write(name, "\n\n".join(f"Paragraph {i} is about the number {i} and a cat." for i in range(60)))
 
 
+# ------------------------------------------------------------------ crafted run directories (resume, links)
+def _rehash(ckpt: Path) -> None:
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for name in manifest["files"]:
+        blob = (ckpt / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _run_copy(damage: Callable[[Path], None] | None = None, rehash: bool = True) -> Callable[[Path], None]:
+    """Copy the shared run (checkpoint at step 2, final/) to {tmp}/run, then damage its checkpoint."""
+    def setup(tmp: Path) -> None:
+        shutil.copytree(_SHARED["run"], tmp / "run")
+        if damage is not None:
+            damage(tmp / "run" / "checkpoints" / "step_000002")
+            if rehash:
+                _rehash(tmp / "run" / "checkpoints" / "step_000002")
+    return setup
+
+
+def _state_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(ckpt: Path) -> None:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        edit(state)
+        (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    return damage
+
+
+def _rng_file(tensor: torch.Tensor) -> Callable[[Path], None]:
+    return lambda ckpt: save_file({"torch_cpu": tensor}, str(ckpt / "rng.safetensors"))
+
+
+def _ckpt_weights(edit: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], None]:
+    return lambda ckpt: _weights_edit(edit)(ckpt)
+
+
+def _optimizer_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(ckpt: Path) -> None:
+        state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        edit(state)
+        torch.save(state, ckpt / "optimizer.pt")
+    return damage
+
+
+def _manifest_outside(ckpt: Path) -> None:
+    """The manifest names a file outside the checkpoint (its hash matches: the attacker computed it)."""
+    (ckpt.parents[2] / "precious.txt").write_text("the user's file\n")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    blob = b"the user's file\n"
+    manifest["files"]["../../../precious.txt"] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _precious(tmp: Path) -> None:
+    (tmp / "precious.txt").write_text("the user's file: must never be written or deleted\n")
+
+
+def _linked_lock(with_run: bool) -> Callable[[Path], None]:
+    """`run/.ponderlm.lock` is a link to a file outside the run (in a full run, or alone in its directory)."""
+    def setup(tmp: Path) -> None:
+        _precious(tmp)
+        if with_run:
+            _run_copy()(tmp)
+            (tmp / "run" / ".ponderlm.lock").unlink()
+        else:
+            (tmp / "run").mkdir()
+        (tmp / "run" / ".ponderlm.lock").symlink_to("../precious.txt")
+    return setup
+
+
+def _linked_dir(name: str) -> Callable[[Path], None]:
+    """`run/<name>` is a link to a directory outside the run (its content moved there)."""
+    def setup(tmp: Path) -> None:
+        _run_copy()(tmp)
+        target = tmp / "elsewhere"
+        if (tmp / "run" / name).exists():
+            shutil.move(tmp / "run" / name, target)
+        else:
+            target.mkdir()
+        (tmp / "run" / name).symlink_to(os.path.relpath(target, tmp / "run"))
+    return setup
+
+
+def _linked_step(tmp: Path) -> None:
+    """A newer checkpoint directory inside checkpoints/ is a link to one outside (rotation would delete it)."""
+    _run_copy()(tmp)
+    shutil.copytree(tmp / "run" / "checkpoints" / "step_000002", tmp / "elsewhere")
+    (tmp / "run" / "checkpoints" / "step_000004").symlink_to("../../elsewhere")
+
+
+def _linked_metrics(tmp: Path) -> None:
+    """A run that stopped before its first checkpoint, whose metrics.jsonl is a link (a restart would unlink
+    it; the logger would append through it)."""
+    _precious(tmp)
+    _write("run/.ponderlm.lock", "")(tmp)
+    _write("run/config.yaml", "name: earlier\n")(tmp)
+    (tmp / "run" / "metrics.jsonl").symlink_to("../precious.txt")
+
+
+# ------------------------------------------------------------------ crafted model and data directories
+def _remote_tokenizer(tmp: Path) -> None:
+    """A model whose tokenizer_config.json asks transformers to import tok_evil.py from the directory."""
+    _model_copy(lambda m: None)(tmp)
+    config = json.loads((tmp / "m" / "tokenizer_config.json").read_text())
+    config.update(auto_map={"AutoTokenizer": ["tok_evil.EvilTok", None]}, tokenizer_class="EvilTok")
+    (tmp / "m" / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp / "m" / "tok_evil.py").write_text(f"open({str(tmp / 'PWNED')!r}, 'w').close()\n"
+                                           "from transformers import PreTrainedTokenizerFast as EvilTok\n")
+
+
+def _remote_config(tmp: Path) -> None:
+    """A checkpoint whose config.json has a model type only its own configuration_evil.py defines."""
+    (tmp / "evil").mkdir()
+    (tmp / "evil" / "config.json").write_text(json.dumps(
+        {"model_type": "evilnet", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (tmp / "evil" / "configuration_evil.py").write_text(
+        f"open({str(tmp / 'PWNED')!r}, 'w').close()\n"
+        "from transformers import PretrainedConfig\n\n\nclass EvilConfig(PretrainedConfig):\n"
+        "    model_type = 'evilnet'\n")
+
+
+def _config_drop(*keys: str) -> Callable[[Path], None]:
+    def damage(m: Path) -> None:
+        config = json.loads((m / "config.json").read_text())
+        for key in keys:
+            config.pop(key)
+        (m / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+def _fewer_layers(m: Path) -> None:
+    config = json.loads((m / "config.json").read_text())
+    _config_edit(num_hidden_layers=config["num_hidden_layers"] - 1)(m)
+
+
+def _data_copy(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        shutil.copytree(_SHARED["data"], tmp / "d")
+        damage(tmp / "d")
+    return setup
+
+
+def _token_id(shard: str, position: int, value: int) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        blob = bytearray((d / shard).read_bytes())
+        blob[2 * position : 2 * position + 2] = value.to_bytes(2, "little")  # uint16 shards
+        (d / shard).write_bytes(bytes(blob))
+    return damage
+
+
+def _meta_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        meta = json.loads((d / "meta.json").read_text())
+        edit(meta)
+        (d / "meta.json").write_text(json.dumps(meta))
+    return damage
+
+
 # ------------------------------------------------------------------ the table
 GEN = "generate --model {model} --prompt hello --max-new-tokens 2"
 PPL = "eval ppl --model {model} --max-batches 1 --seq-len 16 --no-progress"
@@ -258,7 +420,7 @@ CASES = [
          r"cannot write --out .*f is a file", _write("f", "mine")),
     Case("pareto-alpha-nan", "pareto --model {model} --alpha 1,nan", r"argument --alpha: expected finite numbers"),
     Case("lm-eval-output-unwritable", "lm-eval --model {model} --tasks ponder_cloze --output {tmp}/f/r.json",
-         r"cannot write --output .*f is a file", _write("f", "mine"), needs_module="lm_eval"),
+         r"cannot write --output(_path)? .*f is a file", _write("f", "mine"), needs_module="lm_eval"),
     Case("analyze-out-is-file", "analyze difficulty --model {model} --max-batches 1 --out {tmp}/f",
          r"--out .*f is a file, not a directory", _write("f", "mine")),
     # -- tokenizer training and data preparation
@@ -276,6 +438,117 @@ CASES = [
          r"noise\.txt looks binary", _random_bytes("noise.txt")),
     Case("prepare-val-fraction", "data prepare --input {tmp}/t.txt --out {tmp}/prep --val-fraction 2",
          r"val_fraction must be in \[0, 1\), got 2", _text("t.txt")),
+    # -- symbolic links in a run directory: nothing is written or deleted through one (precious.txt is outside)
+    Case("lock-link-resume", "train {recipe} --out {tmp}/run --resume",
+         r"run directory .*run holds a symbolic link \(\.ponderlm\.lock -> \.\./precious\.txt\); ponderlm never writes",
+         _linked_lock(with_run=True)),
+    Case("lock-link-fresh", "train {recipe} --out {tmp}/run",
+         r"holds a symbolic link \(\.ponderlm\.lock -> \.\./precious\.txt\)", _linked_lock(with_run=False)),
+    Case("checkpoints-link", "train {recipe} --out {tmp}/run --resume train.keep_last=1",
+         r"holds a symbolic link \(checkpoints -> \.\./elsewhere\)", _linked_dir("checkpoints")),
+    Case("tb-link", "train {recipe} --out {tmp}/run --resume", r"holds a symbolic link \(tb -> \.\./elsewhere\)",
+         _linked_dir("tb")),
+    Case("final-link", "train {recipe} --out {tmp}/run --resume", r"holds a symbolic link \(final -> \.\./elsewhere\)",
+         _linked_dir("final")),
+    Case("step-dir-link", "train {recipe} --out {tmp}/run --resume train.keep_last=1",
+         r"holds a symbolic link \(checkpoints/step_000004 -> \.\./\.\./elsewhere\)", _linked_step),
+    Case("metrics-link-restart", "train {recipe} --out {tmp}/run",
+         r"holds a symbolic link \(metrics\.jsonl -> \.\./precious\.txt\)", _linked_metrics),
+    # -- resume: every field read from a checkpoint is checked (the only checkpoint here: nothing to fall back to)
+    Case("resume-rng-short", "train {recipe} --out {tmp}/run --resume",
+         r"every checkpoint in .*checkpoints is corrupt \(newest: checkpoint .*step_000002 holds an invalid RNG state "
+         r"\(torch_cpu state is torch\.uint8 \[100\], not uint8 \[5056\]\)",
+         _run_copy(_rng_file(torch.zeros(100, dtype=torch.uint8)))),
+    Case("resume-rng-dtype", "train {recipe} --out {tmp}/run --resume",
+         r"invalid RNG state \(torch_cpu state is torch\.float32 \[5056\]",
+         _run_copy(_rng_file(torch.zeros(5056)))),
+    Case("resume-python-rng", "train {recipe} --out {tmp}/run --resume",
+         r"invalid RNG state \(python / numpy RNG state",
+         _run_copy(_state_edit(lambda s: s["rng"]["python"].__setitem__(1, s["rng"]["python"][1][:10])))),
+    Case("resume-numpy-rng", "train {recipe} --out {tmp}/run --resume",
+         r"invalid RNG state \(python / numpy RNG state",
+         _run_copy(_state_edit(lambda s: s["rng"]["numpy"].__setitem__(2, "x")))),
+    Case("resume-step-string", "train {recipe} --out {tmp}/run --resume",
+         r"invalid trainer_state\.json \('2' is not an integer >= 1\)",
+         _run_copy(_state_edit(lambda s: s.update(step="2")))),
+    Case("resume-tokens-string", "train {recipe} --out {tmp}/run --resume",
+         r"invalid trainer_state\.json \('many' is not an integer >= 0\)",
+         _run_copy(_state_edit(lambda s: s.update(tokens_seen="many")))),
+    Case("resume-loader-negative", "train {recipe} --out {tmp}/run --resume",
+         r"invalid trainer_state\.json \(loader\.position: -5 is not an integer >= 0\)",
+         _run_copy(_state_edit(lambda s: s["loader"].update(position=-5)))),
+    Case("resume-weight-shape", "train {recipe} --out {tmp}/run --resume",
+         r"invalid model\.safetensors \(model\.norm\.weight is \[7\], the model needs \[32\]\)",
+         _run_copy(_ckpt_weights(lambda t: t.update({"model.norm.weight": torch.zeros(7)})))),
+    Case("resume-weight-unexpected", "train {recipe} --out {tmp}/run --resume",
+         r"invalid model\.safetensors \(unexpected tensor model\.layers\.9\.extra\)",
+         _run_copy(_ckpt_weights(lambda t: t.update({"model.layers.9.extra": torch.zeros(2)})))),
+    Case("resume-weight-dtype", "train {recipe} --out {tmp}/run --resume",
+         r"invalid model\.safetensors \(model\.norm\.weight is F16, the model needs torch\.float32\)",
+         _run_copy(_ckpt_weights(lambda t: t.update({"model.norm.weight": t["model.norm.weight"].half()})))),
+    Case("resume-optimizer-shape", "train {recipe} --out {tmp}/run --resume",
+         r"invalid optimizer\.pt \(parameter 0: exp_avg is torch\.float32 \[3\], the parameter is torch\.float32 \[",
+         _run_copy(_optimizer_edit(lambda o: o["state"][0].update(exp_avg=torch.zeros(3))))),
+    Case("resume-optimizer-lr-string", "train {recipe} --out {tmp}/run --resume",
+         r"invalid optimizer\.pt \(parameter group 0: lr is 'fast'\)",
+         _run_copy(_optimizer_edit(lambda o: o["param_groups"][0].update(lr="fast")))),
+    Case("resume-manifest-outside", "train {recipe} --out {tmp}/run --resume",
+         r"manifest\.json naming '\.\./\.\./\.\./precious\.txt', outside the checkpoint",
+         _run_copy(_manifest_outside, rehash=False)),
+    # -- code from a model directory never runs (each payload would create {tmp}/PWNED)
+    Case("tokenizer-auto-map", "generate --model {tmp}/m --prompt hi",
+         r"tokenizer .*m needs custom Python code from its directory \(auto_map in its config\); ponderlm never runs",
+         _remote_tokenizer),
+    Case("init-from-auto-map", f"{TRAIN} model.init_from={{tmp}}/evil",
+         r"checkpoint .*evil needs custom Python code from its directory", _remote_config),
+    # -- a config.json that does not describe its weights
+    Case("config-fewer-layers", "generate --model {tmp}/m --prompt hi",
+         r"weights in .*m hold 9 tensor\(s\) the config has no place for \(model\.layers\.1\.",
+         _model_copy(_fewer_layers)),
+    Case("config-method-vanilla", "generate --model {tmp}/m --prompt hi",
+         r"config\.json in .*m says method 'vanilla', but the weights hold another method's parameters "
+         r"\(method\.router\.", _model_copy(_config_edit(method="vanilla", max_steps=0))),
+    Case("config-method-removed", "generate --model {tmp}/m --prompt hi",
+         r"says method 'vanilla', but the weights hold another method's parameters",
+         _model_copy(_config_drop("method", "max_steps"))),
+    Case("config-vocab-string", "generate --model {tmp}/m --prompt hi",
+         r"vocab_size must be a positive integer, got '4096'", _model_copy(_config_edit(vocab_size="4096"))),
+    # -- data directories: checked before a run writes anything
+    Case("data-token-id-past-vocab", f"{TRAIN} data.data_dir={{tmp}}/d",
+         r"d/train_000\.bin holds token id 4196 at position 5, outside the vocabulary of 4096",
+         _data_copy(_token_id("train_000.bin", 5, 4196))),
+    Case("ppl-token-id-past-vocab", f"{PPL} --data {{tmp}}/d",
+         r"the val split of the data holds token id 4196, outside the vocabulary of 4096",
+         _data_copy(_token_id("val_000.bin", 3, 4196))),
+    Case("data-tokenizer-damaged", f"{TRAIN} data.data_dir={{tmp}}/d",
+         r"the tokenizer kept with the data in .*d does not load", _data_copy(lambda d: _truncate("tokenizer.json")(
+             d / "tokenizer"))),
+    Case("meta-shard-outside", f"{TRAIN} data.data_dir={{tmp}}/d",
+         r"meta\.json names shard file '\.\./precious\.bin', which is not a file of",
+         _data_copy(_meta_edit(lambda m: m["shards"]["train"][0].update(file="../precious.bin")))),
+    # -- arguments that used to end in a traceback, an abort or unbounded memory
+    Case("generate-seed-huge", f"{GEN} --seed 1180591620717411303424",
+         r"--seed must be in \[0, 2\*\*64\), got 1180591620717411303424"),
+    Case("plan-gpu-flops-zero", "plan {recipe} --gpu-flops 0", r"--gpu-flops must be a finite number > 0, got 0"),
+    Case("plan-gpu-mem-nan", "plan {recipe} --gpu-mem-gb nan", r"--gpu-mem-gb must be a finite number > 0, got nan"),
+    Case("synth-hop-weights-nan", "data synth --task hops --out {tmp}/s --hop-weights nan,1,1,1",
+         r"--hop-weights needs 4 non-negative numbers with a positive sum, got \[nan, 1\.0, 1\.0, 1\.0\]"),
+    Case("synth-seed-negative", "data synth --task hops --out {tmp}/s --seed -1",
+         r"--seed must be in \[0, 2\*\*32\), got -1"),
+    Case("synth-symbols-huge", "data synth --task hops --out {tmp}/s --symbols 10000000",
+         r"vocabulary would have 100,000,010,000,007 tokens, more than the 65,536 a uint16 token id holds"),
+    Case("tokenizer-vocab-huge", "tokenizer train --input {tmp}/t.txt --vocab-size 1000000000 --out {tmp}/tok",
+         r"vocab_size must be at most 1,048,576 .*got 1,000,000,000", _text("t.txt")),
+    # -- values that were silently replaced or ignored
+    Case("ppl-seq-len-zero", "eval ppl --model {model} --max-batches 1 --seq-len 0 --no-progress",
+         r"--seq-len must be >= 2 .*got 0"),
+    Case("generate-depth-target-alone", f"{GEN} --depth-target 1",
+         r"--depth-target is the target of a fixed-pruning --depth-policy .*this run's policy is learned"),
+    Case("ppl-depth-target-alone", f"{PPL} --depth-target 1", r"--depth-target is the target of a fixed-pruning"),
+    Case("analyze-alpha-empty", "analyze alpha --model {model} --alpha , --out {tmp}/a",
+         r"argument --alpha: expected at least one number, got ','"),
+    Case("prepare-num-proc-negative", "data prepare --input {tmp}/t.txt --out {tmp}/prep --num-proc -3",
+         r"--num-proc must be >= 1, got -3", _text("t.txt")),
     # -- the command line itself
     Case("unknown-command", "trian", r"ponderlm: argument COMMAND: invalid choice: 'trian'"),
     Case("missing-required", "generate --prompt hi", r"the following arguments are required: --model"),
@@ -288,10 +561,19 @@ _SHARED: dict[str, Path] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory, data_dir) -> dict[str, Path]:
-    from helpers import tiny_checkpoint
+    from helpers import single_thread, tiny_checkpoint
+
+    from ponderlm.train import load_config, train
 
     _SHARED["model"] = tiny_checkpoint(tmp_path_factory.mktemp("bad_inputs_model"), train_steps=0)
     _SHARED["data"] = data_dir
+    # A run of the table's recipe, trained in this process (its lock file then names this pid, so a resume case
+    # that takes the lock again rewrites it byte-identically): one checkpoint at step 2, final/, metrics.
+    root = tmp_path_factory.mktemp("bad_inputs_run")
+    (root / "recipe.yaml").write_text(RECIPE.format(data=data_dir))
+    with single_thread():
+        train(load_config(str(root / "recipe.yaml"), [f"train.out={root / 'run'}"]))
+    _SHARED["run"] = root / "run"
     return _SHARED
 
 

@@ -56,8 +56,10 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     hf_logging.set_verbosity_error()  # transformers' multi-line load report: the problems are raised below instead
     try:
         # ignore_mismatched_sizes: get the mismatches back as data (and say so in one line) instead of a report
+        # trust_remote_code=False: our class loads our checkpoints; the bundled code in a final/ is for users
+        # without ponderlm, and code in a directory someone handed over must never run
         model, info = PonderForCausalLM.from_pretrained(str(model_dir), output_loading_info=True,
-                                                        ignore_mismatched_sizes=True)
+                                                        ignore_mismatched_sizes=True, trust_remote_code=False)
     except pickle.UnpicklingError:  # transformers reads *.bin with weights_only=True: a payload is refused
         raise PonderError(f"refusing the weights in {model_dir}: a *.bin file holds more than tensors, so "
                           "loading it could run code; use model.safetensors") from None
@@ -82,18 +84,32 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
 
 
 def _check_loaded(model_dir: Path, model: Any, info: dict[str, Any]) -> None:
-    """Never run on weights the checkpoint does not hold: transformers fills missing or mismatched tensors with
-    random ones (after a note); NaN / inf weights would give NaN logits that look like a modelling problem."""
+    """Never run on weights the checkpoint does not hold, nor silently drop ones it does: transformers fills missing
+    or mismatched tensors with random ones and ignores unexpected ones (after a note), so a config.json with a layer
+    or a method's router edited away would load and generate. NaN / inf weights would give NaN logits that look
+    like a modelling problem."""
     if info.get("mismatched_keys"):
         first = sorted(info["mismatched_keys"], key=str)[0]  # (name, saved shape, expected shape)
         what = f"{first[0]} is {list(first[1])} in the file but {list(first[2])} for the config" \
             if isinstance(first, tuple) and len(first) == 3 else f"{first} has another shape"
         raise PonderError(f"config.json in {model_dir} does not match its weights: {what}; the checkpoint is "
                           "damaged or mixed up")
+    method = model.config.method
     if info.get("missing_keys"):
         names = sorted(info["missing_keys"])
+        if names[0].startswith("method."):  # the config names a method whose parameters the file does not hold
+            raise PonderError(f"config.json in {model_dir} says method {method!r}, but the weights lack its "
+                              f"{names[0]}; the config was edited or belongs to another checkpoint")
         raise PonderError(f"the weights in {model_dir} lack {len(names)} tensor(s) the config needs ({names[0]}"
                           f"{', ...' if len(names) > 1 else ''}); the checkpoint is damaged or incomplete")
+    if info.get("unexpected_keys"):  # e.g. num_hidden_layers lowered: the last layers would be dropped silently
+        names = sorted(info["unexpected_keys"])
+        if names[0].startswith("method."):
+            raise PonderError(f"config.json in {model_dir} says method {method!r}, but the weights hold another "
+                              f"method's parameters ({names[0]}); the config was edited or belongs to another "
+                              "checkpoint")
+        raise PonderError(f"the weights in {model_dir} hold {len(names)} tensor(s) the config has no place for "
+                          f"({names[0]}{', ...' if len(names) > 1 else ''}); config.json does not match its weights")
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise PonderError(f"the weights in {model_dir} hold NaN or inf values ({name}); the run that wrote "

@@ -79,6 +79,9 @@ def plan(cfg: Any, gpus: int, *, mfu: float = 0.4, gpu_flops: float = 312e12, gp
         raise PonderError(f"--gpus must be >= 1, got {gpus}")
     if not 0 < mfu <= 1:
         raise PonderError(f"--mfu must be in (0, 1], got {mfu}")
+    for flag, value in (("--gpu-flops", gpu_flops), ("--gpu-mem-gb", gpu_mem_gb)):
+        if not (math.isfinite(value) and value > 0):  # NaN passes every comparison; 0 divides by zero
+            raise PonderError(f"{flag} must be a finite number > 0, got {value}")
     config = model_config(cfg)
     t, T = cfg.train, cfg.data.seq_len
     accum = grad_accum_for(cfg, gpus)
@@ -125,7 +128,7 @@ def model_config(cfg: Any) -> Any:
 
         kwargs = dict(cfg.model_kwargs())
         try:
-            hf = AutoConfig.from_pretrained(cfg.model["init_from"])
+            hf = AutoConfig.from_pretrained(cfg.model["init_from"], trust_remote_code=False)
             return ponder_config_from_hf(hf, kwargs.pop("method", "vanilla"), **kwargs)
         except (OSError, ValueError) as exc:
             raise PonderError(f"plan: cannot read the config of model.init_from={cfg.model['init_from']} "

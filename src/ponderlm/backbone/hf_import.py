@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ponderlm.config import PonderConfig
+from ponderlm.errors import remote_code_refused
 from ponderlm.registry import REGISTRY
 
 # GPT-NeoX prefix renames; everything below `layers.N.` keeps Hugging Face's names.
@@ -97,6 +98,20 @@ def ponder_config_from_hf(hf_config: Any, method: str, **overrides: Any) -> Pond
     return PonderConfig(method=method, max_steps=max_steps, **{**common, **kwargs, **overrides})
 
 
+def _auto_config(path: Any) -> Any:
+    """`AutoConfig.from_pretrained` that never runs code from the checkpoint (a config with auto_map is refused
+    in one line instead of transformers' prompt to run it)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except ValueError as exc:
+        refused = remote_code_refused(exc, f"checkpoint {path}")
+        if refused is not None:
+            raise refused from None
+        raise
+
+
 def check_backbone_overrides(path_or_model: Any, method: str = "vanilla", **overrides: Any) -> PonderConfig:
     """`check_architecture` from the checkpoint's config alone (no weights read), so a run can refuse
     contradicting settings before it writes anything. Returns the checkpoint's architecture as a config."""
@@ -104,9 +119,7 @@ def check_backbone_overrides(path_or_model: Any, method: str = "vanilla", **over
     if official is not None:  # an official PonderLM-2 / PonderingLM checkpoint: its architecture as we import it
         check_architecture(path_or_model, official, overrides)
         return official
-    from transformers import AutoConfig
-
-    hf_cfg = path_or_model.config if hasattr(path_or_model, "config") else AutoConfig.from_pretrained(path_or_model)
+    hf_cfg = path_or_model.config if hasattr(path_or_model, "config") else _auto_config(path_or_model)
     if hf_cfg.model_type == PonderConfig.model_type:
         base = hf_cfg
     else:
@@ -132,15 +145,15 @@ def map_hf_state_dict(state_dict: dict[str, torch.Tensor], model_type: str) -> d
 
 def from_hf_backbone(cls, path_or_model: Any, method: str = "vanilla", **overrides: Any):
     """See `PonderForCausalLM.from_backbone`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+    from transformers import AutoModelForCausalLM, PreTrainedModel
 
     if isinstance(path_or_model, PreTrainedModel):
         hf_model = path_or_model
     else:
-        hf_cfg = AutoConfig.from_pretrained(path_or_model)
+        hf_cfg = _auto_config(path_or_model)
         if hf_cfg.model_type == PonderConfig.model_type:
             return _from_ponder_checkpoint(cls, path_or_model, method, **overrides)
-        hf_model = AutoModelForCausalLM.from_pretrained(path_or_model, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(path_or_model, dtype=torch.float32, trust_remote_code=False)
     if getattr(hf_model.config, "model_type", None) == PonderConfig.model_type:
         return _from_ponder_checkpoint(cls, hf_model, method, **overrides)
     steps = {"max_steps": overrides["max_steps"]} if "max_steps" in overrides else {}
@@ -180,7 +193,8 @@ def _official_config(path: Any) -> PonderConfig | None:
 
 def _from_ponder_checkpoint(cls, path_or_model: Any, method: str, **overrides: Any):
     """Switch method on one of our own checkpoints (e.g. PonderLM v1 -> AdaPonderLM): keep every shared weight."""
-    source = path_or_model if isinstance(path_or_model, torch.nn.Module) else cls.from_pretrained(path_or_model)
+    source = path_or_model if isinstance(path_or_model, torch.nn.Module) else \
+        cls.from_pretrained(path_or_model, trust_remote_code=False)
     check_architecture(path_or_model, source.config, overrides)
     config_dict = source.config.to_dict()
     for key in ("model_type", "transformers_version", "architectures"):

@@ -42,7 +42,41 @@ def read_meta(data_dir: str | Path) -> dict:
     if not ok:
         raise PonderError(f"{path} is damaged (needs vocab_size, dtype and shards as `ponderlm data prepare` writes "
                           f"them); {redo}")
+    # Shards are read from the directory itself: a name like ../../x or /etc/x would read a file outside it.
+    for field in ("shards", "loss_mask", "difficulty"):
+        for shards in (meta.get(field) or {}).values() if isinstance(meta.get(field), dict) else ():
+            for shard in shards if isinstance(shards, list) else ():
+                name = shard.get("file") if isinstance(shard, dict) else None
+                if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                    raise PonderError(f"{path} names shard file {name!r}, which is not a file of {data_dir}; {redo}")
     return meta
+
+
+def check_data_dir(data_dir: str | Path, chunk: int = 1 << 24) -> None:
+    """What a run reads from a data directory, checked before it writes anything: every token id of every split
+    is below the vocabulary (an id past it crashes the embedding lookup in the middle of a run; a shard damaged or
+    written with another tokenizer holds them), and the tokenizer kept with the data loads (a run exports it into
+    final/ only after its last step). Reads every shard once, in chunks, at memory speed."""
+    meta = read_meta(data_dir)
+    vocab = meta["vocab_size"]
+    for split in meta["shards"]:
+        stream = TokenStream(data_dir, split)
+        for shard, info in zip(stream.shards, meta["shards"][split]):
+            for i in range(0, len(shard), chunk):
+                block = shard[i : i + chunk]
+                if len(block) and int(block.max()) >= vocab:
+                    at = i + int(np.argmax(block >= vocab))
+                    raise PonderError(f"{Path(data_dir) / info['file']} holds token id {int(shard[at])} at position "
+                                      f"{at}, outside the vocabulary of {vocab} (meta.json); the data is damaged or "
+                                      "was made with another tokenizer: re-run `ponderlm data prepare`")
+    if (Path(data_dir) / "tokenizer").exists():
+        from ponderlm.data.tokenizer import load_tokenizer
+
+        try:
+            load_tokenizer(Path(data_dir) / "tokenizer")
+        except PonderError as exc:
+            raise PonderError(f"the tokenizer kept with the data in {data_dir} does not load ({exc}); re-run "
+                              "`ponderlm data prepare`") from None
 
 
 class TokenStream:
@@ -184,6 +218,11 @@ def iter_eval_batches(
 def _labeled_windows(stream: TokenStream, mask: TokenStream | None, starts, seq_len: int):
     """(inputs, labels) of the windows at `starts`, each [len(starts), seq_len], as `next_labeled_batch` says."""
     x = torch.from_numpy(np.stack([stream.read(s, seq_len) for s in starts]))
+    vocab = stream.meta["vocab_size"]
+    if x.numel() and int(x.max()) >= vocab:  # cheap per batch; `check_data_dir` scans everything up front
+        raise PonderError(f"the {stream.split} split of the data holds token id {int(x.max())}, outside the vocabulary "
+                          f"of {vocab} (meta.json); the data is damaged or was made with another tokenizer: re-run "
+                          "`ponderlm data prepare`")
     if mask is None:
         return x, x
     keep = torch.from_numpy(np.stack([mask.read(s, seq_len) for s in starts])) != 0

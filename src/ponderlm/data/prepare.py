@@ -283,7 +283,9 @@ def prepare_data(
         raise PonderError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
         raise PonderError(f"shard_tokens must be positive, got {shard_tokens}")
-    num_proc = min(8, os.cpu_count() or 1) if num_proc is None else max(1, int(num_proc))
+    if num_proc is not None and num_proc < 1:  # not clamped: a typo like -3 must not pass as 1
+        raise PonderError(f"--num-proc must be >= 1, got {num_proc}")
+    num_proc = min(8, os.cpu_count() or 1) if num_proc is None else int(num_proc)
     frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     out_dir = Path(out_dir)
     from ponderlm.data.official import pretokenized_splits

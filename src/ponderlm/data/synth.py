@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -88,9 +89,13 @@ class SynthOptions:
             raise PonderError(f"--hops values must be at most 255 (stored as uint8), got {max(o.hops)}")
         if o.hop_weights is not None:
             o.hop_weights = tuple(float(w) for w in o.hop_weights)
-            if len(o.hop_weights) != len(o.hops) or min(o.hop_weights) < 0 or sum(o.hop_weights) <= 0:
+            # NaN passes `< 0` and `<= 0` alike (and inf makes every probability NaN): finiteness is explicit
+            if len(o.hop_weights) != len(o.hops) or not all(math.isfinite(w) and w >= 0 for w in o.hop_weights) \
+                    or sum(o.hop_weights) <= 0:
                 raise PonderError(f"--hop-weights needs {len(o.hops)} non-negative numbers with a positive sum, "
                                   f"got {list(o.hop_weights)}")
+        if not 0 <= o.seed < 2**32:  # numpy's seed words are 32-bit
+            raise PonderError(f"--seed must be in [0, 2**32), got {o.seed}")
         if o.queries is None:
             o.queries = 7 if o.task == "hops" else 4
         if o.queries < 1:
@@ -111,6 +116,10 @@ class SynthOptions:
             if o.symbols < 2:
                 raise PonderError(f"--symbols (constants) must be at least 2, got {o.symbols}")
             context = o.queries * max(o.hops)
+        size = vocabulary_size(o)
+        if size > MAX_VOCAB:  # tokens are stored as uint16; the vocabulary grows with symbols squared
+            raise PonderError(f"this task's vocabulary would have {size:,} tokens, more than the {MAX_VOCAB:,} a "
+                              "uint16 token id holds; use fewer --symbols (or --queries / --hops for chains)")
         need = context + 1 + 3 * o.queries + 1  # context, separator, queries, at least one eos
         if o.example_len is None:
             o.example_len = 1 << (need - 1).bit_length()
@@ -127,6 +136,17 @@ class SynthOptions:
 
 
 # ---------------------------------------------------------------------------------------------- vocabulary
+MAX_VOCAB = 1 << 16
+
+
+def vocabulary_size(o: SynthOptions) -> int:
+    """len(vocabulary(o)), computed without building it (a huge --symbols would allocate millions of strings)."""
+    if o.task == "hops":
+        return 3 + len(o.hops) + o.symbols + o.symbols**2
+    nvars = o.queries * max(o.hops)
+    return 4 + nvars + o.symbols + nvars * (nvars - 1) + nvars * o.symbols
+
+
 def vocabulary(o: SynthOptions) -> list[str]:
     """All token strings of a task, in id order: `<|endoftext|>` (0: eos / pad), `<unk>` (1), then the task's."""
     words = [EOT, UNK, "|"]

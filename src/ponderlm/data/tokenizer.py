@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ponderlm.data.corpus import Source, resolve_inputs
-from ponderlm.errors import PonderError
+from ponderlm.errors import PonderError, remote_code_refused
 from ponderlm.hub import update_json
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 EOT = "<|endoftext|>"
+MAX_VOCAB_SIZE = 1 << 20
 
 
 def _training_texts(sources: list[Source]) -> Iterator[str]:
@@ -46,8 +47,9 @@ def train_tokenizer(
 
     if vocab_size < 257:
         raise PonderError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
-    if vocab_size >= 2**32:  # token shards store ids as at most uint32
-        raise PonderError(f"vocab_size must be below 2**32, got {vocab_size}")
+    if vocab_size > MAX_VOCAB_SIZE:  # the BPE trainer allocates per entry up front: 10**9 asks for ~70 GB and aborts
+        raise PonderError(f"vocab_size must be at most {MAX_VOCAB_SIZE:,} (2**20; large production tokenizers have "
+                          f"about 256k tokens), got {vocab_size:,}")
     if min_frequency < 0:
         raise PonderError(f"min_frequency must be >= 0 (the minimum count of a pair to merge), got {min_frequency}")
     sources = resolve_inputs(files_or_texts, allow_texts=allow_texts)
@@ -102,8 +104,15 @@ def load_tokenizer(path_or_name: str | Path = "default"):
     if path.exists() and not path.is_dir():
         raise PonderError(f"tokenizer path {spec} is a file; pass the directory that holds tokenizer.json")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else spec)
+        # trust_remote_code=False: a tokenizer_config.json with auto_map must not import code from its directory
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else spec, trust_remote_code=False)
     except Exception as exc:  # not found locally and not reachable / not on the hub
+        refused = remote_code_refused(exc, f"tokenizer {spec}")
+        if refused is not None:
+            raise refused from None
+        if path.is_dir():  # a local directory that does not load: damaged, not offline
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PonderError(f"could not load tokenizer {spec}: {first}") from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PonderError(f"could not load tokenizer {spec!r} (not a local directory; offline?): {first}") from None
     return tokenizer

@@ -134,6 +134,10 @@ def check_settings(config, settings: DecodeSettings) -> list[str]:
                      "has a router bias)")
     if settings.tau is not None and not cls.adaptive:
         notes.append(f"tau has no effect on method {method!r} (it always runs K={config.max_steps} steps)")
+    policy = settings.depth_policy or getattr(config, "depth_policy", None) or "learned"
+    if settings.depth_target is not None and policy == "learned":  # it would be silently ignored
+        raise PonderError(f"--depth-target is the target of a fixed-pruning --depth-policy (uniform or geometric), "
+                          f"and this run's policy is {policy}; pass --depth-policy too or leave --depth-target out")
     if settings.jacobi_iters is not None and not cls.uses_jacobi:
         notes.append(f"--jacobi-iters has no effect on method {method!r} (no Jacobi solver)")
     return notes

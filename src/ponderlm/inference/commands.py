@@ -45,6 +45,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Every option checked before the model loads; NaN passes `<` / `>` tests, so finiteness is explicit."""
     if args.max_new_tokens < 1:
         raise PonderError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.seed < 2**64:  # torch.Generator takes at most 64 bits
+        raise PonderError(f"--seed must be in [0, 2**64), got {args.seed}")
     for flag in ("temperature", "top_p", "tau", "alpha", "depth_target"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
