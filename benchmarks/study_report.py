@@ -123,7 +123,10 @@ def _by_policy(points: list[dict[str, Any]], method: str) -> dict[str, list[dict
     out: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         if p["method"] == method:
-            out.setdefault(p["policy"], []).append(p)
+            # `ponderlm pareto` runs policies that draw the same depths (uniform = geometric at K = 1) once: the
+            # point stands for each of them (`same_as`), so the iso-FLOPs tables keep both columns.
+            for policy in (p["policy"], *p.get("same_as", ())):
+                out.setdefault(policy, []).append(p)
     return out
 
 
