@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -73,7 +74,16 @@ class BearerAuth:
 
 def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The ASGI app. `engine` must be started by the caller (see `serve`)."""
-    app = FastAPI(title="ponderlm", docs_url=None, redoc_url=None, openapi_url=None)
+    # One worker: requests are tokenized one after another (the tokenizer is shared with the engine thread,
+    # which only decodes), and the event loop stays free. Fast tokenizers release the GIL while encoding.
+    prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ponderlm-prepare")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="ponderlm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     if api_key is not None:
         app.add_middleware(BearerAuth, api_key=api_key)
     limits = limits or Limits()
@@ -82,9 +92,6 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
     context = config.max_position_embeddings
     max_chars = limits.prompt_chars(context)
     has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-    # One worker: requests are tokenized one after another (the tokenizer is shared with the engine thread,
-    # which only decodes), and the event loop stays free. Fast tokenizers release the GIL while encoding.
-    prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ponderlm-prepare")
 
     async def off_loop(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(prepare_pool, fn, *args)

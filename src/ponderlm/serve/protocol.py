@@ -58,8 +58,8 @@ def _check_tree(body: Any) -> None:
             for key, item in value.items():
                 _check_text(key, field, what="a field name")  # before it is used to name anything
                 stack.append((item, depth + 1, key if field is None else field))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1, field) for item in value)
+        elif isinstance(value, list):  # numbers need no check: a list of token ids stays one cheap pass
+            stack.extend((item, depth + 1, field) for item in value if isinstance(item, (str, list, dict)))
         elif isinstance(value, str):
             _check_text(value, field)
 
