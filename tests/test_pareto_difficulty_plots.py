@@ -114,7 +114,9 @@ def test_difficulty_at_k1_uses_wilson_intervals_and_a_full_title(tmp_path, figur
     for b in result["buckets"]:
         lo, hi = b["learned_steps_ci95"]
         assert 0.0 <= lo <= b["learned_steps_mean"] <= hi <= 1.0
-        assert set(b["gain_sem_by_depth"]) == {"0", "1"} and b["gain_sem_by_depth"]["0"] == 0.0
+        assert set(b["gain_ci95_by_depth"]) == {"0", "1"} and b["gain_ci95_by_depth"]["0"] == [0.0, 0.0]
+        lo, hi = b["gain_ci95_by_depth"]["1"]
+        assert lo < b["gain_by_depth"]["1"] < hi
     result = {"model": "tiny-p3", "data": "default:test", **result}
     plots.plot_difficulty(result, tmp_path / "d.png")
     fig = figures[0]

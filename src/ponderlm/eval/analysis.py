@@ -28,6 +28,7 @@ from ponderlm.registry import method_names
 
 # RMSE below this (relative to the initial error, at least 1) is float32 round-off, not Jacobi error.
 JACOBI_FLOOR = 1e-6
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 # ------------------------------------------------------------------ forced depths
@@ -73,7 +74,7 @@ def difficulty_buckets(difficulty: np.ndarray, num_buckets: int) -> tuple[np.nda
     return edges, index
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (95% by default): inside [0, 1] and not degenerate at
     0 or n successes, unlike p +- z * sqrt(p(1-p)/n) or a +-std bar of 0/1 values."""
     if n <= 0:
@@ -88,7 +89,7 @@ def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> t
     return float(lo), float(hi)
 
 
-def mean_interval(values: np.ndarray, binary: bool, z: float = 1.959963984540054) -> tuple[float, float]:
+def mean_interval(values: np.ndarray, binary: bool, z: float = Z95) -> tuple[float, float]:
     """A 95% interval of the mean of `values`: the Wilson interval when they are 0/1 (`binary`: a proportion),
     else mean +- z standard errors."""
     values = np.asarray(values, dtype=float)
@@ -139,7 +140,8 @@ def difficulty_analysis(
             "bucket": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "tokens": int(in_b.sum()),
             "mean_difficulty": _mean(difficulty, in_b),
             "gain_by_depth": {str(k): _mean(difficulty - nll, in_b, None) for k, nll in nll_by_depth.items()},
-            "gain_sem_by_depth": {str(k): _sem((difficulty - nll)[in_b]) for k, nll in nll_by_depth.items()},
+            "gain_ci95_by_depth": {str(k): list(mean_interval((difficulty - nll)[in_b], binary=False))
+                                   for k, nll in nll_by_depth.items()},
             "count_by_depth": {str(k): int(in_b.sum()) for k in nll_by_depth},
             "learned_steps_mean": _mean(learned.steps, in_b),
             "learned_steps_std": float(learned.steps[in_b].std()) if in_b.any() else float("nan"),
@@ -155,7 +157,7 @@ def difficulty_analysis(
         "learned_steps_interval": "wilson" if binary else "sem",
         "intervals": "learned_steps_ci95: 95% Wilson score interval of the share of tokens that took the step when "
                      "steps are 0/1 (learned_steps_interval wilson), else mean +- 1.96 standard errors; "
-                     "gain_sem_by_depth: standard error of the mean CE gain",
+                     "gain_ci95_by_depth: mean CE gain +- 1.96 standard errors",
         "buckets": buckets,
     }
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
 
 def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,15 +78,17 @@ def plot_difficulty(result: dict[str, Any], path: str | Path) -> Path:
     labels = bucket_labels(result["buckets"])
     for bucket in result["buckets"]:
         gains = [bucket["gain_by_depth"].get(str(k)) for k in depths]
-        sems = bucket.get("gain_sem_by_depth", {})
+        cis = bucket.get("gain_ci95_by_depth", {})  # absent from JSON written before the intervals existed
         xs = [k for k, g in zip(depths, gains) if g is not None]
         ys = [g for g in gains if g is not None]
-        yerr = [Z95 * (sems.get(str(k)) or 0.0) for k in xs] if sems else None
+        yerr = None
+        if cis:
+            yerr = [[y - cis[str(k)][0] for k, y in zip(xs, ys)], [cis[str(k)][1] - y for k, y in zip(xs, ys)]]
         ax_a.errorbar(xs, ys, yerr=yerr, fmt="-o", capsize=2, markersize=4, label=labels[bucket["bucket"]])
     ax_a.set_title("(a) CE gain vs executed steps", fontsize=9)
     ax_a.set_xlabel("executed additional steps")
     ax_a.set_ylabel("CE gain over 0 steps (nats)" + ("\nmean ± 1.96 SE" if any(
-        "gain_sem_by_depth" in b for b in result["buckets"]) else ""))
+        "gain_ci95_by_depth" in b for b in result["buckets"]) else ""))
     ax_a.axhline(0.0, color="grey", lw=0.8)
     ax_a.grid(alpha=0.3)
     ax_a.legend(fontsize=7, title="difficulty bucket", title_fontsize=7)
