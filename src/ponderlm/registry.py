@@ -8,7 +8,7 @@ the registry runs it, and any ponderlm module sees every built-in method without
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _loaders: list[Callable[[], None]] = []
@@ -35,7 +35,7 @@ class _Registry(dict):
         _load()
         return super().__contains__(key)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         _load()
         return super().__iter__()
 
