@@ -175,6 +175,7 @@ def test_page_streams_tokens_coloured_by_their_depth(server, browser):
     browser.call("Page.navigate", url=server.url + "/")
     wait_until(lambda: browser.js("document.readyState === 'complete' && !!document.getElementById('go')"),
                "the page to load")
+    assert browser.js("getComputedStyle(document.getElementById('api_key').parentElement).display") == "none"
     browser.type_into("#prompt", PROMPT)
     browser.type_into("#max_tokens", str(MAX_TOKENS))
     browser.type_into("#tau", str(TAU))
@@ -202,3 +203,25 @@ def test_page_streams_tokens_coloured_by_their_depth(server, browser):
     k = server.engine.model.config.max_steps
     assert [colour for _, _, colour in spans] == [rgb(HTML_RAMP[level(s, k)]) for s in shown_steps]
     assert len({colour for _, _, colour in spans}) > 1  # more than one depth colour on screen
+
+
+def test_page_sends_the_api_key_typed_into_it(checkpoint, browser):
+    """With --api-key the page shows a key field: without the key the page reports the 401's message, with it
+    the answer streams in."""
+    srv = Server(checkpoint, max_batch=2, api_key="page-key")
+    try:
+        browser.call("Page.navigate", url=srv.url + "/")
+        wait_until(lambda: browser.js("document.readyState === 'complete' && !!document.getElementById('go')"),
+                   "the page to load")
+        assert browser.js("getComputedStyle(document.getElementById('api_key').parentElement).display") != "none"
+        browser.type_into("#max_tokens", "4")
+        status = "document.getElementById('status').textContent"
+        browser.click("#go")
+        wait_until(lambda: browser.js(status).startswith("error"), "the refusal")
+        assert "missing API key" in browser.js(status)
+        browser.type_into("#api_key", "page-key")
+        browser.click("#go")
+        wait_until(lambda: browser.js(status).startswith("finished"), "the stream to finish")
+        assert browser.js("document.querySelectorAll('#out .tok.gen').length") >= 1
+    finally:
+        srv.close()
