@@ -31,6 +31,9 @@ from ponderlm.errors import PonderError
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "assets" / "corpus"
 DEFAULT_NAME = "default"
+# A text from none of the corpus's sources, for evaluation only (`--data heldout`; docs/DATA.md).
+HELDOUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "heldout"
+HELDOUT_NAME = "heldout"
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -212,6 +215,22 @@ def iter_default_corpus(split: str = "train") -> Iterator[dict]:
     if split not in ("train", "val"):
         raise PonderError(f"bundled corpus split must be 'train' or 'val', got {split!r}")
     with lzma.open(default_corpus_files()[split], "rt", encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def heldout_file() -> Path:
+    path = HELDOUT_DIR / "heldout.jsonl.xz"
+    if not path.is_file():
+        raise PonderError(f"bundled held-out text missing: {path} (rebuild with scripts/build_heldout.py)")
+    return path
+
+
+def iter_heldout() -> Iterator[dict]:
+    """Records {"id", "source", "text"} of the bundled held-out text (one per chapter, in book order).
+
+    It is scored whole: it has no train split, because nothing may ever be trained on it."""
+    with lzma.open(heldout_file(), "rt", encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)
 

@@ -41,7 +41,8 @@ def _model_arg(p: argparse.ArgumentParser, multiple: bool = False) -> None:
 
 def _data_args(p: argparse.ArgumentParser, max_batches: int | None, seq_len: int | None = None) -> None:
     p.add_argument("--data", default="default", metavar="PATH",
-                   help="'default' (bundled corpus, fixed split, tokenized with the model's tokenizer), a "
+                   help="'default' (bundled corpus, fixed split, tokenized with the model's tokenizer), "
+                        "'heldout' (bundled held-out text from none of the corpus's sources, scored whole), a "
                         "`ponderlm data prepare` directory, or text/jsonl files (default: default)")
     p.add_argument("--split", default="val", help="split of --data to score (default: val)")
     p.add_argument("--seq-len", type=int, default=seq_len, metavar="N",

@@ -43,7 +43,8 @@ def eval_batches(
     """Consecutive non-overlapping windows [b, seq_len] of held-out tokens, the same for every setting.
 
     data: a `ponderlm data prepare` directory (its `split`), "default" (the bundled corpus's fixed
-    split, tokenized here with the model's tokenizer so any checkpoint can be scored), or text /
+    split, tokenized here with the model's tokenizer so any checkpoint can be scored), "heldout" (the
+    bundled held-out text, from none of the corpus's sources, all of it; `split` must be "val"), or text /
     jsonl / parquet files and directories (all their documents; `split` must be left at "val").
     """
     if seq_len < 2 or batch_size < 1:
@@ -73,8 +74,13 @@ def eval_batches(
 
 
 def _documents(spec: str, split: str) -> Iterable[str]:
-    from ponderlm.data.corpus import iter_default_corpus, resolve_inputs
+    from ponderlm.data.corpus import HELDOUT_NAME, iter_default_corpus, iter_heldout, resolve_inputs
 
+    if spec == HELDOUT_NAME:  # evaluation-only text: it has one split, and "val" names it like every other
+        if split != "val":
+            raise PonderError(f"--split {split}: the bundled held-out text is scored whole; leave --split out "
+                              "(or give val)")
+        return (record["text"] for record in iter_heldout())
     if spec == "default":
         if split not in ("val", "train"):
             raise PonderError(f"the bundled corpus has splits val and train, not {split!r}")
