@@ -6,7 +6,6 @@ official forward re-stated from its equations on transformers' stock decoder (te
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -142,13 +141,12 @@ def test_unknown_or_inconsistent_fields_are_one_line_errors(tmp_path, change, fi
 def test_undetermined_patch_method_is_an_error_naming_it(tmp_path):
     path = write_official(hf_model("llama"), tmp_path / "c", ponderlm2_fields(1))
     with pytest.raises(PonderError, match="patch_method") as err:
-        _ours(path)
+        _ours(path)  # ours, loop and pause write the same fields: no guess
     assert "official_method" in str(err.value)
-    cfg = json.loads((path / "config.json").read_text())
+    # A recorded patch_method (our export writes it) that contradicts the caller's is refused too.
+    recorded = write_official(hf_model("llama"), tmp_path / "d", {**ponderlm2_fields(1), "patch_method": "ours"})
     with pytest.raises(PonderError, match="patch_method"):
-        _ours(path, official_method="loop") if cfg.pop("patch_method", None) else _ours(
-            write_official(hf_model("llama"), tmp_path / "d", {**ponderlm2_fields(1), "patch_method": "ours"}),
-            official_method="loop")
+        _ours(recorded, official_method="loop")
 
 
 def test_ignore_fields_lets_a_known_harmless_field_through(tmp_path, one_thread):

@@ -60,7 +60,8 @@ BENIGN_FIELDS = {"_name_or_path", "architectures", "auto_map", "model_type", "to
                  "pretraining_tp", "attention_dropout", "hidden_dropout", "classifier_dropout", "output_hidden_states",
                  "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings", "initializer_range",
                  "use_memory_efficient_attention", "partial_rotary_factor", "head_dim", "mlp_bias", "attention_bias",
-                 "is_decoder", "rope_parameters"}
+                 "is_decoder", "rope_parameters", "gradient_checkpointing", "tokenizer_class", "_attn_implementation",
+                 "output_attentions", "return_dict"}
 PAUSE_TOKEN_DEFAULT = 50288  # modeling_llama_pause.py: getattr(config, 'pause_token_id', 50288)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "generation_config.json")
