@@ -3,5 +3,5 @@
 # no test, which must fail CI rather than pass silently (set -e keeps that exit code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ruff check src tests benchmarks scripts
+ruff check src tests benchmarks scripts examples
 python -m pytest tests -p no:cacheprovider "$@"
