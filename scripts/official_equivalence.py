@@ -2,11 +2,15 @@
 
 Two phases in two Python environments, because the official code needs transformers 4.41-4.46:
 
-  build   (the official environment): load the official modeling files from a checkout, build tiny random
-          models of every supported format, save them with their own `save_pretrained`, and record their
-          logits and greedy generations for fixed token ids;
-  compare (the ponderlm environment): load each directory with `PonderForCausalLM.from_pretrained`, compute
-          the same logits and generations, and report the max differences (JSON + a markdown table).
+  build        (official environment): load the official modeling files from a checkout, build tiny random
+               models of every supported format, save them with their own `save_pretrained`, and record their
+               logits and greedy generations for fixed token ids;
+  export       (ponderlm environment): random models of ours (ponderlm2, ponderlm) written in the official
+               format by `export_official`, with our logits;
+  load-exports (official environment): those directories loaded by the official classes' `from_pretrained`;
+  compare      (ponderlm environment): load each official directory with `PonderForCausalLM.from_pretrained`,
+               compute the same logits and generations, and report the max differences of both directions
+               (JSON + a markdown table).
 
 The script fetches nothing: pass the checkouts (work trees, or bare git directories read with `git show`).
 
@@ -57,6 +61,14 @@ CASES = {
                              None),
 }
 MODELING_DIR = "src/llamafactory/model/modeling"
+# The other direction: our models exported to the official format and run by the official classes.
+# name: (repository, official modeling file, backbone, our method, K)
+EXPORTS = {
+    "export-ponderlm2-llama-k2": ("ponderlm2", "modeling_llama.py", "llama", "ponderlm2", 2),
+    "export-ponderlm2-neox-k1": ("ponderlm2", "modeling_gpt_neox.py", "gpt_neox", "ponderlm2", 1),
+    "export-ponderlm-llama-k3": ("ponderlm2", "modeling_llama_orin.py", "llama", "ponderlm", 3),
+    "export-ponderinglm-neox-k3": ("ponderinglm", "modeling_gpt_neox.py", "gpt_neox", "ponderlm", 3),
+}
 
 
 def _source_file(repo: Path, name: str, scratch: Path) -> Path:
@@ -75,6 +87,14 @@ def _commit(repo: Path) -> str:
     return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+def _official_class(repos: dict, repo_key: str, file: str, backbone: str, scratch: Path):
+    spec = importlib.util.spec_from_file_location(f"official_{repo_key}_{file[:-3]}",
+                                                  _source_file(Path(repos[repo_key]), file, scratch))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LlamaForCausalLM if backbone == "llama" else module.GPTNeoXForCausalLM
+
+
 def build(args: argparse.Namespace) -> None:
     import torch
     import transformers
@@ -88,15 +108,11 @@ def build(args: argparse.Namespace) -> None:
     for name, (repo_key, file, backbone, fields, _) in CASES.items():
         if not repos[repo_key]:
             continue
-        spec = importlib.util.spec_from_file_location(f"official_{repo_key}_{file[:-3]}",
-                                                      _source_file(Path(repos[repo_key]), file, scratch))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        cls = _official_class(repos, repo_key, file, backbone, scratch)
         if backbone == "llama":
-            cls, config = module.LlamaForCausalLM, LlamaConfig(**SHAPE, num_key_value_heads=2, rms_norm_eps=1e-1)
+            config = LlamaConfig(**SHAPE, num_key_value_heads=2, rms_norm_eps=1e-1)
         else:
-            shape = dict(SHAPE, intermediate_size=128)
-            cls, config = module.GPTNeoXForCausalLM, GPTNeoXConfig(**shape, rotary_pct=0.25, layer_norm_eps=1e-5)
+            config = GPTNeoXConfig(**dict(SHAPE, intermediate_size=128), rotary_pct=0.25, layer_norm_eps=1e-5)
         for key, value in fields.items():
             setattr(config, key, value)
         config._attn_implementation = "eager"
@@ -118,6 +134,44 @@ def build(args: argparse.Namespace) -> None:
         record["cases"][name] = case
         print(f"built {name}", flush=True)
     (out / "official.json").write_text(json.dumps(record, indent=2))
+
+
+def export(args: argparse.Namespace) -> None:
+    """(ours) Random models of ours written in the official format, with our logits."""
+    import torch
+
+    from ponderlm import PonderConfig, PonderForCausalLM
+    from ponderlm.backbone.official import export_official
+
+    repos = {"ponderlm2": args.ponderlm2_repo, "ponderinglm": args.ponderinglm_repo}
+    for name, (repo_key, _, backbone, method, k) in EXPORTS.items():
+        if not repos[repo_key]:
+            continue
+        torch.manual_seed(1)
+        shape = dict(SHAPE, intermediate_size=64 if backbone == "llama" else 128)
+        extra = dict(num_key_value_heads=2, rms_norm_eps=1e-1) if backbone == "llama" else {}
+        model = PonderForCausalLM(PonderConfig(method=method, backbone=backbone, max_steps=k, init="hf",
+                                               initializer_range=0.15, **shape, **extra)).eval()
+        export_official(model, Path(args.out) / name)
+        with torch.no_grad():
+            torch.save(model(torch.tensor(IDS)).logits, Path(args.out) / f"{name}.ours_logits.pt")
+
+
+def load_exports(args: argparse.Namespace) -> None:
+    """(official environment) The exported directories loaded by the official classes' own from_pretrained."""
+    import torch
+
+    repos = {"ponderlm2": args.ponderlm2_repo, "ponderinglm": args.ponderinglm_repo}
+    scratch = Path(tempfile.mkdtemp())
+    for name, (repo_key, file, backbone, _, _) in EXPORTS.items():
+        if not repos[repo_key]:
+            continue
+        cls = _official_class(repos, repo_key, file, backbone, scratch)
+        model = cls.from_pretrained(str(Path(args.out) / name), attn_implementation="eager").float().eval()
+        with torch.no_grad():
+            torch.save(model(input_ids=torch.tensor(IDS), use_cache=False).logits,
+                       Path(args.out) / f"{name}.official_logits.pt")
+        print(f"loaded {name} with the official {file}", flush=True)
 
 
 def _official_greedy(model, prompt, use_generate: bool, fields: dict) -> tuple[list[int], str]:
@@ -178,12 +232,22 @@ def compare(args: argparse.Namespace) -> dict:
     import ponderlm
 
     record["ponderlm_version"] = ponderlm.__version__
+    for name in EXPORTS:
+        if (out / f"{name}.official_logits.pt").is_file():
+            ours, ref = torch.load(out / f"{name}.ours_logits.pt"), torch.load(out / f"{name}.official_logits.pt")
+            record["cases"][name] = {"max_abs_logit_diff": float((ours - ref).abs().max()),
+                                     "logit_scale": float(ref.abs().max()), "generation_equal": True}
+            rows.append({"name": name, "method": EXPORTS[name][3], "K": EXPORTS[name][4],
+                         "max_abs_logit_diff": record["cases"][name]["max_abs_logit_diff"],
+                         "logit_scale": record["cases"][name]["logit_scale"], "generation_equal": None,
+                         "generation_path": f"ours exported, run by the official {EXPORTS[name][1]}"})
     (out / "equivalence.json").write_text(json.dumps(record, indent=2))
     lines = ["| case | our method | K | max abs logit diff | max abs logit | greedy equal | official decode |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        equal = "-" if r["generation_equal"] is None else "yes" if r["generation_equal"] else "NO"
         lines.append(f"| {r['name']} | {r['method']} | {r['K']} | {r['max_abs_logit_diff']:.2e} | "
-                     f"{r['logit_scale']:.2f} | {'yes' if r['generation_equal'] else 'NO'} | {r['generation_path']} |")
+                     f"{r['logit_scale']:.2f} | {equal} | {r['generation_path']} |")
     (out / "equivalence.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return record
@@ -195,20 +259,22 @@ def main() -> int:
     parser.add_argument("--ponderinglm-repo", help="hzby/PonderingLM checkout (optional)")
     parser.add_argument("--official-python", help="python of an environment with the official requirements")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--phase", choices=("all", "build", "compare"), default="all")
+    parser.add_argument("--phase", choices=("all", "build", "export", "load-exports", "compare"), default="all")
     args = parser.parse_args()
-    if args.phase == "build":
-        build(args)
+    if args.phase in ("build", "load-exports", "export"):
+        {"build": build, "load-exports": load_exports, "export": export}[args.phase](args)
         return 0
     if args.phase == "all":
         if not args.official_python or not args.ponderlm2_repo:
             parser.error("--phase all needs --official-python and --ponderlm2-repo")
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        cmd = [args.official_python, __file__, "--phase", "build", "--out", args.out,
-               "--ponderlm2-repo", args.ponderlm2_repo]
+        repos = ["--ponderlm2-repo", args.ponderlm2_repo]
         if args.ponderinglm_repo:
-            cmd += ["--ponderinglm-repo", args.ponderinglm_repo]
-        subprocess.run(cmd, check=True)
+            repos += ["--ponderinglm-repo", args.ponderinglm_repo]
+        official = [args.official_python, __file__, "--out", args.out, *repos]
+        subprocess.run([*official, "--phase", "build"], check=True)
+        export(args)
+        subprocess.run([*official, "--phase", "load-exports"], check=True)
     record = compare(args)
     bad = [n for n, c in record["cases"].items() if c["max_abs_logit_diff"] > 1e-4 or not c["generation_equal"]]
     return 1 if bad or math.isnan(sum(c["max_abs_logit_diff"] for c in record["cases"].values())) else 0

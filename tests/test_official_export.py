@@ -49,6 +49,7 @@ def test_ponderlm2_export_runs_the_official_forward_and_round_trips(tmp_path, on
     cfg = json.loads((tmp_path / "official" / "config.json").read_text())
     assert cfg["model_type"] == backbone and cfg["num_latent_thoughts"] == 2 and cfg["scale_embeds"] is True
     assert cfg["interpolation"] is False and cfg["random_jacobi_iterations"] is True and cfg["recurrent_model"]
+    assert cfg["checkpoint_num_layers"] == 100  # the official GPT-NeoX class reads it in __init__
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "official" / "model.safetensors"), "pt") as f:

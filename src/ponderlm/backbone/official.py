@@ -165,6 +165,9 @@ def export_official(model: Any, out_dir: str | Path, source_dir: str | Path | No
     if cfg.backbone == "gpt_neox" and cfg.num_key_value_heads != cfg.num_attention_heads:
         raise PonderError("grouped-query attention has no GPT-NeoX official format")
     hf = _hf_config(cfg)
+    # The official GPT-NeoX classes (and PonderingLM's Llama) read config.checkpoint_num_layers in __init__ (how many
+    # layers to gradient-checkpoint; no effect on the function); 100 is their loaders' default.
+    hf["checkpoint_num_layers"] = 100
     if cfg.method == "ponderlm2":
         train = list(cfg.jacobi_iters_train)
         if sorted(train) == [2, 3]:
