@@ -176,4 +176,4 @@ def test_ratios_and_validation():
         # Decoding PonderLM-2 costs what pause costs; its Jacobi training costs far more.
         assert flops(p2, 256)["forward"] == fp["forward"]
         assert flops(p2, 256)["training_ratio"] > 3 * fp["training_ratio"]
-        assert flops(p2, 256, jacobi_sweeps=5)["training"] > flops(p2, 256, jacobi_sweeps=2)["training"]
+        assert flops(p2, 256, sweeps=5)["training"] > flops(p2, 256, sweeps=2)["training"]

@@ -126,24 +126,20 @@ def _totals(config, T: int, a: list[float], sweeps: float, training: bool, costs
     }
 
 
-def _sweeps(config, training: bool, jacobi_sweeps: float | None) -> float:
-    if jacobi_sweeps is not None:
-        return float(jacobi_sweeps)
-    if training:  # R ~ U{jacobi_iters_train} per step: the expected cost uses its mean
-        return sum(config.jacobi_iters_train) / len(config.jacobi_iters_train)
-    return config.jacobi_iters_eval
+def _sweeps(config, training: bool, sweeps: float | None) -> float:
+    return float(sweeps) if sweeps is not None else method_class(config.method).sweeps(config, training)
 
 
 def flops(config, seq_len: int, *, avg_steps: Any = None, training: bool = False,
-          jacobi_sweeps: float | None = None) -> dict[str, Any]:
+          sweeps: float | None = None) -> dict[str, Any]:
     """Analytic FLOPs per token of `config`'s method on sequences of `seq_len` tokens.
 
     avg_steps: executed additional steps of an adaptive method (float average, or per-token steps of
     real tokens, which also fixes how many tokens reach each depth); default K (full depth). Methods
     of fixed depth always run K (0 for vanilla): a tensor is ignored, a different float is an error.
-    training: the `parallel*` entries describe a train-mode forward (R = mean of jacobi_iters_train,
-    latent-CoT penalty) instead of eval mode (R = jacobi_iters_eval).
-    jacobi_sweeps: overrides R everywhere. The `training*` entries always use train mode.
+    training: the `parallel*` entries describe a train-mode forward (e.g. the mean solver sweeps R of a training
+    step, latent-CoT penalty) instead of eval mode; the method says what R each mode runs (`sweeps`).
+    sweeps: overrides R everywhere. The `training*` entries always use train mode.
 
     Returns per-token FLOPs: forward (decode: executed slots + attention over the real cache,
     causal average), forward_matmul, forward_attention, parallel (executed, dense masked attention),
@@ -160,15 +156,15 @@ def flops(config, seq_len: int, *, avg_steps: Any = None, training: bool = False
         avg_steps = None
     a = step_fractions(K if avg_steps is None else avg_steps, K)
     costs = Costs.of(config)
-    sweeps = _sweeps(config, training, jacobi_sweeps)
-    out = _totals(config, seq_len, a, sweeps, training, costs)
+    R = _sweeps(config, training, sweeps)
+    out = _totals(config, seq_len, a, R, training, costs)
     if not training:  # the `training*` entries always describe a train-mode step
-        train_mode = _totals(config, seq_len, a, _sweeps(config, True, jacobi_sweeps), True, costs)
+        train_mode = _totals(config, seq_len, a, _sweeps(config, True, sweeps), True, costs)
         out["training"], out["training_executed"] = train_mode["training"], train_mode["training_executed"]
     vanilla_config = copy.copy(config)  # the same backbone as a vanilla model (no validation round-trip)
     vanilla_config.method, vanilla_config.max_steps = "vanilla", 0
     vanilla = _totals(vanilla_config, seq_len, [1.0], 0, True, costs)
-    result: dict[str, Any] = {"method": config.method, "seq_len": seq_len, "avg_steps": sum(a[1:]), "sweeps": sweeps}
+    result: dict[str, Any] = {"method": config.method, "seq_len": seq_len, "avg_steps": sum(a[1:]), "sweeps": R}
     for key, value in out.items():
         result[key] = value
         result[f"vanilla_{key}"] = vanilla[key]

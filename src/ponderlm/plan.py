@@ -6,8 +6,8 @@ micro-batch with and without activation checkpointing), training FLOPs per token
 token budget at an assumed MFU. Estimates, not measurements (see docs/DISTRIBUTED.md for the model).
 
 Activations count what autograd keeps for backward. A pondering method keeps the activations of
-every differentiated backbone pass: PonderLM-2/3 keep K stage passes over growing prefixes (1..K
-slots per token), up to max(jacobi_iters_train) sweeps and the final pass over (K+1) slots per token.
+every differentiated backbone pass its cost model lists, at the peak solver sweeps of a training step (e.g.
+PonderLM-2/3: K stage passes over growing prefixes, the largest R drawn, the final pass over K+1 slots per token).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def differentiated_passes(config: Any) -> list[Any]:
     the method's cost model (`ponderlm.flops`) for one token, so `queries` / `keys_exec` are slots per token."""
     from ponderlm.flops import Costs
 
-    K, sweeps = config.max_steps, max(config.jacobi_iters_train)
-    passes, _ = config.method_class.parallel_cost(config, Costs.of(config), 1, [1.0] * (K + 1), sweeps, True)
+    cls, K = config.method_class, config.max_steps
+    sweeps = cls.sweeps(config, training=True, peak=True)
+    passes, _ = cls.parallel_cost(config, Costs.of(config), 1, [1.0] * (K + 1), sweeps, True)
     return [p for p in passes if p.grad]
 
 

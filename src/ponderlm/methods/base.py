@@ -246,6 +246,12 @@ class PonderMethod(nn.Module):
         raise ValueError(f"flops: method {cls.name!r} has no cost model")
 
     @classmethod
+    def sweeps(cls, config: PonderConfig, training: bool, peak: bool = False) -> float:
+        """Solver sweeps R that `parallel_cost` is charged for: eval mode's, the mean over a training step's draws,
+        or (peak, for activation memory) the largest draw. 0: the method solves nothing iteratively."""
+        return 0
+
+    @classmethod
     def decode_cost(cls, config: PonderConfig, costs: Any, a: list[float]) -> float:
         """Matmul FLOPs of decoding one token outside the stack and the LM head (routers, gates, feedback)."""
         return 0.0

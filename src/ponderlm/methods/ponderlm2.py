@@ -122,6 +122,13 @@ class PonderLM2(PonderMethod):
                 full_pass(K + 1, T)]
 
     @classmethod
+    def sweeps(cls, config, training: bool, peak: bool = False) -> float:
+        if not training:
+            return config.jacobi_iters_eval
+        iters = config.jacobi_iters_train  # R ~ U{jacobi_iters_train} per step: the expected cost uses its mean
+        return max(iters) if peak else sum(iters) / len(iters)
+
+    @classmethod
     def parallel_cost(cls, config, costs, T, a, sweeps, training):
         return cls.jacobi_passes(config, T, sweeps, grad=not (training and config.jacobi_detach)), []
 
