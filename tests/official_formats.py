@@ -38,13 +38,14 @@ def hf_model(backbone: str, seed: int = 0):
     return model.float().eval()
 
 
-def write_official(model, out: Path, fields: dict) -> Path:
-    """Save `model`'s tensors and a 4.4x-style config.json with the official pondering `fields`."""
+def write_official(model, out: Path, fields: dict, shape: dict | None = None) -> Path:
+    """Save `model`'s tensors and a 4.4x-style config.json with the official pondering `fields` (`shape`: the
+    model's architecture fields, default the tiny LLAMA / NEOX ones)."""
     out.mkdir(parents=True, exist_ok=True)
     llama = model.config.model_type == "llama"
-    config = dict(LLAMA if llama else NEOX, model_type=model.config.model_type, bos_token_id=0, eos_token_id=0,
-                  architectures=["LlamaForCausalLM" if llama else "GPTNeoXForCausalLM"], torch_dtype="float32",
-                  transformers_version="4.46.1", use_cache=True, initializer_range=0.02)
+    config = dict(shape or (LLAMA if llama else NEOX), model_type=model.config.model_type, bos_token_id=0,
+                  eos_token_id=0, architectures=["LlamaForCausalLM" if llama else "GPTNeoXForCausalLM"],
+                  torch_dtype="float32", transformers_version="4.46.1", use_cache=True, initializer_range=0.02)
     if llama:
         config.update(rope_scaling=None, attention_bias=False, mlp_bias=False, pretraining_tp=1, attention_dropout=0.0)
     else:

@@ -127,3 +127,29 @@ def test_continue_an_imported_ponderlm2_as_another_method(tmp_path, one_thread, 
     if method == "ponderlm3":  # the router is added at its prior (its output bias = the prior logits)
         router = model.method.router
         assert torch.equal(router.net[-1].bias.detach(), router.prior())
+
+
+def test_train_init_from_an_official_checkpoint(tmp_path, data_dir, one_thread):
+    """`model.init_from` with an official directory: the architecture check reads it (a contradicting shape key is
+    one line naming it) and a short PonderLM-3 run starts from its weights."""
+    from helpers import tiny_run
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ponderlm.backbone.hf_import import check_backbone_overrides
+    from ponderlm.train import train
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+                 hidden_act="silu", tie_word_embeddings=False)
+    hf = LlamaForCausalLM(LlamaConfig(**shape)).eval()
+    src = write_official(hf, tmp_path / "official", {**ponderlm2_fields(1), "patch_method": "ours"}, shape)
+    base = check_backbone_overrides(str(src), "ponderlm3")
+    assert (base.method, base.max_steps, base.hidden_size) == ("ponderlm2", 1, 32)
+    with pytest.raises(ValueError, match="hidden_size=64"):
+        check_backbone_overrides(str(src), "ponderlm3", hidden_size=64)
+    cfg = tiny_run(tmp_path / "run", data_dir, f"model.init_from={src}", "model.method=ponderlm3")
+    train(cfg)
+    final = PonderForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert final.config.method == "ponderlm3"
+    assert final.config.resolved_embed_scale == pytest.approx(math.sqrt(2.5 * 32))
