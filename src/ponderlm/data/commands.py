@@ -122,6 +122,17 @@ def _register_synth(data_sub) -> None:
     for split, n in (("train", 20000), ("val", 500), ("test", 2000)):
         p.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"{split} examples (default {n})")
     p.add_argument("--seed", type=int, default=0, help="generator seed (splits do not depend on it)")
+    p.add_argument("--no-hop-marker", action="store_true",
+                   help="hops: queries carry no hop count; some symbols are stops (edge token `s3>s5*`) and a query "
+                        "asks for the first stop after its symbol, the hop count being the recorded difficulty")
+    p.add_argument("--distractors", type=int, default=0, metavar="N",
+                   help="chains: N extra chains in the context that are never queried (default 0)")
+    p.add_argument("--constants", default="iid", choices=["iid", "distinct", "shared"],
+                   help="chains: each chain's constant drawn independently (iid, default), all different within an "
+                        "example (distinct), or each one held by exactly two chains (shared)")
+    p.add_argument("--queries-with-replacement", action="store_true",
+                   help="chains: each query picks a chain at random, so a chain may be asked twice (at another "
+                        "depth) or never; default: every chain asked once")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_synth)
@@ -132,7 +143,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     options = SynthOptions(task=args.task, symbols=args.symbols, hops=args.hops, hop_weights=args.hop_weights,
                            queries=args.queries, perm=args.perm, example_len=args.example_len,
-                           train=args.train, val=args.val, test=args.test, seed=args.seed)
+                           train=args.train, val=args.val, test=args.test, seed=args.seed,
+                           hop_marker=not args.no_hop_marker, distractors=args.distractors, constants=args.constants,
+                           queries_with_replacement=args.queries_with_replacement)
     meta = synthesize(options, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     s = meta["synth"]
     splits = ", ".join(f"{split} {n:,} examples" for split, n in meta["documents"].items())

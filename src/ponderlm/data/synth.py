@@ -24,6 +24,17 @@ Tasks (token strings are whitespace-separated words of a tiny word-level vocabul
   ask for the constant a variable resolves to; its depth d (1 = directly assigned) is drawn per query
   from `depths` and is *not* shown: the model has to discover how far to follow. Each query has a
   chain of its own, so a query's value is reachable only through exactly d assignments.
+
+Variants whose defaults reproduce the sets above byte for byte (docs/REASONING.md, protocol Part B):
+
+- `hops` with `hop_marker=False`: no query says its hop count. Some symbols are *stops*, shown on the edge
+  that leads into them (`s3>s5*`); a query `? s<q> s<a>` asks for the first stop reached from q, and its
+  difficulty is the number of hops that takes (drawn from `hops`; the cycle and its stops are built to fit).
+- `chains` with `distractors` (chains that are never queried), `constants` ("distinct": no two chains of an
+  example hold the same constant; "shared": every constant an example holds is held by exactly two chains)
+  and `queries_with_replacement` (a query picks its chain at random, so a chain may be asked twice or never):
+  these close the elimination shortcut of the plain set, where every chain is asked exactly once, so the last
+  unanswered constant in the context answers the last query without following any chain.
 """
 
 from __future__ import annotations
@@ -75,6 +86,11 @@ class SynthOptions:
     val_permille: int = 100  # share of structures (per mille) reserved for val
     test_permille: int = 100  # and for test
     seed: int = 0
+    # Variants (defaults = the original sets, byte for byte; docs/REASONING.md):
+    hop_marker: bool = True  # hops: False = no `h<k>` marker; queries follow the cycle to the first stop symbol
+    distractors: int = 0  # chains: extra chains in the context that are never queried
+    constants: str = "iid"  # chains: how chains get their constants: iid | distinct | shared
+    queries_with_replacement: bool = False  # chains: each query picks a chain at random (repeats allowed)
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def resolved(self) -> SynthOptions:
@@ -100,6 +116,7 @@ class SynthOptions:
             o.queries = 7 if o.task == "hops" else 4
         if o.queries < 1:
             raise PonderError(f"--queries must be at least 1, got {o.queries}")
+        _check_variant_options(o)
         if o.task == "hops":
             if o.perm not in ("cycle", "any"):
                 raise PonderError(f"--perm must be cycle or any, got {o.perm!r}")
@@ -111,11 +128,19 @@ class SynthOptions:
             if o.perm == "cycle" and max(o.hops) >= o.symbols:
                 raise PonderError(f"with --perm cycle every hop count must be below --symbols ({o.symbols}); "
                                   f"p^{o.symbols} is the identity. Got hops {list(o.hops)}")
+            if not o.hop_marker:
+                # Query symbols are distinct and each needs its own symbol at its distance from a stop: the
+                # easiest possible draw (every query at the lightest drawable hop count) must fit in the cycle.
+                weights = o.hop_weights or (1.0,) * len(o.hops)
+                lightest = min(h for h, w in zip(o.hops, weights) if w > 0)
+                if o.queries * lightest > o.symbols:
+                    raise PonderError(f"--no-hop-marker: {o.queries} queries of at least {lightest} hops need "
+                                      f"{o.queries * lightest} symbols, more than --symbols {o.symbols}")
             context = o.symbols
         else:
             if o.symbols < 2:
                 raise PonderError(f"--symbols (constants) must be at least 2, got {o.symbols}")
-            context = o.queries * max(o.hops)
+            context = (o.queries + o.distractors) * max(o.hops)
         size = vocabulary_size(o)
         if size > MAX_VOCAB:  # tokens are stored as uint16; the vocabulary grows with symbols squared
             raise PonderError(f"this task's vocabulary would have {size:,} tokens, more than the {MAX_VOCAB:,} a "
@@ -135,28 +160,64 @@ class SynthOptions:
         return o
 
 
+CONSTANT_MODES = ("iid", "distinct", "shared")
+
+
+def _check_variant_options(o: SynthOptions) -> None:
+    """One-line errors for the variant options: each belongs to one task, and each has its own limits."""
+    chain_flags = [flag for flag, on in (("--distractors", o.distractors != 0),
+                                         ("--constants", o.constants != "iid"),
+                                         ("--queries-with-replacement", o.queries_with_replacement)) if on]
+    if o.task == "hops" and chain_flags:
+        raise PonderError(f"{', '.join(chain_flags)} {'applies' if len(chain_flags) == 1 else 'apply'} to --task "
+                          "chains only")
+    if o.task == "chains" and not o.hop_marker:
+        raise PonderError("--no-hop-marker applies to --task hops only (chains never shows a query's depth)")
+    if o.task == "hops" and not o.hop_marker and o.perm != "cycle":
+        raise PonderError("--no-hop-marker needs --perm cycle (a short cycle without a stop would never end)")
+    if isinstance(o.distractors, bool) or not isinstance(o.distractors, int) or o.distractors < 0:
+        raise PonderError(f"--distractors must be a non-negative integer, got {o.distractors!r}")
+    if o.constants not in CONSTANT_MODES:
+        raise PonderError(f"--constants must be one of {', '.join(CONSTANT_MODES)}, got {o.constants!r}")
+    chains = o.queries + o.distractors
+    if o.task == "chains" and o.constants == "distinct" and chains > o.symbols:
+        raise PonderError(f"--constants distinct: {chains} chains (--queries + --distractors) need at least as many "
+                          f"constants, got --symbols {o.symbols}")
+    if o.task == "chains" and o.constants == "shared" and (chains % 2 or chains // 2 > o.symbols):
+        raise PonderError(f"--constants shared pairs the chains (two per constant): --queries + --distractors must "
+                          f"be even and at most 2 x --symbols, got {chains} chains and {o.symbols} constants")
+
+
 # ---------------------------------------------------------------------------------------------- vocabulary
 MAX_VOCAB = 1 << 16
 
 
 def vocabulary_size(o: SynthOptions) -> int:
     """len(vocabulary(o)), computed without building it (a huge --symbols would allocate millions of strings)."""
+    if o.task == "hops" and not o.hop_marker:
+        return 4 + o.symbols + 2 * o.symbols**2
     if o.task == "hops":
         return 3 + len(o.hops) + o.symbols + o.symbols**2
-    nvars = o.queries * max(o.hops)
+    nvars = (o.queries + o.distractors) * max(o.hops)
     return 4 + nvars + o.symbols + nvars * (nvars - 1) + nvars * o.symbols
 
 
 def vocabulary(o: SynthOptions) -> list[str]:
     """All token strings of a task, in id order: `<|endoftext|>` (0: eos / pad), `<unk>` (1), then the task's."""
     words = [EOT, UNK, "|"]
-    if o.task == "hops":
+    if o.task == "hops" and not o.hop_marker:
+        n = o.symbols
+        words += ["?"]
+        words += [f"s{i}" for i in range(n)]
+        words += [f"s{i}>s{j}" for i in range(n) for j in range(n)]
+        words += [f"s{i}>s{j}*" for i in range(n) for j in range(n)]  # the edge into a stop
+    elif o.task == "hops":
         n = o.symbols
         words += [f"h{k}" for k in o.hops]
         words += [f"s{i}" for i in range(n)]
         words += [f"s{i}>s{j}" for i in range(n) for j in range(n)]
     else:
-        nvars = o.queries * max(o.hops)
+        nvars = (o.queries + o.distractors) * max(o.hops)
         words += ["?"]
         words += [f"v{i}" for i in range(nvars)] + [f"c{j}" for j in range(o.symbols)]
         words += [f"v{i}=v{j}" for i in range(nvars) for j in range(nvars) if i != j]
@@ -208,26 +269,112 @@ def hops_example(rng: np.random.Generator, o: SynthOptions) -> Example:
     return Example(tokens, answers, " ".join(str(int(v)) for v in p))
 
 
+def _stop_segments(rng: np.random.Generator, ks: np.ndarray, n: int, top: int) -> list[int] | None:
+    """Lengths of the runs of a cycle that each end in a stop, such that the drawn hop counts `ks` can be asked
+    at distinct symbols (None when no cycle of n symbols can serve them).
+
+    A run of length L offers exactly one symbol at each distance 1..L from the next stop (its L - 1 non-stops
+    and the stop before it), so `ks` fits iff, for every d, at least m_d runs are d or longer, where m_d is the
+    largest number of queries of any one hop count d' >= d; the shortest such cycle has sum(m_d) symbols. The
+    remaining symbols each grow a random run (up to `top`, so every symbol is within `top` hops of a stop) or
+    start a new one."""
+    counts = np.bincount(ks, minlength=top + 1)[1:]
+    need = np.maximum.accumulate(counts[::-1])[::-1]  # need[d - 1] = m_d
+    if int(need.sum()) > n:
+        return None
+    lengths = [int((need > j).sum()) for j in range(int(need[0]))]
+    for _ in range(n - int(need.sum())):
+        growable = [i for i, length in enumerate(lengths) if length < top]
+        pick = int(rng.integers(len(growable) + 1))
+        if pick == len(growable):
+            lengths.append(1)
+        else:
+            lengths[growable[pick]] += 1
+    return [lengths[i] for i in rng.permutation(len(lengths))]
+
+
+def hops_stops_example(rng: np.random.Generator, o: SynthOptions) -> Example:
+    """`hops` without the hop marker: each query asks for the first stop after its symbol (see the docstring)."""
+    n, top = o.symbols, max(o.hops)
+    for _ in range(1000):
+        ks = _difficulty_draws(rng, o, o.queries)
+        lengths = _stop_segments(rng, ks, n, top)
+        if lengths is not None:
+            break
+    else:  # resolved() ensures some draw fits; only extreme --hop-weights make them all this unlikely
+        raise PonderError(f"--no-hop-marker: could not fit {o.queries} queries of hops {list(o.hops)} into "
+                          f"{n} symbols; use fewer --queries or more --symbols")
+    cycle = rng.permutation(n)  # cycle[i] -> cycle[i + 1]; each run ends in a stop
+    p = np.empty(n, dtype=np.int64)
+    p[cycle] = np.roll(cycle, -1)
+    stop = np.zeros(n, dtype=bool)
+    stop[cycle[np.cumsum(lengths) - 1]] = True
+    distance = np.zeros(n, dtype=np.int64)  # hops from each symbol to the first stop after it
+    for s in range(n):
+        a, k = int(p[s]), 1
+        while not stop[a]:
+            a, k = int(p[a]), k + 1
+        distance[s] = k
+    tokens = [f"s{i}>s{int(p[i])}" + ("*" if stop[p[i]] else "") for i in rng.permutation(n)]
+    tokens.append("|")
+    answers, used = [], set()
+    for k in ks:
+        free = [s for s in range(n) if distance[s] == k and s not in used]
+        q = free[int(rng.integers(len(free)))]
+        used.add(q)
+        a = q
+        for _ in range(int(k)):
+            a = int(p[a])
+        tokens += ["?", f"s{q}", f"s{a}"]
+        answers.append((len(tokens) - 1, int(k)))
+    # the split is decided by the permutation alone, as for the marked task: no cycle is shared between splits
+    return Example(tokens, answers, " ".join(str(int(v)) for v in p))
+
+
+def _chain_constants(rng: np.random.Generator, o: SynthOptions, chains: int) -> np.ndarray:
+    if o.constants == "distinct":  # every constant at most once: how often one occurs says nothing
+        return rng.choice(o.symbols, size=chains, replace=False)
+    if o.constants == "shared":  # every constant exactly twice: an answered constant may still be the answer
+        pool = rng.choice(o.symbols, size=chains // 2, replace=False)
+        return np.repeat(pool, 2)[rng.permutation(chains)]
+    return rng.integers(0, o.symbols, size=chains)  # "iid": the original draw
+
+
 def chains_example(rng: np.random.Generator, o: SynthOptions) -> Example:
     depth = max(o.hops)
-    nvars = o.queries * depth
+    # chains 0..queries-1 are asked once each, the rest never; with replacement, queries pick among all of them
+    chains = o.queries + o.distractors
+    nvars = chains * depth
     # chain c: names[c, 0] is assigned a constant, names[c, i] is assigned names[c, i - 1]
-    names = rng.permutation(nvars).reshape(o.queries, depth)
-    values = rng.integers(0, o.symbols, size=o.queries)
+    names = rng.permutation(nvars).reshape(chains, depth)
+    values = _chain_constants(rng, o, chains)
     assigns = []
-    for c in range(o.queries):
+    for c in range(chains):
         assigns.append(f"v{int(names[c, 0])}=c{int(values[c])}")
         assigns += [f"v{int(names[c, i])}=v{int(names[c, i - 1])}" for i in range(1, depth)]
     tokens = [assigns[i] for i in rng.permutation(len(assigns))]
     tokens.append("|")
+    if o.queries_with_replacement:
+        picks, asked = [], set()
+        for d in _difficulty_draws(rng, o, o.queries):
+            # Any chain, distractors included: were these never asked, an answer already given would be the
+            # likely answer again (a chain asked twice), a shortcut as strong as the one this option removes.
+            # Except a chain already asked at this depth: that query could be answered by copying its answer.
+            free = [c for c in range(chains) if (c, int(d)) not in asked]
+            c = free[int(rng.integers(len(free)))]
+            asked.add((c, int(d)))
+            picks.append((c, d))
+    else:
+        picks = list(zip(rng.permutation(o.queries), _difficulty_draws(rng, o, o.queries)))
     answers = []
-    for c, d in zip(rng.permutation(o.queries), _difficulty_draws(rng, o, o.queries)):
+    for c, d in picks:
         tokens += ["?", f"v{int(names[c, int(d) - 1])}", f"c{int(values[c])}"]
         answers.append((len(tokens) - 1, int(d)))
     return Example(tokens, answers, " ".join(sorted(assigns)))
 
 
 GENERATORS = {"hops": hops_example, "chains": chains_example}
+VARIANT_DEFAULTS = {"hop_marker": True, "distractors": 0, "constants": "iid", "queries_with_replacement": False}
 
 
 def generate_split(o: SynthOptions, split: str, count: int) -> list[Example]:
@@ -236,7 +383,7 @@ def generate_split(o: SynthOptions, split: str, count: int) -> list[Example]:
     o = o.resolved() if not o._derived else o
     seed_words = [o.seed, SPLITS.index(split), int(hashlib.sha256(o.task.encode()).hexdigest()[:8], 16)]
     rng = np.random.Generator(np.random.PCG64(seed_words))
-    make = GENERATORS[o.task]
+    make = hops_stops_example if o.task == "hops" and not o.hop_marker else GENERATORS[o.task]
     out: list[Example] = []
     tries = 0
     while len(out) < count:
@@ -315,6 +462,9 @@ def synthesize(options: SynthOptions, out_dir: str | Path, *, overwrite: bool = 
         # transformers 4.x and 5.x both load this class
         update_json(tmp / "tokenizer" / "tokenizer_config.json", tokenizer_class="PreTrainedTokenizerFast")
         options_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items() if k != "_derived"}
+        for key, default in VARIANT_DEFAULTS.items():  # unused variants are left out: old sets' meta.json unchanged
+            if options_dict[key] == default:
+                del options_dict[key]
         meta["tokenizer"] = tokenizer_identity(tokenizer, "synth")
         meta["synth"] = {"format": FORMAT_VERSION, "task": o.task, "options": options_dict,
                          "example_len": o.example_len, "answers_per_example": o.queries,
