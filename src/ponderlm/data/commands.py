@@ -126,13 +126,14 @@ def _register_synth(data_sub) -> None:
                    help="hops: queries carry no hop count; some symbols are stops (edge token `s3>s5*`) and a query "
                         "asks for the first stop after its symbol, the hop count being the recorded difficulty")
     p.add_argument("--distractors", type=int, default=0, metavar="N",
-                   help="chains: N extra chains in the context that are never queried (default 0)")
+                   help="chains: N extra chains in the context, never queried unless --queries-with-replacement "
+                        "(default 0)")
     p.add_argument("--constants", default="iid", choices=["iid", "distinct", "shared"],
                    help="chains: each chain's constant drawn independently (iid, default), all different within an "
                         "example (distinct), or each one held by exactly two chains (shared)")
     p.add_argument("--queries-with-replacement", action="store_true",
-                   help="chains: each query picks a chain at random, so a chain may be asked twice (at another "
-                        "depth) or never; default: every chain asked once")
+                   help="chains: each query picks any chain (distractors included) at random, so a chain may be "
+                        "asked twice (at another depth) or never; default: each of --queries chains asked once")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_synth)

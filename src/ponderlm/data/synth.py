@@ -30,11 +30,12 @@ Variants whose defaults reproduce the sets above byte for byte (docs/REASONING.m
 - `hops` with `hop_marker=False`: no query says its hop count. Some symbols are *stops*, shown on the edge
   that leads into them (`s3>s5*`); a query `? s<q> s<a>` asks for the first stop reached from q, and its
   difficulty is the number of hops that takes (drawn from `hops`; the cycle and its stops are built to fit).
-- `chains` with `distractors` (chains that are never queried), `constants` ("distinct": no two chains of an
-  example hold the same constant; "shared": every constant an example holds is held by exactly two chains)
-  and `queries_with_replacement` (a query picks its chain at random, so a chain may be asked twice or never):
-  these close the elimination shortcut of the plain set, where every chain is asked exactly once, so the last
-  unanswered constant in the context answers the last query without following any chain.
+- `chains` with `distractors` (more chains than queries; without replacement the extra ones are never
+  queried), `constants` ("distinct": no two chains of an example hold the same constant; "shared": every
+  constant an example holds is held by exactly two chains) and `queries_with_replacement` (a query picks its
+  chain at random among all of them, so a chain may be asked twice or never): these close the elimination
+  shortcut of the plain set, where every chain is asked exactly once, so the last unanswered constant in the
+  context answers the last query without following any chain.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ class SynthOptions:
     seed: int = 0
     # Variants (defaults = the original sets, byte for byte; docs/REASONING.md):
     hop_marker: bool = True  # hops: False = no `h<k>` marker; queries follow the cycle to the first stop symbol
-    distractors: int = 0  # chains: extra chains in the context that are never queried
+    distractors: int = 0  # chains: extra chains in the context (never queried, unless queries_with_replacement)
     constants: str = "iid"  # chains: how chains get their constants: iid | distinct | shared
-    queries_with_replacement: bool = False  # chains: each query picks a chain at random (repeats allowed)
+    queries_with_replacement: bool = False  # chains: each query picks any chain at random (repeats allowed)
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def resolved(self) -> SynthOptions:
