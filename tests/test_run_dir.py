@@ -197,3 +197,154 @@ def test_every_checkpoint_corrupt_is_one_error_and_changes_nothing(recipe, tmp_p
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "every checkpoint in" in err and "is corrupt (newest: checkpoint file" in err, err
     assert _checksums(out) == before
+
+
+# ------------------------------------------------------------------ issue 27: no kill leaves a stuck directory
+def test_sigkill_while_creating_the_run_dir(recipe, tmp_path, capsys, one_thread):
+    """A new run dir appears with its lock and config.yaml in one rename: killed just before it, there is no run
+    dir (only the staged one beside it), and a rerun removes that stage and runs."""
+    out = tmp_path / "run"
+    proc = spawn(recipe, out, crash_at="run-dir")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    stages = [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp-")]
+    assert not out.exists() and len(stages) == 1
+    assert sorted(p.name for p in stages[0].iterdir()) == [".ponderlm.lock", "config.yaml"]
+    code, err = cli(["train", str(recipe), "--out", str(out)], capsys)
+    assert code == 0 and RESTART not in err, err  # nothing of the killed attempt reached `out`
+    assert train_rows(out) == [1, 2] and (out / "final" / "config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp-")]  # no litter beside the run
+
+
+def test_sigkill_while_a_restart_rewrites_config_yaml(recipe, tmp_path, capsys, one_thread):
+    """The lock never exists without config.yaml, and an atomic write's temp file is cleaned by the next run: a
+    restart killed after writing the new config's temp file is still restarted by a rerun and by --resume."""
+    out = tmp_path / "run"
+    first = spawn(recipe, out, crash_at="checkpoint:2")  # a run that never completed a checkpoint
+    first.communicate(timeout=120)
+    proc = spawn(recipe, out, crash_at="write:config.yaml")  # its restart, killed before the rename
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "config.yaml").is_file() and len(list(out.glob(".config.yaml.tmp-*"))) == 1
+    assert_restartable(out, recipe, tmp_path, capsys)
+    for run in (out, tmp_path / "again"):
+        assert not list(run.glob(".*.tmp-*")) and not list((run / "checkpoints").glob(".tmp-*")), sorted(run.iterdir())
+
+
+def test_a_truncated_metrics_row_is_repaired_on_resume(recipe, tmp_path, capsys, one_thread):
+    """A kill or a full disk can cut the last row of metrics.jsonl: --resume drops it (with a warning)."""
+    from ponderlm.train import load_config, train
+
+    out = tmp_path / "run"
+    train(load_config(str(recipe), ["train.steps=4", "train.save_every=2", f"train.out={out}"]), stop_after=2)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 3, "lo')
+    code, err = cli(["train", "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert "metrics.jsonl:3 is a truncated metrics row" in err, err
+    assert train_rows(out) == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ issue 27: invalid checkpoints are fallen back past
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """An uninterrupted 4-step run and the same run stopped after step 3 (checkpoints at 1, 2, 3)."""
+    from helpers import single_thread
+
+    from ponderlm.train import load_config, train
+
+    root = tmp_path_factory.mktemp("fallback")
+    (root / "recipe.yaml").write_text(RECIPE.format(data=data_dir))
+    loop = ["train.steps=4", "train.save_every=1", "train.keep_last=3"]
+    with single_thread():
+        train(load_config(str(root / "recipe.yaml"), [*loop, f"train.out={root / 'full'}"]))
+        train(load_config(str(root / "recipe.yaml"), [*loop, f"train.out={root / 'part'}"]), stop_after=3)
+    return {"full": root / "full", "part": root / "part", "recipe": root / "recipe.yaml"}
+
+
+def _rehash(ckpt: Path) -> None:
+    import hashlib
+
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for name in manifest["files"]:
+        blob = (ckpt / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _wrong_rng_dtype(ckpt: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"torch_cpu": torch.zeros(5056)}, str(ckpt / "rng.safetensors"))
+
+
+def _string_step(ckpt: Path) -> None:
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["tokens_seen"] = str(state["tokens_seen"])
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+
+
+def _wrong_shape(ckpt: Path) -> None:
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    state["state"][1]["exp_avg_sq"] = state["state"][1]["exp_avg_sq"][:1]
+    torch.save(state, ckpt / "optimizer.pt")
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (_wrong_rng_dtype, "holds an invalid RNG state (torch_cpu state is torch.float32 [5056], not uint8 [5056])"),
+    (_string_step, "holds an invalid trainer_state.json ("),
+    (_wrong_shape, "holds an invalid optimizer.pt (parameter 1: exp_avg_sq is torch.float32 [1"),
+], ids=["rng-dtype", "string-field", "optimizer-shape"])
+def test_resume_falls_back_past_an_invalid_checkpoint(runs, damage, why, tmp_path, capsys, one_thread):
+    """A checkpoint whose files match its manifest but hold an invalid field (crafted, or written by a buggy
+    tool) is set aside like a corrupt one, and the run resumes from the one before it, still bit-exact."""
+    part = tmp_path / "part"
+    shutil.copytree(runs["part"], part)
+    damage(part / "checkpoints" / "step_000003")
+    _rehash(part / "checkpoints" / "step_000003")
+    code, err = cli(["train", "--out", str(part), "--resume"], capsys)
+    assert code == 0, err
+    assert f"step_000003 {why}" in err and "moved it to step_000003.corrupt and resuming from step_000002" in err, err
+    full_rows, part_rows = read_metrics(runs["full"], "train"), read_metrics(part, "train")
+    assert [r["step"] for r in part_rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in part_rows] == [r["loss"] for r in full_rows]
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (runs["full"], part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ issue 27: a full disk
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A tmpfs mounted in the test's directory (needs root; skipped where it cannot be mounted)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root; the full-disk test runs where it can")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _resize(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+# ~1.4 MB fit the weights (1.1 MB) and the bundled code but not optimizer.pt (2.2 MB, torch's zip writer);
+# 1 MB stops in model.safetensors (safetensors' writer): both report the errno their writer lost or kept.
+@pytest.mark.parametrize("size", ["1m", "2m"], ids=["in-weights", "in-optimizer"])
+def test_disk_full_while_writing_a_checkpoint(recipe, small_fs, size, capsys, one_thread):
+    """ENOSPC on a real (small) filesystem: one `error:` line with the OS error, no traceback, the partial
+    checkpoint removed (it would keep filling the disk); after space is freed, --resume finishes the run."""
+    out = small_fs / "run"
+    _resize(small_fs, size)
+    code, err = cli(["train", str(recipe), "--out", str(out), "train.save_every=1"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1] == (f"error: cannot write checkpoint {out}/checkpoints/step_000001: No space left on device "
+                         "(errno 28); the partial files were removed; free space and continue with --resume"), err
+    assert not list((out / "checkpoints").iterdir())  # no .tmp-step_* left behind
+    _resize(small_fs, "64m")
+    code, err = cli(["train", "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert train_rows(out) == [1, 2] and (out / "final" / "config.json").is_file()

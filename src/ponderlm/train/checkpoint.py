@@ -58,7 +58,8 @@ CRASH_ENV = "PONDERLM_CRASH_AT"
 
 def crash_point(name: str) -> None:
     """Test hook: `PONDERLM_CRASH_AT=<name>` SIGKILLs this process here, at a point a timed kill could only
-    hit by luck (`checkpoint:<step>` mid-write of that checkpoint, `final` before final/ is published)."""
+    hit by luck (`checkpoint:<step>` mid-write of that checkpoint, `final` before final/ is published, `run-dir`
+    before a new run directory is renamed into place, `write:<file>` before an atomic write's rename)."""
     if os.environ.get(CRASH_ENV) == name:
         import signal
 

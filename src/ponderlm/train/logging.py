@@ -69,7 +69,7 @@ class MetricsLogger:
         elif self.path.exists():
             self.path.unlink()
         # line-buffered: a killed run keeps its rows; O_NOFOLLOW: never append through a link (rundir.py)
-        self._file = open(self.path, "a", buffering=1, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW))
+        self._file = open(self.path, "a", buffering=1, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW, 0o666))
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

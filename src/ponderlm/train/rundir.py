@@ -212,6 +212,7 @@ class RunLock:
             self._lock(out, f)
             write_config(stage)
             ckpt._fsync(stage)
+            ckpt.crash_point("run-dir")  # test hook: killed with the staged directory complete, not yet renamed
             os.rename(stage, target)  # onto a missing or empty directory; fails if another run filled it
         except OSError as exc:
             self.release()
@@ -263,7 +264,8 @@ def claim(out: Path, resume: bool, write_config: Callable[[Path], None]) -> bool
         return True
     if not resume:
         _refuse_finished(out)
-    if resume or any(n in _RUN_FILES for n in _entries(out)):
+    # config.yaml alone is how a new run directory appears (RunLock.acquire), not the sign of an earlier attempt
+    if resume or any(n in _RUN_FILES and n != "config.yaml" for n in _entries(out)):
         print(f"warning: {out} holds a run that stopped before its first complete checkpoint; starting it "
               "again from step 0", file=sys.stderr)
     write_config(out)
@@ -325,6 +327,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        ckpt.crash_point(f"write:{path.name}")  # test hook: killed with the temp file written, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         if tmp.exists():
