@@ -6,7 +6,8 @@
 Four parts, each timed round-robin where it compares (ponderlm.benchmarking.interleaved_medians):
 
 1. parity: every registered method, the parallel (training / eval) forward against the token-by-token KV-cached
-   decode (`sequential_logits`), Jacobi methods with enough sweeps to converge. Pass if the max |logit
+   decode (`sequential_logits`), Jacobi methods with enough sweeps to converge; adaptive methods also under
+   fixed pruning (real skipped slots). Pass if the max |logit
    difference| is within the dtype's tolerance (TOLERANCE below) on tokens whose executed steps agree, and
    the steps agree on at least 99% of tokens (a halting decision next to tau may flip in bf16).
 2. training throughput: tokens/s and model FLOPs utilisation (ponderlm.flops `training` FLOPs per token over
@@ -82,23 +83,29 @@ def _peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
 
 # ------------------------------------------------------------------------------------------------ 1. parity
 def parity(s: dict, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Every method at its learned depth, and every adaptive one also under fixed pruning (uniform depths of mean
+    1 of K = 2): pruned slots are removed from the parallel solve and never computed by the decode."""
     rows = []
     gen = torch.Generator().manual_seed(0)
     for method in method_names():
         model = synthetic_model(method, s["hidden"], s["layers"], 2, s["vocab"]).to(device=device, dtype=dtype)
         ids = torch.randint(0, s["vocab"], (2, s["parity_len"]), generator=gen).to(device)
         sweeps = s["parity_len"] * (model.config.num_slots_per_token)  # the slot dependency chain: converged
-        with torch.no_grad(), decode_options(model, jacobi_iters_eval=sweeps):
-            out = model(ids)
-        seq, seq_steps = sequential_logits(model, ids)
-        same = out.executed_steps == seq_steps
-        diff = (out.logits.float() - seq.float()).abs().amax(-1)[same]
-        worst = float(diff.max()) if diff.numel() else float("nan")
-        agree = float(same.float().mean())
-        tol = TOLERANCE[dtype]
-        rows.append({"method": method, "max_abs_diff": worst, "tolerance": tol, "steps_agree": agree,
-                     "max_logit": float(out.logits.float().abs().max()),
-                     "pass": bool(worst <= tol and agree >= STEPS_AGREE)})
+        policies = [{}] + ([{"depth_policy": "uniform", "depth_target": 1.0}] if model.config.method_class.adaptive
+                           else [])
+        for policy in policies:
+            with torch.no_grad(), decode_options(model, jacobi_iters_eval=sweeps, **policy):
+                out = model(ids)
+            seq, seq_steps = sequential_logits(model, ids, **policy)
+            same = out.executed_steps == seq_steps
+            diff = (out.logits.float() - seq.float()).abs().amax(-1)[same]
+            worst = float(diff.max()) if diff.numel() else float("nan")
+            agree = float(same.float().mean())
+            tol = TOLERANCE[dtype]
+            rows.append({"method": method, "depth": policy.get("depth_policy", "learned"), "max_abs_diff": worst,
+                         "tolerance": tol, "steps_agree": agree, "avg_steps": float(seq_steps.float().mean()),
+                         "max_logit": float(out.logits.float().abs().max()),
+                         "pass": bool(worst <= tol and agree >= STEPS_AGREE)})
     return rows
 
 
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {report['gpu'] or device} {report['dtype']}, {report['seconds']:.0f} s -> {args.out}\n")
     print("parallel == sequential")
     print_table(parts["parity"])
-    print(f"\ntraining step (peak: {info['peak_source']}, {info['peak_flops'] / 1e12:.1f} TFLOP/s)")
+    print(f"\ntraining step (peak: {info['peak_source']}, {info['peak_flops'] / 1e9:,.0f} GFLOP/s)")
     print_table(rows)
     print("\nearly-exit decode (fixed pruning vs full depth)")
     print_table(parts["early_exit"])

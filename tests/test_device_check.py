@@ -20,7 +20,10 @@ def test_smoke_runs_every_part_and_every_method(tmp_path, one_thread, capsys):
     report = json.loads((tmp_path / "smoke.json").read_text())
     assert report["dtype"] == "float32" and report["device"] == "cpu" and report["all_parity_pass"]
     # Parity covers every registered method, within the fp32 tolerance, with the same executed steps.
-    assert [r["method"] for r in report["parity"]] == list(method_names())
+    assert [r["method"] for r in report["parity"] if r["depth"] == "learned"] == list(method_names())
+    pruned = [r for r in report["parity"] if r["depth"] == "uniform"]
+    assert {r["method"] for r in pruned} == set(method_names(adaptive=True))
+    assert all(r["avg_steps"] < 2 for r in pruned)  # slots really skipped (K = 2, mean depth 1)
     assert all(r["max_abs_diff"] <= 1e-3 and r["steps_agree"] == 1.0 for r in report["parity"])
     assert {r["model"] for r in report["throughput"]} == {"vanilla", "ponderlm2", "transformers Llama"}
     assert all(r["tok/s"] > 0 and 0 < r["MFU"] for r in report["throughput"])
