@@ -61,3 +61,10 @@ def test_ids_outside_the_tokenizer_are_refused(tmp_path):
     with pytest.raises(PonderError, match="outside the tokenizer"):
         prepare_data(src, "default", tmp_path / "prepared", progress=False)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_data_dir_pointing_at_the_official_layout_says_how_to_convert(tmp_path):
+    src = _save(tmp_path / "uint16smallpile", {"train": _rows(4, 4), "validation": _rows(2, 5)})
+    with pytest.raises(PonderError, match="ponderlm data prepare --input") as err:
+        read_meta(src)
+    assert "\n" not in str(err.value)

@@ -87,6 +87,9 @@ def load_official(cls: Any, source: str | Path, official_method: str | None = No
     directory = directory or resolve_dir(source)
     config = config if config is not None else read_config(directory)
     fmt = detect(config, official_method)
+    if fmt is None and config.get("model_type") == PonderConfig.model_type:
+        raise PonderError(f"{source} is already a ponderlm checkpoint (to write it in the official format: "
+                          "ponderlm convert --to official)")
     if fmt is None:
         raise PonderError(f"{source} is not in an official PonderLM-2 / PonderingLM format (model_type "
                           f"{config.get('model_type')!r} without pondering fields)")

@@ -27,6 +27,11 @@ from ponderlm.errors import PonderError
 def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
+        from ponderlm.data.official import pretokenized_splits
+
+        if pretokenized_splits(data_dir) is not None:  # the official PonderLM-2 --tokenized_path layout
+            raise PonderError(f"{data_dir} is an official pre-tokenized dataset; copy it into token shards once with "
+                              f"`ponderlm data prepare --input {data_dir} --tokenizer TOKENIZER --out DIR`")
         raise PonderError(f"{data_dir} is not a prepared data directory (no meta.json; run `ponderlm data prepare`)")
     redo = "re-run `ponderlm data prepare` into a new directory"
     try:
