@@ -53,7 +53,9 @@ PONDERLM2_FIELDS = ("recurrent_model", "scale_embeds", "num_latent_thoughts", "n
                     "patch_method", "checkpoint_num_layers")
 PONDERINGLM_FIELDS = ("ponderinglm", "pondering_steps", "mutiply_pondering_steps", "softmax_temperature",
                       "scale_embeds", "checkpoint_num_layers")
-# Fields of Hugging Face configs across versions (and of the official configs) that do not change the function.
+# Fields of Hugging Face configs across versions besides the current class's defaults: either read by the
+# architecture mapping (hf_import: RoPE, biases, head_dim, ...) or without effect on the function (dropout at 0 in
+# eval, dtype, cache and attention-kernel switches, bookkeeping).
 BENIGN_FIELDS = {"_name_or_path", "architectures", "auto_map", "model_type", "torch_dtype", "dtype",
                  "transformers_version", "max_sequence_length", "rope_theta", "rope_scaling", "rotary_emb_base",
                  "rotary_pct", "rotary_emb_dim", "use_cache", "attn_implementation", "_attn_implementation_autoset",
