@@ -32,6 +32,7 @@ def _fill_registry() -> None:
     # module and may not import it, so the package root (top layer) tells it where they live; the registry
     # imports them the first time anyone reads it, not at `import ponderlm` (that would load torch).
     importlib.import_module("ponderlm.methods")
+    registry.load_plugins()  # then third-party methods (entry points); the registry rejects a name taken twice
 
 
 registry.add_loader(_fill_registry)

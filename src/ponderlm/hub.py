@@ -15,12 +15,15 @@ a `from .mod import __name__` line so the loader copies modules that are only im
 
 The code is generated at save time from the installed package, so it is always the code that wrote
 the weights; nothing is maintained by hand. A model that was itself loaded from remote code re-saves
-the bundle it was loaded from.
+the bundle it was loaded from. A method defined outside the package (a plugin) is bundled with it: the
+import closure of its module within its own top-level package, as `ponderlm__plugin__<module>.py`, imported
+by the entry file so that it registers itself.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import math
 from pathlib import Path
@@ -33,21 +36,35 @@ ENTRY_FILE = "modeling_ponder.py"
 # so a separate configuration file would give the model a second, different PonderConfig class.
 AUTO_MAP = {"AutoConfig": "modeling_ponder.PonderConfig", "AutoModelForCausalLM": "modeling_ponder.PonderForCausalLM"}
 BUNDLE_PREFIX = "ponderlm__"
+PLUGIN_PREFIX = BUNDLE_PREFIX + "plugin__"  # ponderlm has no `plugin` subpackage, so the names cannot collide
 # Auto* registration is for the installed package; remote code is found through `auto_map` instead, and
 # registering the "ponder" model type from a checkpoint would shadow the installed classes in that process.
 _DROPPED_CALLS = {("AutoConfig", "register"), ("AutoModelForCausalLM", "register")}
 
 
 def flat_name(module: str) -> str:
-    """`ponderlm.methods.base` -> `ponderlm__methods__base` (the package itself -> `ponderlm__`)."""
-    return BUNDLE_PREFIX + "__".join(module.split(".")[1:])
+    """`ponderlm.methods.base` -> `ponderlm__methods__base` (the package itself -> `ponderlm__`); a plugin's
+    `toy.method` -> `ponderlm__plugin__toy__method`."""
+    top, _, rest = module.partition(".")
+    if top != ROOT_PACKAGE:
+        return PLUGIN_PREFIX + module.replace(".", "__")
+    return BUNDLE_PREFIX + rest.replace(".", "__")
 
 
-def _module_file(module: str) -> Path | None:
-    """Source file of a ponderlm module or package (its __init__.py); None if `module` is not one."""
-    if module != ROOT_PACKAGE and not module.startswith(ROOT_PACKAGE + "."):
+def _module_file(module: str, packages: tuple[str, ...] = (ROOT_PACKAGE,)) -> Path | None:
+    """Source file of a module or package (its __init__.py) of one of `packages` (top-level names); None if
+    `module` is not one."""
+    top = module.partition(".")[0]
+    if top not in packages:
         return None
-    path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:])
+    if top == ROOT_PACKAGE:
+        path = Path(__file__).resolve().parent
+    else:  # a plugin: already imported (its method is registered), so this only looks its location up
+        path = Path(importlib.import_module(top).__file__).resolve()
+        if path.name != "__init__.py":  # a single-module plugin
+            return path if module == top else None
+        path = path.parent
+    path = path.joinpath(*module.split(".")[1:])
     if (path / "__init__.py").is_file():
         return path / "__init__.py"
     if path.with_suffix(".py").is_file():
@@ -55,54 +72,56 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _absolute(module: str, node: ast.ImportFrom) -> str | None:
+def _absolute(module: str, node: ast.ImportFrom, packages: tuple[str, ...]) -> str | None:
     """The absolute module an ImportFrom names (relative imports resolved against `module`)."""
     if node.level == 0:
         return node.module
-    is_package = getattr(_module_file(module), "name", None) == "__init__.py"
+    is_package = getattr(_module_file(module, packages), "name", None) == "__init__.py"
     base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _ponder_imports(module: str, tree: ast.AST):
-    """Yield (node, absolute module, [(name, alias, is_submodule)]) for every import of a ponderlm module."""
+def _ponder_imports(module: str, tree: ast.AST, packages: tuple[str, ...] = (ROOT_PACKAGE,)):
+    """Yield (node, absolute module, [(name, alias, is_submodule)]) for every import of a module of `packages`."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name == ROOT_PACKAGE or alias.name.startswith(ROOT_PACKAGE + "."):
+                if alias.name.partition(".")[0] in packages:
                     raise ValueError(f"{module}: `import {alias.name}` cannot be bundled as remote code; "
                                      f"use `from {alias.name.rpartition('.')[0] or alias.name} import ...`")
         elif isinstance(node, ast.ImportFrom):
-            target = _absolute(module, node)
-            if target is None or _module_file(target) is None:
+            target = _absolute(module, node, packages)
+            if target is None or _module_file(target, packages) is None:
                 continue
-            names = [(a.name, a.asname, _module_file(f"{target}.{a.name}") is not None) for a in node.names]
+            names = [(a.name, a.asname, _module_file(f"{target}.{a.name}", packages) is not None) for a in node.names]
             yield node, target, names
 
 
-def import_closure(root: str = ROOT_MODULE) -> list[str]:
-    """Every ponderlm module `root` imports, directly or not, at module level or inside functions."""
+def import_closure(root: str = ROOT_MODULE, plugins: tuple[str, ...] = ()) -> list[str]:
+    """Every ponderlm module `root` and the `plugins` modules import, directly or not, at module level or inside
+    functions, with the plugins' modules (and those of their own top-level packages they import)."""
+    packages = (ROOT_PACKAGE, *(m.partition(".")[0] for m in plugins))
     seen: set[str] = set()
-    todo = [root]
+    todo = [root, *plugins]
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
-        tree = ast.parse(_module_file(module).read_text(encoding="utf-8"))
-        for _, target, names in _ponder_imports(module, tree):
+        tree = ast.parse(_module_file(module, packages).read_text(encoding="utf-8"))
+        for _, target, names in _ponder_imports(module, tree, packages):
             todo += [f"{target}.{name}" for name, _, sub in names if sub]
             if any(not sub for _, _, sub in names):  # names defined in `target` itself
                 todo.append(target)
     return sorted(seen)
 
 
-def _rewrite(module: str, source: str) -> str:
-    """`source` with every ponderlm import made relative to the flat bundle and Auto* registration dropped."""
+def _rewrite(module: str, source: str, packages: tuple[str, ...] = (ROOT_PACKAGE,)) -> str:
+    """`source` with every import of `packages` made relative to the flat bundle and Auto* registration dropped."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, int, int, str]] = []  # (line, col, end_line, end_col, text), 1-based lines
-    for node, target, names in _ponder_imports(module, tree):
+    for node, target, names in _ponder_imports(module, tree, packages):
         indent = lines[node.lineno - 1][: node.col_offset]
         if indent.strip():
             raise ValueError(f"{module}:{node.lineno}: an import sharing its line with other code cannot be bundled")
@@ -131,9 +150,14 @@ def _import_line(module: str, names: str) -> str:
     return " ".join(("from", "." + flat_name(module), "import", names))
 
 
-def _entry_source(modules: list[str], version: str) -> str:
+def _entry_source(modules: list[str], version: str, plugin: tuple[str, str, str] | None = None) -> str:
     listed = [m for m in modules if m not in ("ponderlm.config", ROOT_MODULE)]
     keep = "\n".join(_import_line(m, "__name__ as _  # noqa: F401") for m in listed)
+    if plugin is not None:  # (method, module, class); no entry points reach remote code, so the entry file registers it
+        method, module, cls = plugin
+        keep += ("\n\n# The checkpoint's method comes from a plugin: register it under the name config.json uses.\n"
+                 f"{_import_line('ponderlm.registry', 'register_method')}\n{_import_line(module, cls)}\n"
+                 f"register_method({method!r})({cls})")
     config_line = _import_line("ponderlm.config", "PonderConfig  # noqa: F401")
     model_line = _import_line(ROOT_MODULE, "PonderCausalLMOutput, PonderForCausalLM  # noqa: F401")
     return f'''"""Remote code of a ponderlm checkpoint, generated from ponderlm {version} at save time. Do not edit.
@@ -151,16 +175,36 @@ Each `ponderlm__*.py` file is one module of the package (`ponderlm/a/b.py` -> `p
 '''
 
 
-def remote_code_files() -> dict[str, str]:
-    """{file name: source} of the bundle: the entry file plus one flat file per module."""
+def remote_code_files(method: str | None = None) -> dict[str, str]:
+    """{file name: source} of the bundle: the entry file plus one flat file per module (with the module of
+    `method`'s class if it is defined outside the package)."""
     bundled_from = _bundle_dir()
     if bundled_from is not None:  # running from a checkpoint's remote code: re-save that code as it is
         return {p.name: p.read_text(encoding="utf-8") for p in sorted(bundled_from.glob("*.py"))
                 if p.name == ENTRY_FILE or p.name.startswith(BUNDLE_PREFIX)}
-    modules = import_closure()
-    files = {f"{flat_name(m)}.py": _rewrite(m, _module_file(m).read_text(encoding="utf-8")) for m in modules}
-    files[ENTRY_FILE] = _entry_source(modules, _version())
+    plugin = _plugin(method)
+    plugins = (plugin[1],) if plugin else ()
+    packages = (ROOT_PACKAGE, *(m.partition(".")[0] for m in plugins))
+    modules = import_closure(plugins=plugins)
+    files = {f"{flat_name(m)}.py": _rewrite(m, _module_file(m, packages).read_text(encoding="utf-8"), packages)
+             for m in modules}
+    files[ENTRY_FILE] = _entry_source(modules, _version(), plugin)
     return files
+
+
+def _plugin(method: str | None) -> tuple[str, str, str] | None:
+    """(method, module, class name) if `method`'s class is defined outside ponderlm (a plugin), else None."""
+    if method is None:
+        return None
+    from ponderlm.registry import method_class
+
+    cls = method_class(method)
+    if cls.__module__.partition(".")[0] == ROOT_PACKAGE:
+        return None
+    if cls.__module__ == "__main__" or "." in cls.__qualname__:
+        raise ValueError(f"method {method!r} ({cls.__module__}.{cls.__qualname__}) cannot be bundled into the "
+                         "checkpoint's remote code: define its class at the top level of an importable module")
+    return method, cls.__module__, cls.__qualname__
 
 
 def _version() -> str:
@@ -182,7 +226,8 @@ def write_remote_code(directory: str | Path) -> None:
     directory = Path(directory)
     for old in directory.glob(f"{BUNDLE_PREFIX}*.py"):  # a module dropped from the package must not linger
         old.unlink()
-    files = remote_code_files()
+    method = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("method")
+    files = remote_code_files(method)
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
     _check_bundle(directory, files)

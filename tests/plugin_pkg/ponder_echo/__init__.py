@@ -1,0 +1,1 @@
+"""A toy ponderlm method plugin: `echo` (see `ponder_echo.method`)."""
