@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import decisive_report  # noqa: E402
 import reasoning_report  # noqa: E402
 import report_blocks  # noqa: E402
 import study_document  # noqa: E402
@@ -140,7 +141,8 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
     reasoning = _json(root / "docs" / "results" / "reasoning" / "summary.json")
     reasoning_table = (root / "docs" / "results" / "reasoning" / "table.md").read_text(encoding="utf-8")
     n8_table = (root / "docs" / "results" / "reasoning" / "n8-hops12" / "table.md").read_text(encoding="utf-8")
-    whole = {root / "docs" / "RESULTS.md": study_document.render_results(study)}
+    whole = {root / "docs" / "RESULTS.md": study_document.render_results(study),
+             root / "docs" / "DECISIVE.md": decisive_report.render(root / "docs" / "results" / "decisive")}
     blocks = {
         root / "docs" / "REASONING.md": {
             "reasoning-settings": lambda: reasoning_report.settings_md(reasoning),
@@ -169,8 +171,8 @@ def check(root: Path = ROOT) -> list[str]:
         if path.read_text(encoding="utf-8") != text:
             old, new = path.read_text(encoding="utf-8").splitlines(), text.splitlines()
             line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-            problems.append(f"{path.relative_to(root)}: line {line + 1} is not what benchmarks/study_document.py "
-                            f"renders from docs/results/summary.json")
+            problems.append(f"{path.relative_to(root)}: line {line + 1} is not what its generator renders from the "
+                            "committed results (python benchmarks/render_reports.py)")
     for path, renderers in blocks.items():
         problems += report_blocks.check(path, renderers)
     # table.md is the report phase's output; its main table must be what summary.json aggregates to.

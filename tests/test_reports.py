@@ -16,17 +16,20 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 render_reports = importlib.import_module("render_reports")
 report_blocks = importlib.import_module("report_blocks")
 
-INPUTS = ["README.md", "docs/RESULTS.md", "docs/REASONING.md", "docs/METHODS.md", "docs/TRAINING.md",
-          "docs/results/summary.json", "docs/results/reasoning/summary.json", "docs/results/reasoning/table.md",
-          "docs/results/reasoning/n8-hops12/table.md", "docs/results/quickstart/summary.json",
-          "docs/results/quickstart/timing.json", "docs/results/quickstart/tau.json"]
+INPUTS = ["README.md", "docs/RESULTS.md", "docs/DECISIVE.md", "docs/results/decisive", "docs/REASONING.md",
+          "docs/METHODS.md", "docs/TRAINING.md", "docs/results/summary.json", "docs/results/reasoning/summary.json",
+          "docs/results/reasoning/table.md", "docs/results/reasoning/n8-hops12/table.md",
+          "docs/results/quickstart/summary.json", "docs/results/quickstart/timing.json",
+          "docs/results/quickstart/tau.json"]
 
 
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     """The reports and their data, copied so that a test can edit them."""
     for name in INPUTS:
-        if (REPO / name).exists():
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, tmp_path / name)
+        elif (REPO / name).exists():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(REPO / name, tmp_path / name)
     return tmp_path
