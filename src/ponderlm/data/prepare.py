@@ -330,6 +330,7 @@ def prepare_data(
     meta["seconds"] = seconds  # not in meta.json: the file depends only on the inputs
     return meta
 
+
 def _prepare_pretokenized(inputs, splits: dict[str, list[Path]], tokenizer, out_dir: Path, frac: float, dtype: str,
                           shard_tokens: int, overwrite: bool) -> dict:
     """Copy an official pre-tokenized dataset (`data/official.py`) into token shards: rows concatenated in order,
