@@ -1,6 +1,6 @@
 """The method registry: method name -> `PonderMethod` subclass.
 
-A leaf module (it imports nothing from ponderlm), so `ponderlm.config` can ask a method for its facts
+A leaf module (it imports nothing from ponderlm but `errors`), so `ponderlm.config` can ask a method for its facts
 without importing the methods package; `ponderlm.methods` fills it when imported. The package root stays
 light (no torch at `import ponderlm`), so it registers a loader instead (`add_loader`): the first read of
 the registry runs it, and any ponderlm module sees every built-in method without importing them itself.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ponderlm.errors import PonderError
 
 _loaders: list[Callable[[], None]] = []
 
@@ -74,8 +76,8 @@ def register_method(name: str):
     def wrap(cls):
         old = dict.get(REGISTRY, name)  # a plain dict read: registering never runs the loaders
         if old is not None and _qualified(old) != _qualified(cls):
-            raise ValueError(f"method {name!r} is already registered by {_qualified(old)}; "
-                             f"{_qualified(cls)} cannot take the same name")
+            raise PonderError(f"method {name!r} is already registered by {_qualified(old)}; "
+                              f"{_qualified(cls)} cannot take the same name")
         cls.name = name
         REGISTRY[name] = cls
         return cls
@@ -100,15 +102,15 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> None:
         try:
             cls = ep.load()
         except Exception as exc:  # an uninstallable plugin must say which one it is, not fail deep in an import
-            raise RuntimeError(f"method plugin {ep.name!r} ({ep.value}) failed to load: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            raise PonderError(f"method plugin {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(cls, type):
-            raise TypeError(f"method plugin {ep.name!r} ({ep.value}) must name a class, got {type(cls).__name__}")
+            raise PonderError(f"method plugin {ep.name!r} ({ep.value}) must name a class, got {type(cls).__name__}")
         if dict.get(REGISTRY, ep.name) is cls:
             continue
         if cls in dict.values(REGISTRY):
-            raise ValueError(f"method plugin {ep.name!r} names {_qualified(cls)}, which is registered as {cls.name!r}; "
-                             "the entry point's name and @register_method must agree")
+            raise PonderError(f"method plugin {ep.name!r} names {_qualified(cls)}, which is registered as "
+                              f"{cls.name!r}; the entry point's name and @register_method must agree")
         register_method(ep.name)(cls)
 
 
