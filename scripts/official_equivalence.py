@@ -52,6 +52,10 @@ CASES = {
     "loop-llama-k2": ("ponderlm2", "modeling_llama_loop.py", "llama", dict(P2, num_latent_thoughts=2), "loop"),
     "pause-llama-k2": ("ponderlm2", "modeling_llama_pause.py", "llama",
                        dict(P2, num_latent_thoughts=2, pause_token_id=90), "pause"),
+    "loop-neox-k2": ("ponderlm2", "modeling_gpt_neox_addhidden_weightshare.py", "gpt_neox",
+                     dict(P2N, num_latent_thoughts=2), "loop"),
+    "pause-neox-k2": ("ponderlm2", "modeling_gpt_neox_addpausetoken.py", "gpt_neox",
+                      dict(P2N, num_latent_thoughts=2, pause_token_id=90), "pause"),
     "ponderinglm-neox-k3": ("ponderinglm", "modeling_gpt_neox.py", "gpt_neox",
                             dict(ponderinglm=True, pondering_steps=3, scale_embeds=True, mutiply_pondering_steps=False,
                                  output_hidden_states=False, checkpoint_num_layers=100), None),
@@ -129,8 +133,9 @@ def build(args: argparse.Namespace) -> None:
         case = {"logits_file": f"{name}.official_logits.pt"}
         torch.save(logits, out / case["logits_file"])
         use_generate = repo_key == "ponderlm2" and file == "modeling_llama.py"
+        jacobi = repo_key == "ponderlm2" and file in ("modeling_llama.py", "modeling_gpt_neox.py")  # PonderLM-2
         case["generation"], case["generation_path"] = _official_greedy(model, torch.tensor(PROMPT), use_generate,
-                                                                       fields)
+                                                                       jacobi, fields)
         record["cases"][name] = case
         print(f"built {name}", flush=True)
     (out / "official.json").write_text(json.dumps(record, indent=2))
@@ -174,7 +179,7 @@ def load_exports(args: argparse.Namespace) -> None:
         print(f"loaded {name} with the official {file}", flush=True)
 
 
-def _official_greedy(model, prompt, use_generate: bool, fields: dict) -> tuple[list[int], str]:
+def _official_greedy(model, prompt, use_generate: bool, jacobi: bool, fields: dict) -> tuple[list[int], str]:
     """Greedy continuation by the official code: its own `generate` (the PonderLM-2 Llama class has a KV-cache
     decode), else repeated full forwards (the classes that decode without a cache). PonderLM-2 runs with
     num_jacobi_iterations raised so that the prompt's Jacobi solve converges; the decode that follows is token by
@@ -193,8 +198,6 @@ def _official_greedy(model, prompt, use_generate: bool, fields: dict) -> tuple[l
             model.config.num_jacobi_iterations = fields["num_jacobi_iterations"]
     else:
         failure = ""
-    jacobi = "num_jacobi_iterations" in fields and bool(fields.get("num_latent_thoughts")) and \
-        not fields.get("interpolation") and "pause_token_id" not in fields and "loop" not in str(type(model))
     if jacobi:
         model.config.num_jacobi_iterations = 64  # PonderLM-2: full forwards converge with enough sweeps
     ids = prompt

@@ -144,27 +144,30 @@ def official_ponderlm_v1(model, ids, k: int, scale: float, running_sum: bool = T
 
 @torch.no_grad()
 def official_loop(model, ids, k: int):
-    """Loop (modeling_llama_loop.py): the stock decoder layers run K+1 times in a row on the residual stream, the
-    final norm once, input scale sqrt(2.5 d). The layers, rotary table and norm are transformers' own."""
+    """Loop (modeling_llama_loop.py, modeling_gpt_neox_addhidden_weightshare.py): the stock decoder layers run K+1
+    times in a row on the residual stream, the final norm once, input scale sqrt(2.5 d). The layers, rotary table
+    and norm are transformers' own."""
     b, t = ids.shape
     pos = torch.arange(t)[None].expand(b, t)
+    stack = _decoder(model)
     h = _embed(model, ids) * math.sqrt(2.5 * model.config.hidden_size)
-    rope = model.model.rotary_emb(h, pos)
+    rope = stack.rotary_emb(h, pos)
     causal = torch.full((t, t), float("-inf")).triu(1)[None, None]
     for _ in range(k + 1):
-        for layer in model.model.layers:
+        for layer in stack.layers:
             h = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=rope)
             h = h[0] if isinstance(h, tuple) else h
-    return model.lm_head(model.model.norm(h))
+    norm = stack.norm if model.config.model_type == "llama" else stack.final_layer_norm
+    return _head(model, norm(h))
 
 
 @torch.no_grad()
-def official_pause(model, ids, k: int, pause_id: int):
-    """Pause: K copies of token `pause_id` after every token (same position id), input scale sqrt(d), logits from
-    the last pause slot of each token."""
+def official_pause(model, ids, k: int, pause_id: int, scale: float):
+    """Pause: K copies of token `pause_id` after every token (same position id), input scale `scale` (Llama:
+    sqrt(d) always; GPT-NeoX: sqrt(d) if scale_embeds), logits from the last pause slot of each token."""
     b, t = ids.shape
     seq = torch.full((b, t * (k + 1)), pause_id, dtype=ids.dtype)
     seq[:, :: k + 1] = ids
     pos = torch.arange(t)[None].expand(b, t).repeat_interleave(k + 1, dim=1)
-    h = _pass(model, _embed(model, seq) * math.sqrt(model.config.hidden_size), pos)
-    return model.lm_head(h[:, k :: k + 1])
+    h = _pass(model, _embed(model, seq) * scale, pos)
+    return _head(model, h[:, k :: k + 1])

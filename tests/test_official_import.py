@@ -101,8 +101,9 @@ def test_orin_v1_k1_and_running_sum(tmp_path, one_thread):
         _ours(write_official(hf, tmp_path / "c", orin_fields(3)), official_method="ponderlm")
 
 
-def test_loop_and_pause_match_official_forward(tmp_path, one_thread):
-    hf = hf_model("llama", seed=4)
+@pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
+def test_loop_and_pause_match_official_forward(tmp_path, one_thread, backbone):
+    hf = hf_model(backbone, seed=4)
     model = _ours(write_official(hf, tmp_path / "loop", loop_fields(2)), official_method="loop")
     assert model.config.method == "looped"
     with torch.no_grad():
@@ -110,7 +111,21 @@ def test_loop_and_pause_match_official_forward(tmp_path, one_thread):
     model = _ours(write_official(hf, tmp_path / "pause", pause_fields(2, pause_token_id=90)), official_method="pause")
     assert model.config.method == "pause"
     with torch.no_grad():
-        assert (model(IDS).logits - official_pause(hf, IDS, 2, 90)).abs().max() < TOL
+        assert (model(IDS).logits - official_pause(hf, IDS, 2, 90, math.sqrt(32))).abs().max() < TOL
+    # GPT-NeoX's pause class reads scale_embeds; the Llama one scales unconditionally.
+    fields = {**pause_fields(2, pause_token_id=90), "scale_embeds": False}
+    model = _ours(write_official(hf, tmp_path / "pause1", fields), official_method="pause")
+    scale = math.sqrt(32) if backbone == "llama" else 1.0
+    with torch.no_grad():
+        assert (model(IDS).logits - official_pause(hf, IDS, 2, 90, scale)).abs().max() < TOL
+
+
+def test_loop_without_recurrent_model_and_neox_addhidden_are_refused(tmp_path):
+    hf = hf_model("gpt_neox")
+    with pytest.raises(PonderError, match="recurrent_model"):
+        _ours(write_official(hf, tmp_path / "a", {**loop_fields(2), "recurrent_model": False}), official_method="loop")
+    with pytest.raises(PonderError, match="adds the last hidden state"):
+        _ours(write_official(hf, tmp_path / "b", orin_fields(1)), official_method="ponderlm")
 
 
 def test_vanilla_official_is_the_stock_model(tmp_path, one_thread):

@@ -17,9 +17,11 @@ What each official forward computes (read from their modeling files) and how it 
   latent input = the last (post-norm) hidden state; K stage passes, R = num_jacobi_iterations sweeps, final pass.
 * `ponderlm` (Llama, modeling_llama_orin) -> `ponderlm`, K = num_latent_thoughts, sqrt(d) if scale_embeds;
   U^k = U^0 + P^k(gE) unless residual_interpolated_embeds, so equal to our running sum only for K = 1.
-* `loop` (Llama) -> `looped`, K = num_latent_thoughts, sqrt(2.5 d) always; K+1 runs of the layers, one final norm.
-* `pause` (Llama) -> `pause`, K = num_latent_thoughts, sqrt(d) always; every pause slot embeds the token
-  `pause_token_id` (default 50288), so all K pause vectors start as that embedding row.
+* `loop` (Llama / GPT-NeoX) -> `looped`, K = num_latent_thoughts, sqrt(2.5 d) always; K+1 runs of the layers,
+  one final norm.
+* `pause` (Llama / GPT-NeoX) -> `pause`, K = num_latent_thoughts, sqrt(d) (Llama always, GPT-NeoX if
+  scale_embeds); every pause slot embeds the token `pause_token_id` (default 50288), so all K pause vectors
+  start as that embedding row.
 * PonderingLM (Llama / GPT-NeoX) -> `ponderlm`, K = pondering_steps, sqrt(d) if scale_embeds; running sum
   U^k = U^{k-1} + P^k(gE).
 
@@ -141,10 +143,15 @@ def detect(config: dict, official_method: str | None = None) -> OfficialFormat |
         raise _fail("patch_method", "config.json does not record which --patch_method (ours, ponderlm, loop, pause) "
                     "trained this checkpoint (they write the same fields); pass official_method=... "
                     "(ponderlm convert --official-method)")
-    if model_type == "gpt_neox" and patch not in ("ours", "vanilla"):
-        raise _fail("patch_method", f"the GPT-NeoX {patch!r} baseline of the PonderLM-2 repository is not supported "
-                    "(its Llama version is)")
-    if model_type == "llama" and patch in ("ponderlm", "loop") and not recurrent:
+    if model_type == "gpt_neox" and patch == "ponderlm":
+        raise _fail("patch_method", "the PonderLM-2 repository's GPT-NeoX 'ponderlm' class "
+                    "(modeling_gpt_neox_addhidden) adds the last hidden state to the input, not the softmax-weighted "
+                    "embedding; no method of ours "
+                    "computes that (its Llama class and PonderingLM's GPT-NeoX one map to ponderlm)")
+    if patch == "loop" and not recurrent:  # both loop classes gate the loop on recurrent_model
+        raise _fail("recurrent_model", "false makes the official 'loop' class run the layers once (input scaled by "
+                    "sqrt(2.5 d)), which is not a looped model")
+    if model_type == "llama" and patch == "ponderlm" and not recurrent:
         raise _fail("recurrent_model", f"false makes the official {patch!r} class run the stock forward; "
                     "import it as official_method=vanilla")
     if patch == "ours" and model_type == "llama" and not recurrent:
@@ -197,11 +204,11 @@ def _embed_scale(config: dict, fmt: OfficialFormat) -> float:
         return 1.0
     if fmt.patch_method == "loop":
         return math.sqrt(2.5 * d)  # modeling_llama_loop.py scales unconditionally
-    if fmt.patch_method == "pause":
-        return math.sqrt(d)  # modeling_llama_pause.py scales unconditionally
+    if fmt.patch_method == "pause" and fmt.backbone == "llama":
+        return math.sqrt(d)  # modeling_llama_pause.py scales unconditionally (the GPT-NeoX one reads scale_embeds)
     if not _flag(config, "scale_embeds"):
         return 1.0
-    # ours: sqrt(2.5 d) (interpolation=false); the PonderLM v1 classes: sqrt(d). Also with K = 0 (no latent pass).
+    # ours: sqrt(2.5 d) (interpolation=false); the PonderLM v1 classes and GPT-NeoX pause: sqrt(d). Also with K = 0.
     return math.sqrt(2.5 * d) if fmt.patch_method == "ours" else math.sqrt(d)
 
 
