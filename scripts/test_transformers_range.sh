@@ -2,7 +2,7 @@
 # Run the tests that touch transformers' APIs (generation, forward options, the HF Trainer, remote code) against
 # other transformers releases, each in a throwaway virtual environment.
 #
-#   scripts/test_transformers_range.sh              # the oldest 5.x release on the package index
+#   scripts/test_transformers_range.sh              # the oldest and the newest 5.x release on the package index
 #   scripts/test_transformers_range.sh 5.0.0 5.25.0 # the given releases
 #
 # Each venv gets the project's declared dependencies (pyproject.toml) with transformers pinned to the release,
@@ -21,11 +21,11 @@ TESTS=(tests/test_generate_hf.py tests/test_forward_options.py tests/test_hf_tra
        tests/test_model_card.py tests/test_hub.py)
 
 if [ $# -eq 0 ]; then
-    # `pip index versions` lists newest first; the oldest 5.x is the last 5.* entry.
-    oldest=$("$PYTHON" -m pip index versions transformers 2>/dev/null | sed -n 's/^Available versions: //p' \
-             | tr ',' '\n' | tr -d ' ' | grep '^5\.' | tail -n 1)
-    [ -n "$oldest" ] || { echo "could not list transformers releases (pip index versions transformers)" >&2; exit 2; }
-    set -- "$oldest"
+    # `pip index versions` lists newest first.
+    releases=$("$PYTHON" -m pip index versions transformers 2>/dev/null | sed -n 's/^Available versions: //p' \
+               | tr ',' '\n' | tr -d ' ' | grep '^5\.' || true)
+    [ -n "$releases" ] || { echo "could not list transformers releases (pip index versions transformers)" >&2; exit 2; }
+    set -- "$(tail -n 1 <<< "$releases")" "$(head -n 1 <<< "$releases")"
 fi
 
 # The [project] dependencies of pyproject.toml, one per line.
@@ -43,7 +43,7 @@ for version in "$@"; do
         "$TORCH" pytest accelerate
     got=$(PYTHONPATH="$ROOT/src" "$work/venv/bin/python" -c 'import transformers; print(transformers.__version__)')
     [ "$got" = "$version" ] || { echo "expected transformers $version, imported $got" >&2; exit 2; }
-    if PYTHONPATH="$ROOT/src" "$work/venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"; then
+    if PYTHONPATH="$ROOT/src" "$work/venv/bin/python" -m pytest -p no:cacheprovider "${TESTS[@]}"; then
         echo "== transformers $version: passed"
     else
         echo "== transformers $version: FAILED"
