@@ -158,6 +158,10 @@ in all (each run's time and the machine's load are in its record). The grid resu
 ## Runs
 
 {runs_table(runs)}
+Validation loss against training tokens and against training FLOPs:
+[results/decisive/curves.png](results/decisive/curves.png) (`python benchmarks/decisive_report.py` redraws it from
+the same records).
+
 ## The protocol's claims
 
 {claims(runs)}
@@ -166,3 +170,42 @@ in all (each run's time and the machine's load are in its record). The grid resu
         text += ("\n## Not run yet\n\nIn the protocol's order, the runs whose rate is known and that have no record: "
                  + (", ".join(planned) if planned else "none") + ".\n")
     return text
+
+
+def plot_curves(folder: Path) -> Path | None:
+    """Validation loss of every main run against training tokens and against training FLOPs (two panels; seeds as
+    thin lines, the arm's mean over seeds bold)."""
+    from ponderlm.eval.plots import _figure, _save
+
+    runs, _ = load(folder)
+    arms = sorted({r["arm"] for r in runs.values() if r["phase"] == "main"})
+    if not arms:
+        return None
+    fig, axes = _figure(ncols=2, width=6.0, height=4.4)
+    for i, arm in enumerate(arms):
+        color = f"C{i % 10}"
+        by_seed = _main(runs, arm)
+        for axis, key in zip(axes, ("tokens", "train_flops")):
+            for r in by_seed.values():
+                axis.plot([c[key] for c in r["curve"]], [c["val_loss"] for c in r["curve"]], "-", color=color,
+                          alpha=0.3, linewidth=0.8)
+            xs = sorted({c[key] for r in by_seed.values() for c in r["curve"]})
+            mean = [statistics.fmean(c["val_loss"] for r in by_seed.values() for c in r["curve"] if c[key] == x)
+                    for x in xs]
+            axis.plot(xs, mean, "-o", color=color, markersize=3, label=f"{arm} ({len(by_seed)} seeds)")
+    for axis, label in zip(axes, ("training tokens", "training FLOPs (analytic)")):
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation loss (nats, trainer's windows)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("Decisive grid, main runs at each arm's own learning rate")
+    return _save(fig, folder / "curves.png")
+
+
+if __name__ == "__main__":
+    import sys
+
+    folder = Path(__file__).resolve().parent.parent / "docs" / "results" / "decisive"
+    path = plot_curves(folder)
+    print(f"wrote {path}" if path else "no main run recorded yet", file=sys.stderr)
