@@ -146,3 +146,66 @@ def test_a_genuine_sharded_checkpoint_still_resumes(runs, tmp_path):
     _copy_run(runs["dcp"], tmp_path / "run")
     _resume(tmp_path / "run", runs["data"])
     assert (tmp_path / "run" / "checkpoints" / "step_000004" / "dcp").is_dir()
+
+
+# ------------------------------------------------------------------ issue 27: links and code in a directory
+# The CLI refuses a run directory holding a link before it writes (tests/test_bad_inputs.py, "*-link*" cases);
+# these check the writers themselves, for a link planted after that check (a race), against the file it targets.
+def test_atomic_write_never_follows_a_planted_temp_link(tmp_path):
+    from ponderlm.train.rundir import write_text_atomic
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / f".config.yaml.tmp-{os.getpid()}").symlink_to(precious)
+    write_text_atomic(tmp_path / "run" / "config.yaml", "name: x\n")
+    assert precious.read_text() == "mine\n"
+    assert (tmp_path / "run" / "config.yaml").read_text() == "name: x\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+
+
+def test_the_lock_is_never_taken_through_a_link(tmp_path):
+    from ponderlm.train.rundir import RunLock
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    (tmp_path / "run" / ".ponderlm.lock").symlink_to(precious)
+    with pytest.raises(PonderError, match=r"\.ponderlm\.lock is a symbolic link; ponderlm never writes through"):
+        RunLock().acquire(tmp_path / "run", lambda where: None)
+    assert precious.read_text() == "mine\n"
+
+
+def test_checkpoint_rotation_never_deletes_a_links_target(runs, tmp_path):
+    """keep_last deletes old checkpoints; one that is a link is skipped, so the directory it names survives."""
+    from ponderlm.train.checkpoint import commit
+
+    outside = tmp_path / "outside"
+    shutil.copytree(runs["single"] / "checkpoints" / "step_000002", outside)
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    (root / "step_000001").symlink_to(outside)
+    tmp = root / ".tmp-step_000003"
+    tmp.mkdir()
+    (tmp / "a.txt").write_text("a")
+    commit(tmp, root / "step_000003", 3, {}, keep_last=1)
+    assert (outside / "manifest.json").is_file() and len(list(outside.iterdir())) > 3
+
+
+def test_loading_our_own_checkpoints_never_imports_their_bundled_code(runs):
+    """final/ carries modeling code and auto_map for users without ponderlm; ponderlm itself loads the installed
+    classes: transformers' dynamic-module package (where remote code is imported) stays untouched."""
+    import sys
+
+    from ponderlm.backbone.hf_import import check_backbone_overrides
+    from ponderlm.eval.perplexity import load_model
+    from ponderlm.modeling import PonderForCausalLM
+
+    final = runs["single"] / "final"
+    assert json.loads((final / "config.json").read_text()).get("auto_map")  # the code is there to be run
+    before = {m for m in sys.modules if m.startswith("transformers_modules")}
+    load_model(final, "cpu")
+    PonderForCausalLM.from_backbone(str(final), method="ponderlm2", max_steps=1)
+    check_backbone_overrides(str(final), "ponderlm2")
+    assert {m for m in sys.modules if m.startswith("transformers_modules")} == before
