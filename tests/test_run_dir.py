@@ -332,19 +332,21 @@ def _resize(mnt: Path, size: str) -> None:
 
 # ~1.4 MB fit the weights (1.1 MB) and the bundled code but not optimizer.pt (2.2 MB, torch's zip writer);
 # 1 MB stops in model.safetensors (safetensors' writer): both report the errno their writer lost or kept.
-@pytest.mark.parametrize("size", ["1m", "2m"], ids=["in-weights", "in-optimizer"])
-def test_disk_full_while_writing_a_checkpoint(recipe, small_fs, size, capsys, one_thread):
+# dist.checkpoint=dcp: the sharded writer (each rank's files through torch.distributed.checkpoint).
+@pytest.mark.parametrize(("size", "extra"), [("1m", []), ("2m", []), ("1m", ["dist.checkpoint=dcp"])],
+                         ids=["in-weights", "in-optimizer", "sharded"])
+def test_disk_full_while_writing_a_checkpoint(recipe, small_fs, size, extra, capsys, one_thread):
     """ENOSPC on a real (small) filesystem: one `error:` line with the OS error, no traceback, the partial
     checkpoint removed (it would keep filling the disk); after space is freed, --resume finishes the run."""
     out = small_fs / "run"
     _resize(small_fs, size)
-    code, err = cli(["train", str(recipe), "--out", str(out), "train.save_every=1"], capsys)
+    code, err = cli(["train", str(recipe), "--out", str(out), "train.save_every=1", *extra], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and "Traceback" not in err, err
     assert lines[-1] == (f"error: cannot write checkpoint {out}/checkpoints/step_000001: No space left on device "
                          "(errno 28); the partial files were removed; free space and continue with --resume"), err
     assert not list((out / "checkpoints").iterdir())  # no .tmp-step_* left behind
     _resize(small_fs, "64m")
-    code, err = cli(["train", "--out", str(out), "--resume"], capsys)
+    code, err = cli(["train", "--out", str(out), "--resume", *extra], capsys)
     assert code == 0, err
     assert train_rows(out) == [1, 2] and (out / "final" / "config.json").is_file()

@@ -23,6 +23,7 @@ is treated like a corrupt one: set aside, and resume falls back to the next olde
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ponderlm.errors import PonderError
 
@@ -203,8 +205,22 @@ def _os_error(exc: BaseException) -> OSError | None:
     """The OS error behind a failed write, from Python, torch (via torch_save) or safetensors ("(os error 28)")."""
     if isinstance(exc, OSError):
         return exc
+    failures = getattr(exc, "failures", None)  # torch.distributed.checkpoint's CheckpointException, per rank
+    if isinstance(failures, dict):
+        for failure in failures.values():
+            inner = failure[0] if isinstance(failure, tuple) else failure
+            found = _os_error(inner) if isinstance(inner, BaseException) else None
+            if found is not None:
+                return found
     m = re.search(r"\(os error (\d+)\)", str(exc)) if isinstance(exc, SafetensorError) else None
     return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < (1 << 20)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -214,8 +230,12 @@ def writing(what: str, tmp: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         os_error = _os_error(exc)
+        if os_error is None and isinstance(exc, (RuntimeError, CheckpointException)) and _nearly_full(tmp.parent):
+            # torch's zip writer inside torch.distributed.checkpoint drops the errno ("unexpected pos"); a
+            # filesystem with (almost) no space left, measured before the partial files are removed, is the cause
+            os_error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        shutil.rmtree(tmp, ignore_errors=True)
         if os_error is None:
             raise
         raise PonderError(f"cannot write {what}: {os_error.strerror or os_error} (errno {os_error.errno}); the "
