@@ -350,3 +350,14 @@ def test_disk_full_while_writing_a_checkpoint(recipe, small_fs, size, extra, cap
     code, err = cli(["train", "--out", str(out), "--resume", *extra], capsys)
     assert code == 0, err
     assert train_rows(out) == [1, 2] and (out / "final" / "config.json").is_file()
+
+
+def test_out_may_be_a_link_to_a_directory(recipe, tmp_path, capsys, one_thread):
+    """Links inside a run dir are refused; --out itself naming a directory through a link is the user's choice:
+    the new run dir is staged beside the directory it names and renamed onto it, and the link stays a link."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    code, err = cli(["train", str(recipe), "--out", str(tmp_path / "link")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "final" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "recipe.yaml"]  # no stage left beside
