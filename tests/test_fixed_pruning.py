@@ -11,6 +11,7 @@ from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.inference import sequential_logits
 from ponderlm.methods.base import padding_positions
 from ponderlm.methods.fixed_pruning import STRATA, fixed_depths, hash_uniform, policy_probs, stratified_uniform
+from ponderlm.registry import method_names
 
 K = 3
 TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 2.5)
@@ -100,10 +101,7 @@ def test_deterministic_under_seed_and_independent_of_batch_composition(name):
     assert fixed_depths(SimpleNamespace(depth_policy=None), rows, positions) is None
 
 
-ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
-
-
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", method_names(adaptive=True))  # the controls apply to every adaptive method
 @pytest.mark.parametrize("name", ["uniform", "geometric"])
 def test_adaptive_methods_use_the_same_depths_in_both_paths(method, name):
     torch.manual_seed(0)
