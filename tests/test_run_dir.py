@@ -361,3 +361,22 @@ def test_out_may_be_a_link_to_a_directory(recipe, tmp_path, capsys, one_thread):
     assert code == 0, err
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "final" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "recipe.yaml"]  # no stage left beside
+
+
+def test_an_empty_out_in_an_unwritable_parent_still_runs(recipe, tmp_path, capsys, monkeypatch, one_thread):
+    """Where the run dir cannot be staged beside --out (a scheduler-made scratch dir in a parent the user may not
+    write; root ignores permissions, so the refusal is simulated), an existing empty --out is locked in place."""
+    import errno
+
+    from ponderlm.train import rundir
+
+    def no_stage(self, out, write_config):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out.parent))
+
+    monkeypatch.setattr(rundir.RunLock, "_create", no_stage)
+    (tmp_path / "run").mkdir()
+    code, err = cli(["train", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert code == 0 and RESTART not in err, err
+    assert train_rows(tmp_path / "run") == [1, 2] and (tmp_path / "run" / "config.yaml").is_file()
+    code, err = cli(["train", str(recipe), "--out", str(tmp_path / "new")], capsys)  # a missing --out: an error
+    assert code == 2 and "cannot write to output directory" in err and "Permission denied" in err, err

@@ -180,7 +180,10 @@ class RunLock:
                 if self._create(out, write_config):
                     return
             except OSError as exc:
-                raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+                # An empty --out made for us in a directory we may not write (a scheduler's scratch dir): the
+                # stage cannot go beside it, so lock inside it; claim() writes config.yaml right after the lock.
+                if not (out.is_dir() and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                    raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
         try:
             f = os.fdopen(_open_nofollow(out / LOCK, os.O_RDWR | os.O_CREAT), "r+")
         except OSError as exc:  # no truncation: a process that loses the race reads the holder's pid
