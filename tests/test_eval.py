@@ -46,11 +46,13 @@ def test_token_stats_match_manual_cross_entropy(loaded):
     stats = collect_token_stats(model, batches, DecodeSettings(alpha=0.5), progress=False)
     n = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
     assert stats.nll.shape == stats.steps.shape == stats.token_ids.shape == (n,)
-    assert model.config.alpha == 0.0  # settings are restored afterwards
     with torch.no_grad():
+        after = model(input_ids=batches[0])  # the config's alpha (0.0): the settings held for that call only
         model.config.alpha = 0.5
         out = model(input_ids=batches[0])
         model.config.alpha = 0.0
+    # alpha=0.5 changes this model's outputs (the stats below match them), and it did not outlive the call
+    assert not torch.equal(after.logits, out.logits)
     ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2).float(), batches[0][:, 1:],
                                             reduction="none").reshape(-1)
     np.testing.assert_allclose(stats.nll[: ref.numel()], ref.double().numpy(), rtol=1e-5, atol=1e-5)
@@ -84,12 +86,7 @@ def test_perplexity_result_and_flops(loaded):
     assert full.avg_steps == pytest.approx(2.0)
     assert pruned.avg_steps < full.avg_steps
     assert full.tokens == sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
-    try:
-        import ponderlm.flops  # noqa: F401
-    except ImportError:
-        assert full.flops_ratio is None
-    else:
-        assert full.flops_ratio > pruned.flops_ratio > 1.0
+    assert full.flops_ratio > pruned.flops_ratio > 1.0
 
 
 def test_fixed_pruning_sweep_is_monotone_and_iso_flops(loaded):
