@@ -85,8 +85,8 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def check_rng(tensors: dict[str, torch.Tensor], plain: Any) -> None:
     """Raise ValueError unless every RNG state is one `restore_rng` can apply: each is restored into a scratch
-    generator of its kind (the library's own check of sizes, types and ranges). CUDA states are checked for
-    their fixed layout (16 bytes: seed and offset), since a machine without CUDA has no generator to try."""
+    generator of its kind (the library's own check of sizes, types and ranges). CUDA states are compared with
+    this machine's CUDA state size (restore_rng skips them where CUDA is absent)."""
     cpu = tensors.get("torch_cpu")
     if cpu is None:
         raise ValueError("no torch_cpu state")
@@ -94,8 +94,12 @@ def check_rng(tensors: dict[str, torch.Tensor], plain: Any) -> None:
         raise ValueError(f"torch_cpu state is {cpu.dtype} {list(cpu.shape)}, not uint8 "
                          f"{list(torch.get_rng_state().shape)}")
     torch.Generator().set_state(cpu)
+    cuda_shape = torch.cuda.get_rng_state().shape if torch.cuda.is_available() else None
     for name, t in tensors.items():
-        if name != "torch_cpu" and (not re.fullmatch(r"cuda_\d+", name) or t.dtype != torch.uint8 or t.shape != (16,)):
+        if name == "torch_cpu":
+            continue
+        if not re.fullmatch(r"cuda_\d+", name) or t.dtype != torch.uint8 or t.dim() != 1 \
+                or (cuda_shape is not None and t.shape != cuda_shape):
             raise ValueError(f"unexpected RNG state {name} ({t.dtype} {list(t.shape)})")
     if not isinstance(plain, dict):
         raise ValueError("python / numpy RNG states missing")
@@ -379,7 +383,8 @@ def _check_optimizer(path: Path, template: StateTemplate) -> None:
         if not isinstance(group, dict) or group.get("params") != list(range(first, first + len(shapes))):
             raise ValueError(f"parameter group {i} does not list this model's {len(shapes)} parameters")
         for key, value in hyper.items():  # the saved hyper-parameters replace the live ones on load
-            if isinstance(value, (int, float, tuple, list)) and not isinstance(value, bool):
+            # a key the saved group lacks (written by an older torch) is filled in by the optimizer itself
+            if key in group and isinstance(value, (int, float, tuple, list)) and not isinstance(value, bool):
                 numbers = value if isinstance(value, (tuple, list)) else (value,)
                 got = group.get(key)
                 got_numbers = got if isinstance(got, (tuple, list)) else (got,)
