@@ -173,15 +173,16 @@ def entry_point_dir(root: Path, line: str) -> Path:
     ("notaclass = ponder_echo.method:__doc__", r"method plugin 'notaclass' .* must name a class, got str"),
 ])
 def test_a_plugin_that_cannot_register_is_one_clear_error(tmp_path, monkeypatch, line, error):
+    assert "vanilla" in REGISTRY  # the first read registers the built-ins (before this fake plugin is on the path)
     monkeypatch.syspath_prepend(str(PLUGIN))
     monkeypatch.syspath_prepend(str(entry_point_dir(tmp_path, line)))
-    assert "vanilla" in REGISTRY  # the built-ins are registered first
     with pytest.raises(PonderError, match=error) as caught:
         load_plugins()
     assert "\n" not in str(caught.value)
 
 
 def test_entry_point_registers_an_undecorated_class_and_a_second_name_is_refused(tmp_path, monkeypatch):
+    assert "vanilla" in REGISTRY  # the first read registers the built-ins (before this fake plugin is on the path)
     monkeypatch.syspath_prepend(str(PLUGIN))
     monkeypatch.syspath_prepend(str(entry_point_dir(tmp_path, "echo = ponder_echo.method:Echo")))
     from ponder_echo.method import Echo
@@ -196,3 +197,21 @@ def test_entry_point_registers_an_undecorated_class_and_a_second_name_is_refused
             load_plugins()
     finally:
         REGISTRY.pop("echo", None)
+
+
+def test_a_method_class_that_cannot_be_bundled_still_saves_with_a_warning(tmp_path, monkeypatch):
+    from helpers import tiny_model
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    from ponder_echo.method import Echo
+
+    class Local(Echo):  # defined in a function: no module attribute the remote code could import it by
+        pass
+
+    register_method("local_echo")(Local)
+    try:
+        with pytest.warns(UserWarning, match=r"'local_echo' .*Local\) is not bundled into the checkpoint's remote"):
+            tiny_model("local_echo", max_steps=1).save_pretrained(tmp_path)
+        assert not list(tmp_path.glob("ponderlm__plugin__*")) and (tmp_path / "model.safetensors").is_file()
+    finally:
+        REGISTRY.pop("local_echo")

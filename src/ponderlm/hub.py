@@ -26,6 +26,7 @@ import ast
 import importlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +202,10 @@ def _plugin(method: str | None) -> tuple[str, str, str] | None:
     cls = method_class(method)
     if cls.__module__.partition(".")[0] == ROOT_PACKAGE:
         return None
-    if cls.__module__ == "__main__" or "." in cls.__qualname__:
-        raise ValueError(f"method {method!r} ({cls.__module__}.{cls.__qualname__}) cannot be bundled into the "
-                         "checkpoint's remote code: define its class at the top level of an importable module")
+    if cls.__module__ == "__main__" or "." in cls.__qualname__:  # saving still works where the class is defined
+        warnings.warn(f"method {method!r} ({cls.__module__}.{cls.__qualname__}) is not bundled into the checkpoint's "
+                      "remote code: define its class at the top level of an importable module", stacklevel=3)
+        return None
     return method, cls.__module__, cls.__qualname__
 
 
