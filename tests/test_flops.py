@@ -65,3 +65,22 @@ def test_the_method_says_how_many_sweeps_each_mode_runs():
     assert flops(p2, 64)["parallel"] == flops(p2, 64, sweeps=6)["parallel"] > flops(p2, 64, sweeps=5)["parallel"]
     assert flops(p2, 64, training=True)["training"] == flops(p2, 64, sweeps=2.5)["training"]
     assert flops(PonderConfig(method="pause", max_steps=2), 64)["sweeps"] == 0  # nothing solved iteratively
+
+
+def test_ponderlm3_parallel_forward_without_pruning_matches_the_counter(monkeypatch):
+    """The conformance suite's PonderLM-3 prunes, where its cost model is known to charge pruned Jacobi slots dense
+    (a strict xfail there); at full depth the dense count is exact. Counted on the dense-mask path (no folded bias)."""
+    from ponderlm.backbone.attention import slot_causal_mask
+    from ponderlm.methods import ponderlm2
+
+    monkeypatch.setattr(ponderlm2, "CausalKeyBias",
+                        lambda bias: slot_causal_mask(torch.ones(bias.shape, dtype=torch.bool), bias))
+    torch.manual_seed(0)
+    model = PonderForCausalLM(PonderConfig(
+        method="ponderlm3", max_steps=2, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, router_init="uniform", tau=0.3, jacobi_iters_eval=3)).eval()
+    ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        steps = model(ids).executed_steps
+    assert bool((steps == 2).all())  # an undecided router (w = 1/3 each) above tau: nothing pruned
+    assert close(flops(model.config, T, avg_steps=steps)["parallel"], count_flops(model, ids) / ids.numel())
