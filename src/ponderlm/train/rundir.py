@@ -75,7 +75,7 @@ def refuse_links(out: Path) -> None:
                           "ponderlm never writes or deletes through links: remove it or choose another --out")
 
 
-def _open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+def _open_nofollow(path: Path, flags: int, mode: int = 0o666) -> int:
     """`os.open` that never follows a link at `path` (ELOOP becomes a one-line error naming it)."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
