@@ -380,3 +380,17 @@ def test_an_empty_out_in_an_unwritable_parent_still_runs(recipe, tmp_path, capsy
     assert train_rows(tmp_path / "run") == [1, 2] and (tmp_path / "run" / "config.yaml").is_file()
     code, err = cli(["train", str(recipe), "--out", str(tmp_path / "new")], capsys)  # a missing --out: an error
     assert code == 2 and "cannot write to output directory" in err and "Permission denied" in err, err
+
+
+def test_metrics_rows_damaged_in_the_middle_are_an_error_not_dropped(tmp_path, capsys):
+    """Only a cut last row is what a kill leaves (dropped with a warning); a damaged row before it is not, and
+    dropping it would silently lose a step: one error naming the line."""
+    from ponderlm.errors import PonderError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "tr\n{"kind": "train", "step": 3}\n{"kind"')
+    with pytest.raises(PonderError, match=r"metrics\.jsonl:2 is not a metrics row \(damaged file\)"):
+        read_metrics(path)
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": 2}\n{"kind": "tr')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    assert "metrics.jsonl:3 is a truncated metrics row" in capsys.readouterr().err
