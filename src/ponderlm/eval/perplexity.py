@@ -134,16 +134,16 @@ def check_settings(config, settings: DecodeSettings) -> list[str]:
                           f"({', '.join(method_names(adaptive=True))}); this checkpoint is {method!r}")
     if settings.depth_policy not in (None, "learned") and settings.depth_target is None:
         raise PonderError(f"--depth-policy {settings.depth_policy} needs --depth-target")
+    policy = settings.depth_policy or getattr(config, "depth_policy", None) or "learned"
+    if settings.depth_target is not None and policy == "learned":  # it would be silently ignored
+        raise PonderError(f"--depth-target is the target of a fixed-pruning --depth-policy (uniform or geometric), "
+                          f"and this run's policy is {policy}; pass --depth-policy too or leave --depth-target out")
     notes = []
     if settings.alpha not in (None, 0.0) and not cls.uses_alpha:
         notes.append(f"alpha has no effect on method {method!r} (only {', '.join(method_names(uses_alpha=True))} "
                      "has a router bias)")
     if settings.tau is not None and not cls.adaptive:
         notes.append(f"tau has no effect on method {method!r} (it always runs K={config.max_steps} steps)")
-    policy = settings.depth_policy or getattr(config, "depth_policy", None) or "learned"
-    if settings.depth_target is not None and policy == "learned":  # it would be silently ignored
-        raise PonderError(f"--depth-target is the target of a fixed-pruning --depth-policy (uniform or geometric), "
-                          f"and this run's policy is {policy}; pass --depth-policy too or leave --depth-target out")
     if settings.jacobi_iters is not None and not cls.uses_jacobi:
         notes.append(f"--jacobi-iters has no effect on method {method!r} (no Jacobi solver)")
     return notes
