@@ -17,7 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+from paired_stats import interval
+
 PONDERING = ("ponderlm", "ponderlm2", "ponderlm3", "latent_cot")
 # The protocol's training-FLOP-matched control of each arm's cost (PonderLM v1's cost has none: A2 is not testable).
 COST_CONTROL = {"ponderlm2": "vanilla_long_p2", "ponderlm3": "vanilla_long_p2", "latent_cot": "vanilla_long_lcot",
@@ -43,11 +44,7 @@ def paired(runs: dict[str, dict[str, Any]], arm: str, control: str, split: str =
     seeds = sorted(s for s in ours.keys() & theirs.keys() if ours[s].get(split) and theirs[s].get(split))
     if not seeds:
         return None
-    diffs = [ours[s][split]["loss"] - theirs[s][split]["loss"] for s in seeds]
-    mean = statistics.fmean(diffs)
-    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-    verdict = "better" if mean + half < 0 else "worse" if mean - half > 0 else "not resolved"
-    return {"seeds": seeds, "mean": mean, "low": mean - half, "high": mean + half, "verdict": verdict}
+    return {**interval([ours[s][split]["loss"] - theirs[s][split]["loss"] for s in seeds]), "seeds": seeds}
 
 
 def _ci(p: dict[str, Any] | None) -> str:
@@ -86,14 +83,19 @@ def runs_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _criterion(*found: dict[str, Any] | None) -> str:
+    """The protocol's rule for a claim resting on several comparisons: met when every one is "better"."""
+    if any(p is None for p in found):
+        return "not yet run"
+    return "met" if all(p["verdict"] == "better" for p in found) else "not met"
+
+
 def claims(runs: dict[str, dict[str, Any]]) -> str:
     out = []
     a1 = []
     for arm in PONDERING:
         v, h = paired(runs, arm, "vanilla_scaled"), paired(runs, arm, "vanilla_scaled", "heldout")
-        met = "met" if v and h and v["verdict"] == h["verdict"] == "better" else \
-            "not yet run" if v is None or h is None else "not met"
-        a1.append(f"| {arm} | {_ci(v)} | {_ci(h)} | {met} |")
+        a1.append(f"| {arm} | {_ci(v)} | {_ci(h)} | {_criterion(v, h)} |")
     out.append("**A1: better than `vanilla_scaled` on the validation split and the held-out text** (loss difference, "
                "nats, method minus control):\n\n| arm | validation | held-out | criterion |\n|---|---|---|---|\n"
                + "\n".join(a1) + "\n")
@@ -104,17 +106,14 @@ def claims(runs: dict[str, dict[str, Any]]) -> str:
             a2.append(f"| {arm} | {_ci(deep)} | none in the protocol | not testable |")
             continue
         long = paired(runs, arm, COST_CONTROL[arm])
-        met = "met" if deep and long and deep["verdict"] == long["verdict"] == "better" else \
-            "not yet run" if deep is None or long is None else "not met"
-        a2.append(f"| {arm} | {_ci(deep)} | `{COST_CONTROL[arm]}`: {_ci(long)} | {met} |")
+        a2.append(f"| {arm} | {_ci(deep)} | `{COST_CONTROL[arm]}`: {_ci(long)} | {_criterion(deep, long)} |")
     out.append("**A2: better than the compute-matched controls** (validation):\n\n| arm | vs `vanilla_deep` "
                "(inference FLOPs) | vs the training-FLOP-matched control | criterion |\n|---|---|---|---|\n"
                + "\n".join(a2) + "\n")
     a3 = []
     for arm in PONDERING:
         p = paired(runs, arm, "vanilla_official")
-        met = "not yet run" if p is None else "met" if p["verdict"] == "better" else "not met"
-        a3.append(f"| {arm} | {_ci(p)} | {met} |")
+        a3.append(f"| {arm} | {_ci(p)} | {_criterion(p)} |")
     out.append("**A3: better than `vanilla_official`** (validation):\n\n| arm | vs `vanilla_official` | criterion |\n"
                "|---|---|---|\n" + "\n".join(a3) + "\n")
     a4 = []

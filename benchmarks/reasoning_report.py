@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from paired_stats import interval
 
 METHOD_ORDER = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
 ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
@@ -245,7 +246,6 @@ def report(work: Path, docs: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- generated text
 # What docs/REASONING.md and the README quote, rendered from summary.json alone (benchmarks/render_reports.py).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
 def _group(r: dict[str, Any]) -> tuple[str, int, str, int]:
@@ -284,9 +284,7 @@ def _paired_points(ours: list[dict[str, Any]], base: list[dict[str, Any]], value
     diffs = [value(r) - by_seed[r["seed"]] for r in ours if r["seed"] in by_seed]
     if not diffs:
         return None
-    mean = float(np.mean(diffs))
-    half = T95[len(diffs) - 1] * float(np.std(diffs, ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half, "seeds": [r["seed"] for r in ours]}
+    return {**interval(diffs, lower_is_better=False), "seeds": [r["seed"] for r in ours if r["seed"] in by_seed]}
 
 
 def multi_hop_gains(summary: dict[str, Any]) -> list[dict[str, Any]]:

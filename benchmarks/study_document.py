@@ -15,9 +15,9 @@ import math
 import statistics
 from typing import Any
 
+from paired_stats import interval
+
 CONTROL = "vanilla_scaled"
-# Two-sided 95 % Student t quantiles by degrees of freedom (n seeds - 1); the study never has more than a few seeds.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
 
 
@@ -28,13 +28,7 @@ def paired(summary: dict[str, Any], method: str, base: str) -> dict[str, Any] | 
     runs = summary["runs"]
     diffs = [runs[f"{method}-s{s}"]["val_loss"] - runs[f"{base}-s{s}"]["val_loss"] for s in summary["seeds"]
              if f"{method}-s{s}" in runs and f"{base}-s{s}" in runs]
-    if not diffs:
-        return None
-    mean = statistics.fmean(diffs)
-    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-    low, high = mean - half, mean + half
-    verdict = "better" if high < 0 else "worse" if low > 0 else "not resolved"
-    return {"n": len(diffs), "diffs": diffs, "mean": mean, "low": low, "high": high, "verdict": verdict}
+    return interval(diffs) if diffs else None
 
 
 def _ci(p: dict[str, Any]) -> str:
