@@ -180,3 +180,27 @@ def test_our_own_checkpoints_still_load(tmp_path, one_thread):
     model.save_pretrained(tmp_path / "ours")
     again = PonderForCausalLM.from_pretrained(tmp_path / "ours")
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+def test_eval_generate_and_serve_load_a_released_checkpoint_directly(tmp_path, one_thread):
+    """One command evaluates an official checkpoint: `ponderlm.loading.load_model` (what eval, generate and serve
+    use) reads the released GPT-NeoX PonderLM-2 format without a convert step, computing the official forward."""
+    from ponderlm.loading import load_model
+
+    hf = hf_model("gpt_neox")
+    fields = ponderlm2_fields(1, iters=2)
+    fields.pop("recurrent_model")
+    fields["auto_map"] = {"AutoModelForCausalLM": "modeling_gpt_neox.GPTNeoXForCausalLM"}
+    path = write_official(hf, tmp_path / "ckpt", fields)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, **{f"w{i}": i for i in range(1, 96)}}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(path)  # as released: beside
+    model, tokenizer = load_model(path, device="cpu")
+    assert model.config.method == "ponderlm2" and not model.training
+    assert tokenizer("w5 w17").input_ids == [5, 17]
+    with torch.no_grad():
+        got = model(IDS).logits
+    assert (got - official_ponderlm2(hf, IDS, 1, sweeps=2, scale=math.sqrt(2.5 * 32))).abs().max() < TOL

@@ -32,7 +32,6 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
 
     from safetensors import SafetensorError
 
-    from ponderlm.data.tokenizer import load_tokenizer
     from ponderlm.modeling import PonderForCausalLM
 
     model_dir = resolve_model_dir(path)
@@ -47,8 +46,18 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
                           "checkpoint is damaged: re-export it or use an earlier checkpoint")
     model_type = config.get("model_type")
     if model_type != "ponder":
-        raise PonderError(f"{model_dir} holds a {model_type!r} model, not a ponderlm checkpoint; "
-                          "convert it with PonderForCausalLM.from_backbone(...) first")
+        from ponderlm.backbone.official_format import detect
+
+        if detect(config) is None:
+            raise PonderError(f"{model_dir} holds a {model_type!r} model, not a ponderlm checkpoint; "
+                              "convert it with PonderForCausalLM.from_backbone(...) first")
+        # An official PonderLM-2 / PonderingLM checkpoint: read as data (JSON + tensors, never its code) and mapped
+        # onto our classes, with every field checked (docs/CHECKPOINTS.md), so `eval` / `generate` / `serve` take it
+        # directly.
+        from ponderlm.backbone.official import load_official
+
+        model = load_official(PonderForCausalLM, str(model_dir), directory=model_dir)
+        return _with_tokenizer(model_dir, model, device)
     from transformers.utils import logging as hf_logging
 
     bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
@@ -71,6 +80,13 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
         if bar:
             hf_logging.enable_progress_bar()
     _check_loaded(model_dir, model, info)
+    return _with_tokenizer(model_dir, model, device)
+
+
+def _with_tokenizer(model_dir: Path, model: Any, device: torch.device) -> tuple[Any, Any]:
+    """The model in eval mode on `device`, and the tokenizer saved beside it (or the shipped one if it fits)."""
+    from ponderlm.data.tokenizer import load_tokenizer
+
     model.to(device).eval()
     if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(model_dir)

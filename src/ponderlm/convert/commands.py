@@ -43,7 +43,7 @@ def _convert(args: argparse.Namespace) -> int:
     if args.to == "official":
         if args.official_method or args.ignore_field:
             raise PonderError("--official-method and --ignore-field describe an official source, not --to official")
-        model = PonderForCausalLM.from_pretrained(str(source))
+        model = PonderForCausalLM.from_pretrained(str(source), trust_remote_code=False)  # never a directory's code
         if not isinstance(model, PonderForCausalLM) or model.config.model_type != "ponder":
             raise PonderError(f"{args.source} is not a ponderlm checkpoint")
         export_official(model, out, source_dir=source)
