@@ -98,8 +98,9 @@ def test_init_from_takes_the_architecture_from_the_checkpoint(tmp_path, data_dir
     from ponderlm import PonderForCausalLM
 
     run = tmp_path / "run"
-    code = main(["train", "--method", "adaponder", "--out", str(run), f"model.init_from={tiny_llama}",
-                 f"data.data_dir={data_dir}", "data.seq_len=32", "train.steps=1", "train.batch_size=2",
+    code = main(["train", "--recipe", "quickstart", "--method", "adaponder", "--out", str(run),
+                 f"model.init_from={tiny_llama}", f"data.data_dir={data_dir}", "data.seq_len=32", "train.steps=1",
+                 "train.batch_size=2",
                  "train.eval_batches=1", "train.sample_tokens=0", "train.device=cpu", "log.tensorboard=false"])
     assert code == 0
     model = PonderForCausalLM.from_pretrained(run / "final")
@@ -111,16 +112,17 @@ def test_init_from_takes_the_architecture_from_the_checkpoint(tmp_path, data_dir
 def test_init_from_with_contradicting_settings_is_one_line_and_writes_nothing(tmp_path, data_dir, tiny_llama,
                                                                               capsys):
     run = tmp_path / "run"
-    code = main(["train", "--method", "adaponder", "--out", str(run), f"model.init_from={tiny_llama}",
-                 "model.hidden_size=64", "model.num_hidden_layers=2", f"data.data_dir={data_dir}", "data.seq_len=32",
+    code = main(["train", "--recipe", "quickstart", "--method", "adaponder", "--out", str(run),
+                 f"model.init_from={tiny_llama}", "model.hidden_size=64", "model.num_hidden_layers=2",
+                 f"data.data_dir={data_dir}", "data.seq_len=32",
                  "train.steps=1", "train.device=cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "hidden_size=64 (checkpoint: 32)" in err[0] and "num_hidden_layers" not in err[0]
     assert not run.exists()
     # The quickstart's seq_len (128) does not fit the checkpoint's 64 positions: said before anything is written.
-    code = main(["train", "--out", str(run), f"model.init_from={tiny_llama}", f"data.data_dir={data_dir}",
-                 "train.device=cpu"])
+    code = main(["train", "--recipe", "quickstart", "--out", str(run), f"model.init_from={tiny_llama}",
+                 f"data.data_dir={data_dir}", "train.device=cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "data.seq_len (128) exceeds" in err[0], err
     assert not run.exists()
