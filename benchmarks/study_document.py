@@ -95,7 +95,7 @@ def settings_table(summary: dict[str, Any]) -> str:
         st = [r.get("settings") or {} for r in recs]
         recorded = all(x.get("recorded") for x in st)
         options = [x.get("method_options") for x in st]
-        if not all(options):
+        if any(o is None for o in options):
             opt_text = "not recorded"
         elif all(o == {} for o in options):
             opt_text = "none"
@@ -119,19 +119,27 @@ def settings_table(summary: dict[str, Any]) -> str:
 
 
 def differences_table(summary: dict[str, Any]) -> str:
-    """Every setting that differs from the documented defaults, per arm, with its source (the run's own record)."""
-    lines = ["| arm | setting | value | default | source |", "|---|---|---|---|---|"]
+    """Every setting that differs from the documented defaults, with its source (the runs' own records): the ones
+    every arm shares once, then each arm's own."""
+    per_arm: dict[str, dict[str, tuple[str, str, str]]] = {}
     for method in _methods(summary):
-        recs = _records(summary, method)
         found: dict[str, list[Any]] = {}
-        for r in recs:
+        for r in _records(summary, method):
             for key, d in ((r.get("settings") or {}).get("differs_from_defaults") or {}).items():
-                if key in ("train.seed", "data.data_dir"):  # per seed / per machine: not a recipe choice
-                    continue
-                found.setdefault(key, []).append(d)
-        for key, ds in found.items():
-            values, defaults = _one([d["value"] for d in ds]), _one([d["default"] for d in ds])
-            lines.append(f"| {method} | `{key}` | {values} | {defaults} | {_one([d['source'] for d in ds])} |")
+                if key not in ("train.seed", "data.data_dir"):  # per seed / per machine: not a recipe choice
+                    found.setdefault(key, []).append(d)
+        per_arm[method] = {key: (_one([d["value"] for d in ds]), _one([d["default"] for d in ds]),
+                                 _one([d["source"] for d in ds])) for key, ds in found.items()}
+    arms = [m for m, rows in per_arm.items() if rows]
+    if not arms:
+        return "Not recorded by these runs.\n"
+    shared = [key for key in per_arm[arms[0]] if all(per_arm[m].get(key) == per_arm[arms[0]][key] for m in arms)]
+    lines = ["Common to every arm:", "", "| setting | value | default | source |", "|---|---|---|---|"]
+    lines += [f"| `{key}` | {' | '.join(per_arm[arms[0]][key])} |" for key in shared]
+    lines += ["", "Per arm:", "", "| arm | setting | value | default | source |", "|---|---|---|---|---|"]
+    for m in arms:
+        own = [key for key in per_arm[m] if key not in shared]
+        lines += [f"| {m} | `{key}` | {' | '.join(per_arm[m][key])} |" for key in own] or [f"| {m} | none | | | |"]
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +245,7 @@ def _pruned(points: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[st
 
 def claims_section(summary: dict[str, Any]) -> str:
     seeds = len(summary["seeds"])
-    out = ["## The claims, judged from the paired intervals\n",
+    out = ["## The claims, judged from the paired intervals",
            f"Each verdict below is read off the paired per-seed difference in validation loss and its 95 % t interval "
            f"(the table above): \"better\" / \"worse\" only when the whole interval is on one side of 0. The protocol "
            f"has {seeds} seeds per arm; a row with fewer says so.\n"]
@@ -312,6 +320,7 @@ def setup_section(summary: dict[str, Any]) -> str:
         ("evaluation", f"{eval_text}; the same windows for every model"),
         ("recipe", "every arm runs at its method's documented defaults ([METHODS.md](METHODS.md)) plus the study's "
                    "command-line settings, listed per arm below with their source; no packaged recipe"),
+        ("code", summary.get("code") or "not recorded"),
     ]
     return "## Setup\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
@@ -332,6 +341,9 @@ the exact command lines are in [results/commands.txt](results/commands.txt).
 ```bash
 python benchmarks/study.py all          # prepare, lr, train, controls, eval, analyze, decode, report -> docs/results/
 ```
+
+At this budget (0.1M tokens per run) the study cannot settle whether latent computation pays; the decisive
+experiments (10x the tokens, every control, a protocol fixed before the runs) are in [DECISIVE.md](DECISIVE.md).
 
 {setup_section(summary)}
 ### Settings of each arm (read from the runs)

@@ -444,6 +444,8 @@ def write_report(out: Path, docs: Path, methods: tuple[str, ...], seeds: tuple[i
                "diagnostics": diagnostics,
                "pareto": {f"s{s}": p for s, p in pareto.items()}}
     summary["methods"] = list(methods)
+    code = out / "CODE.txt"  # which code trained the runs (written by whoever ran them; see study_document.py)
+    summary["code"] = code.read_text(encoding="utf-8").strip() if code.exists() else previous.get("code")
     (docs / "summary.json").write_text(json.dumps(summary, indent=1))
     from study_document import render_results  # benchmarks/ is this script's directory
 
