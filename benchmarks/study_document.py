@@ -196,8 +196,8 @@ def legacy_tables(summary: dict[str, Any]) -> str:
     text = ""
     old = summary.get("old_recipe", {})
     if old:
-        text += ("\n#### Old vs faithful recipe (old-recipe runs: settings not recorded; command lines in "
-                 "[commands.txt](results/commands.txt) when they were run)\n\n"
+        text += ("\n#### Old vs faithful recipe (old-recipe runs: settings not recorded, trained by the code of "
+                 "2026-12-01; their command lines are in the git history of results/commands.txt, commit 0dfa2bc)\n\n"
                  "| method | old recipe (tied, HF init): val ppl per seed (mean) | faithful recipe: val ppl per seed "
                  "(mean) |\n|---|---|---|\n")
         for m in ("vanilla", "ponderlm", "ponderlm2"):
@@ -208,7 +208,7 @@ def legacy_tables(summary: dict[str, Any]) -> str:
             text += f"| {m} | {cells[0]} | {cells[1]} |\n"
     k_sweep = summary.get("k_sweep", {})
     if k_sweep:
-        text += ("\n#### PonderLM-2 K sweep (seed 0; K > 1 runs: settings not recorded)\n\n"
+        text += ("\n#### PonderLM-2 K sweep (seed 0; the K > 1 runs: settings not recorded, code of 2026-12-01)\n\n"
                  "| K | val ppl | inference FLOPs vs vanilla | training FLOPs vs vanilla | settings recorded |\n"
                  "|---|---|---|---|---|\n")
         for k, r in sorted(k_sweep.items(), key=lambda kv: int(kv[0])):
