@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_rows = [r for r in rows if r.get("kind") == "train"]
-    train_seconds = sum(r["tokens_seen"] / len(train_rows) / r["tokens_per_s"] for r in train_rows) \
-        if train_rows else None
+    per_step = train_rows[-1]["tokens_seen"] / len(train_rows) if train_rows else 0.0  # tokens_seen is cumulative
+    train_seconds = sum(per_step / r["tokens_per_s"] for r in train_rows) if train_rows else None
     taus = []
     for tau in TAUS:
         out = subprocess.run([python, "-m", "ponderlm", "eval", "ppl", "--model", str(run), "--tau", str(tau),
