@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import rehash_manifest
 from safetensors.torch import load_file, save_file
 
 from ponderlm.cli import main
@@ -142,14 +143,6 @@ def _text(name: str) -> Callable[[Path], None]:
 
 
 # ------------------------------------------------------------------ crafted run directories (resume, links)
-def _rehash(ckpt: Path) -> None:
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    for name in manifest["files"]:
-        blob = (ckpt / name).read_bytes()
-        manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _run_copy(damage: Callable[[Path], None] | None = None, rehash: bool = True) -> Callable[[Path], None]:
     """Copy the shared run (checkpoint at step 2, final/) to {tmp}/run, then damage its checkpoint."""
     def setup(tmp: Path) -> None:
@@ -157,7 +150,7 @@ def _run_copy(damage: Callable[[Path], None] | None = None, rehash: bool = True)
         if damage is not None:
             damage(tmp / "run" / "checkpoints" / "step_000002")
             if rehash:
-                _rehash(tmp / "run" / "checkpoints" / "step_000002")
+                rehash_manifest(tmp / "run" / "checkpoints" / "step_000002")
     return setup
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import rehash_manifest
 from safetensors.torch import load_file
 
 from ponderlm.cli import main
@@ -262,16 +263,6 @@ def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {"full": root / "full", "part": root / "part", "recipe": root / "recipe.yaml"}
 
 
-def _rehash(ckpt: Path) -> None:
-    import hashlib
-
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    for name in manifest["files"]:
-        blob = (ckpt / name).read_bytes()
-        manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _wrong_rng_dtype(ckpt: Path) -> None:
     from safetensors.torch import save_file
 
@@ -301,7 +292,7 @@ def test_resume_falls_back_past_an_invalid_checkpoint(runs, damage, why, tmp_pat
     part = tmp_path / "part"
     shutil.copytree(runs["part"], part)
     damage(part / "checkpoints" / "step_000003")
-    _rehash(part / "checkpoints" / "step_000003")
+    rehash_manifest(part / "checkpoints" / "step_000003")
     code, err = cli(["train", "--out", str(part), "--resume"], capsys)
     assert code == 0, err
     assert f"step_000003 {why}" in err and "moved it to step_000003.corrupt and resuming from step_000002" in err, err

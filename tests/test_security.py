@@ -9,7 +9,6 @@ reader is also run on the crafted metadata to prove the payload is live (so the 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_run
+from helpers import rehash_manifest, tiny_run
 
 from ponderlm.errors import PonderError
 from ponderlm.train import train
@@ -48,14 +47,6 @@ def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     train(_config(root / "dcp", data_dir, "dist.checkpoint=dcp"))
     train(_config(root / "single", data_dir))
     return {"dcp": root / "dcp", "single": root / "single", "data": data_dir}
-
-
-def _rehash_manifest(ckpt: Path) -> None:
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    for name in manifest["files"]:
-        blob = (ckpt / name).read_bytes()
-        manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -86,7 +77,7 @@ def test_crafted_dcp_metadata_is_refused(runs, tmp_path):
     marker = tmp_path / MARKER_NAME
     ckpt = _copy_run(runs["dcp"], tmp_path / "run")
     (ckpt / "dcp" / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
-    _rehash_manifest(ckpt)
+    rehash_manifest(ckpt)
     with pytest.raises(PonderError, match=r"unsafe or corrupt DCP metadata .*refusing posix\.system"):
         _resume(tmp_path / "run", runs["data"])
     assert not marker.exists()
@@ -113,7 +104,7 @@ def test_crafted_non_tensor_item_in_a_shard_is_refused(runs, tmp_path):
     shard.write_bytes(blob + evil)
     metadata.storage_meta = None
     (ckpt / "dcp" / ".metadata").write_bytes(pickle.dumps(metadata))
-    _rehash_manifest(ckpt)
+    rehash_manifest(ckpt)
     with pytest.raises(PonderError, match=r"refusing checkpoint item optim\.param_groups\.0\.lr"):
         _resume(tmp_path / "run", runs["data"])
     assert not marker.exists()
@@ -123,7 +114,7 @@ def test_crafted_optimizer_pt_is_refused(runs, tmp_path):
     marker = tmp_path / MARKER_NAME
     ckpt = _copy_run(runs["single"], tmp_path / "run")
     torch.save({"state": {}, "param_groups": [], "evil": _Payload(marker)}, ckpt / "optimizer.pt")
-    _rehash_manifest(ckpt)
+    rehash_manifest(ckpt)
     with pytest.raises(PonderError, match=r"refusing .*optimizer\.pt"):
         _resume(tmp_path / "run", runs["data"])
     assert not marker.exists()

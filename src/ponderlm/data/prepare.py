@@ -212,6 +212,14 @@ def publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def publish_prepared(tmp: Path, out_dir: Path, overwrite: bool, tokenizer, meta: dict) -> None:
+    """Finish a prepared data directory: the tokenizer beside the shards (a run directory can then be traced back
+    to it) and meta.json, then move it into place."""
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    publish(tmp, out_dir, overwrite)
+
+
 def _num_val(sources: list[Source], unsplit: list[int], fixed: list[int], frac: float) -> int:
     """How many of the unsplit documents to hold out; refuses an empty corpus."""
     n_unsplit = sum(unsplit)
@@ -320,10 +328,7 @@ def prepare_data(
             w.close()
         seconds = time.time() - t0
         meta = _build_meta(writers, tokenizer, tokenizer_spec, sources, unsplit, fixed, stats, frac)
-        # Keep the tokenizer with the data so a run directory can be traced back to it.
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, out_dir, overwrite)
+        publish_prepared(tmp, out_dir, overwrite, tokenizer, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -384,9 +389,7 @@ def _prepare_pretokenized(inputs, splits: dict[str, list[Path]], tokenizer, out_
             "val_rule": "the dataset's validation split" if not hold_out else "the last val_fraction of train rows",
             "invalid_utf8_replaced": 0, "control_chars_dropped": 0, "ponderlm_version": __version__,
         }
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, out_dir, overwrite)
+        publish_prepared(tmp, out_dir, overwrite, tokenizer, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -208,25 +208,23 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
             engine.metrics.finished("rejected")
         return error_response(exc)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
+    async def serve_request(request: Request, prepare: Any, chat: bool) -> Response:
+        """One completions or chat request: parse and tokenise off the event loop, then run it."""
         try:
-            req, params, prompts = await off_loop(prepare_completion, await read_body(request))
+            req, params, prompts = await off_loop(prepare, await read_body(request))
             return await _run(engine, request, params, prompts, model_name, n=req.n, stream=req.stream,
                               include_usage=req.stream_options is not None and req.stream_options.include_usage,
-                              chat=False)
+                              chat=chat)
         except RequestError as exc:
             return rejected(exc)
 
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await serve_request(request, prepare_completion, chat=False)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        try:
-            req, params, prompts = await off_loop(prepare_chat, await read_body(request))
-            return await _run(engine, request, params, prompts, model_name, n=req.n, stream=req.stream,
-                              include_usage=req.stream_options is not None and req.stream_options.include_usage,
-                              chat=True)
-        except RequestError as exc:
-            return rejected(exc)
+        return await serve_request(request, prepare_chat, chat=True)
 
     return app
 
