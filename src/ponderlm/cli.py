@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ponderlm",
         description="Pretrain, evaluate and serve pondering language models.",
-        epilog="Run `ponderlm COMMAND --help` for a command's options; `ponderlm train` with no arguments "
+        epilog="Run `ponderlm COMMAND --help` for a command's options; `ponderlm train --recipe quickstart` "
                "trains the CPU quickstart.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
