@@ -96,7 +96,9 @@ THIRD_SEED = ("vanilla_scaled", "ponderlm2", "ponderlm3", "latent_cot", "vanilla
 
 
 def rate_name(rate: float) -> str:
-    return f"{rate:.0e}".replace("e-0", "e-")
+    """1e-3 -> "1e-3", 1.6e-2 -> "1.6e-2": short, and distinct for the doubled / halved rates of an extension."""
+    mantissa, exponent = f"{rate:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 class Grid:

@@ -1,0 +1,94 @@
+"""The decisive grid's bookkeeping (benchmarks/decisive.py, decisive_report.py): the protocol's learning-rate rule,
+the FLOP-matched controls, and the claim verdicts, on synthetic run records (no training)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+decisive = importlib.import_module("decisive")
+decisive_report = importlib.import_module("decisive_report")
+
+
+def _record(folder: Path, run: str, arm: str, seed: int, loss: float, phase: str = "main", rate: float = 4e-3,
+            heldout: float | None = None) -> None:
+    path = folder / "runs" / f"{run}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"run": run, "arm": arm, "seed": seed, "phase": phase, "lr": rate, "steps": 10, "seq_len": 128,
+              "tokens_seen": 1280, "parameters": 1, "wall_seconds": 1.0, "load_average": {"start": 0.0, "end": 0.0},
+              "val": {"loss": loss, "ppl": 2.0, "avg_steps": 0.0, "tokens": 1},
+              "heldout": None if heldout is None else {"loss": heldout, "ppl": 2.0, "avg_steps": 0.0, "tokens": 1},
+              "curve": [{"step": 10, "tokens": 1280, "train_flops": 1.0, "val_loss": loss}]}
+    path.write_text(json.dumps(record))
+
+
+def test_the_rate_range_is_extended_past_a_winning_end_then_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(decisive, "DOCS", tmp_path)
+    grid = decisive.Grid(tmp_path / "work", workers=1)
+    losses = {1e-3: 3.0, 2e-3: 2.5, 4e-3: 2.2, 8e-3: 2.0, 1.6e-2: 1.9, 3.2e-2: 1.8}  # keeps improving upwards
+    for rate in decisive.RATES:
+        _record(tmp_path, f"lr{decisive.rate_name(rate)}-ponderlm2-s0", "ponderlm2", 0, losses[rate], "lr", rate)
+    grid.close_sweep("ponderlm2")
+    first = grid.sweep_result("ponderlm2")
+    assert not first.get("final") and first["extensions"] == 1 and max(first["rates"]) == pytest.approx(1.6e-2)
+    assert [j["rate"] for j in grid.sweep_jobs("ponderlm2")] == [pytest.approx(1.6e-2)]  # only the new rate runs
+    assert [decisive.rate_name(r) for r in (1e-3, 8e-3, 1.6e-2, 5e-4)] == ["1e-3", "8e-3", "1.6e-2", "5e-4"]
+    _record(tmp_path, "lr1.6e-2-ponderlm2-s0", "ponderlm2", 0, losses[1.6e-2], "lr", 1.6e-2)
+    grid.close_sweep("ponderlm2")
+    _record(tmp_path, f"lr{decisive.rate_name(3.2e-2)}-ponderlm2-s0", "ponderlm2", 0, losses[3.2e-2], "lr", 3.2e-2)
+    grid.close_sweep("ponderlm2")
+    final = grid.sweep_result("ponderlm2")
+    # two extensions at most: the best is still the top end, and the sweep says so instead of running forever
+    assert final["final"] and final["edge"] and final["best"] == pytest.approx(3.2e-2) and final["extensions"] == 2
+    assert grid.best_rate("vanilla_deep") is None  # it takes vanilla_scaled's rate, which is not known yet
+
+
+def test_an_interior_best_closes_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.setattr(decisive, "DOCS", tmp_path)
+    grid = decisive.Grid(tmp_path / "work", workers=1)
+    for rate, loss in zip(decisive.RATES, (3.0, 2.1, 2.0, 2.4)):
+        _record(tmp_path, f"lr{decisive.rate_name(rate)}-vanilla_scaled-s0", "vanilla_scaled", 0, loss, "lr", rate)
+    grid.close_sweep("vanilla_scaled")
+    assert grid.best_rate("vanilla_scaled") == pytest.approx(4e-3)
+    assert grid.best_rate("vanilla_deep") == pytest.approx(4e-3)  # the FLOP-matched controls share it
+    runs = [j["run"] for j in grid.main_jobs()]
+    assert runs[:2] == ["vanilla_scaled-s0", "vanilla_deep-s0"]  # arms with a known rate, in the protocol's order
+
+
+def test_flop_matched_controls_match_the_cost_model():
+    from ponderlm import PonderConfig
+    from ponderlm.flops import flops
+
+    layers = decisive.deep_layers()
+    shape = dict(backbone="llama", hidden_size=decisive.D, num_attention_heads=decisive.HEADS, vocab_size=4096,
+                 max_position_embeddings=512)
+    target = flops(PonderConfig(method="ponderlm2", max_steps=1, num_hidden_layers=decisive.LAYERS, **shape),
+                   decisive.SEQ_LEN)["forward"]
+    cost = {n: flops(PonderConfig(method="vanilla", num_hidden_layers=n, **shape), decisive.SEQ_LEN)["forward"]
+            for n in (layers - 1, layers, layers + 1)}
+    assert abs(cost[layers] - target) <= min(abs(cost[layers - 1] - target), abs(cost[layers + 1] - target))
+    assert decisive.train_ratio("ponderlm2") > decisive.train_ratio("latent_cot") > 1.0
+
+
+def test_claims_follow_the_protocols_rule(tmp_path):
+    """A1 needs the whole interval below 0 on both splits; one seed gives no interval; missing runs are 'not yet
+    run', never a verdict."""
+    for seed, (ours, control) in enumerate(((5.00, 5.10), (5.01, 5.12), (4.99, 5.11))):
+        _record(tmp_path, f"ponderlm2-s{seed}", "ponderlm2", seed, ours, heldout=ours + 0.5)
+        _record(tmp_path, f"vanilla_scaled-s{seed}", "vanilla_scaled", seed, control, heldout=control + 0.5)
+    runs, _ = decisive_report.load(tmp_path)
+    p = decisive_report.paired(runs, "ponderlm2", "vanilla_scaled")
+    assert p["verdict"] == "better" and p["seeds"] == [0, 1, 2] and p["high"] < 0
+    text = decisive_report.claims(runs)
+    assert "| ponderlm2 |" in text and text.split("| ponderlm2 |")[1].split("\n")[0].rstrip().endswith("| met |")
+    assert "| ponderlm3 | not yet run | not yet run | not yet run |" in text
+    (tmp_path / "runs" / "ponderlm2-s1.json").unlink()
+    (tmp_path / "runs" / "ponderlm2-s2.json").unlink()
+    one = decisive_report.paired(decisive_report.load(tmp_path)[0], "ponderlm2", "vanilla_scaled")
+    assert one["verdict"] == "not resolved" and "no interval (1 seed)" in decisive_report._ci(one)
