@@ -83,6 +83,38 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "out": "results/reasoning", "docs": "docs/results/reasoning/n8-hops12",
     },
 }
+# The decisive experiments' Part B (docs/protocols/DECISIVE.md, with its amendment): 1 layer, 3,000 steps, 3 seeds;
+# grid entries are (method, K) or (method, K, variant). Controls: vanilla with K + 1 layers (equal FLOPs) and looped
+# K = 1 (equal parameters); PonderLM-3 at its defaults and two-stage from this setting's PonderLM-2 K = 1 run;
+# latent CoT with its penalty delayed (the documented recipes).
+_PART_B = [("vanilla", 0), ("ponderlm", 1), ("ponderlm2", 1), ("ponderlm3", 1), ("ponderlm3", 1, "from-p2"),
+           ("adaponder", 2), ("latent_cot", 1, "delay2000"), ("vanilla", 0, "layers2"), ("looped", 1),
+           ("ponderlm", 2), ("ponderlm2", 2), ("vanilla", 0, "layers3")]
+_HOPS_B = ["--task", "hops", "--hops", "1,2,3", *_DATA_COMMON]
+SETTINGS.update({
+    "nomarker-n12": {  # task 1: the query does not say how many hops it needs
+        "data": [*_HOPS_B, "--symbols", "12", "--queries", "6", "--no-hop-marker"], "steps": 3000, "lr": 3e-3,
+        "core": _PART_B, "rest": [],
+        "out": "results/reasoning-nomarker-n12", "docs": "docs/results/reasoning/nomarker-n12",
+    },
+    "chains-closed": {  # task 2: chains with the elimination shortcut closed; 64-token examples (the amendment)
+        "data": ["--task", "chains", "--symbols", "10", "--hops", "1,2,3,4", "--queries", "4", "--distractors", "3",
+                 "--constants", "distinct", "--queries-with-replacement", "--example-len", "64",
+                 *_DATA_COMMON[2:]],
+        "train": ["data.seq_len=64", "model.max_position_embeddings=128"], "steps": 3000, "lr": 3e-3,
+        # the validity check (1-layer vanilla) and the positive control (4 layers) come first
+        "core": [("vanilla", 0), ("vanilla", 0, "layers4"), *_PART_B[1:]], "rest": [],
+        "out": "results/reasoning-chains-closed", "docs": "docs/results/reasoning/chains-closed",
+    },
+    "hops-n10": {  # task 3: the marked task at two more sizes
+        "data": [*_HOPS_B, "--symbols", "10", "--queries", "6"], "steps": 3000, "lr": 3e-3, "core": _PART_B,
+        "rest": [], "out": "results/reasoning-hops-n10", "docs": "docs/results/reasoning/hops-n10",
+    },
+    "hops-n14": {
+        "data": [*_HOPS_B, "--symbols", "14", "--queries", "5"], "steps": 3000, "lr": 3e-3, "core": _PART_B,
+        "rest": [], "out": "results/reasoning-hops-n14", "docs": "docs/results/reasoning/hops-n14",
+    },
+})
 DEFAULT_SETTING = "n12-hops123"
 
 
@@ -122,6 +154,13 @@ VARIANTS.update({
     # one stage: the router held at its prior for the first 2,000 of 3,000 steps
     "steps3000-warm2000-lam0": [*_WARM2000, "model.lambda_steps=0"],
     "steps3000-warm2000-lam0.05": [*_WARM2000, "model.lambda_steps=0.05"],
+    # Part B (docs/protocols/DECISIVE.md): equal-FLOP vanilla controls, the documented two-stage and delayed recipes
+    "layers2": ["model.num_hidden_layers=2"],
+    "layers3": ["model.num_hidden_layers=3"],
+    "layers4": ["model.num_hidden_layers=4"],
+    "from-p2": ["model.init_from={runs}/ponderlm2-k1-s{seed}/final", "train.steps=1000", "train.eval_every=1000",
+                "optim.lr=0.001", "model.lambda_steps=0.05"],
+    "delay2000": ["model.cot_lambda_delay_steps=2000"],
 })
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
@@ -145,13 +184,15 @@ EXTRA = {
 }
 
 
-def plan(setting: str, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int]]:
-    """(method, K, seed) in priority order; vanilla has K = 0."""
+def plan(setting: str, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int, int, str]]:
+    """(method, K, seed, variant) in priority order; vanilla has K = 0. Grid entries are (method, K) or
+    (method, K, variant)."""
     core, rest = SETTINGS[setting]["core"], SETTINGS[setting]["rest"]
-    out = [(m, k, s) for s in seeds[:1] for m, k in core]
-    out += [(m, k, s) for s in seeds[1:] for m, k in core]
-    out += [(m, k, s) for s in seeds for m, k in rest]
-    return out
+
+    def runs(entries: list[tuple], for_seeds: tuple[int, ...]) -> list[tuple[str, int, int, str]]:
+        return [(e[0], e[1], s, e[2] if len(e) > 2 else "") for s in for_seeds for e in entries]
+
+    return runs(core, seeds[:1]) + runs(core, seeds[1:]) + runs(rest, seeds)
 
 
 def _alive(pid: int) -> bool:
@@ -244,7 +285,8 @@ class Bench:
         argv += [*COMMON, f"optim.lr={self.cfg['lr']}", f"model.method={method}", f"model.max_steps={k}",
                  f"data.data_dir={self.data}",
                  f"train.steps={self.steps}", f"train.eval_every={self.steps}", f"train.seed={seed}",
-                 f"name={run.name}", *(o.format(runs=self.runs) for o in VARIANTS.get(variant, []))]
+                 *self.cfg.get("train", []),  # the setting's own shape (e.g. 64-token examples)
+                 f"name={run.name}", *(o.format(runs=self.runs, seed=seed) for o in VARIANTS.get(variant, []))]
         start = time.time()
         rc = self.cli(argv, self.out / "logs" / f"{run.name}.log")
         if rc:
@@ -365,16 +407,16 @@ class Bench:
         todo = [r for r in plan(self.setting, self.seeds) if not (self.runs / run_name(*r) / "eval.json").is_file()
                 and (not only or run_name(*r) in only)]
         self.log(f"start ({self.setting}, pid {os.getpid()}): {len(todo)} runs to do, {self.steps} steps each")
-        for i, (method, k, seed) in enumerate(todo):
+        for i, (method, k, seed, variant) in enumerate(todo):
             if self.max_minutes is not None and time.time() - begin > 60 * self.max_minutes:
                 self.log(f"stop: --max-minutes {self.max_minutes} reached, {len(todo) - i} runs left")
                 return
-            run = self.runs / run_name(method, k, seed)
+            run = self.runs / run_name(method, k, seed, variant)
             if (run / "eval.json").is_file() or not claim(run):
                 continue  # done meanwhile, or another `run` process has it
             try:
-                t = self.train(method, k, seed)
-                r = self.evaluate(method, k, seed, t)
+                t = self.train(method, k, seed, variant)
+                r = self.evaluate(method, k, seed, t, variant)
             finally:
                 release(run)
             per = " ".join(f"h{p['difficulty']} {p['accuracy']:.2f}" for p in r["learned"]["per_difficulty"])

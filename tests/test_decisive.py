@@ -92,3 +92,22 @@ def test_claims_follow_the_protocols_rule(tmp_path):
     (tmp_path / "runs" / "ponderlm2-s2.json").unlink()
     one = decisive_report.paired(decisive_report.load(tmp_path)[0], "ponderlm2", "vanilla_scaled")
     assert one["verdict"] == "not resolved" and "no interval (1 seed)" in decisive_report._ci(one)
+
+
+def test_part_b_settings_follow_the_protocol():
+    """Part B's grids (benchmarks/reasoning.py): every task has the equal-FLOP and equal-parameter controls and the
+    documented recipes; the chains task runs its validity check and positive control first, on 64-token examples;
+    the two-stage PonderLM-3 comes after the PonderLM-2 run of the same seed it starts from."""
+    reasoning = importlib.import_module("reasoning")
+    for setting in ("nomarker-n12", "chains-closed", "hops-n10", "hops-n14"):
+        names = [reasoning.run_name(*r) for r in reasoning.plan(setting)]
+        assert len(names) == len(set(names)) and len(names) == 3 * len(reasoning.SETTINGS[setting]["core"])
+        for seed in (0, 1, 2):
+            assert names.index(f"ponderlm2-k1-s{seed}") < names.index(f"ponderlm3-k1-from-p2-s{seed}")
+            assert {f"vanilla-k0-layers2-s{seed}", f"vanilla-k0-layers3-s{seed}", f"looped-k1-s{seed}",
+                    f"latent_cot-k1-delay2000-s{seed}"} <= set(names)
+    chains = [reasoning.run_name(*r) for r in reasoning.plan("chains-closed")]
+    assert chains[:2] == ["vanilla-k0-s0", "vanilla-k0-layers4-s0"]
+    assert "data.seq_len=64" in reasoning.SETTINGS["chains-closed"]["train"]
+    assert "--no-hop-marker" in reasoning.SETTINGS["nomarker-n12"]["data"]
+    assert reasoning.VARIANTS["from-p2"][0].format(runs="R", seed=2) == "model.init_from=R/ponderlm2-k1-s2/final"
