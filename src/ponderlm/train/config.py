@@ -259,7 +259,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _leaf_keys(key: str, value: Any) -> list[str]:
     """The dotted leaf keys that setting `key` to `value` sets (a section given as a mapping sets each of its keys)."""
-    if key in ("sources",):
+    if key == "sources":  # the record of sources itself, not a setting
         return []
     if "." not in key and key not in ("name", "recipe") and isinstance(value, dict):
         return [f"{key}.{sub}" for sub in value]
