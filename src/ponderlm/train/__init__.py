@@ -1,7 +1,7 @@
 """Training: run config, the loop, checkpoints and metrics.
 
     from ponderlm.train import load_config, train
-    cfg = load_config("configs/quickstart.yaml", ["train.steps=200"])   # or load_config() = quickstart
+    cfg = load_config(recipe="quickstart", overrides=["train.steps=200"])   # load_config() = the defaults
     result = train(cfg)            # result.out_dir, result.val_ppl, ...; train(cfg, resume=True) continues
 
 Names are imported lazily so `ponderlm --help` does not pay for torch.
