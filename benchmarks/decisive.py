@@ -95,6 +95,11 @@ MAIN_ARMS = ("vanilla_scaled", "vanilla_official", "ponderlm2", "ponderlm3", "la
 THIRD_SEED = ("vanilla_scaled", "ponderlm2", "ponderlm3", "latent_cot", "vanilla_official", "ponderlm", "vanilla_deep")
 
 
+def portable(text: str) -> str:
+    """A committed record names paths relative to the repository, never this machine's."""
+    return text.replace(f"{ROOT}/", "")
+
+
 def rate_name(rate: float) -> str:
     """1e-3 -> "1e-3", 1.6e-2 -> "1.6e-2": short, and distinct for the doubled / halved rates of an extension."""
     mantissa, exponent = f"{rate:.1e}".split("e")
@@ -182,7 +187,7 @@ class Grid:
         path = self.record_path(run)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.write_text(portable(json.dumps(record, indent=1)) + "\n")
         tmp.replace(path)
         print(f"[{time.strftime('%H:%M:%S')}] {run}: val loss {record['val']['loss'] if val else 'n/a'} "
               f"({time.time() - start:.0f}s, load {load_before:.1f})", flush=True)
@@ -282,7 +287,7 @@ class Grid:
                 if heldout is not None:
                     record["heldout"] = {k: heldout[k] for k in ("loss", "ppl", "avg_steps", "tokens", "conditions")
                                          if k in heldout}
-                    path.write_text(json.dumps(record, indent=1) + "\n")
+                    path.write_text(portable(json.dumps(record, indent=1)) + "\n")
 
     def run(self, max_minutes: float | None) -> None:
         self.prepare()
