@@ -140,3 +140,18 @@ def rehash_manifest(ckpt: Path) -> None:
         blob = (ckpt / name).read_bytes()
         manifest["files"][name] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+# Prepended to a script run in a fresh interpreter: there `import ponderlm` raises, so a checkpoint must bring its own
+# code (the remote-code bundle) and a snippet must not rely on the package being installed.
+NO_PONDERLM = """import importlib.abc, sys
+
+
+class NoPonderlm(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "ponderlm" or name.startswith("ponderlm."):
+            raise ImportError(f"ponderlm is not installed here ({name})")
+
+
+sys.meta_path.insert(0, NoPonderlm())
+"""

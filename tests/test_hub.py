@@ -12,22 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import NO_PONDERLM, tiny_model
 
 from ponderlm import PonderForCausalLM
 from ponderlm.hub import AUTO_MAP, ENTRY_FILE, import_closure, remote_code_files
 from ponderlm.train import from_dict, train
 
 # Runs in a fresh interpreter in which `import ponderlm` raises: the checkpoints must bring their own code.
-BLOCKED = textwrap.dedent('''
-    import importlib.abc, json, sys
+BLOCKED = NO_PONDERLM + textwrap.dedent('''
+    import json
 
-    class NoPonderlm(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "ponderlm" or name.startswith("ponderlm."):
-                raise ImportError(f"ponderlm is not installed here ({name})")
-
-    sys.meta_path.insert(0, NoPonderlm())
     try:
         import ponderlm  # noqa: F401
         raise SystemExit("ponderlm is importable: the test would prove nothing")

@@ -8,10 +8,10 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
+from helpers import NO_PONDERLM
 from transformers import AutoTokenizer
 
 from ponderlm import PonderConfig, PonderForCausalLM
@@ -19,18 +19,7 @@ from ponderlm.data.tokenizer import load_tokenizer
 from ponderlm.hub import complete_checkpoint
 
 # Prepended to the card's snippet: `import ponderlm` fails, so the checkpoint's own code must do everything.
-NO_PONDERLM = textwrap.dedent('''
-    import importlib.abc, sys
-
-    class NoPonderlm(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name == "ponderlm" or name.startswith("ponderlm."):
-                raise ImportError(f"ponderlm is not installed here ({name})")
-
-    sys.meta_path.insert(0, NoPonderlm())
-    import torch
-    torch.set_num_threads(1)
-''')
+SNIPPET_PRELUDE = NO_PONDERLM + "import torch\ntorch.set_num_threads(1)\n"
 
 
 @pytest.fixture(scope="module", params=["ponderlm3", "vanilla"])
@@ -64,7 +53,7 @@ def test_card_snippet_runs_in_a_fresh_process_without_prompt_or_warning(checkpoi
     card = (checkpoint / "README.md").read_text(encoding="utf-8")
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("this/dir", str(checkpoint))
     script = tmp_path / "snippet.py"
-    script.write_text(NO_PONDERLM + snippet, encoding="utf-8")
+    script.write_text(SNIPPET_PRELUDE + snippet, encoding="utf-8")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "",
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
     env.pop("TRANSFORMERS_VERBOSITY", None)  # transformers' default level: its warnings must show up here
