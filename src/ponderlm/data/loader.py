@@ -220,6 +220,11 @@ def iter_eval_batches(
         yield (x, y) if labels else x
 
 
+def describe_windows(batches: int, batch_size: int, seq_len: int, tokens: int) -> str:
+    """What `iter_eval_batches` scored, in the words every reported perplexity carries beside it."""
+    return f"first {batches} batches x {batch_size} non-overlapping {seq_len}-token windows ({tokens:,} scored tokens)"
+
+
 def _labeled_windows(stream: TokenStream, mask: TokenStream | None, starts, seq_len: int):
     """(inputs, labels) of the windows at `starts`, each [len(starts), seq_len], as `next_labeled_batch` says."""
     x = torch.from_numpy(np.stack([stream.read(s, seq_len) for s in starts]))

@@ -239,6 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------ handlers
 def cmd_ppl(args: argparse.Namespace) -> int:
+    from ponderlm.data.loader import describe_windows
     from ponderlm.eval.perplexity import check_settings, perplexity
 
     model, _, batches = _load(args)
@@ -250,9 +251,9 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     # A perplexity means nothing without its windows: another split, window or token count gives another number.
     conditions = {"data": args.data, "split": args.split, "seq_len": result.seq_len, "batch_size": args.batch_size,
                   "batches": len(batches), "windows": result.sequences, "tokens": result.tokens,
-                  "description": f"{args.data}:{args.split}, the first {len(batches)} batches x {args.batch_size} "
-                                 f"non-overlapping {result.seq_len}-token windows ({result.tokens:,} scored "
-                                 f"tokens), {knobs}"}
+                  "description": f"{args.data}:{args.split}, the "
+                                 f"{describe_windows(len(batches), args.batch_size, result.seq_len, result.tokens)}, "
+                                 f"{knobs}"}
     if args.json:
         print(json.dumps({**result.as_dict(), "conditions": conditions}))
         return 0

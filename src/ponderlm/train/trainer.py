@@ -30,7 +30,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ponderlm.data.loader import TokenLoader, check_data_dir, iter_eval_batches, read_meta, unigram_perplexity
+from ponderlm.data.loader import (
+    TokenLoader,
+    check_data_dir,
+    describe_windows,
+    iter_eval_batches,
+    read_meta,
+    unigram_perplexity,
+)
 from ponderlm.errors import PonderError
 from ponderlm.paths import cache_dir
 from ponderlm.train import checkpoint as ckpt
@@ -478,9 +485,8 @@ def eval_conditions(cfg: RunConfig, config: Any, data_dir: Path, tokens: int) ->
     tau_alpha = f"tau {config.tau:g}" + (f", alpha {config.alpha:g}" if config.method_class.uses_alpha else "")
     return {"split": "val", "data_dir": str(data_dir), "seq_len": cfg.data.seq_len, "batch_size": t.batch_size,
             "batches": t.eval_batches, "tokens": tokens, "tau": config.tau, "alpha": config.alpha,
-            "description": f"the val split's first {t.eval_batches} batches x {t.batch_size} non-overlapping "
-                           f"{cfg.data.seq_len}-token windows ({tokens:,} scored tokens), the trainer's final "
-                           f"evaluation, {tau_alpha}"}
+            "description": f"the val split's {describe_windows(t.eval_batches, t.batch_size, cfg.data.seq_len, tokens)}"
+                           f", the trainer's final evaluation, {tau_alpha}"}
 
 
 def _data_description(data_dir: Path) -> str:
