@@ -136,8 +136,157 @@ def claims(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def render(folder: Path, planned: list[str] | None = None) -> str:
+# ---------------------------------------------------------------------------------------------- Part B
+# Part B's tasks (protocol order) -> the setting of benchmarks/reasoning.py whose summary.json holds their runs.
+PART_B_TASKS = (("task 2: `chains`, shortcut closed", "chains-closed"),
+                ("task 1: `hops`, no hop marker, n = 12", "nomarker-n12"),
+                ("task 3: `hops`, n = 10", "hops-n10"), ("task 3: `hops`, n = 14", "hops-n14"))
+ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
+WITHIN = 0.05  # the validity check: 1-layer vanilla within 5 points of chance on the multi-step queries
+CONTROL_BAR = 0.90  # the positive control: 4-layer vanilla on depth-2 queries
+
+
+def _deep_accuracy(result: dict[str, Any], depths: set[int] | None = None) -> float:
+    """Count-weighted accuracy over the answers of 2 or more steps (or of the given depths)."""
+    pts = [p for p in result["per_difficulty"]
+           if (p["difficulty"] >= 2 if depths is None else p["difficulty"] in depths)]
+    n = sum(p["count"] for p in pts)
+    return sum(p["accuracy"] * p["count"] for p in pts) / n if n else float("nan")
+
+
+def _arms(summary: dict[str, Any]) -> dict[tuple[str, int, str], dict[int, dict[str, Any]]]:
+    """(method, K, variant) -> seed -> run, over the setting's main and variant runs alike."""
+    arms: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
+    for r in summary.get("runs", []) + summary.get("extra_runs", []):
+        arms.setdefault((r["method"], r["K"], r.get("variant") or ""), {})[r["seed"]] = r
+    return arms
+
+
+def _arm_name(key: tuple[str, int, str]) -> str:
+    method, k, variant = key
+    return f"{method} K={k}" + (f" ({variant})" if variant else "")
+
+
+def _seed_list(runs: dict[int, dict[str, Any]], value) -> str:
+    return ", ".join(f"s{seed}: {value(r) * 100:.1f}" for seed, r in sorted(runs.items()))
+
+
+def validity(summary: dict[str, Any]) -> tuple[str, str]:
+    """Task 2's validity check and positive control (protocol amendment 2026-12-07): (markdown, verdict), verdict
+    one of "valid", "leaking", "not testable", "not yet run"."""
+    arms, found = _arms(summary), summary.get("floors")
+    base, control = arms.get(("vanilla", 0, ""), {}), arms.get(("vanilla", 0, "layers4"), {})
+    if not base or not found:
+        return "The validity check has not run yet.\n", "not yet run"
+    chance = max(found.values())
+    readers = ", ".join(f"{k} {v * 100:.1f} %" for k, v in sorted(found.items()))
+    near = all(abs(_deep_accuracy(r["learned"]) - chance) <= WITHIN for r in base.values())
+    text = (f"Chance on the depth >= 2 test queries is the best context-only reader: {chance * 100:.1f} % "
+            f"(benchmarks/scripted_readers.py on the test split: {readers}).\n\n"
+            f"- **Validity check** (1-layer vanilla within {WITHIN * 100:.0f} points of chance on depths >= 2, "
+            f"{len(base)} seeds): {_seed_list(base, lambda r: _deep_accuracy(r['learned']))} % -> "
+            f"{'passes' if near else 'fails'}.\n")
+    if not near:
+        return text + "\nThe task still leaks: it is dropped from the claims.\n", "leaking"
+    if not control:
+        return text + "- **Positive control** (4-layer vanilla): not yet run.\n", "not yet run"
+    learns = all(_deep_accuracy(r["learned"], {2}) >= CONTROL_BAR for r in control.values())
+    text += (f"- **Positive control** (4-layer vanilla >= {CONTROL_BAR * 100:.0f} % on depth-2 queries, "
+             f"{len(control)} seeds): {_seed_list(control, lambda r: _deep_accuracy(r['learned'], {2}))} % -> "
+             f"{'passes' if learns else 'fails'}.\n")
+    if not learns:
+        return text + ("\nNo model here learns to follow a chain two steps within the budget, so no method can be "
+                       "credited or faulted on depth: **the task's claims are not testable at this budget**.\n"), \
+            "not testable"
+    return text, "valid"
+
+
+def _sweep_point(summary: dict[str, Any], run: str, tau: float) -> dict[str, Any] | None:
+    """The run's sweep point at tau (alpha left at the checkpoint's), if the sweep phase recorded it."""
+    return next((p for p in summary.get("sweeps", {}).get(run, [])
+                 if p.get("alpha") is None and p.get("tau") == tau), None)
+
+
+def _paired_points(ours: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """Multi-hop accuracy difference in points, ours minus control, paired by seed."""
+    seeds = sorted(ours.keys() & control.keys())
+    if not seeds:
+        return None
+    diffs = [100 * (_deep_accuracy(ours[s]["learned"]) - _deep_accuracy(control[s]["learned"])) for s in seeds]
+    return {**interval(diffs, lower_is_better=False), "seeds": seeds}
+
+
+def reasoning_claims(summary: dict[str, Any]) -> str:
+    """R1-R4 of the protocol for one task, from its runs (paired by seed, 95 % t interval, accuracy points)."""
+    arms = _arms(summary)
+    base = arms.get(("vanilla", 0, ""), {})
+    rows = []
+    for key, runs in sorted(arms.items()):
+        method, k, _ = key
+        if method in ("vanilla", "looped"):
+            continue
+        r1, r2 = _paired_points(runs, base), _paired_points(runs, arms.get(("vanilla", 0, f"layers{k + 1}"), {}))
+        r1_met = "not yet run" if r1 is None else "met" if r1["low"] >= 30 else "not met"
+        r2_met = "not yet run" if r2 is None else "met" if r2["low"] > 0 else "not met"
+        r3 = r4 = "n/a (fixed depth)"
+        if method in ADAPTIVE:
+            points = {s: _sweep_point(summary, r["run"], 0.5) for s, r in runs.items()}
+            rhos = {s: p["learned"]["spearman_steps_difficulty"] for s, p in points.items() if p}
+            r3 = "not yet run" if not rhos else (
+                ", ".join(f"s{s}: {'n/a' if v is None else f'{v:.2f}'}" for s, v in sorted(rhos.items()))
+                + f" -> {'met' if sum(v is not None and v >= 0.5 for v in rhos.values()) >= 2 else 'not met'}")
+            usable = {s: p for s, p in points.items() if p and "uniform" in p.get("fixed", {})
+                      and p["learned"]["avg_steps"] < k}
+            skipped = sum(1 for p in points.values() if p and p["learned"]["avg_steps"] >= k)
+            if not usable:
+                r4 = "not yet run" if not rhos else f"no usable run ({skipped} skip no step)"
+            else:
+                p4 = interval([100 * (p["learned"]["accuracy"] - p["fixed"]["uniform"]["accuracy"])
+                               for p in usable.values()], lower_is_better=False)
+                r4 = f"{_points(p4)} -> {'met' if p4['low'] > 0 else 'not met'} ({skipped} excluded: skip no step)"
+        rows.append(f"| {_arm_name(key)} | {_points(r1)} -> {r1_met} | {_points(r2)} -> {r2_met} | {r3} | {r4} |")
+    if not rows:
+        return "No run of this task has finished yet: R1-R4 **not yet run**.\n"
+    return ("| arm | R1: vs 1-layer vanilla, points (need lower bound >= 30) | R2: vs vanilla with K + 1 layers "
+            "(lower bound > 0) | R3: Spearman(steps, depth) at tau 0.5 (>= 0.5 on 2 of 3 seeds) | R4: learned minus "
+            "uniform fixed pruning at tau 0.5, points (lower bound > 0) |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def _points(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "not yet run"
+    spread = "no interval (1 seed)" if math.isinf(p["high"]) else f"[{p['low']:+.1f}, {p['high']:+.1f}]"
+    return f"{p['mean']:+.1f} {spread}, {p['n']} seeds"
+
+
+def part_b(reasoning_docs: Path) -> str:
+    """Part B of the report: per task, the validity / floor it is read against and the claims R1-R4."""
+    out = []
+    for title, setting in PART_B_TASKS:
+        path = reasoning_docs / setting / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else None
+        head = f"### {title} (`--setting {setting}`)\n\n"
+        if summary is None:
+            out.append(head + "No run yet: every claim **not yet run**.\n")
+            continue
+        source = f"Runs: [results/reasoning/{setting}/](results/reasoning/{setting}/table.md).\n\n"
+        if setting == "chains-closed":
+            text, verdict = validity(summary)
+            out.append(head + source + text + ("\n" + reasoning_claims(summary) if verdict == "valid" else ""))
+            continue
+        floor = (summary.get("floors") or {}).get("stop_guess")
+        note = "" if floor is None else (f"Guessing floor on the queries of 2 or more hops (a one-edge reader "
+                                         f"guessing among the stops, test split): {floor * 100:.1f} %.\n\n")
+        out.append(head + source + note + reasoning_claims(summary))
+    return "\n".join(out)
+
+
+def render(folder: Path, planned: list[str] | None = None, reasoning_docs: Path | None = None) -> str:
+    """The whole report; Part B reads the reasoning settings' summaries under `reasoning_docs`
+    (default: docs/results/reasoning beside `folder`)."""
     runs, sweeps = load(folder)
+    reasoning_docs = reasoning_docs or folder.parent / "reasoning"
     hours = sum(r["wall_seconds"] for r in runs.values()) / 3600
     text = f"""# Decisive experiments: results so far
 
@@ -164,7 +313,12 @@ the same records).
 ## The protocol's claims
 
 {claims(runs)}
-"""
+## Part B: reasoning
+
+Per task, in the protocol's order: what "chance" is for it, then R1-R4 (multi-hop accuracy in points, paired by
+seed, 95 % t interval; depth read at tau 0.5 for R3 and R4).
+
+{part_b(reasoning_docs)}"""
     if planned is not None:
         text += ("\n## Not run yet\n\nIn the protocol's order, the runs whose rate is known and that have no record: "
                  + (", ".join(planned) if planned else "none") + ".\n")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from paired_stats import interval
+from scripted_readers import floors
 
 METHOD_ORDER = ("vanilla", "pause", "looped", "ponderlm", "ponderlm2", "ponderlm3", "adaponder", "latent_cot")
 ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
@@ -228,6 +229,16 @@ def report(work: Path, docs: Path) -> None:
     rows = aggregate(runs)
     extra_rows = aggregate(extra) if extra else []
     summary = {"runs": runs, "aggregate": rows, "extra_runs": extra, "extra_aggregate": extra_rows}
+    # Each adaptive run's alpha / tau sweep points (Part B reads depth at tau 0.5 from them).
+    sweeps = {r["run"]: json.loads(f.read_text())["points"] for r in runs + extra
+              if (f := work / "runs" / r["run"] / "sweep.json").is_file()}
+    if sweeps:
+        summary["sweeps"] = sweeps
+    # What context-only readers score on the multi-step test queries: the protocol's chance level (Part B).
+    found = floors(work / "data") if (work / "data" / "meta.json").is_file() else None
+    old = json.loads((docs / "summary.json").read_text()) if (docs / "summary.json").is_file() else {}
+    if found is not None or old.get("floors") is not None:
+        summary["floors"] = found if found is not None else old["floors"]
     (docs / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     text = table_md(rows) + "\nAdaptive runs: default decoding and the alpha / tau sweep, each with fixed pruning " \
         "at the same average steps.\n\n" + sweep_md(work, runs + extra) + "\nAdaptive runs at a forced constant " \

@@ -111,3 +111,46 @@ def test_part_b_settings_follow_the_protocol():
     assert "data.seq_len=64" in reasoning.SETTINGS["chains-closed"]["train"]
     assert "--no-hop-marker" in reasoning.SETTINGS["nomarker-n12"]["data"]
     assert reasoning.VARIANTS["from-p2"][0].format(runs="R", seed=2) == "model.init_from=R/ponderlm2-k1-s2/final"
+
+
+def _reasoning_run(method: str, k: int, seed: int, accuracy_by_depth: dict[int, float], variant: str = "",
+                   steps: float = 0.0) -> dict:
+    per = [{"difficulty": d, "count": 100, "accuracy": a, "avg_steps": steps} for d, a in accuracy_by_depth.items()]
+    return {"run": f"{method}-k{k}{'-' + variant if variant else ''}-s{seed}", "method": method, "K": k,
+            "seed": seed, "variant": variant,
+            "learned": {"per_difficulty": per, "accuracy": sum(accuracy_by_depth.values()) / len(per),
+                        "avg_steps": steps, "spearman_steps_difficulty": None}}
+
+
+def test_part_b_validity_gate_and_claims():
+    """Task 2 is judged against the best context-only reader and its positive control before any claim; R1 needs
+    a paired lower bound >= 30 points over 1-layer vanilla, R3 a Spearman >= 0.5 at tau 0.5 on 2 of 3 seeds."""
+    at_chance = {1: 1.0, 2: 0.15, 3: 0.14, 4: 0.16}
+    summary = {"floors": {"elimination": 0.151, "uniform": 0.143},
+               "runs": [_reasoning_run("vanilla", 0, s, at_chance) for s in range(3)],
+               "extra_runs": [_reasoning_run("vanilla", 0, s, {1: 1.0, 2: 0.95, 3: 0.2, 4: 0.15}, "layers4")
+                              for s in range(3)]}
+    _, verdict = decisive_report.validity(summary)
+    assert verdict == "valid"
+    summary["extra_runs"][1]["learned"]["per_difficulty"][1]["accuracy"] = 0.5  # one seed misses the 90 % bar
+    assert decisive_report.validity(summary)[1] == "not testable"
+    leaking = dict(summary, floors={"uniform": 0.05})  # 1-layer vanilla 10 points above this chance: a shortcut
+    assert decisive_report.validity(leaking)[1] == "leaking"
+    assert decisive_report.validity({"runs": []})[1] == "not yet run"
+
+    weak = {1: 1.0, 2: 0.3, 3: 0.3}  # 1-layer vanilla; PonderLM-3 below is ~57 points above it, PonderLM v1 ~12
+    hops = {"runs": [_reasoning_run("vanilla", 0, s, weak) for s in range(3)]
+            + [_reasoning_run("ponderlm3", 1, s, {1: 1.0, 2: 0.9 - 0.01 * s, 3: 0.85}, steps=0.5) for s in range(3)]
+            + [_reasoning_run("ponderlm", 1, s, {1: 1.0, 2: 0.45, 3: 0.3 + 0.1 * s}) for s in range(3)],
+            "sweeps": {f"ponderlm3-k1-s{s}": [{"alpha": None, "tau": 0.5, "fixed": {"uniform": {"accuracy": 0.5}},
+                                              "learned": {"spearman_steps_difficulty": rho, "avg_steps": 0.5,
+                                                          "accuracy": 0.8}}]
+                       for s, rho in enumerate((0.7, 0.6, 0.1))}}
+    table = decisive_report.reasoning_claims(hops)
+    p3 = table.split("| ponderlm3 K=1 |")[1].split("\n")[0]
+    v1 = table.split("| ponderlm K=1 |")[1].split("\n")[0]
+    assert "-> met" in p3.split("|")[0] and "not met" in v1.split("|")[0]
+    assert "s0: 0.70, s1: 0.60, s2: 0.10 -> met" in p3  # 2 of 3 seeds at >= 0.5
+    assert "+30.0" in p3.split("|")[3] and "-> met (0 excluded" in p3.split("|")[3]  # R4: 80 vs 50 points
+    assert "n/a (fixed depth)" in v1
+    assert "R1-R4 **not yet run**" in decisive_report.reasoning_claims({"runs": []})

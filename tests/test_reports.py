@@ -17,8 +17,7 @@ render_reports = importlib.import_module("render_reports")
 report_blocks = importlib.import_module("report_blocks")
 
 INPUTS = ["README.md", "docs/RESULTS.md", "docs/DECISIVE.md", "docs/results/decisive", "docs/REASONING.md",
-          "docs/METHODS.md", "docs/TRAINING.md", "docs/results/summary.json", "docs/results/reasoning/summary.json",
-          "docs/results/reasoning/table.md", "docs/results/reasoning/n8-hops12/table.md",
+          "docs/METHODS.md", "docs/TRAINING.md", "docs/results/summary.json", "docs/results/reasoning",
           "docs/results/quickstart/summary.json", "docs/results/quickstart/timing.json",
           "docs/results/quickstart/tau.json"]
 

@@ -2,24 +2,37 @@
 
 `hops --no-hop-marker` and `chains --distractors / --constants / --queries-with-replacement` are checked from the
 written files alone: tokens are decoded with the directory's own tokenizer.json and every answer is re-derived by
-a reference solver written here, never by the generator's helpers. The shortcut check is a brute-force
-"elimination" reader implemented here too: it follows one assignment only, and otherwise answers with the one
-constant of the context not yet given as an answer in the example (a uniform guess among those left when
-several are). It must score far above chance on the original `chains` set and at chance on the closed variant.
+the reference solvers of benchmarks/scripted_readers.py, never by the generator's helpers. The shortcut check is
+its brute-force "elimination" reader (the report's chance level uses the same readers): it follows one
+assignment only, and otherwise answers with the one constant of the context not yet given as an answer in the
+example (a uniform guess among those left when several are). It must score far above chance on the original
+`chains` set and at chance on the closed variant.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ponderlm.cli import main
 from ponderlm.data.synth import SynthOptions, encode_examples, generate_split, synthesize, vocabulary
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from scripted_readers import (  # noqa: E402
+    chain_heads,
+    context_only_readers,
+    elimination_accuracy,
+    load_examples,
+    queries,
+    solve_chains,
+    solve_hops_stops,
+    stop_guess_accuracy,
+)
 
 # The closed `chains` variant the protocol's validity check runs on.
 CLOSED = dict(task="chains", symbols=10, hops=(1, 2, 3, 4), queries=4, distractors=6, constants="distinct",
@@ -31,30 +44,6 @@ NO_MARKER = dict(task="hops", symbols=12, hops=(1, 2, 3), queries=6, hop_marker=
 
 
 # ---------------------------------------------------------------------------------------------- reading back
-def load_examples(data_dir: Path, split: str) -> list[tuple[list[str], list[tuple[int, int]]]]:
-    """(token strings without padding, [(answer position, difficulty)]) per example, from the files alone."""
-    meta = json.loads((data_dir / "meta.json").read_text())
-    vocab = json.loads((data_dir / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
-    words = {i: w for w, i in vocab.items()}
-    L = meta["synth"]["example_len"]
-    tokens = np.fromfile(data_dir / f"{split}_000.bin", dtype="<u2").reshape(-1, L)
-    mask = np.fromfile(data_dir / f"{split}_mask_000.bin", dtype=np.uint8).reshape(-1, L)
-    diff = np.fromfile(data_dir / f"{split}_difficulty_000.bin", dtype=np.uint8).reshape(-1, L)
-    out = []
-    for t, m, d in zip(tokens, mask, diff):
-        strings = [words[int(i)] for i in t]
-        end = strings.index("<|endoftext|>")
-        assert set(strings[end:]) == {"<|endoftext|>"}  # right padding only
-        out.append((strings[:end], [(int(p), int(d[p])) for p in np.flatnonzero(m)]))
-    return out
-
-
-def queries(tokens: list[str]) -> list[tuple[int, str, str, str]]:
-    """(answer position, marker token, query symbol, answer) of each query after the separator."""
-    sep = tokens.index("|")
-    return [(i + 2, tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(sep + 1, len(tokens), 3)]
-
-
 @pytest.fixture(scope="module")
 def no_marker_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "hops_nomarker"
@@ -70,28 +59,6 @@ def closed_dir(tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- hops, no marker
-def solve_hops_stops(tokens: list[str]) -> tuple[dict[str, str], set[str], list[tuple[int, str, int]]]:
-    """Reference: the successor map, the stop set, and for each query (answer position, first stop, hops)."""
-    sep = tokens.index("|")
-    succ, stops = {}, set()
-    for edge in tokens[:sep]:
-        src, dst = edge.split(">")
-        if dst.endswith("*"):
-            dst = dst[:-1]
-            stops.add(dst)
-        assert src not in succ
-        succ[src] = dst
-    solved = []
-    for pos, marker, q, _ in queries(tokens):
-        assert marker == "?"
-        a, hops = succ[q], 1
-        while a not in stops:
-            a, hops = succ[a], hops + 1
-            assert hops <= len(succ)
-        solved.append((pos, a, hops))
-    return succ, stops, solved
-
-
 def test_no_marker_answers_are_the_first_stop_and_difficulty_is_the_hop_count(no_marker_dir):
     hop_counts: Counter[int] = Counter()
     for split in ("train", "val", "test"):
@@ -130,41 +97,11 @@ def test_no_marker_splits_share_no_permutation(no_marker_dir):
 def test_no_marker_one_lookup_reader_is_far_from_solving_deep_queries(no_marker_dir):
     """A reader that follows one edge answers 1-hop queries; for deeper ones it can only guess among the stops
     (the query's own symbol excluded): far below what following the cycle gives."""
-    deep, guess = 0, 0.0
-    for tokens, _ in load_examples(no_marker_dir, "train"):
-        succ, stops, solved = solve_hops_stops(tokens)
-        for (_, _, q, answer), (_, _, hops) in zip(queries(tokens), solved):
-            if hops >= 2:
-                candidates = stops - {q}
-                deep += 1
-                guess += (answer in candidates) / len(candidates)
-    assert deep > 1000 and guess / deep < 0.3
+    guess, deep = stop_guess_accuracy(load_examples(no_marker_dir, "train"))
+    assert deep > 1000 and guess < 0.3
 
 
 # ---------------------------------------------------------------------------------------------- chains
-def solve_chains(tokens: list[str]) -> tuple[dict[str, str], list[tuple[int, str, str, int, str]]]:
-    """Reference: the assignments, and per query (answer position, variable, constant, depth, chain head)."""
-    sep = tokens.index("|")
-    value = {}
-    for assign in tokens[:sep]:
-        var, val = assign.split("=")
-        assert var not in value  # every variable assigned once
-        value[var] = val
-    solved = []
-    for pos, marker, var, _ in queries(tokens):
-        assert marker == "?"
-        v, depth = var, 1
-        while not value[v].startswith("c"):
-            v, depth = value[v], depth + 1
-        solved.append((pos, var, value[v], depth, v))
-    return value, solved
-
-
-def chain_heads(value: dict[str, str]) -> dict[str, str]:
-    """Head variable -> constant of every chain in the context."""
-    return {v: c for v, c in value.items() if c.startswith("c")}
-
-
 def test_closed_chains_have_the_stated_structure(closed_dir):
     chains = CLOSED["queries"] + CLOSED["distractors"]
     repeats = never_asked = examples = 0
@@ -211,23 +148,6 @@ def test_shared_constants_are_each_held_by_exactly_two_chains(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the shortcut
-def elimination_accuracy(examples, symbols: int) -> tuple[float, int]:
-    """Brute-force elimination reader, scored in expectation over its uniform guesses, on queries of depth >= 2:
-    candidates = the constants of the context minus those already given as answers in the example."""
-    total, n = 0.0, 0
-    for tokens, _ in examples:
-        value, solved = solve_chains(tokens)
-        constants = set(chain_heads(value).values())
-        given: list[str] = []
-        for (_, _, _, depth, _), (_, _, _, answer) in zip(solved, queries(tokens)):
-            if depth >= 2:  # a depth-1 query is one lookup; the reader does follow one assignment
-                left = constants - set(given)
-                total += (answer in left) / len(left) if left else 1 / symbols
-                n += 1
-            given.append(answer)
-    return total / n, n
-
-
 def test_elimination_solves_the_original_chains_but_not_the_closed_variant(tmp_path, closed_dir):
     original = SynthOptions(task="chains", symbols=10, hops=(1, 2, 3, 4), queries=4, train=1500, val=60, test=60)
     synthesize(original, tmp_path / "orig", progress=False)
@@ -237,25 +157,6 @@ def test_elimination_solves_the_original_chains_but_not_the_closed_variant(tmp_p
     assert n_orig > 3000 and n_closed > 3000
     assert acc_orig > chance + 0.3, acc_orig  # about 0.49: the shortcut the issue describes
     assert abs(acc_closed - chance) < 0.02, acc_closed  # about 0.10
-
-
-def context_only_readers(examples) -> dict[str, float]:
-    """Mean expected accuracy on depth >= 2 queries of readers that follow one assignment at most: elimination
-    (above), by a constant's count in the context, and repeating an answer already given in the example."""
-    by_count = repeat = 0.0
-    n = 0
-    for tokens, _ in examples:
-        value, solved = solve_chains(tokens)
-        held = Counter(chain_heads(value).values())
-        given: list[str] = []
-        for (_, _, _, depth, _), (_, _, _, answer) in zip(solved, queries(tokens)):
-            if depth >= 2:
-                n += 1
-                by_count += held[answer] / sum(held.values())
-                pool = set(given) or set(held)
-                repeat += (answer in pool) / len(pool)
-            given.append(answer)
-    return {"elimination": elimination_accuracy(examples, 10)[0], "count": by_count / n, "repeat": repeat / n}
 
 
 def test_closed_variant_leaves_no_count_or_repeat_cue(closed_dir):
