@@ -277,17 +277,24 @@ class Grid:
         self._call([sys.executable, "-m", "ponderlm", "data", "prepare", "--input", "default", "--out",
                     str(self.data)], self.work / "logs" / "prepare.log")
 
-    def backfill_heldout(self) -> None:
-        """Score the held-out text for finished runs recorded before it existed (while their work dir survives)."""
+    def backfill(self) -> None:
+        """Fill what records made before a field existed lack, while their work dir survives: the held-out score,
+        and `train_seconds` (a record's `wall_seconds` covers only the stretch that finished the run)."""
         for path in sorted((DOCS / "runs").glob("*.json")) if (DOCS / "runs").is_dir() else []:
             record = json.loads(path.read_text())
             run_dir = self.work / "runs" / record["run"]
+            changed = False
             if record.get("heldout") is None and (run_dir / "final" / "config.json").is_file():
                 heldout = self._eval(run_dir, "heldout", record["seq_len"], self.work / "logs" / f"{record['run']}.log")
                 if heldout is not None:
                     record["heldout"] = {k: heldout[k] for k in ("loss", "ppl", "avg_steps", "tokens", "conditions")
                                          if k in heldout}
-                    path.write_text(portable(json.dumps(record, indent=1)) + "\n")
+                    changed = True
+            if "train_seconds" not in record and (run_dir / "metrics.jsonl").is_file():
+                record["train_seconds"] = train_seconds(run_dir)
+                changed = True
+            if changed:
+                path.write_text(portable(json.dumps(record, indent=1)) + "\n")
 
     def run(self, max_minutes: float | None) -> None:
         self.prepare()
@@ -306,6 +313,16 @@ class Grid:
                 if not running:
                     break
                 time.sleep(5)
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Seconds spent in training steps over every stretch of the run (each step's own time, from metrics.jsonl;
+    evaluation and start-up excluded, steps repeated after a crash counted again)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("kind") == "train" and r.get("tokens_per_s")]
+    per_step = {r["step"]: r["tokens_seen"] for r in train}
+    previous = {step: per_step.get(step - 1, 0) for step in per_step}
+    return sum((r["tokens_seen"] - previous[r["step"]]) / r["tokens_per_s"] for r in train)
 
 
 def make_record(run_dir: Path, job: dict[str, Any], val: dict[str, Any] | None, heldout: dict[str, Any] | None,
@@ -333,12 +350,13 @@ def make_record(run_dir: Path, job: dict[str, Any], val: dict[str, Any] | None, 
             "heldout": heldout and {k: heldout[k] for k in ("loss", "ppl", "avg_steps", "tokens", "conditions")
                                     if k in heldout},
             "curve": curve, "train_flops_per_token": per_token, "wall_seconds": wall,
+            "train_seconds": train_seconds(run_dir),
             "load_average": {"start": load[0], "end": load[1]}, "threads": 1}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["run", "plan", "status", "heldout"])
+    p.add_argument("phase", choices=["run", "plan", "status", "backfill", "heldout"])
     p.add_argument("--work", type=Path, default=ROOT / "results" / "decisive")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -347,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     grid = Grid(args.work, args.workers, args.threads)
     if args.phase == "run":
         grid.run(args.max_minutes)
-    if args.phase == "heldout":
-        grid.backfill_heldout()
+    if args.phase in ("heldout", "backfill"):
+        grid.backfill()
     jobs = grid.plan()
     done = sorted(p.stem for p in (DOCS / "runs").glob("*.json")) if (DOCS / "runs").is_dir() else []
     if args.phase in ("plan", "status"):

@@ -154,3 +154,13 @@ def test_part_b_validity_gate_and_claims():
     assert "+30.0" in p3.split("|")[3] and "-> met (0 excluded" in p3.split("|")[3]  # R4: 80 vs 50 points
     assert "n/a (fixed depth)" in v1
     assert "R1-R4 **not yet run**" in decisive_report.reasoning_claims({"runs": []})
+
+
+def test_train_seconds_counts_every_stretch(tmp_path):
+    """A run resumed after a kill has step rows from both stretches (step 3 twice here): the training time is the
+    sum of every step's own time, not the finishing stretch's wall time."""
+    rows = [{"kind": "train", "step": s, "tokens_seen": 100 * s, "tokens_per_s": rate}
+            for s, rate in ((1, 100.0), (2, 50.0), (3, 100.0), (3, 25.0), (4, 100.0))]
+    rows.insert(2, {"kind": "eval", "step": 2, "val_loss": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert decisive.train_seconds(tmp_path) == pytest.approx(1 + 2 + 1 + 4 + 1)
