@@ -1,8 +1,10 @@
-"""The import graph of `ponderlm` has no cycle and no upward edge (docs/ARCHITECTURE.md shows the layers).
+"""The import graph of `ponderlm` has no cycle and no upward edge, and its folders form a strict order with no
+folder-level cycle: the CLI's command modules (`ponderlm.commands`) sit above the library, which never imports them
+(docs/ARCHITECTURE.md shows the layers).
 
 Every `import` statement anywhere in a module counts (also inside functions and `TYPE_CHECKING` blocks):
-a deferred import is still a dependency. The checker is tested on a small graph with a known cycle and
-a known upward edge, so it can fail.
+a deferred import is still a dependency. The checker is tested on a small graph with a known cycle, a known
+upward edge and a known folder-level cycle, so it can fail.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
-# Lowest first. A module may import modules of its own layer or below. `*.commands` modules are the CLI's
-# and sit at the top with it.
+# Lowest first, by folder (or top-level module). A module may import modules of its own layer or below; folders of one
+# layer may import each other one way only (no folder-level cycle).
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "paths", "registry", "version", "hub"),  # leaves: no ponderlm imports but these
     ("config",),
@@ -26,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("modeling",),  # the Hugging Face model class: backbone + method + generate
     ("loading", "data"),
     ("eval", "train"),
-    ("serve", "plan", "benchmarking", "cli", "__main__", "commands", "ponderlm"),
+    ("serve", "plan", "benchmarking"),  # the server, the planner, the speed measurements
+    ("commands", "cli", "__main__", "ponderlm"),  # the CLI's command modules and the package root
 ]
 
 
@@ -60,13 +63,22 @@ def import_edges(root: Path, package: str) -> dict[str, set[str]]:
     return edges
 
 
+def folder(module: str, package: str = "ponderlm") -> str:
+    """The folder or top-level module a module belongs to (`eval` for ponderlm.eval.pareto; the root is `ponderlm`)."""
+    return module[len(package) + 1:].split(".")[0] if module != package else package
+
+
+def folder_edges(edges: dict[str, set[str]], package: str = "ponderlm") -> dict[str, set[str]]:
+    """folder -> the other folders its modules import."""
+    out: dict[str, set[str]] = {}
+    for a, targets in edges.items():
+        out.setdefault(folder(a, package), set()).update(folder(b, package) for b in targets)
+    return {f: targets - {f} for f, targets in out.items()}
+
+
 def layer_of(module: str, package: str = "ponderlm") -> int:
-    rel = module[len(package) + 1:] if module != package else package
-    parts = rel.split(".")
-    if parts[-1] == "commands":
-        return len(LAYERS) - 1
     for index, layer in enumerate(LAYERS):
-        if parts[0] in layer:
+        if folder(module, package) in layer:
             return index
     raise AssertionError(f"{module} is in no layer of tests/test_import_graph.py::LAYERS: place it")
 
@@ -116,6 +128,8 @@ def test_no_import_cycle_and_no_upward_edge():
     assert len(edges) > 50 and "ponderlm.methods.base" in edges["ponderlm.methods.ponderlm3"]
     assert cycles(edges) == []
     assert upward_edges(edges) == []
+    assert cycles(folder_edges(edges)) == []
+    assert [a for a, t in edges.items() if folder(a) != "commands" and "commands" in map(folder, t)] == []
 
 
 def test_methods_see_no_model_object():
@@ -134,6 +148,12 @@ def toy_package(tmp_path: Path) -> Path:
     (pkg / "modeling.py").write_text("from ponderlm.methods import base\n")
     (pkg / "methods" / "__init__.py").write_text("")
     (pkg / "methods" / "base.py").write_text("from ..config import f\n")
+    for sub, files in {"eval": {"a": "from ponderlm.train import b\n", "d": ""},
+                       "train": {"b": "", "c": "from ..eval import d\n"}}.items():  # folders only in a cycle
+        (pkg / sub).mkdir()
+        (pkg / sub / "__init__.py").write_text("")
+        for name, text in files.items():
+            (pkg / sub / f"{name}.py").write_text(text)
     return tmp_path
 
 
@@ -143,3 +163,4 @@ def test_checker_finds_a_cycle_and_an_upward_edge(toy_package: Path):
     assert edges["ponderlm.modeling"] == {"ponderlm.methods.base"}
     assert cycles(edges) == [["ponderlm.config", "ponderlm.methods.base", "ponderlm.modeling"]]
     assert upward_edges(edges) == ["ponderlm.config -> ponderlm.modeling"]
+    assert sorted(cycles(folder_edges(edges))) == [["config", "methods", "modeling"], ["eval", "train"]]

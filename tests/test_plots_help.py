@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ponderlm.cli import build_parser, main
+from ponderlm.commands.generate import depth_policy_text
 from ponderlm.eval.pareto import curve_label
 from ponderlm.eval.plots import bucket_labels, label_positions, plot_alpha, plot_difficulty
-from ponderlm.inference.commands import depth_policy_text
 
 
 def test_difficulty_buckets_of_an_undertrained_model_get_distinct_labels(tmp_path):

@@ -1,6 +1,6 @@
-"""`ponderlm` command line: a thin map from subcommands to functions in the subpackages.
+"""`ponderlm` command line: a thin map from subcommands to the command modules in `ponderlm.commands`.
 
-Each area registers its own subcommands (`register(subparsers)`) so this file stays small and
+Each command module registers its own subcommands (`register(subparsers)`) so this file stays small and
 heavy imports (torch, transformers) happen only inside the command that needs them: building the parser
 imports neither, so `ponderlm --help` and `ponderlm <command> --help` answer in a fraction of a second
 (tests/test_cli_startup.py checks the imports; benchmarks/bench_cli_startup.py times it).
@@ -18,14 +18,14 @@ from ponderlm.version import __version__
 
 # Modules that expose `register(subparsers)`. Missing optional areas are skipped.
 COMMAND_MODULES = (
-    "ponderlm.train.commands",
-    "ponderlm.data.commands",
-    "ponderlm.inference.commands",
-    "ponderlm.eval.commands",
-    "ponderlm.benchmarking",
-    "ponderlm.plan",
-    "ponderlm.serve.commands",
-    "ponderlm.convert.commands",
+    "ponderlm.commands.train",
+    "ponderlm.commands.data",
+    "ponderlm.commands.generate",
+    "ponderlm.commands.eval",
+    "ponderlm.commands.bench",
+    "ponderlm.commands.plan",
+    "ponderlm.commands.serve",
+    "ponderlm.commands.convert",
 )
 
 

@@ -1,6 +1,6 @@
 """Inference: token-by-token decoding with real early exit, generation, step and FLOP accounting.
 
-Imports are lazy so `ponderlm --help` (which imports `ponderlm.inference.commands`) does not load torch.
+Imports are lazy so `import ponderlm.inference` does not load torch.
 """
 
 from __future__ import annotations

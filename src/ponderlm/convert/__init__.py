@@ -1,1 +1,0 @@
-"""`ponderlm convert`: official PonderLM-2 / PonderingLM checkpoints and data in and out (see commands.py)."""
