@@ -141,7 +141,8 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
     reasoning = _json(root / "docs" / "results" / "reasoning" / "summary.json")
     reasoning_table = (root / "docs" / "results" / "reasoning" / "table.md").read_text(encoding="utf-8")
     n8_table = (root / "docs" / "results" / "reasoning" / "n8-hops12" / "table.md").read_text(encoding="utf-8")
-    whole = {root / "docs" / "RESULTS.md": study_document.render_results(study),
+    decisive_sweeps = decisive_report.load(root / "docs" / "results" / "decisive")[1]
+    whole = {root / "docs" / "RESULTS.md": study_document.render_results(study, decisive_sweeps),
              root / "docs" / "DECISIVE.md": decisive_report.render(root / "docs" / "results" / "decisive")}
     blocks = {
         root / "docs" / "REASONING.md": {

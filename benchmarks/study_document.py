@@ -191,7 +191,7 @@ def gap_tables(summary: dict[str, Any]) -> str:
     return text
 
 
-def legacy_tables(summary: dict[str, Any]) -> str:
+def legacy_tables(summary: dict[str, Any], decisive_sweeps: dict[str, dict[str, Any]] | None = None) -> str:
     """The old-recipe and K-sweep runs: not rerun when the main runs were, so their settings were not recorded."""
     text = ""
     old = summary.get("old_recipe", {})
@@ -226,8 +226,15 @@ def legacy_tables(summary: dict[str, Any]) -> str:
                      + f" | {lr['mean_val_loss'][rate]:.4f} |\n")
         top = max(lr["val_loss"], key=float)
         if lr["chosen"] == top:
-            text += (f"\nThe chosen rate {top} is the largest tried: the best rate may lie above the range "
-                     "(the decisive-experiments issue widens it).\n")
+            text += f"\nThe chosen rate {top} is the largest tried: the best rate may lie above the range."
+            final = {arm: s for arm, s in (decisive_sweeps or {}).items() if s.get("final")}
+            if final:
+                inside = [arm for arm, s in final.items() if not s.get("edge")]
+                text += (" The decisive grid's sweeps (10x the tokens, sequence length 128, the range extended past a "
+                         "winning end; [DECISIVE.md](DECISIVE.md)) found these best rates: "
+                         + ", ".join(f"{arm} {s['best']:g}" for arm, s in sorted(final.items()))
+                         + f" ({len(inside)} of {len(final)} inside their range).")
+            text += "\n"
     return text
 
 
@@ -325,7 +332,9 @@ def setup_section(summary: dict[str, Any]) -> str:
     return "## Setup\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
-def render_results(summary: dict[str, Any]) -> str:
+def render_results(summary: dict[str, Any], decisive_sweeps: dict[str, dict[str, Any]] | None = None) -> str:
+    """RESULTS.md from the study's summary; `decisive_sweeps` (arm -> the decisive grid's LR sweep) answers the
+    study's open question about its learning-rate range."""
     seeds = len(summary["seeds"])
     return f"""# Results: the papers' claims at small scale, on the faithful recipe
 
@@ -363,7 +372,7 @@ column only).
 {main_table(summary)}
 ### Paired differences (validation loss, nats, method minus baseline, per seed; 95 % t interval)
 
-{paired_table(summary)}{gap_tables(summary)}{legacy_tables(summary)}
+{paired_table(summary)}{gap_tables(summary)}{legacy_tables(summary, decisive_sweeps)}
 ## Plots
 
 - Validation loss vs training tokens, every method and control, seeds as thin lines: [curves.png](results/curves.png).
