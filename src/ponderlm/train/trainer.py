@@ -92,200 +92,227 @@ def train(cfg: RunConfig, *, resume: bool = False, stop_after: int | None = None
 
 def _train(cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: torch.dtype | None, resume: bool,
            stop_after: int | None, lock: rundir.RunLock) -> TrainResult:
-    t, o = cfg.train, cfg.optim
-    t.out = parallel.broadcast_object(d, t.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    out = Path(t.out)
+    """A run as its phases, in order (nothing is written before the run dir is claimed)."""
+    out = _check_run(cfg, d, resume)
+    data_dir, data_vocab, model_config = _prepare_data(cfg, d)
+    resuming = _claim_run_dir(cfg, d, out, resume, lock)
+    run = _Run(cfg, d, device, amp_dtype, out, data_dir, data_vocab, model_config, resuming)
+    return run.finish(run.loop(stop_after).signum, stop_after)
+
+
+def _check_run(cfg: RunConfig, d: parallel.Dist, resume: bool) -> Path:
+    """Name the run dir; fail on a bad setting or an unusable run dir before any data work or disk write."""
+    cfg.train.out = parallel.broadcast_object(d, cfg.train.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(cfg.train.out)
     build_model_config(cfg)  # validate model keys and seq_len before any data work or disk writes
     if cfg.model.get("init_from"):  # settings contradicting the checkpoint's architecture, before any disk write
         _check_init_from(cfg)
     parallel.on_main(d, lambda: rundir.check_out_dir(out, resume))  # read-only; see rundir.py for the protocol
-    accum = grad_accum_for(cfg, d.world_size)
+    grad_accum_for(cfg, d.world_size)
+    return out
 
-    # ---- data (prepared into a cache on first use, by one process) and the vocabulary it implies
+
+def _prepare_data(cfg: RunConfig, d: parallel.Dist) -> tuple[Path, int, Any]:
+    """The data (prepared into a cache on first use, by one process) and the model config with its vocabulary."""
     data_dir = parallel.main_first(d, lambda: resolve_data_dir(cfg.data))
     data_vocab = int(read_meta(data_dir)["vocab_size"])
     parallel.on_main(d, lambda: check_data_dir(data_dir))  # token ids and tokenizer, before anything is written
-    init_from = cfg.model.get("init_from")
-    if not init_from and "vocab_size" not in cfg.model:  # a pretrained backbone brings its own vocabulary
+    if not cfg.model.get("init_from") and "vocab_size" not in cfg.model:  # a backbone brings its own vocabulary
         cfg.model["vocab_size"] = data_vocab
         cfg.sources["model.vocab_size"] = "the data's tokenizer"
     model_config = build_model_config(cfg)
     _check_vocab(model_config.vocab_size, data_vocab)
-    identity = cfg.identity_hash()
+    return data_dir, data_vocab, model_config
 
-    # ---- lock the run dir (a new one appears with its config.yaml); a run that never completed a checkpoint
-    # starts again from step 0, rewriting config.yaml first, so a kill at any point leaves a restartable dir
+
+def _claim_run_dir(cfg: RunConfig, d: parallel.Dist, out: Path, resume: bool, lock: rundir.RunLock) -> bool:
+    """Lock the run dir (a new one appears with its config.yaml); whether to resume. A run that never completed
+    a checkpoint starts again from step 0, rewriting config.yaml first: a kill at any point leaves a restartable dir."""
     write_config = lambda where: save_yaml(cfg, where / "config.yaml")  # noqa: E731
     parallel.on_main(d, lambda: lock.acquire(out, write_config))
-    resuming = parallel.on_main(d, lambda: rundir.claim(out, resume, write_config))
+    return parallel.on_main(d, lambda: rundir.claim(out, resume, write_config))
 
-    # ---- model (wrapped for DDP/FSDP2), optimizer over the wrapped parameters, data loader, resume
-    # Seed every global RNG (init, dropout, data order): the same draws on every rank and every fresh run; a resume
-    # then restores the states. PonderLM-2's Jacobi sweep counts come from their own generator, keyed by the step.
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-    torch.manual_seed(t.seed)
-    build = lambda: build_model(cfg, model_config, data_vocab)  # noqa: E731
-    model = parallel.main_first(d, build) if init_from else build()  # hub downloads happen once
-    model_config = model.config
-    model.to(device)
 
-    # ---- find and verify the checkpoint against this model and its optimizer before writing anything else (a bad
-    # one is set aside and an older one used; none valid leaves the run dir untouched). Rank 0 verifies; every
-    # rank gets the same answer. Verification only reads, and uses scratch RNGs: the seeded draws are unchanged.
-    def find() -> tuple[Path, dict[str, Any]]:
-        template = ckpt.StateTemplate.of(model, build_optimizer(model, cfg, torch.device("cpu")))
-        return ckpt.newest_valid_checkpoint(out / "checkpoints", identity, template)
+class _Run:
+    """The phases from the built model on: they share the model, optimizer, loader and `step` / `tokens_seen`."""
 
-    resume_from, state = parallel.on_main(d, find) if resuming else (None, {})
-    start_step, tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
-    if d.is_main and resuming:
+    def __init__(self, cfg: RunConfig, d: parallel.Dist, device: torch.device, amp_dtype: torch.dtype | None,
+                 out: Path, data_dir: Path, data_vocab: int, model_config: Any, resuming: bool) -> None:
+        """Model (wrapped for DDP/FSDP2), optimizer and loader, fresh or resumed; open the log, say what runs."""
+        t, identity = cfg.train, cfg.identity_hash()
+        self.cfg, self.d, self.device, self.out, self.data_dir, self.last_eval = cfg, d, device, out, data_dir, {}
+        # Seed every global RNG (init, dropout, data order): the same draws on every rank and fresh run; a resume
+        # then restores the states. PonderLM-2's Jacobi sweep counts come from their own generator, keyed by the step.
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        build = lambda: build_model(cfg, model_config, data_vocab)  # noqa: E731
+        self.model = model = parallel.main_first(d, build) if cfg.model.get("init_from") else build()  # one download
+        model.to(device)
+
+        # Find and verify the checkpoint against this model and its optimizer before writing anything else (a bad
+        # one is set aside and an older one used; none valid leaves the run dir untouched). Rank 0 verifies; every
+        # rank gets the same answer. Verification only reads, and uses scratch RNGs: the seeded draws are unchanged.
+        def find() -> tuple[Path, dict[str, Any]]:
+            template = ckpt.StateTemplate.of(model, build_optimizer(model, cfg, torch.device("cpu")))
+            return ckpt.newest_valid_checkpoint(out / "checkpoints", identity, template)
+
+        resume_from, state = parallel.on_main(d, find) if resuming else (None, {})
+        self.step, self.tokens_seen = state.get("step", 0), state.get("tokens_seen", 0)
+        if d.is_main and resuming:
+            try:
+                save_yaml(cfg, out / "config.yaml")
+            except OSError as exc:
+                raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+
+        freezing = self.step < t.freeze_backbone_steps
+        self.train_model = parallel.wrap(model, d, backend=cfg.dist.backend, amp_dtype=amp_dtype,
+                                         activation_checkpointing=cfg.dist.activation_checkpointing,
+                                         find_unused=freezing, compile=t.compile)
+        self.optimizer = build_optimizer(model, cfg, device)  # all parameters, frozen or not: no rebuild at the switch
+        self.loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=d.rank,
+                                  world_size=d.world_size)
+        if resume_from is not None:
+            dckpt.load_checkpoint(resume_from, model=model, optimizer=self.optimizer, d=d)
+            self.loader.load_state_dict(state["loader"])
+            if d.is_main:
+                print(f"resumed from {resume_from} (step {self.step})", file=sys.stderr)
+        self.frozen = model.method.freeze_backbone(model) if freezing else None  # e.g. AdaPonderLM: gates first
+        n_params = sum(p.numel() for p in model.parameters())
+        self.logger = MetricsLogger(out, cfg.to_dict(), start_step=self.step, tensorboard=cfg.log.tensorboard,
+                                    wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
+                                    run_name=out.name) if d.is_main else None
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.warmup = warmup_steps(t.steps, cfg.optim.warmup_frac, cfg.optim.warmup_steps)
+        self.accum = grad_accum_for(cfg, d.world_size)
+        self.tokens_per_step = t.batch_size * cfg.data.seq_len * self.accum * d.world_size
+        self.base_state = {"identity_hash": identity, "model_config": cfg.model_kwargs(), "config_name": cfg.name}
+        if d.is_main:
+            print(describe_differences(cfg), file=sys.stderr)  # no hidden recipe: what this run changed, and who did
+            where = f"{d.world_size} x {device.type} ({cfg.dist.backend})" if d.world_size > 1 else str(device)
+            c = model.config
+            print(f"{cfg.name}: {c.method} (K={c.max_steps}) {c.backbone}, {n_params / 1e6:.2f}M params, {t.steps} "
+                  f"steps x {self.tokens_per_step:,} tokens on {where}"
+                  f"{' ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}", file=sys.stderr)
+
+    def loop(self, stop_after: int | None) -> _StopOnSignal:
+        """Steps until train.steps, a signal or `stop_after`, with logs, evaluations and checkpoints on schedule."""
+        d, t, log_every = self.d, self.cfg.train, self.cfg.log.log_every
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=t.steps, initial=self.step, disable=not (d.is_main and interactive), unit="step",
+                        dynamic_ncols=True)
+        self.train_model.train()
         try:
-            save_yaml(cfg, out / "config.yaml")
-        except OSError as exc:
-            raise PonderError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-
-    freeze_steps = t.freeze_backbone_steps
-    train_model = parallel.wrap(model, d, backend=cfg.dist.backend, amp_dtype=amp_dtype,
-                                activation_checkpointing=cfg.dist.activation_checkpointing,
-                                find_unused=start_step < freeze_steps, compile=t.compile)
-    optimizer = build_optimizer(model, cfg, device)  # every parameter, frozen or not: the switch needs no rebuild
-    loader = TokenLoader(data_dir, "train", cfg.data.seq_len, t.batch_size, seed=t.seed, rank=d.rank,
-                         world_size=d.world_size)
-    if resume_from is not None:
-        dckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, d=d)
-        loader.load_state_dict(state["loader"])
-        if d.is_main:
-            print(f"resumed from {resume_from} (step {start_step})", file=sys.stderr)
-    # e.g. AdaPonderLM continued pretraining: gates only until step freeze_steps
-    frozen = model.method.freeze_backbone(model) if start_step < freeze_steps else None
-    n_params = sum(p.numel() for p in model.parameters())
-    logger = MetricsLogger(out, cfg.to_dict(), start_step=start_step, tensorboard=cfg.log.tensorboard,
-                           wandb=cfg.log.wandb, wandb_project=cfg.log.wandb_project,
-                           run_name=out.name) if d.is_main else None
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    warmup = warmup_steps(t.steps, o.warmup_frac, o.warmup_steps)
-    tokens_per_step = t.batch_size * cfg.data.seq_len * accum * d.world_size
-    base_state = {"identity_hash": identity, "model_config": cfg.model_kwargs(), "config_name": cfg.name}
-    sharded = d.world_size > 1 or cfg.dist.checkpoint == "dcp"
-    if d.is_main:
-        print(describe_differences(cfg), file=sys.stderr)  # no hidden recipe: what this run changed, and who did
-        where = f"{d.world_size} x {device.type} ({cfg.dist.backend})" if d.world_size > 1 else str(device)
-        print(f"{cfg.name}: {model_config.method} (K={model_config.max_steps}) {model_config.backbone}, "
-              f"{n_params / 1e6:.2f}M params, {t.steps} steps x {tokens_per_step:,} tokens on {where}"
-              f"{' ' + str(amp_dtype).replace('torch.', '') + ' autocast' if amp_dtype else ''}", file=sys.stderr)
-
-    def save(step: int) -> None:
-        st = {**base_state, "tokens_seen": tokens_seen, "loader": loader.state_dict()}
-        if sharded:  # collective: every rank writes its shard
-            dckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, state=st,
-                                  keep_last=t.keep_last, d=d)
-        elif d.is_main:
-            ckpt.save_checkpoint(out / "checkpoints", step, model=model, optimizer=optimizer, state=st,
-                                 keep_last=t.keep_last)
-
-    # ---- the loop
-    step, result = start_step, TrainResult(out, start_step, tokens_seen)
-    last_eval: dict[str, float] = {}
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=t.steps, initial=start_step, disable=not (d.is_main and interactive), unit="step",
-               dynamic_ncols=True)
-    train_model.train()
-    try:
-        with _StopOnSignal(grace=5.0 if d.world_size > 1 else 0.0, verbose=d.is_main) as stop:
-            while step < t.steps:
-                t0 = time.perf_counter()
-                if frozen is not None and step >= freeze_steps:  # from now on the whole model trains
-                    frozen.restore()
-                    frozen = None
-                lr = lr_at(step, lr=o.lr, total_steps=t.steps, warmup=warmup, min_lr_ratio=o.min_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.set_training_progress(step)
-                parallel.maybe_fail(d, step + 1)
-                # (inputs, labels), (B, T) each: labels are the inputs, -100 outside a synthetic set's loss mask
-                batches = [tuple(t.to(device, non_blocking=True) for t in loader.next_labeled_batch())
-                           for _ in range(accum)]
-                # Normalise by the global number of predicted tokens (torchtitan): the sum of token losses over
-                # all micro-batches and ranks / that count, so accumulation and world size leave it unchanged.
-                counts = [(y[:, 1:] != -100).sum() for _, y in batches]  # -100: ignored
-                total = parallel.all_reduce_sum(d, torch.stack(counts).sum().float())
-                loss_sum = torch.zeros((), device=device)
-                exec_sum = torch.zeros((), device=device)
-                for i, ((x, y), n) in enumerate(zip(batches, counts)):
-                    with parallel.gradient_sync(train_model, sync=i == accum - 1):
-                        with autocast():
-                            output = train_model(input_ids=x, labels=y)
-                        micro = output.lm_loss * (n / total)
-                        if output.aux_loss is not None:  # method terms are means: average them over micro-batches
-                            micro = micro + output.aux_loss / (accum * d.world_size)
-                        (micro * d.world_size).backward()  # DDP / FSDP2 average gradients over ranks
-                    loss_sum += micro.detach().float()
-                    exec_sum += _mean_steps(output)
-                clip = o.grad_clip if o.grad_clip > 0 else float("inf")
-                grad_norm = parallel.clip_grad_norm(train_model, clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += tokens_per_step
-
-                # One all-reduce per step: global loss, executed steps and whether any rank got a signal.
-                flags = [float(stop.signum == s) for s in (signal.SIGINT, signal.SIGTERM)]
-                stats = torch.cat([torch.stack([loss_sum, exec_sum]), torch.tensor(flags, device=device)])
-                loss, exec_steps, got_int, got_term = parallel.all_reduce_sum(d, stats).tolist()
-                stop.signum = int(signal.SIGINT) if got_int else int(signal.SIGTERM) if got_term else None
-                if not math.isfinite(loss):
-                    raise PonderError(f"loss became {loss} at step {step}; lower optim.lr or raise optim.warmup_frac")
-                dt = time.perf_counter() - t0
-                row = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                       "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_step / dt,
-                       "executed_steps": exec_steps / (accum * d.world_size)}
-                if d.is_main:
-                    logger.log(row)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                    if not interactive and (step % cfg.log.log_every == 0 or step == t.steps or step == 1):
-                        print(_train_line(row, t.steps), file=sys.stderr)
-
-                if step % t.eval_every == 0 or step == t.steps:
-                    last_eval = evaluate(model, data_dir, cfg, device, autocast)  # every rank, same batches
+            with _StopOnSignal(grace=5.0 if d.world_size > 1 else 0.0, verbose=d.is_main) as stop:
+                while self.step < t.steps:
+                    row, step = self.train_step(stop), self.step
                     if d.is_main:
-                        logger.log({"kind": "eval", "step": step, **last_eval})
-                        bar.write(_eval_line(step, last_eval), file=sys.stderr)
-                    train_model.train()
-                leaving = stop.signum is not None or (stop_after is not None and step >= stop_after)
-                if step % t.save_every == 0 or step == t.steps or leaving:
-                    save(step)
-                if leaving:
-                    break
-    except Exception as exc:
-        if d.world_size > 1:  # say which rank and step; torchrun's summary names the first rank that failed
-            print(f"rank {d.rank}/{d.world_size}: training failed in step {step + 1}: {type(exc).__name__}: "
-                  f"{exc}", file=sys.stderr, flush=True)
-        raise
-    finally:  # close the metrics file and TensorBoard writer even when a step raises
-        bar.close()
-        if logger is not None:
-            logger.close()
-    result.step, result.tokens_seen = step, tokens_seen
-    if stop.signum is not None or step < t.steps:
-        result.signal, result.stopped_early = stop.signum, stop.signum is None
-        why = f"signal {signal.Signals(stop.signum).name}" if stop.signum else f"stop_after={stop_after}"
-        if d.is_main:
-            print(f"stopped after step {step} ({why}); checkpoint in {out / 'checkpoints'}; continue with "
-                  f"`ponderlm train --out {out} --resume`", file=sys.stderr)
-        return result
+                        self.logger.log(row)
+                        self.bar.update(1)
+                        self.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+                        if not interactive and (step % log_every == 0 or step == t.steps or step == 1):
+                            print(_train_line(row, t.steps), file=sys.stderr)
+                    if step % t.eval_every == 0 or step == t.steps:
+                        self.eval_and_log()
+                    leaving = stop.signum is not None or (stop_after is not None and step >= stop_after)
+                    if step % t.save_every == 0 or step == t.steps or leaving:
+                        self.save()
+                    if leaving:
+                        break
+        except Exception as exc:
+            if d.world_size > 1:  # say which rank and step; torchrun's summary names the first rank that failed
+                print(f"rank {d.rank}/{d.world_size}: training failed in step {self.step + 1}: {type(exc).__name__}: "
+                      f"{exc}", file=sys.stderr, flush=True)
+            raise
+        finally:  # close the metrics file and TensorBoard writer even when a step raises
+            self.bar.close()
+            if self.logger is not None:
+                self.logger.close()
+        return stop
 
-    # ---- final model (consolidated from the shards), summary, sample
-    if not last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
-        last_eval = evaluate(model, data_dir, cfg, device, autocast)
-    # final/ is assembled in a staging dir and renamed into place complete (rundir.publish_dir)
-    staging = parallel.broadcast_object(d, rundir.staging_dir(out))
-    with ckpt.writing(f"{out / 'final'}", staging):  # a full disk: the half-written export is removed
-        plain = dckpt.export_pretrained(model, staging, d)
-        if d.is_main:
-            _finish(result, plain, cfg, data_dir, last_eval, staging)
-    return result
+    def train_step(self, stop: _StopOnSignal) -> dict[str, Any]:
+        """One optimizer step over `accum` micro-batches per rank; its metrics row, reduced over the ranks."""
+        d, device, model, t, o, accum = self.d, self.device, self.model, self.cfg.train, self.cfg.optim, self.accum
+        t0 = time.perf_counter()
+        if self.frozen is not None and self.step >= t.freeze_backbone_steps:  # from now on the whole model trains
+            self.frozen.restore()
+            self.frozen = None
+        lr = lr_at(self.step, lr=o.lr, total_steps=t.steps, warmup=self.warmup, min_lr_ratio=o.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model.set_training_progress(self.step)
+        parallel.maybe_fail(d, self.step + 1)
+        # (inputs, labels), (B, T) each: labels are the inputs, -100 outside a synthetic set's loss mask
+        batches = [tuple(t.to(device, non_blocking=True) for t in self.loader.next_labeled_batch())
+                   for _ in range(accum)]
+        # Normalise by the global number of predicted tokens (torchtitan): the sum of token losses over all
+        # micro-batches and ranks / that count, so accumulation and world size leave it unchanged.
+        counts = [(y[:, 1:] != -100).sum() for _, y in batches]  # -100: ignored
+        total = parallel.all_reduce_sum(d, torch.stack(counts).sum().float())
+        loss_sum = torch.zeros((), device=device)
+        exec_sum = torch.zeros((), device=device)
+        for i, ((x, y), n) in enumerate(zip(batches, counts)):
+            with parallel.gradient_sync(self.train_model, sync=i == accum - 1):
+                with self.autocast():
+                    output = self.train_model(input_ids=x, labels=y)
+                micro = output.lm_loss * (n / total)
+                if output.aux_loss is not None:  # method terms are means: average them over micro-batches
+                    micro = micro + output.aux_loss / (accum * d.world_size)
+                (micro * d.world_size).backward()  # DDP / FSDP2 average gradients over ranks
+            loss_sum += micro.detach().float()
+            exec_sum += _mean_steps(output)
+        grad_norm = parallel.clip_grad_norm(self.train_model, o.grad_clip if o.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+
+        # One all-reduce per step: global loss, executed steps and whether any rank got a signal.
+        flags = [float(stop.signum == s) for s in (signal.SIGINT, signal.SIGTERM)]
+        stats = torch.cat([torch.stack([loss_sum, exec_sum]), torch.tensor(flags, device=device)])
+        loss, exec_steps, got_int, got_term = parallel.all_reduce_sum(d, stats).tolist()
+        stop.signum = int(signal.SIGINT) if got_int else int(signal.SIGTERM) if got_term else None
+        if not math.isfinite(loss):
+            raise PonderError(f"loss became {loss} at step {self.step}; lower optim.lr or raise optim.warmup_frac")
+        return {"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                "tokens_seen": self.tokens_seen, "tokens_per_s": self.tokens_per_step / (time.perf_counter() - t0),
+                "executed_steps": exec_steps / (accum * d.world_size)}
+
+    def eval_and_log(self) -> None:
+        """Validation on every rank (the same batches), logged by rank 0; the last one goes into the summary."""
+        self.last_eval = evaluate(self.model, self.data_dir, self.cfg, self.device, self.autocast)
+        if self.d.is_main:
+            self.logger.log({"kind": "eval", "step": self.step, **self.last_eval})
+            self.bar.write(_eval_line(self.step, self.last_eval), file=sys.stderr)
+        self.train_model.train()
+
+    def save(self) -> None:
+        """A checkpoint of this step: model, optimizer, loader position and what a resume verifies."""
+        st = {**self.base_state, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict()}
+        kwargs = dict(model=self.model, optimizer=self.optimizer, state=st, keep_last=self.cfg.train.keep_last)
+        if self.d.world_size > 1 or self.cfg.dist.checkpoint == "dcp":  # collective: every rank writes its shard
+            dckpt.save_checkpoint(self.out / "checkpoints", self.step, d=self.d, **kwargs)
+        elif self.d.is_main:
+            ckpt.save_checkpoint(self.out / "checkpoints", self.step, **kwargs)
+
+    def finish(self, signum: int | None, stop_after: int | None) -> TrainResult:
+        """Stopped early: how to continue. Else `final/` (consolidated from the shards, assembled in a staging dir
+        and renamed into place complete: rundir.publish_dir), the summary and a sample (`_finish`)."""
+        if signum is not None or self.step < self.cfg.train.steps:
+            why = f"signal {signal.Signals(signum).name}" if signum else f"stop_after={stop_after}"
+            if self.d.is_main:
+                print(f"stopped after step {self.step} ({why}); checkpoint in {self.out / 'checkpoints'}; continue "
+                      f"with `ponderlm train --out {self.out} --resume`", file=sys.stderr)
+            return TrainResult(self.out, self.step, self.tokens_seen, signal=signum, stopped_early=signum is None)
+        result = TrainResult(self.out, self.step, self.tokens_seen)
+        if not self.last_eval:  # resumed at or past the last step: nothing evaluated in this process yet
+            self.last_eval = evaluate(self.model, self.data_dir, self.cfg, self.device, self.autocast)
+        staging = parallel.broadcast_object(self.d, rundir.staging_dir(self.out))
+        with ckpt.writing(f"{self.out / 'final'}", staging):  # a full disk: the half-written export is removed
+            plain = dckpt.export_pretrained(self.model, staging, self.d)
+            if self.d.is_main:
+                _finish(result, plain, self.cfg, self.data_dir, self.last_eval, staging)
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
