@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from decisive import SEEDS  # every arm's seeds in the protocol (a third where time allows)
 from paired_stats import interval
 
 PONDERING = ("ponderlm", "ponderlm2", "ponderlm3", "latent_cot")
@@ -92,6 +93,9 @@ def _criterion(*found: dict[str, Any] | None) -> str:
     """The protocol's rule for a claim resting on several comparisons: met when every one is "better"."""
     if any(p is None for p in found):
         return "not yet run"
+    fewest = min(len(p["seeds"]) for p in found)
+    if fewest < len(SEEDS):  # the protocol's seeds are not all in: no verdict yet
+        return f"pending ({fewest} of {len(SEEDS)} seeds)"
     return "met" if all(p["verdict"] == "better" for p in found) else "not met"
 
 
