@@ -39,16 +39,16 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         model = synthetic_model(method, args.hidden, args.layers, args.K, 4096).eval()
-        options = ({"depth_policy": "uniform", "depth_target": args.depth_target}
-                   if model.config.method_class.adaptive else {})
+        options = decode_options(model, **({"depth_policy": "uniform", "depth_target": args.depth_target}
+                                           if model.config.method_class.adaptive else {}))
         for batch in args.batch:
             ids = torch.randint(0, 4096, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
             mask = torch.ones_like(ids)
 
             def run(prefill, model=model, options=options, ids=ids, mask=mask):
                 def fn() -> None:
-                    with torch.inference_mode(), decode_options(model, **options):
-                        prefill(model, new_state(model, ids.shape[0], ids.shape[1]), ids, mask)
+                    with torch.inference_mode():
+                        prefill(model, new_state(model, ids.shape[0], ids.shape[1], options=options), ids, mask)
                 return fn
 
             times = interleaved_medians({"token_by_token": run(PonderMethod.prefill.__get__(model.method)),

@@ -88,14 +88,14 @@ def parity(s: dict, device: torch.device, dtype: torch.dtype) -> list[dict[str, 
     rows = []
     gen = torch.Generator().manual_seed(0)
     for method in method_names():
-        model = synthetic_model(method, s["hidden"], s["layers"], 2, s["vocab"]).to(device=device, dtype=dtype)
+        model = synthetic_model(method, s["hidden"], s["layers"], 2, s["vocab"]).to(device=device, dtype=dtype).eval()
         ids = torch.randint(0, s["vocab"], (2, s["parity_len"]), generator=gen).to(device)
         sweeps = s["parity_len"] * (model.config.num_slots_per_token)  # the slot dependency chain: converged
         policies = [{}] + ([{"depth_policy": "uniform", "depth_target": 1.0}] if model.config.method_class.adaptive
                            else [])
         for policy in policies:
-            with torch.no_grad(), decode_options(model, jacobi_iters_eval=sweeps, **policy):
-                out = model(ids)
+            with torch.no_grad():
+                out = model(ids, decode_options=decode_options(model, jacobi_iters_eval=sweeps, **policy))
             seq, seq_steps = sequential_logits(model, ids, **policy)
             same = out.executed_steps == seq_steps
             diff = (out.logits.float() - seq.float()).abs().amax(-1)[same]

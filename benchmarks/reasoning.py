@@ -294,7 +294,7 @@ class Bench:
         return time.time() - start
 
     def evaluate(self, method: str, k: int, seed: int, train_seconds: float, variant: str = "") -> dict[str, Any]:
-        from ponderlm.eval.perplexity import DecodeSettings, load_model
+        from ponderlm.eval.perplexity import load_model
         from ponderlm.eval.reasoning import reasoning_eval
 
         run = self.runs / run_name(method, k, seed, variant)
@@ -306,8 +306,8 @@ class Bench:
             target = learned["avg_steps"]
             for policy in ("uniform", "geometric"):
                 if 0.0 < target < k:
-                    settings = DecodeSettings(depth_policy=policy, depth_target=target)
-                    fixed[policy] = reasoning_eval(model, self.data, settings, split="test", progress=False)
+                    fixed[policy] = reasoning_eval(model, self.data, split="test", progress=False, depth_policy=policy,
+                                                   depth_target=target)
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
         steps = next((int(o.split("=", 1)[1]) for o in VARIANTS.get(variant, []) if o.startswith("train.steps=")),
                      self.steps)
@@ -325,7 +325,7 @@ class Bench:
         steps. Writes runs/<name>/sweep.json (skipped when present)."""
         import torch
 
-        from ponderlm.eval.perplexity import DecodeSettings, load_model
+        from ponderlm.eval.perplexity import load_model
         from ponderlm.eval.reasoning import reasoning_eval
 
         torch.set_num_threads(1)
@@ -336,19 +336,19 @@ class Bench:
                 continue
             start = time.time()
             model, tokenizer = load_model(run, "cpu")
-            knobs = ([DecodeSettings(alpha=a) for a in SWEEP_ALPHAS] + [DecodeSettings(tau=t) for t in SWEEP_TAUS_P3]
-                     if info["method"] == "ponderlm3" else [DecodeSettings(tau=t) for t in SWEEP_TAUS])
+            knobs = ([{"alpha": a} for a in SWEEP_ALPHAS] + [{"tau": t} for t in SWEEP_TAUS_P3]
+                     if info["method"] == "ponderlm3" else [{"tau": t} for t in SWEEP_TAUS])
             points = []
-            for settings in knobs:
-                learned = reasoning_eval(model, self.data, settings, progress=False, tokenizer=tokenizer,
-                                         max_examples=SWEEP_EXAMPLES)
-                point = {"alpha": settings.alpha, "tau": settings.tau, "learned": learned, "fixed": {}}
+            for setting in knobs:
+                learned = reasoning_eval(model, self.data, progress=False, tokenizer=tokenizer,
+                                         max_examples=SWEEP_EXAMPLES, **setting)
+                point = {"alpha": setting.get("alpha"), "tau": setting.get("tau"), "learned": learned, "fixed": {}}
                 target = learned["avg_steps"]
                 if 0.0 < target < info["K"]:
                     for policy in ("uniform", "geometric"):
-                        fixed = DecodeSettings(tau=settings.tau, depth_policy=policy, depth_target=target)
-                        point["fixed"][policy] = reasoning_eval(model, self.data, fixed, progress=False,
-                                                                max_examples=SWEEP_EXAMPLES)
+                        point["fixed"][policy] = reasoning_eval(model, self.data, progress=False,
+                                                                max_examples=SWEEP_EXAMPLES, tau=setting.get("tau"),
+                                                                depth_policy=policy, depth_target=target)
                 points.append(point)
             (run / "sweep.json").write_text(json.dumps({"run": run.name, "points": points}, indent=1) + "\n")
             self.log(f"sweep {run.name}: {len(points)} points in {time.time() - start:.0f}s")
@@ -358,7 +358,7 @@ class Bench:
         hop count gains from depth in that checkpoint, whatever its router does. Writes runs/<name>/forced.json."""
         import torch
 
-        from ponderlm.eval.perplexity import DecodeSettings, load_model
+        from ponderlm.eval.perplexity import load_model
         from ponderlm.eval.reasoning import reasoning_eval
 
         torch.set_num_threads(1)
@@ -369,9 +369,8 @@ class Bench:
             model, tokenizer = load_model(run, "cpu")
             rows = []
             for depth in range(info["K"] + 1):
-                settings = DecodeSettings(depth_policy="constant", depth_target=float(depth))
-                r = reasoning_eval(model, self.data, settings, progress=False, tokenizer=tokenizer,
-                                   max_examples=SWEEP_EXAMPLES)
+                r = reasoning_eval(model, self.data, progress=False, tokenizer=tokenizer, max_examples=SWEEP_EXAMPLES,
+                                   depth_policy="constant", depth_target=float(depth))
                 rows.append({"depth": depth, "accuracy": r["accuracy"], "per_difficulty": r["per_difficulty"]})
             (run / "forced.json").write_text(json.dumps({"run": run.name, "depths": rows}, indent=1) + "\n")
             self.log(f"forced depths {run.name}: " + ", ".join(

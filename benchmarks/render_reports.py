@@ -47,12 +47,12 @@ def methods_defaults() -> str:
     from ponderlm.registry import REGISTRY
 
     sig = inspect.signature(PonderConfig.__init__)
-    shared = ("init", "max_steps", "embed_scale", "latent_feedback", "tau", "alpha", "depth_policy", "depth_target",
-              "depth_seed", "tie_word_embeddings")
+    shared = ("init", "max_steps", "embed_scale", "latent_feedback", "tie_word_embeddings")
     lines = ["Shared by every method (`PonderConfig`):", "", "| option | default |", "|---|---|"]
     lines += [f"| `{name}` | `{sig.parameters[name].default!r}` |" for name in shared]
-    lines += ["", "Per method (its `Options`; an option of another method is ignored). `embed_scale=None` means the "
-              "method's factor: sqrt(factor x d).", "",
+    lines += ["", "Per method (its `Options`; an option of another method is ignored; *knob*: an inference knob, which "
+              "decoding and evaluation may override per call). `embed_scale=None` means the method's factor: "
+              "sqrt(factor x d).", "",
               "| method | section | embed scale factor | option | default |", "|---|---|---|---|---|"]
     order = list(METHOD_SECTIONS)
     for name, cls in sorted(REGISTRY.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
@@ -65,7 +65,7 @@ def methods_defaults() -> str:
             default = f.default
             text = f"{default:g}" if isinstance(default, float) and math.isfinite(default) else repr(default)
             lines.append(f"| {f'`{name}`' if i == 0 else ''} | {link if i == 0 else ''} | {factor if i == 0 else ''} "
-                         f"| `{f.name}` | `{text}` |")
+                         f"| `{f.name}`{' *knob*' if f.metadata.get('ponderlm', {}).get('knob') else ''} | `{text}` |")
     return "\n".join(lines) + "\n"
 
 

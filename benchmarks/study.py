@@ -79,9 +79,9 @@ COMMON = [
 ANALYSES = {  # which CLI analyses apply to which method
     "pareto": METHODS,
     "difficulty": method_names(adaptive=True),
-    "alpha": method_names(uses_alpha=True),
+    "alpha": tuple(m for m in METHODS if "alpha" in method_class(m).knobs()),
     "gates": ("adaponder",),  # the study's choice: the halting method with gates
-    "jacobi": method_names(uses_jacobi=True),
+    "jacobi": tuple(m for m in METHODS if "jacobi_iters_eval" in method_class(m).knobs()),
 }
 
 
@@ -242,7 +242,7 @@ class Study:
                 cmd = self._cli()
                 if analysis == "pareto":
                     # alpha is PonderLM-3's knob (tau stays the checkpoint's); the halting methods sweep tau.
-                    knob = [f"--alpha={ALPHAS}"] if method_class(method).uses_alpha else [f"--tau={TAUS}"]
+                    knob = [f"--alpha={ALPHAS}"] if "alpha" in method_class(method).knobs() else [f"--tau={TAUS}"]
                     cmd += ["pareto", "--model", str(run), *self._data_args(), *knob]
                 elif analysis == "jacobi":
                     cmd += ["analyze", "jacobi", "--model", str(run), "--data", str(self.data), "--no-progress"]

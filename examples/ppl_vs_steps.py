@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ponderlm.eval.perplexity import DecodeSettings, eval_batches, perplexity
+from ponderlm.eval.perplexity import eval_batches, perplexity
 from ponderlm.loading import load_model
 
 
@@ -30,9 +30,8 @@ def main() -> None:
     batches = eval_batches(args.data, tokenizer, seq_len=args.seq_len, batch_size=4, max_batches=args.max_batches)
     print(f"{'setting':>28}  {'avg steps':>9}  {'ppl':>9}")
     for tau in (float(t) for t in args.taus.split(",")):
-        learned = perplexity(model, batches, DecodeSettings(tau=tau), progress=False)
-        control = perplexity(model, batches, DecodeSettings(depth_policy="uniform", depth_target=learned.avg_steps),
-                             progress=False)
+        learned = perplexity(model, batches, tau=tau, progress=False)
+        control = perplexity(model, batches, depth_policy="uniform", depth_target=learned.avg_steps, progress=False)
         print(f"{f'learned, tau={tau:g}':>28}  {learned.avg_steps:9.3f}  {learned.ppl:9.2f}")
         print(f"{'uniform fixed pruning':>28}  {control.avg_steps:9.3f}  {control.ppl:9.2f}")
 

@@ -75,12 +75,25 @@ def test_every_command_registers_without_torch():
     assert ["analyze", "difficulty"] in _commands() and ["bench", "decode"] in _commands()
 
 
-@pytest.mark.parametrize("path", [["generate"], ["eval"], ["pareto"], ["analyze", "difficulty"], ["lm-eval"],
-                                  ["serve"], ["train"], ["data", "prepare"], ["plan"]])
+@pytest.mark.parametrize("path", [["eval"], ["analyze"], ["analyze", "jacobi"], ["bench"], ["train"],
+                                  ["data", "prepare"], ["plan"]])
 def test_command_help_is_complete_and_light(path):
     code, heavy, out = _heavy_imports(*path, "--help")
     assert code == 0 and heavy == []
     assert out.startswith(f"usage: ponderlm {' '.join(path)}") and "--" in out
+
+
+# Commands that decode take the knobs the methods declare: their flags are read from the declarations (which imports
+# the methods, torch included) only when that command runs or prints its help.
+@pytest.mark.parametrize("path", [["generate"], ["eval", "ppl"], ["eval", "reasoning"], ["pareto"],
+                                  ["analyze", "difficulty"], ["analyze", "alpha"], ["lm-eval"], ["serve"],
+                                  ["bench", "decode"]])
+def test_decode_command_help_lists_the_declared_knobs(path):
+    code, heavy, out = _heavy_imports(*path, "--help")
+    assert code == 0 and out.startswith(f"usage: ponderlm {' '.join(path)}")
+    assert "decoding knobs of adaponder, latent_cot, ponderlm3:" in out and "--tau" in out
+    assert "--depth-policy" in out or path == ["pareto"]  # pareto runs the fixed-pruning controls itself
+    assert ("--alpha" in out) and ("--jacobi-iters-eval" in out)
 
 
 def test_bare_ponderlm_prints_help_and_exits_0(capsys):

@@ -9,10 +9,11 @@ tests/plugin_pkg when it is not installed): what any method must satisfy, each a
 - save / load round trip: `save_pretrained` -> `from_pretrained` computes the same;
 - served == offline: `ponderlm serve`'s completions and per-token steps are `generate`'s, under concurrency.
 
-A method is asked, never named, for what changes the checks: its facts (adaptive, interleaved, takes_steps,
-uses_jacobi), whether it overrides `prefill`, and its stand-in (`stand_in_options`, `spread_stand_in`, as for
-`ponderlm bench decode`). Adaptive methods must decide varied depths on these tiny untrained models, or the checks
-would only see full depth; MIXED says how for the built-ins whose stand-in does not spread.
+A method is asked, never named, for what changes the checks: its facts (adaptive, interleaved, takes_steps), its
+declared knobs (an eval Jacobi sweep count), whether it overrides `prefill`, and its stand-in (`stand_in_options`,
+`spread_stand_in`, as for `ponderlm bench decode`). Adaptive methods must decide varied depths on these tiny
+untrained models, or the checks would only see full depth; MIXED says how for the built-ins whose stand-in does not
+spread.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def build(method: str, backbone: str = "llama", **overrides) -> PonderForCausalL
     K = (K_ADAPTIVE if cls.adaptive else K_FIXED) if cls.takes_steps else 0
     options, spread = MIXED.get(method, ({}, None))
     options = {**cls.stand_in_options, **options}
-    if cls.uses_jacobi:  # enough sweeps that the parallel solve is the sequential solution, up to rounding;
-        # one training draw, so the analytic expectation is the count of every training step
+    if "jacobi_iters_eval" in cls.knobs():  # enough sweeps that the parallel solve is the sequential solution, up
+        # to rounding; one training draw, so the analytic expectation is the count of every training step
         options.update(jacobi_iters_eval=T * (K + 1) + EXTRA, jacobi_iters_train=[2])
     model = tiny_model(method, backbone, max_steps=K, **{**options, **overrides})
     with torch.no_grad():

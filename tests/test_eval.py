@@ -40,10 +40,10 @@ def test_load_model_accepts_run_dir(checkpoint, tmp_path):
 
 
 def test_token_stats_match_manual_cross_entropy(loaded):
-    from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats
+    from ponderlm.eval.perplexity import collect_token_stats
 
     model, _, batches = loaded
-    stats = collect_token_stats(model, batches, DecodeSettings(alpha=0.5), progress=False)
+    stats = collect_token_stats(model, batches, alpha=0.5, progress=False)
     n = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
     assert stats.nll.shape == stats.steps.shape == stats.token_ids.shape == (n,)
     with torch.no_grad():
@@ -63,12 +63,12 @@ def test_token_stats_match_manual_cross_entropy(loaded):
 
 def test_parallel_perplexity_agrees_with_sequential_decoding(loaded):
     """eval ppl uses the parallel (Jacobi, thresholded) forward; it must score what decoding would."""
-    from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats
+    from ponderlm.eval.perplexity import collect_token_stats
     from ponderlm.inference import sequential_logits
 
     model, _, batches = loaded
     x = batches[0][:2, :16]
-    stats = collect_token_stats(model, [x], DecodeSettings(jacobi_iters=40), progress=False)
+    stats = collect_token_stats(model, [x], jacobi_iters_eval=40, progress=False)
     logits, steps = sequential_logits(model, x)
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), x[:, 1:], reduction="none")
     assert stats.steps.min() < stats.steps.max()  # split_tau gives a spread of depths
@@ -77,11 +77,11 @@ def test_parallel_perplexity_agrees_with_sequential_decoding(loaded):
 
 
 def test_perplexity_result_and_flops(loaded):
-    from ponderlm.eval.perplexity import DecodeSettings, perplexity
+    from ponderlm.eval.perplexity import perplexity
 
     model, _, batches = loaded
-    full = perplexity(model, batches, DecodeSettings(tau=0.0), progress=False)
-    pruned = perplexity(model, batches, DecodeSettings(), progress=False)
+    full = perplexity(model, batches, tau=0.0, progress=False)
+    pruned = perplexity(model, batches, progress=False)
     assert math.isclose(full.ppl, math.exp(full.loss), rel_tol=1e-9)
     assert full.avg_steps == pytest.approx(2.0)
     assert pruned.avg_steps < full.avg_steps
@@ -94,7 +94,7 @@ def test_fixed_pruning_sweep_is_monotone_and_iso_flops(loaded):
 
     model, _, batches = loaded
     tau = [model.config.tau]
-    points = sweep_model(model, "tiny", batches, alphas=[0.0], taus=tau, fixed=("uniform", "geometric"),
+    points = sweep_model(model, "tiny", batches, sweeps={"alpha": [0.0], "tau": tau}, fixed=("uniform", "geometric"),
                          targets=[0.0, 0.5, 1.0, 1.5, 2.0], progress=False)
     assert [p.policy for p in points].count("learned") == 1
     for policy in ("uniform", "geometric"):
@@ -103,36 +103,36 @@ def test_fixed_pruning_sweep_is_monotone_and_iso_flops(loaded):
         assert steps[0] == 0.0 and steps[-1] == 2.0
     # default targets: the learned points' measured averages, clipped to [0, K]
     assert iso_flops_targets([2.3, 0.5, 0.5, -1.0], 2) == [0.0, 0.5, 2.0]
-    default = sweep_model(model, "tiny", batches, alphas=[0.0], taus=tau, fixed=("uniform",), progress=False)
+    default = sweep_model(model, "tiny", batches, sweeps={"alpha": [0.0], "tau": tau}, fixed=("uniform",),
+                          progress=False)
     learned, control = default
     assert control.depth_target == pytest.approx(learned.avg_steps, abs=1e-4)
     assert control.avg_steps == pytest.approx(learned.avg_steps, abs=0.35)  # random draws on few tokens
 
 
 def test_forced_depth_gives_exact_depths(loaded):
-    from ponderlm.eval.analysis import forced_depth_settings
+    from ponderlm.eval.analysis import forced_depth_options
     from ponderlm.eval.perplexity import collect_token_stats
 
     model, _, batches = loaded
     for k in (0, model.config.max_steps):
-        stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=False)
+        stats = collect_token_stats(model, batches, forced_depth_options(model.config, k), progress=False)
         assert np.all(stats.steps == k)
 
 
 def test_analyses_on_tiny_checkpoint(loaded):
-    from ponderlm.eval.analysis import alpha_analysis, difficulty_analysis, gates_analysis, jacobi_analysis
-    from ponderlm.eval.perplexity import DecodeSettings
+    from ponderlm.eval.analysis import difficulty_analysis, gates_analysis, jacobi_analysis, knob_analysis
 
     model, tok, batches = loaded
-    diff = difficulty_analysis(model, batches, DecodeSettings(), num_buckets=3, progress=False)
+    diff = difficulty_analysis(model, batches, num_buckets=3, progress=False)
     assert diff["depths"] == [0, 1, 2] and len(diff["buckets"]) == 3
     assert all(b["gain_by_depth"]["0"] == 0.0 for b in diff["buckets"])
     assert sum(b["tokens"] for b in diff["buckets"]) == diff["tokens"]
-    alpha = alpha_analysis(model, batches, [-8.0, 8.0], DecodeSettings(), progress=False)
+    alpha = knob_analysis(model, batches, "alpha", [-8.0, 8.0], progress=False)
     easy = {r["alpha"]: r for r in alpha["subsets"]["easy"]}
     assert easy[0.0]["delta_loss"] == 0.0
     assert easy[-8.0]["avg_steps"] <= easy[0.0]["avg_steps"] <= easy[8.0]["avg_steps"]
-    gates, raw = gates_analysis(model, tok, batches, DecodeSettings(), top=5, min_count=2, progress=False)
+    gates, raw = gates_analysis(model, tok, batches, top=5, min_count=2, progress=False)
     assert sum(v["count"] for v in gates["nll_by_steps"].values()) == gates["tokens"] == sum(map(len, raw.values()))
     means = [t["mean_steps"] for t in gates["most_pondered"]]
     assert means == sorted(means, reverse=True) and gates["most_pondered"][0]["count"] >= 2
@@ -141,7 +141,7 @@ def test_analyses_on_tiny_checkpoint(loaded):
 
 
 def test_analyses_refuse_unsupported_methods(tmp_path):
-    from ponderlm.eval.analysis import alpha_analysis, gates_analysis, jacobi_analysis, zero_step_stats
+    from ponderlm.eval.analysis import gates_analysis, jacobi_analysis, knob_analysis, zero_step_stats
 
     cfg = PonderConfig(method="ponderlm2", vocab_size=300, max_steps=1, **TINY)
     model = PonderForCausalLM(cfg).eval()
@@ -149,7 +149,7 @@ def test_analyses_refuse_unsupported_methods(tmp_path):
     with pytest.raises(PonderError, match="cannot be forced to 0 steps"):
         zero_step_stats(model, x, progress=False)
     with pytest.raises(PonderError, match="router bias"):
-        alpha_analysis(model, x, [1.0], progress=False)
+        knob_analysis(model, x, "alpha", [1.0], progress=False)
     with pytest.raises(PonderError, match="halting method"):
         gates_analysis(model, None, x, progress=False)
     vanilla = PonderForCausalLM(PonderConfig(method="vanilla", vocab_size=300, **TINY)).eval()

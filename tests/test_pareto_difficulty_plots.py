@@ -15,7 +15,7 @@ from ponderlm.cli import main
 from ponderlm.eval import plots
 from ponderlm.eval.analysis import difficulty_analysis, mean_interval, wilson_interval
 from ponderlm.eval.pareto import identical_policies, sweep_model
-from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats
+from ponderlm.eval.perplexity import collect_token_stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +44,7 @@ def test_uniform_and_geometric_coincide_only_at_k1():
 def test_k1_policies_draw_the_same_depth_for_every_token():
     # The reason they are run once: not just the same average, the same depth token by token.
     model = tiny_model("ponderlm3", max_steps=1)
-    steps = {policy: collect_token_stats(model, batches(), DecodeSettings(depth_policy=policy, depth_target=0.4),
+    steps = {policy: collect_token_stats(model, batches(), depth_policy=policy, depth_target=0.4,
                                          progress=False).steps for policy in ("uniform", "geometric")}
     assert 0 < steps["uniform"].mean() < 1 and np.array_equal(steps["uniform"], steps["geometric"])
 
@@ -56,7 +56,7 @@ def test_k1_sweep_runs_the_coinciding_policies_once(monkeypatch, capsys):
     real = pareto.collect_token_stats
     monkeypatch.setattr(pareto, "collect_token_stats", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
     model = tiny_model("ponderlm3", max_steps=1)
-    points = sweep_model(model, "p3", batches(1), alphas=[0.0], fixed=("uniform", "geometric"),
+    points = sweep_model(model, "p3", batches(1), sweeps={"alpha": [0.0]}, fixed=("uniform", "geometric"),
                          targets=[0.25, 0.75], progress=False)
     assert len(calls) == 1 + 2  # one learned point, one control per target (not two)
     controls = [p for p in points if p.policy != "learned"]

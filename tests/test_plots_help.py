@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import html
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,15 +58,16 @@ def test_alpha_labels_do_not_collide(tmp_path):
 
 
 def test_depth_policy_text_names_what_decided_the_depths():
-    cfg = SimpleNamespace(method="ponderlm3", max_steps=3, tau=0.1, alpha=0.0, depth_policy=None, depth_target=None)
-    args = SimpleNamespace(tau=None, alpha=2.0, depth_policy=None, depth_target=None)
-    assert depth_policy_text(cfg, args) == "ponderlm3, K=3, depth policy: learned (tau=0.1, alpha=2)"
-    args = SimpleNamespace(tau=None, alpha=None, depth_policy="uniform", depth_target=1.5)
-    assert depth_policy_text(cfg, args) == ("ponderlm3, K=3, depth policy: uniform fixed pruning, target 1.5 "
-                                            "additional steps per token")
-    cfg = SimpleNamespace(method="ponderlm2", max_steps=2, tau=0.1, alpha=0.0, depth_policy=None, depth_target=None)
-    args = SimpleNamespace(tau=None, alpha=None, depth_policy=None, depth_target=None)
-    assert "depth policy: fixed" in depth_policy_text(cfg, args)
+    from ponderlm import PonderConfig
+    from ponderlm.methods.options import DecodeOptions
+
+    cfg = PonderConfig(method="ponderlm3", max_steps=3, tau=0.1, alpha=0.0)
+    text = depth_policy_text(cfg, DecodeOptions.resolve(cfg, alpha=2.0))
+    assert text == "ponderlm3, K=3, depth policy: learned (tau=0.1, alpha=2)"
+    text = depth_policy_text(cfg, DecodeOptions.resolve(cfg, depth_policy="uniform", depth_target=1.5))
+    assert text == "ponderlm3, K=3, depth policy: uniform fixed pruning, target 1.5 additional steps per token"
+    cfg = PonderConfig(method="ponderlm2", max_steps=2, tau=0.1)
+    assert "depth policy: fixed" in depth_policy_text(cfg, DecodeOptions.resolve(cfg))
 
 
 def test_generate_html_shows_the_depth_policy_used(checkpoint, tmp_path):
@@ -91,6 +91,8 @@ def test_every_option_has_help(path):
     parser = build_parser()
     for name in path:
         parser = _subcommands(parser)[name]
+    if parser.get_default("late_arguments") is not None:  # the knob flags, from the methods' declarations
+        parser.get_default("late_arguments")(parser)
     bare = [a.option_strings for a in parser._actions
             if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)]
     assert bare == []

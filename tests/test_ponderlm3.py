@@ -56,7 +56,7 @@ def test_no_pruning_sequential_equals_jacobi(K, side, feedback):
 
 def _without_mask_bias(model, ids, mask):
     original = model.method.latent_key_bias
-    model.method.latent_key_bias = lambda h: torch.zeros_like(original(h))
+    model.method.latent_key_bias = lambda h, options: torch.zeros_like(original(h, options))
     try:
         return model(ids, attention_mask=mask).logits
     finally:
@@ -154,7 +154,7 @@ def test_router_gets_gradient_through_mask_and_fusion():
         method = model.method
         orig_bias, orig_fuse = method.latent_key_bias, method.fuse
         if disable_mask:
-            method.latent_key_bias = lambda h: orig_bias(h).detach()
+            method.latent_key_bias = lambda h, options: orig_bias(h, options).detach()
         if disable_fusion:
             method.fuse = lambda hid, s, d: orig_fuse(hid, s.detach(), d)
         try:

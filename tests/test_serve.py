@@ -180,7 +180,7 @@ def test_rows_join_grow_leave_and_compact_without_changing_results(checkpoint, r
     events: dict[str, list] = {name: [] for name in prompts}
 
     def submit(name: str) -> None:
-        params = SamplingParams(max_tokens=lengths[name], temperature=0.0, tau=tau)
+        params = SamplingParams(max_tokens=lengths[name], temperature=0.0, knobs={"tau": tau})
         engine.submit(EngineRequest(prompt_ids=prompts[name], params=params, emit=events[name].append))
 
     def finished(name: str) -> bool:
@@ -335,7 +335,6 @@ def test_lm_eval_local_completions_matches_ponderlm_lm_eval(server, checkpoint, 
     from lm_eval.tasks import TaskManager
 
     from ponderlm.eval.lm_eval_adapter import run_lm_eval
-    from ponderlm.eval.perplexity import DecodeSettings
     from ponderlm.eval.tasks import build_tasks
 
     for key, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PONDERLM_CACHE": str(tmp_path / "cache"),
@@ -344,7 +343,7 @@ def test_lm_eval_local_completions_matches_ponderlm_lm_eval(server, checkpoint, 
     tasks = ["ponder_cloze"]
     model, tok = load_model(checkpoint, "cpu")
     # Both at the checkpoint's own tau: lm-eval's client sends no ponderlm fields.
-    ours = run_lm_eval(model, tok, tasks, settings=DecodeSettings(), limit=8, batch_size=4, bootstrap_iters=0)
+    ours = run_lm_eval(model, tok, tasks, limit=8, batch_size=4, bootstrap_iters=0)
     manager = TaskManager(include_path=str(build_tasks()), include_defaults=False)
     max_len = server.client.models.list().data[0].model_extra["max_model_len"]
     model_args = (lm_eval_example()[1].replace("model=quickstart", f"model={NAME}").replace(DOC_URL, server.url)

@@ -82,3 +82,129 @@ def decode_flops(model: PonderForCausalLM, T: int) -> int:
         for t in range(T):
             model.method.decode_token(model.backbone, state, ids[:, t], valid)
     return counter.get_total_flops()
+
+
+# ---------------------------------------------------------------------------------------------- a knob of its own
+# The acceptance check of issue 30: `echo_mix`, an inference knob declared only in the toy method's `Options`
+# (`option(1.0, low=0, high=1, knob=True, sweep=...)`), reaches the method through generate, the CLI, the server and
+# the Pareto sweep with no edit in ponderlm. Each check compares with what the method computes at that value (a
+# model whose pass inputs ignore the fed-back state: echo_scale 0), so a knob that got lost would fail it.
+def no_echo_logits(model: PonderForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    """Logits with `echo_mix` 0 computed another way: the same weights with `echo_scale` 0 (no feedback at all)."""
+    twin = PonderForCausalLM(PonderConfig(**{**model.config.to_dict(), "echo_scale": 0.0})).eval()
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return twin(ids).logits
+
+
+def test_the_knob_reaches_generate_sequential_and_the_eval_forward():
+    from ponderlm.inference import decode_options, sequential_logits
+
+    model = tiny_model("echo", max_steps=2, echo_scale=1.0).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    reference = no_echo_logits(model, ids)
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, reference, atol=1e-3)  # the knob's default changes the output
+        parallel = model(ids, decode_options=decode_options(model, echo_mix=0.0)).logits
+    torch.testing.assert_close(parallel, reference, atol=1e-5, rtol=0)
+    sequential, _ = sequential_logits(model, ids, echo_mix=0.0)
+    torch.testing.assert_close(sequential, reference, atol=1e-4, rtol=0)
+    out = model.generate(ids, max_new_tokens=3, echo_mix=0.0, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    torch.testing.assert_close(out.logits[0], reference[:, -1], atol=1e-4, rtol=0)  # the first new token's logits
+    with pytest.raises(ValueError, match=r"echo_mix must be a finite number in \[0, 1\], got 2"):
+        model.generate(ids, max_new_tokens=1, echo_mix=2.0)
+    with pytest.raises(ValueError, match="unknown decoding option 'echo_mixx'; method 'echo' takes echo_mix"):
+        sequential_logits(model, ids, echo_mixx=0.5)
+    # Only its method takes it: another method's model is told so, and its saved value is checked like any option.
+    assert decode_options(tiny_model("vanilla"), echo_mix=0.5).notes == (
+        "echo_mix has no effect on method 'vanilla' (only echo takes it)",)
+    with pytest.raises(ValueError, match=r"PonderConfig: echo_mix must be a finite number in \[0, 1\], got -1"):
+        tiny_model("vanilla", echo_mix=-1.0)
+
+
+@pytest.fixture
+def echo_checkpoint(tmp_path) -> Path:
+    from helpers import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path, method="echo", train_steps=0)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "echo_scale": 1.0}))  # a feedback that matters
+    return path
+
+
+def test_the_knob_is_a_cli_flag_that_reaches_the_method(echo_checkpoint, capsys, monkeypatch):
+    from ponderlm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "decoding knobs of echo:" in out and "--echo-mix X" in out and "the later passes read" in out
+    seen = []
+    inputs = Echo.inputs
+    monkeypatch.setattr(Echo, "inputs", lambda self, e, h, options: (seen.append(options.echo_mix), inputs(
+        self, e, h, options))[1])
+    argv = ["generate", "--model", str(echo_checkpoint), "--prompt", "the cat", "--max-new-tokens", "2"]
+    assert main([*argv, "--echo-mix", "0.25"]) == 0
+    assert seen and set(seen) == {0.25}
+    assert main([*argv, "--echo-mix", "2"]) == 2
+    assert "error: --echo-mix must be a finite number in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_the_knob_is_a_request_field_of_the_server(echo_checkpoint):
+    for extra in ("fastapi", "uvicorn", "prometheus_client", "openai"):
+        pytest.importorskip(extra)
+    from serve_helpers import Server
+
+    from ponderlm.loading import load_model
+
+    model, tok = load_model(echo_checkpoint, "cpu")
+    ids = tok("the cat sat", add_special_tokens=False)["input_ids"]
+
+    def offline(mix: float) -> str:
+        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, echo_mix=mix)
+        return tok.decode(out[0, len(ids):])
+
+    assert offline(0.0) != offline(1.0)  # the knob changes what this model generates
+    server = Server(echo_checkpoint, max_batch=4)
+    try:
+        def complete(**extra) -> str:
+            return server.client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0.0,
+                                                    extra_body=extra).choices[0].text
+
+        assert complete(echo_mix=0.0) == offline(0.0) and complete() == offline(1.0)
+        import openai
+
+        with pytest.raises(openai.BadRequestError, match=r"echo_mix must be a finite number in \[0, 1\], got 1.5") \
+                as error:
+            complete(echo_mix=1.5)
+        assert error.value.body["param"] == "echo_mix"
+    finally:
+        server.close()
+
+
+def test_the_knob_is_the_pareto_sweep_axis(echo_checkpoint, tmp_path, capsys):
+    from ponderlm.cli import main
+    from ponderlm.eval.pareto import sweep_model
+    from ponderlm.eval.perplexity import perplexity
+    from ponderlm.loading import load_model
+
+    model, _ = load_model(echo_checkpoint, "cpu")
+    batches = [torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))]
+    points = sweep_model(model, "echo", batches, progress=False)
+    assert [(p.policy, p.knobs["echo_mix"]) for p in points] == [("learned", 0.0), ("learned", 0.5), ("learned", 1.0)]
+    assert points[0].ppl == pytest.approx(perplexity(model, batches, echo_mix=0.0, progress=False).ppl)
+    assert len({p.ppl for p in points}) == 3
+    assert main(["pareto", "--model", str(echo_checkpoint), "--echo-mix", "0,1", "--seq-len", "12", "--max-batches",
+                 "1", "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:3] == ["curve", "policy", "echo_mix"]
+    result = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    assert [p["echo_mix"] for p in result["points"]] == [0.0, 1.0]
+
+
+def test_the_knob_is_in_the_model_card():
+    from ponderlm.hub import model_card
+
+    card = model_card(tiny_model("echo", max_steps=1, echo_mix=0.5).config, {})
+    assert "| echo_mix (share of the fed-back state the later passes read) | 0.5 |" in card
+    assert "model.generate(**inputs, max_new_tokens=32, echo_mix=0.5, return_dict_in_generate=True)" in card

@@ -71,9 +71,10 @@ def synthetic_model(method: str, hidden: int, layers: int, max_steps: int, vocab
 
 
 # --------------------------------------------------------------------------- decode
-def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = False,
-               **options: Any) -> dict[str, Any]:
-    """Greedy decode through the method's sequential path; returns steps, KV bytes, backbone calls and time.
+def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = False, options: Any = None,
+               **knobs: Any) -> dict[str, Any]:
+    """Greedy decode through the method's sequential path with `options` (a `DecodeOptions`, None: the saved) and
+    `knobs` overridden; returns steps, KV bytes, backbone calls and time.
 
     Every token (prompt and new) is consumed by `decode_token` in lockstep across the batch, or, with
     `continuous` and a method that supports it, by the per-row slot schedule (continuous batching,
@@ -81,12 +82,12 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
     """
     import torch
 
-    from ponderlm.inference.sequential import decode_options, new_state
+    from ponderlm.inference.sequential import decode_options, eval_mode, new_state
     from ponderlm.methods.base import PonderMethod
 
     batch, total = prompt.shape[0], prompt.shape[1] + new_tokens
-    with torch.no_grad(), decode_options(model, **options):
-        state = new_state(model, batch, total)
+    with torch.no_grad(), eval_mode(model):
+        state = new_state(model, batch, total, options=decode_options(model, options, **knobs))
         valid = torch.ones(batch, dtype=torch.bool)
         steps = []
         start = time.perf_counter()
@@ -119,25 +120,26 @@ def decode_run(model, prompt: torch.Tensor, new_tokens: int, continuous: bool = 
 
 
 def bench_decode(model, batches: list[int], prompt_len: int, new_tokens: int, repeats: int,
-                 continuous: bool = False) -> list[dict[str, Any]]:
+                 continuous: bool = False, options: Any = None) -> list[dict[str, Any]]:
     """Adaptive vs fixed-full-depth decode of the same model, per batch size, with the ideal ratio.
 
-    continuous: decode batches with the per-row slot schedule (see `decode_run`) instead of lockstep."""
+    continuous: decode batches with the per-row slot schedule (see `decode_run`) instead of lockstep; options: the
+    knob values of the adaptive run (a `DecodeOptions`, None: the saved ones)."""
     import torch
 
     config = model.config
     K = config.max_steps
-    adaptive = config.method_class.adaptive
-    # Full depth for any adaptive method: the constant policy gives every token K steps.
-    full = {"depth_policy": "constant", "depth_target": float(K)} if adaptive else {}
+    # Full depth for a method that decides depths: its constant fixed-depth control gives every token K steps.
+    full = config.method_class.fixed_depth_knobs("constant", float(K))
+    adaptive = full is not None
     rows = []
     for batch in batches:
         prompt = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
         results: dict[str, dict[str, Any]] = {}
 
-        def run(name: str, options: dict[str, Any], prompt=prompt, results=results) -> Callable[[], None]:
+        def run(name: str, knobs: dict[str, Any], prompt=prompt, results=results, base=options) -> Callable[[], None]:
             def fn() -> None:
-                results[name] = decode_run(model, prompt, new_tokens, continuous=continuous, **options)
+                results[name] = decode_run(model, prompt, new_tokens, continuous=continuous, options=base, **knobs)
             return fn
 
         fns = {"adaptive": run("adaptive", {})}

@@ -2,8 +2,10 @@
 
 Each command module registers its own subcommands (`register(subparsers)`) so this file stays small and
 heavy imports (torch, transformers) happen only inside the command that needs them: building the parser
-imports neither, so `ponderlm --help` and `ponderlm <command> --help` answer in a fraction of a second
-(tests/test_cli_startup.py checks the imports; benchmarks/bench_cli_startup.py times it).
+imports neither, so `ponderlm --help` and most `ponderlm <command> --help` answer in a fraction of a second
+(tests/test_cli_startup.py checks the imports; benchmarks/bench_cli_startup.py times it). Arguments read from
+the methods (the knob flags, `ponderlm.commands.knobs`) come from a command's `late_arguments` default, called
+only for the command being run or asked for its help.
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = command = build_parser()
+    for word in argv:  # the (sub)parser of the command argv names gets its late arguments (e.g. the knob flags)
+        subs = [a.choices for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0]:
+            break
+        command = subs[0][word]
+    if command.get_default("late_arguments") is not None:
+        command.get_default("late_arguments")(command)
     if not argv:  # like git or pip: help, not a multi-minute training run the user did not ask for
         parser.print_help()
         return 0

@@ -7,7 +7,10 @@ fields are grouped below by who reads them. Method-specific fields are ignored b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from typing import Any, NoReturn
 
 from transformers import PretrainedConfig
@@ -15,7 +18,6 @@ from transformers import PretrainedConfig
 from ponderlm.registry import REGISTRY, method_class, method_names
 
 BACKBONES = ("llama", "gpt_neox")
-DEPTH_POLICIES = (None, "learned", "uniform", "geometric", "constant")
 INIT_SCHEMES = ("ponder", "hf")
 LATENT_FEEDBACK = ("post_norm", "pre_norm")
 
@@ -34,18 +36,94 @@ def reject(msg: str) -> NoReturn:
     raise ValueError(f"PonderConfig: {msg}")
 
 
-def check_finite(config: Any, name: str, low: float | None = None) -> None:
-    """`reject` unless config.<name> is a finite number (> low if given). NaN passes every `<` / `>` check and
-    would only surface later as a NaN loss blamed on the lr."""
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (low is not None and value <= low):
-        reject(f"{name} must be a finite number{' > 0' if low is not None else ''}, got {value!r}")
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """One declared option: name, default, type (bool, int, float, str or a list of one), whether None is allowed,
+    and what `option` put in its metadata: checks, help, whether it is an inference knob and its sweep points."""
+
+    name: str
+    default: Any
+    type: Any
+    nullable: bool
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    help: str = ""
+    knob: bool = False
+    sweep: tuple | None = None
+
+    def problem(self, value: Any, label: str | None = None) -> str | None:
+        """What is wrong with `value` ('<label> must be ..., got ...'), or None. NaN passes every `<` / `>` check and
+        would only surface later (a NaN loss blamed on the lr), so finiteness is checked first."""
+        label, kind, lo, hi = label or self.name, self.type, self.low, self.high
+        if value is None:
+            return None if self.nullable else f"{label} must be set, got None"
+        if self.choices is not None:
+            return None if value in self.choices else f"{label} must be {self.what()}, got {value!r}"
+        if typing.get_origin(kind) in (list, tuple):
+            item = dataclasses.replace(self, type=typing.get_args(kind)[0], nullable=False)
+            if isinstance(value, (list, tuple)) and value and not any(map(item.problem, value)):
+                return None
+            return f"{label} must be a non-empty list of {item.what(plural=True)}, got {value!r}"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float and not (number and math.isfinite(value)):
+            return f"{label} must be a finite number, got {value!r}"
+        if (kind in (int, bool, str) and (not isinstance(value, kind) or (kind is int) != number)) or number and (
+                (lo is not None and (value <= lo if self.low_open else value < lo))
+                or (hi is not None and (value >= hi if self.high_open else value > hi))):
+            return f"{label} must be {self.what()}, got {value!r}"
+        return None
+
+    def what(self, plural: bool = False) -> str:
+        """'a finite number in [0, 1)', 'an integer >= 0', 'integers >= 0' (plural), 'one of a, b', ..."""
+        if self.choices is not None:
+            return f"one of {', '.join(map(str, self.choices))}"
+        kind = {int: "an integer", bool: "true or false", str: "a string"}.get(self.type, "a finite number")
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            bound = f" in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
+        elif lo is not None or hi is not None:
+            strict = self.low_open if lo is not None else self.high_open
+            bound = f" {'>' if lo is not None else '<'}{'' if strict else '='} {lo if lo is not None else hi:g}"
+        else:
+            bound = ""
+        return (kind.split(" ", 1)[-1] + "s" if plural else kind) + bound
+
+
+def check(config: Any, name: str, kind: Any = float, nullable: bool = False, **checks: Any) -> None:
+    """`reject` unless config.<name> passes the checks of a declared option (`Declared`), naming all of them."""
+    declared, value = Declared(name, None, kind, nullable, **checks), getattr(config, name)
+    if declared.problem(value) is not None:
+        reject(f"{name} must be {declared.what()}, got {value!r}")
+
+
+def option(default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, choices: Any = None, help: str = "", knob: bool = False, sweep: Any = None) -> Any:
+    """A field of a method's `Options` with its declared checks (type from the annotation, finiteness, range,
+    choices), checked on every config by `PonderConfig.validate`; `knob=True` makes it an inference knob that
+    generate, the CLI, the server, eval and the model card offer, and `sweep` its Pareto sweep points."""
+    return dataclasses.field(default=default, metadata={"ponderlm": dict(
+        low=low, high=high, low_open=low_open, high_open=high_open, help=help, knob=knob,
+        choices=None if choices is None else tuple(choices), sweep=None if sweep is None else tuple(sweep))})
+
+
+@functools.cache
+def declarations(options: type) -> dict[str, Declared]:
+    """The declared fields of an `Options` dataclass by name (fields made without `option` have no checks)."""
+    out = {}
+    for f, hint in ((f, typing.get_type_hints(options)[f.name]) for f in dataclasses.fields(options)):
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = [a for a in args if a is not type(None)]
+        out[f.name] = Declared(f.name, f.default, kinds[0] if kinds else Any, len(kinds) < len(args),
+                               **f.metadata.get("ponderlm", {}))
+    return out
 
 
 def method_options() -> dict[str, Any]:
     """Every registered method's options (its `Options` dataclass) with their defaults."""
-    return {f.name: f.default for cls in REGISTRY.values() for f in dataclasses.fields(cls.Options)}
+    return {name: d.default for cls in REGISTRY.values() for name, d in declarations(cls.Options).items()}
 
 
 class PonderConfig(PretrainedConfig):
@@ -74,17 +152,11 @@ class PonderConfig(PretrainedConfig):
             "post_norm" (default, as in the papers) the hidden state after the final norm, or "pre_norm"
             the residual stream before it. Readouts (LM head, routers) always read post-norm states.
             pre_norm is rejected for methods without latent slots (vanilla, looped, ponderlm, adaponder).
-        tau: pruning / halting threshold used by adaptive methods.
-        alpha: inference router bias (PonderLM-3: logits + alpha * k).
-        depth_policy: None/"learned" (the method decides), or "uniform"/"geometric" fixed pruning
-            drawn independently of content with mean `depth_target` (METHODS.md §9), or "constant"
-            (every token exactly `depth_target` steps; used by analyses).
-        depth_target: requested average executed additional steps for fixed pruning.
-        depth_seed: seed of the fixed-pruning depth draws.
 
     Method options (keyword arguments too, stored flat like every field): declared with their defaults and
-    checks by each method's `Options` (methods/<name>.py; `method_options()` lists them all); every config
-    carries every registered method's.
+    checks by each method's `Options` (methods/<name>.py; `method_options()` lists them all), inference knobs
+    among them (tau, alpha, depth_policy, ...: `option(..., knob=True)`); every config carries every
+    registered method's.
     """
 
     model_type = "ponder"
@@ -122,11 +194,6 @@ class PonderConfig(PretrainedConfig):
         max_steps: int = 0,
         embed_scale: float | None = None,
         latent_feedback: str = "post_norm",
-        tau: float = 1e-4,
-        alpha: float = 0.0,
-        depth_policy: str | None = None,
-        depth_target: float | None = None,
-        depth_seed: int = 0,
         **kwargs: Any,  # method options (see the class docstring) and Hugging Face config fields
     ) -> None:
         self.backbone = backbone
@@ -159,11 +226,6 @@ class PonderConfig(PretrainedConfig):
         self.max_steps = max_steps
         self.embed_scale = embed_scale
         self.latent_feedback = latent_feedback
-        self.tau = tau
-        self.alpha = alpha
-        self.depth_policy = depth_policy
-        self.depth_target = depth_target
-        self.depth_seed = depth_seed
         for name, default in method_options().items():  # tuples become lists, as config.json reads them back
             value = kwargs.pop(name, default)
             setattr(self, name, list(value) if isinstance(value, tuple) else value)
@@ -209,27 +271,17 @@ class PonderConfig(PretrainedConfig):
         self._validate_backbone()
         if self.method not in REGISTRY:
             reject(f"unknown method {self.method!r}; choose one of {', '.join(method_names())}")
-        if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 0:
-            reject(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+        check(self, "max_steps", int, low=0)
         self.method_class.validate_config(self)
-        if self.embed_scale is not None:
-            check_finite(self, "embed_scale", low=0)
-        for name, allowed in (("init", INIT_SCHEMES), ("latent_feedback", LATENT_FEEDBACK)):
-            if getattr(self, name) not in allowed:
-                reject(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not (0.0 <= self.tau < 1.0):
-            reject(f"tau must be in [0, 1), got {self.tau}")
-        if not math.isfinite(self.alpha):
-            reject(f"alpha must be finite, got {self.alpha}")
-        if self.depth_policy not in DEPTH_POLICIES:
-            reject(f"unknown depth_policy {self.depth_policy!r}; choose learned, uniform or geometric")
-        if self.depth_policy in ("uniform", "geometric", "constant"):
-            if self.depth_target is None or not (0.0 <= self.depth_target <= self.max_steps):
-                reject(f"depth_target must be in [0, max_steps={self.max_steps}] for fixed pruning, "
-                       f"got {self.depth_target!r}")
-            if self.depth_policy == "constant" and float(self.depth_target) != round(self.depth_target):
-                reject(f"depth_policy='constant' needs an integer depth_target, got {self.depth_target!r}")
-        for cls in REGISTRY.values():
+        check(self, "embed_scale", nullable=True, low=0, low_open=True)
+        check(self, "init", str, choices=INIT_SCHEMES)
+        check(self, "latent_feedback", str, choices=LATENT_FEEDBACK)
+        checked = set()
+        for cls in REGISTRY.values():  # the declared checks of every option once, then each method's own rules
+            for name, declared in declarations(cls.Options).items():
+                if name not in checked and (problem := declared.problem(getattr(self, name))) is not None:
+                    reject(problem)
+                checked.add(name)
             cls.validate_options(self)
 
     def _validate_backbone(self) -> None:
@@ -249,10 +301,8 @@ class PonderConfig(PretrainedConfig):
             reject("gpt_neox does not support grouped-query attention (num_key_value_heads != num_attention_heads)")
         if self.head_dim % 2 != 0:
             reject(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if not (0.0 < self.rotary_pct <= 1.0):
-            reject(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
-        if self.hidden_act not in ("silu", "gelu", "gelu_new", "gelu_fast", "relu"):
-            reject(f"unsupported hidden_act {self.hidden_act!r}")
+        check(self, "rotary_pct", low=0, high=1, low_open=True)
+        check(self, "hidden_act", str, choices=("silu", "gelu", "gelu_new", "gelu_fast", "relu"))
         for name in ("rope_theta", "rms_norm_eps", "layer_norm_eps"):
-            check_finite(self, name, low=0)
-        check_finite(self, "initializer_range")
+            check(self, name, low=0, low_open=True)
+        check(self, "initializer_range")

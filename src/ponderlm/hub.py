@@ -288,7 +288,8 @@ def complete_checkpoint(directory: str | Path, model, tokenizer, card: dict[str,
 
 
 def model_card(config, info: dict[str, Any]) -> str:
-    """A README.md for a checkpoint: method, K, tau / alpha, data, tokens trained, validation perplexity."""
+    """A README.md for a checkpoint: method, K, its inference knobs (tau, alpha, ...), data, tokens trained,
+    validation perplexity."""
 
     def fmt(value: Any, spec: str = "") -> str:
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -297,11 +298,12 @@ def model_card(config, info: dict[str, Any]) -> str:
 
     method, k = config.method, config.max_steps
     params = info.get("parameters")
+    knobs = config.method_class.knobs()  # what the method declares: the inference knobs, with their saved values
     rows = [
         ("method", f"`{method}`"),
         ("K (max additional steps per token)", str(k)),
-        ("tau (pruning / halting threshold)", fmt(config.tau, "g")),
-        ("alpha (router bias at inference)", fmt(config.alpha, "g")),
+        *((f"{name} ({knob.help})", fmt(getattr(config, name), "g" if knob.type is float else "")) for name, knob
+          in knobs.items()),
         ("backbone", f"{config.backbone}, {config.num_hidden_layers} layers, d={config.hidden_size}, "
                      f"{config.num_attention_heads} heads, vocab {config.vocab_size}"),
         ("parameters", f"{params:,}" if params else "n/a"),
@@ -316,6 +318,7 @@ def model_card(config, info: dict[str, Any]) -> str:
         ("avg executed additional steps (validation)", fmt(info.get("avg_executed_steps"), ".3f")),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    knob_args = "".join(f"{n}={getattr(config, n)!r}, " for n in knobs if getattr(config, n) is not None)
     return f"""---
 license: apache-2.0
 library_name: transformers
@@ -343,8 +346,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("this/dir", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("this/dir", trust_remote_code=True)  # ponderlm not required
 inputs = tok("The", return_tensors="pt")  # input_ids and attention_mask (pad is eos: it cannot be inferred)
-out = model.generate(**inputs, max_new_tokens=32, tau={fmt(config.tau, "g")}, alpha={fmt(config.alpha, "g")},
-                     return_dict_in_generate=True)
+out = model.generate(**inputs, max_new_tokens=32, {knob_args}return_dict_in_generate=True)
 print(tok.decode(out.sequences[0]), out.executed_steps)
 ```
 

@@ -128,9 +128,11 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        decode_options: Any = None,
         **kwargs: Any,
     ) -> PonderCausalLMOutput | tuple:
-        """Parallel forward of the configured method. `labels` are the inputs (shifted inside, -100 ignored).
+        """Parallel forward of the configured method. `labels` are the inputs (shifted inside, -100 ignored);
+        `decode_options` (a `DecodeOptions`, `ponderlm.inference.decode_options`): the knob values, default the saved.
 
         As for transformers' causal LMs:
         - `num_items_in_batch` (passed by the HF `Trainer`): the language-model loss is the sum of the per-token
@@ -166,7 +168,7 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         with _LayerRecorder(self.model.layers, output_hidden_states) as recorder:
-            out = self.method(self.backbone, input_ids, attention_mask, labels)
+            out = self.method(self.backbone, input_ids, attention_mask, labels, options=decode_options)
         hidden_states = recorder.hidden_states(out.hidden, self.config.method) if output_hidden_states else None
         logits = out.logits if out.logits is not None else self.lm_head(out.hidden)
         loss = lm_loss = None
@@ -191,7 +193,8 @@ class PonderForCausalLM(PonderPreTrainedModel, GenerationMixin):
         Hugging Face `generate` semantics (transformers prepares the config, processors and stopping criteria;
         greedy, sampling, beam search, num_return_sequences, min_new_tokens, bad_words_ids,
         no_repeat_ngram_size, logits_processor, stopping_criteria, output_scores / output_logits, streamer)
-        plus `tau`, `alpha`, `depth_policy`, `depth_target`; the dict output also carries `executed_steps`.
+        plus the method's inference knobs (tau=, alpha=, ...: `ponderlm.inference.decode_options`); the dict output
+        also carries `executed_steps`.
         Options it cannot honour raise a ValueError naming them.
         """
         from ponderlm.inference.generate import generate

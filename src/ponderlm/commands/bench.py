@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
+from ponderlm.commands.knobs import knob_flags, knob_values
 from ponderlm.errors import PonderError
 from ponderlm.registry import REGISTRY, method_class, method_names
 
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec.add_argument("--continuous", action="store_true",
                      help="also measure batches > 1 with continuous batching (per-row slot schedule)")
     dec.add_argument("--json", action="store_true", help="print rows as JSON")
-    dec.set_defaults(func=_cmd_decode)
+    dec.set_defaults(func=_cmd_decode, late_arguments=functools.partial(knob_flags, default="the model's"))
 
     tr = sub.add_parser("train", help="training tokens/s and FLOP/s per method vs vanilla and transformers' Llama")
     tr.add_argument("--methods", default="vanilla,ponderlm2,ponderlm3",
@@ -67,7 +69,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     import torch
 
     from ponderlm.benchmarking import bench_decode, format_table, synthetic_model
+    from ponderlm.eval.perplexity import resolve
 
+    knobs = knob_values(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
@@ -78,12 +82,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         extra = method_class(args.method).stand_in_options
         model = synthetic_model(args.method, args.hidden, args.layers, args.max_steps, 4096, **extra).eval()
         model.method.spread_stand_in(args.router_scale)  # e.g. a spread router, so the stand-in prunes some slots
-    rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats)
+    options = resolve(model, **knobs)
+    rows = bench_decode(model, args.batch, args.prompt_len, args.new_tokens, args.repeats, options=options)
     if args.continuous and model.config.method_class.adaptive:
         rows += bench_decode(model, [b for b in args.batch if b > 1], args.prompt_len, args.new_tokens,
-                             args.repeats, continuous=True)
+                             args.repeats, continuous=True, options=options)
     cfg = model.config
-    print(f"# decode {cfg.method} d={cfg.hidden_size} L={cfg.num_hidden_layers} K={cfg.max_steps} tau={cfg.tau} "
+    knob_text = "".join(f" {k}={v}" for k, v in options.as_dict().items() if v is not None)
+    print(f"# decode {cfg.method} d={cfg.hidden_size} L={cfg.num_hidden_layers} K={cfg.max_steps}{knob_text} "
           f"threads={torch.get_num_threads()}")
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0

@@ -7,30 +7,16 @@ Heavy imports happen inside the handlers so `ponderlm --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ponderlm.commands.knobs import float_list, knob_flags, knob_values
 from ponderlm.errors import PonderError
 from ponderlm.paths import check_writable
 
-POLICIES = ("learned", "uniform", "geometric")
-
-
 # ------------------------------------------------------------------ argument helpers
-def float_list(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
-    if not values:  # "," or "": an empty sweep would write empty results
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
-
 
 def _model_arg(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--model", action="append" if multiple else "store", required=True, metavar="DIR",
@@ -54,17 +40,6 @@ def _data_args(p: argparse.ArgumentParser, max_batches: int | None, seq_len: int
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def _decode_args(p: argparse.ArgumentParser, depth: bool = True) -> None:
-    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
-    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias alpha (default: the checkpoint's)")
-    if depth:
-        p.add_argument("--depth-policy", choices=POLICIES, metavar="P",
-                       help="learned, or a fixed-pruning control: uniform | geometric (needs --depth-target)")
-        p.add_argument("--depth-target", type=float, metavar="X", help="average additional steps for fixed pruning")
-    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config "
-                   "jacobi_iters_eval; ponderlm2/ponderlm3 only)")
-
-
 def _analysis_parser(sub: argparse._SubParsersAction, name: str, func, help: str, description: str | None = None,
                      max_batches: int = 16, seq_len: int | None = None) -> argparse.ArgumentParser:
     """`ponderlm analyze NAME`: one --model, held-out data, --out results/NAME."""
@@ -77,23 +52,13 @@ def _analysis_parser(sub: argparse._SubParsersAction, name: str, func, help: str
     return p
 
 
-def _settings(args: argparse.Namespace):
-    """The `DecodeSettings` a command's decoding options give (an option the command lacks: the checkpoint's)."""
-    from ponderlm.eval.perplexity import DecodeSettings
-
-    return DecodeSettings(**{f.name: getattr(args, f.name, None) for f in fields(DecodeSettings)})
-
-
 def _load(args: argparse.Namespace, path: str | None = None) -> tuple[Any, Any, list]:
     """(model, tokenizer, evaluation batches) for one --model."""
     from ponderlm.eval.perplexity import eval_batches, load_model
 
     if getattr(args, "out", None):  # before loading and computing: an unwritable --out fails in a second
         check_writable(args.out, "--out", directory=True)
-    for flag in ("tau", "alpha", "depth_target"):
-        value = getattr(args, flag, None)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise PonderError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    knob_values(args)  # every knob value checked before the model loads
     if args.seq_len is not None and args.seq_len < 2:  # 0 must not quietly mean the default
         raise PonderError(f"--seq-len must be >= 2 (a window predicts its tokens after the first), got {args.seq_len}")
     model, tokenizer = load_model(path or args.model, args.device)
@@ -135,9 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "steps per token and forward FLOPs relative to vanilla at those steps.")
     _model_arg(p)
     _data_args(p, max_batches=None)
-    _decode_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.set_defaults(func=cmd_ppl)
+    p.set_defaults(func=cmd_ppl, late_arguments=knob_flags)
 
     p = ev_sub.add_parser("reasoning", help="answer accuracy and executed steps vs true difficulty (data synth sets)",
                           description="Score a model on a `ponderlm data synth` split: answer accuracy overall and per "
@@ -149,30 +113,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score (default test)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="examples per forward (default 64)")
     p.add_argument("--max-examples", type=int, metavar="N", help="score at most N examples (default: all)")
-    _decode_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (one object; {'results': [...]} for several models)")
     p.add_argument("--out", default="results/reasoning", metavar="DIR",
                    help="where reasoning.json and reasoning.png go (default results/reasoning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    p.set_defaults(func=cmd_reasoning)
+    p.set_defaults(func=cmd_reasoning, late_arguments=knob_flags)
 
     p = subparsers.add_parser("pareto", help="perplexity vs executed steps: adaptive sweeps + fixed-pruning controls",
-                              description="Sweep alpha (PonderLM-3) or tau (AdaPonderLM, latent CoT) per model and "
+                              description="Sweep each model's declared sweep knob (PonderLM-3: alpha; AdaPonderLM, "
+                                          "latent CoT: tau), crossed with any other of its knobs given a list, and "
                                           "run the fixed-pruning controls at the same average steps (iso-FLOPs). "
                                           "Writes pareto.json and pareto.png.")
     _model_arg(p, multiple=True)
     _data_args(p, max_batches=16)
-    p.add_argument("--alpha", type=float_list, metavar="LIST", help="alphas for PonderLM-3 (default -8,-4,-2,-1,0,1,2)")
-    p.add_argument("--tau", type=float_list, metavar="LIST",
-                   help="taus: the sweep for AdaPonderLM / latent CoT (default 1e-4,.05,.2,.4,.6,.8); for PonderLM-3 "
-                        "crossed with --alpha (default: the checkpoint's tau)")
     p.add_argument("--fixed", default="uniform,geometric", metavar="LIST",
                    help="fixed-pruning policies to add, or 'none' (default uniform,geometric)")
     p.add_argument("--targets", type=float_list, metavar="LIST",
                    help="average steps of the fixed-pruning points (default: those measured at the adaptive points)")
-    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
     p.add_argument("--out", default="results/pareto", metavar="DIR", help="output directory (default results/pareto)")
-    p.set_defaults(func=cmd_pareto)
+    p.set_defaults(func=cmd_pareto, late_arguments=functools.partial(knob_flags, sweeps=True))
 
     an = subparsers.add_parser("analyze", help="where pondering compute goes: difficulty, alpha, gates, jacobi")
     an_sub = an.add_subparsers(dest="analyze_command", metavar="ANALYSIS", required=True)
@@ -180,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="CE gain per difficulty bucket vs steps; difficulty vs learned steps",
                          description="Difficulty = NLL with 0 additional steps. Plots (a) the CE gain per difficulty "
                                      "bucket at each forced number of steps and (b) mean learned steps per bucket.")
-    _decode_args(p, depth=False)
+    p.set_defaults(late_arguments=knob_flags)
     p.add_argument("--buckets", type=int, default=5, metavar="N", help="difficulty quantile buckets (default 5)")
 
     p = _analysis_parser(an_sub, "alpha", cmd_alpha,
@@ -189,12 +148,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                      "and plot each half's loss change relative to alpha = 0 against its avg steps.")
     p.add_argument("--alpha", type=float_list, default=[-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0], metavar="LIST",
                    help="alphas (0 is always added; default -4,-2,-1,0,1,2,4)")
-    p.add_argument("--tau", type=float, metavar="T", help="threshold (default: the checkpoint's)")
-    p.add_argument("--jacobi-iters", type=int, metavar="R", help="Jacobi sweeps at eval (default: config)")
+    p.set_defaults(late_arguments=functools.partial(knob_flags, skip=("alpha",)))
 
     p = _analysis_parser(an_sub, "gates", cmd_gates,
                          help="NLL by executed steps and most / least pondered tokens (halting methods)")
-    _decode_args(p, depth=False)
+    p.set_defaults(late_arguments=knob_flags)
     p.add_argument("--top", type=int, default=20, metavar="N", help="tokens listed at each end (default 20)")
     p.add_argument("--min-count", type=int, default=5, metavar="N", help="min occurrences of a listed token")
 
@@ -206,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweeps", type=int, default=8, metavar="N", help="Jacobi sweeps to trace (default 8)")
     p.add_argument("--num-seqs", type=int, default=2, metavar="N", help="sequences to trace (default 2)")
 
-    p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at a chosen tau / alpha",
+    p = subparsers.add_parser("lm-eval", help="lm-evaluation-harness tasks at chosen knob values (tau, alpha, ...)",
                               description="Run lm-evaluation-harness (pip install 'ponderlm[eval]'). Offline tasks "
                                           "built from the bundled validation text: ponder_cloze, ponder_nextsent, "
                                           "ponder_wikitext_style; your own tasks as task YAML paths or names "
@@ -219,8 +177,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated task names or task YAML paths (e.g. ponder_cloze,my_tasks/qa.yaml)")
     p.add_argument("--include_path", "--include-path", dest="include_path", action="append", default=[],
                    metavar="DIR", help="a directory of your own lm-eval task YAMLs (repeatable)")
-    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
-    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias (default: the checkpoint's)")
     p.add_argument("--limit", type=float, metavar="N", help="at most N examples per task (a fraction if < 1)")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, metavar="B",
                    help="requests per forward (default 8)")
@@ -234,18 +190,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log_samples", "-s", "--log-samples", dest="log_samples", action="store_true",
                    help="also write each task's scored documents to samples_<task>_<time>.jsonl beside the results "
                         "(needs --output_path)")
-    p.set_defaults(func=cmd_lm_eval)
+    p.set_defaults(func=cmd_lm_eval, late_arguments=knob_flags)
 
 
 # ------------------------------------------------------------------ handlers
 def cmd_ppl(args: argparse.Namespace) -> int:
     from ponderlm.data.loader import describe_windows
-    from ponderlm.eval.perplexity import check_settings, perplexity
+    from ponderlm.eval.perplexity import perplexity
 
     model, _, batches = _load(args)
-    settings = _settings(args)
-    check_settings(model.config, settings)  # fail before loading any batch into the model
-    result = perplexity(model, batches, settings, progress=not args.no_progress)
+    result = perplexity(model, batches, progress=not args.no_progress, **knob_values(args))
     knobs = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.settings.items()
                       if v is not None)
     # A perplexity means nothing without its windows: another split, window or token count gives another number.
@@ -266,18 +220,18 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
 
 def cmd_reasoning(args: argparse.Namespace) -> int:
-    from ponderlm.eval.perplexity import check_settings, load_model
+    from ponderlm.eval.perplexity import load_model
     from ponderlm.eval.reasoning import plot_reasoning, reasoning_eval
 
     if args.max_examples is not None and args.max_examples < 1:
         raise PonderError(f"--max-examples must be at least 1, got {args.max_examples}")
-    settings = _settings(args)
+    knobs = knob_values(args)
     results = []
     for path, name in zip(args.model, _names(args.model)):
         model, tokenizer = load_model(path, args.device)
-        check_settings(model.config, settings)  # fail before any forward
-        result = reasoning_eval(model, args.data, settings, split=args.split, batch_size=args.batch_size,
-                                max_examples=args.max_examples, progress=not args.no_progress, tokenizer=tokenizer)
+        result = reasoning_eval(model, args.data, split=args.split, batch_size=args.batch_size,
+                                max_examples=args.max_examples, progress=not args.no_progress, tokenizer=tokenizer,
+                                **knobs)
         results.append({"name": name, "model": str(path), "data": str(args.data), **result})
         del model
     out = Path(args.out)
@@ -303,6 +257,7 @@ def cmd_reasoning(args: argparse.Namespace) -> int:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from ponderlm.eval.pareto import FIXED_POLICIES, pareto_result, pareto_table, sweep_model
+    from ponderlm.eval.perplexity import resolve
     from ponderlm.eval.plots import plot_pareto
 
     fixed = () if args.fixed.strip().lower() == "none" else tuple(x.strip() for x in args.fixed.split(",") if x.strip())
@@ -310,11 +265,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if bad:
         raise PonderError(f"unknown --fixed policy {', '.join(bad)}; choose from {', '.join(FIXED_POLICIES)} or none")
     points, seq_len, sequences = [], 0, 0
+    knobs = knob_values(args)
+    sweeps = {k: v for k, v in knobs.items() if isinstance(v, list)}
     for path, name in zip(args.model, _names(args.model)):
         model, _, batches = _load(args, path)
         seq_len, sequences = int(batches[0].shape[1]), sum(int(b.shape[0]) for b in batches)
-        points += sweep_model(model, name, batches, alphas=args.alpha, taus=args.tau, fixed=fixed,
-                              targets=args.targets, jacobi_iters=args.jacobi_iters, progress=not args.no_progress)
+        options = resolve(model, **{k: v for k, v in knobs.items() if k not in sweeps})
+        points += sweep_model(model, name, batches, sweeps=sweeps, fixed=fixed, targets=args.targets,
+                              options=options, progress=not args.no_progress)
         del model
     print(pareto_table(points))  # the result: stdout, apart from the progress bars and notes on stderr
     return _finish(pareto_result(points, seq_len, sequences), Path(args.out), "pareto",
@@ -326,19 +284,19 @@ def cmd_difficulty(args: argparse.Namespace) -> int:
     from ponderlm.eval.plots import plot_difficulty
 
     model, _, batches = _load(args)
-    result = difficulty_analysis(model, batches, _settings(args), num_buckets=args.buckets,
-                                 progress=not args.no_progress)
+    result = difficulty_analysis(model, batches, num_buckets=args.buckets, progress=not args.no_progress,
+                                 **knob_values(args))
     # What the figure's title names: the model and the text it was measured on (n is result["tokens"]).
     result = {"model": _names([args.model])[0], "data": f"{args.data}:{args.split}", **result}
     return _finish(result, Path(args.out), "difficulty", plot_difficulty)
 
 
 def cmd_alpha(args: argparse.Namespace) -> int:
-    from ponderlm.eval.analysis import alpha_analysis
+    from ponderlm.eval.analysis import knob_analysis
     from ponderlm.eval.plots import plot_alpha
 
     model, _, batches = _load(args)
-    result = alpha_analysis(model, batches, args.alpha, _settings(args), progress=not args.no_progress)
+    result = knob_analysis(model, batches, "alpha", args.alpha, progress=not args.no_progress, **knob_values(args))
     return _finish(result, Path(args.out), "alpha", plot_alpha)
 
 
@@ -347,8 +305,8 @@ def cmd_gates(args: argparse.Namespace) -> int:
     from ponderlm.eval.plots import plot_gates
 
     model, tokenizer, batches = _load(args)
-    result, nll_by_steps = gates_analysis(model, tokenizer, batches, _settings(args), top=args.top,
-                                          min_count=args.min_count, progress=not args.no_progress)
+    result, nll_by_steps = gates_analysis(model, tokenizer, batches, top=args.top, min_count=args.min_count,
+                                          progress=not args.no_progress, **knob_values(args))
     return _finish(result, Path(args.out), "gates", lambda r, path: plot_gates(nll_by_steps, r, path))
 
 
@@ -379,12 +337,12 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     if args.output_path:
         check_writable(args.output_path, "--output_path", directory=not args.output_path.endswith(".json"))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    knobs = knob_values(args)
     model, tokenizer = load_model(args.model, args.device)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    results = run_lm_eval(model, tokenizer, tasks, settings=_settings(args),
-                          limit=limit, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
-                          bootstrap_iters=args.bootstrap_iters, include_paths=args.include_path,
-                          log_samples=args.log_samples)
+    results = run_lm_eval(model, tokenizer, tasks, limit=limit, batch_size=args.batch_size,
+                          num_fewshot=args.num_fewshot, bootstrap_iters=args.bootstrap_iters,
+                          include_paths=args.include_path, log_samples=args.log_samples, **knobs)
     print(results_table(results))
     if args.output_path:
         print(f"wrote {', '.join(str(f) for f in write_outputs(results, args.output_path, args.model))}")

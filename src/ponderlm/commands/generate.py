@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from ponderlm.commands.knobs import knob_flags, knob_values
 from ponderlm.errors import PonderError
 from ponderlm.paths import check_writable
 
@@ -21,11 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a saved model directory or a run directory")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
-    p.add_argument("--tau", type=float, metavar="T", help="pruning / halting threshold (default: the checkpoint's)")
-    p.add_argument("--alpha", type=float, metavar="A", help="PonderLM-3 router bias alpha (default: the checkpoint's)")
-    p.add_argument("--depth-policy", choices=("learned", "uniform", "geometric"), metavar="P",
-                   help="learned, or a fixed-pruning control (needs --depth-target)")
-    p.add_argument("--depth-target", type=float, metavar="X", help="average additional steps for fixed pruning")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, metavar="K", help="sample from the K most likely tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
@@ -38,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(no-color.org); always / never")
     p.add_argument("--html", metavar="FILE", help="write a standalone HTML page of the depth view")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, late_arguments=knob_flags)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -47,7 +43,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PonderError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not 0 <= args.seed < 2**64:  # torch.Generator takes at most 64 bits
         raise PonderError(f"--seed must be in [0, 2**64), got {args.seed}")
-    for flag in ("temperature", "top_p", "tau", "alpha", "depth_target"):
+    for flag in ("temperature", "top_p"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
             raise PonderError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
@@ -68,29 +64,27 @@ def _check_args(args: argparse.Namespace) -> None:
         check_writable(args.html, "--html", directory=False)
 
 
-def depth_policy_text(config, args: argparse.Namespace) -> str:
-    """What decided the depths in this generation: the method's own policy (with the threshold / bias it used)
-    or a fixed-pruning control with its target, as shown on the --html page."""
-    from ponderlm.registry import method_class
+def depth_policy_text(config, options) -> str:
+    """What decided the depths in this generation (`options`: the knob values in force): the method's own policy
+    (with the swept knobs' values) or a fixed-pruning control with its target, as shown on the --html page."""
+    from ponderlm.methods.options import sweep_knobs
 
-    cls = method_class(config.method)
-    tau = config.tau if args.tau is None else args.tau
-    alpha = config.alpha if args.alpha is None else args.alpha
-    policy = args.depth_policy or config.depth_policy or "learned"
-    target = config.depth_target if args.depth_target is None else args.depth_target
     head = f"{config.method}, K={config.max_steps}"
-    if not cls.adaptive:
+    control = list(config.method_class.fixed_depth_knobs("learned") or ())  # (policy, target) knob names
+    if not control:
         return f"{head}, depth policy: fixed (every token runs K additional steps)"
+    values = options.as_dict()
+    policy, target = values[control[0]] or "learned", values[control[1]]
     if policy != "learned":
         return f"{head}, depth policy: {policy} fixed pruning, target {target:g} additional steps per token"
-    knobs = f"tau={tau:g}" + (f", alpha={alpha:g}" if cls.uses_alpha else "")
+    knobs = ", ".join(f"{k}={v:g}" for k, v in values.items() if k in sweep_knobs())
     return f"{head}, depth policy: learned ({knobs})"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from ponderlm.eval.perplexity import DecodeSettings, check_settings
+    from ponderlm.eval.perplexity import resolve
     from ponderlm.inference.render import (
         colour_enabled,
         depth_view,
@@ -103,11 +97,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ponderlm.loading import load_model
 
     _check_args(args)
+    knobs = knob_values(args)
     model, tokenizer = load_model(args.model, args.device)
-    settings = DecodeSettings(tau=args.tau, alpha=args.alpha, depth_policy=args.depth_policy,
-                              depth_target=args.depth_target)
-    for note in check_settings(model.config, settings):
-        print(f"note: {note}", file=sys.stderr)
+    options = resolve(model, **knobs)
     ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
     if not ids:  # an empty prompt starts from the document separator, as documents do in training
         ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
@@ -118,11 +110,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sampling = {"do_sample": True, "temperature": args.temperature, "top_k": args.top_k or 0,
                     "top_p": args.top_p if args.top_p is not None else 1.0}
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    ponder = {k: v for k, v in settings.options().items() if v is not None and k != "jacobi_iters_eval"}
     try:
         out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, generator=generator,
-                             **sampling, **ponder)
+                             decode_options=options, **sampling)
     except ValueError as exc:  # invalid option combinations reported by config validation / generate
         raise PonderError(str(exc)) from None
     sequence = out.sequences[0].tolist()
@@ -144,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(tokenizer.decode(sequence, skip_special_tokens=True))
     if args.html:
         view = depth_view(tokenizer, sequence, steps, len(ids))
-        subtitle = depth_policy_text(model.config, args)
+        subtitle = depth_policy_text(model.config, options)
         path = Path(args.html)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
 
+from ponderlm.commands.knobs import knob_flags, knob_values
 from ponderlm.errors import PonderError
 from ponderlm.serve.limits import DEFAULT_MAX_REQUEST_BYTES, PROMPT_CHARS_PER_POSITION
 
@@ -29,13 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together (default 32)")
     p.add_argument("--max-queue", type=int, default=256, metavar="N",
                    help="requests waiting for a row before new ones get 429 (default 256)")
-    p.add_argument("--tau", type=float, metavar="T",
-                   help="default pruning / halting threshold (default: the checkpoint's); requests may override it")
-    p.add_argument("--alpha", type=float, metavar="A",
-                   help="default PonderLM-3 router bias (default: the checkpoint's); requests may override it")
-    p.add_argument("--depth-policy", choices=("learned", "uniform", "geometric"), metavar="P",
-                   help="learned, or a fixed-pruning control for every request (needs --depth-target)")
-    p.add_argument("--depth-target", type=float, metavar="X", help="average additional steps for fixed pruning")
     p.add_argument("--api-key", metavar="KEY",
                    help=f"require `Authorization: Bearer KEY` on every /v1 route (default: ${API_KEY_ENV} if set, "
                         "else no key; /health, /metrics and the page stay open)")
@@ -46,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{PROMPT_CHARS_PER_POSITION} x the model's context length)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, late_arguments=functools.partial(
+        knob_flags, default="the checkpoint's; requests may override it"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -75,10 +71,7 @@ def check_args(args: argparse.Namespace) -> str | None:
             raise PonderError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not 0 <= args.port <= 65535:
         raise PonderError(f"--port must be in 0..65535, got {args.port}")
-    if args.depth_target is not None and args.depth_policy in (None, "learned"):
-        raise PonderError("--depth-target only applies to --depth-policy uniform or geometric")
-    if args.depth_policy not in (None, "learned") and args.depth_target is None:
-        raise PonderError(f"--depth-policy {args.depth_policy} needs --depth-target")
+    knob_values(args)  # the knob values, checked by the methods' declarations and rules
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if api_key is not None and (not api_key.strip() or not api_key.isprintable() or not api_key.isascii()):
         source = "--api-key" if args.api_key is not None else f"${API_KEY_ENV}"
@@ -110,7 +103,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None, uvicorn) -> int:
     import torch
 
-    from ponderlm.eval.perplexity import DecodeSettings, applied, check_settings
+    from ponderlm.eval.perplexity import resolve
     from ponderlm.loading import load_model, resolve_model_dir
     from ponderlm.serve.app import build_app
     from ponderlm.serve.limits import Limits
@@ -119,20 +112,11 @@ def _serve(args: argparse.Namespace, sock: socket.socket, api_key: str | None, u
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, args.device)
-    settings = DecodeSettings(tau=args.tau, alpha=args.alpha, depth_policy=args.depth_policy,
-                              depth_target=args.depth_target)
-    for note in check_settings(model.config, settings):
-        print(f"note: {note}", file=sys.stderr)
-    with applied(model, settings):  # validates the values as one-line errors
-        pass
-    # Fixed-pruning policy is a server-wide setting: it stays on the config the engine decodes with.
-    if args.depth_policy is not None:
-        model.config.depth_policy, model.config.depth_target = args.depth_policy, args.depth_target
+    options = resolve(model, **knob_values(args))  # the server's knob values: requests may override them
     model_dir = resolve_model_dir(args.model)
     # A run directory resolves to its final/ checkpoint: name it after the run.
     name = args.served_model_name or (model_dir.parent.name if model_dir.name == "final" else model_dir.name)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, tau=args.tau,
-                    alpha=args.alpha)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, options=options)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_chars=args.max_prompt_chars)
     app = build_app(engine, name, api_key=api_key, limits=limits)
     host, port = sock.getsockname()[:2]  # the real port when --port 0 asked for a free one

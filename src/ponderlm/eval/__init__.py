@@ -1,5 +1,5 @@
-"""Evaluation and analysis: perplexity at a threshold, Pareto sweeps, difficulty / alpha / gate / Jacobi
-analyses, plots and lm-evaluation-harness. See docs/EVALUATION.md.
+"""Evaluation and analysis: perplexity at chosen knob values (`DecodeOptions`), Pareto sweeps, difficulty /
+knob (alpha) / gate / Jacobi analyses, plots and lm-evaluation-harness. See docs/EVALUATION.md.
 
 Imports are lazy so `ponderlm --help` does not load torch.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DecodeSettings": "ponderlm.eval.perplexity",
+    "DecodeOptions": "ponderlm.methods.options",
     "PerplexityResult": "ponderlm.eval.perplexity",
     "TokenStats": "ponderlm.eval.perplexity",
     "collect_token_stats": "ponderlm.eval.perplexity",
@@ -19,7 +19,7 @@ _EXPORTS = {
     "perplexity": "ponderlm.eval.perplexity",
     "ParetoPoint": "ponderlm.eval.pareto",
     "sweep_model": "ponderlm.eval.pareto",
-    "alpha_analysis": "ponderlm.eval.analysis",
+    "knob_analysis": "ponderlm.eval.analysis",
     "difficulty_analysis": "ponderlm.eval.analysis",
     "gates_analysis": "ponderlm.eval.analysis",
     "jacobi_analysis": "ponderlm.eval.analysis",

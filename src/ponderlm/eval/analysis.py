@@ -2,28 +2,29 @@
 
 - `difficulty`: intrinsic difficulty of a token = its NLL with zero additional steps. (a) CE gain per
   difficulty bucket as a function of executed steps, (b) difficulty vs learned depth.
-- `alpha_sweep`: PonderLM-3's router bias alpha, its effect on easy vs hard tokens.
+- `knob`: a sweep of one inference knob (PonderLM-3's router bias alpha: `analyze alpha`), its effect on easy vs
+  hard tokens.
 - `gates`: NLL by executed steps and the most / least pondered tokens of halting methods.
-- `jacobi`: RMSE of the parallel Jacobi solution to sequential decoding, per sweep.
+- `jacobi`: RMSE of the parallel (Jacobi) solution to sequential decoding, per sweep.
 
 How a forced depth is obtained. Adaptive methods (ponderlm3, adaponder, latent_cot) take a fixed-pruning
-policy (METHODS.md §9) in place of their learned depth, so the same checkpoint runs at a chosen depth:
-the `constant` policy gives every token exactly k steps. Vanilla is its own 0-step model. Fixed-depth
+policy (METHODS.md §9, `fixed_depth_knobs`) in place of their learned depth, so the same checkpoint runs at a
+chosen depth: the `constant` policy gives every token exactly k steps. Vanilla is its own 0-step model. Fixed-depth
 methods (pondering with always K steps: pause, looped, ponderlm, ponderlm2) have no 0-step prediction and
 are refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, TokenStats, collect_token_stats
+from ponderlm.eval.perplexity import TokenStats, collect_token_stats
 from ponderlm.eval.reasoning import spearman as reasoning_spearman
+from ponderlm.methods.options import DecodeOptions, knob_table
 from ponderlm.registry import method_names
 
 # RMSE below this (relative to the initial error, at least 1) is float32 round-off, not Jacobi error.
@@ -32,9 +33,9 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 # ------------------------------------------------------------------ forced depths
-def forced_depth_settings(config, k: int) -> DecodeSettings:
-    """Settings that give every token exactly k additional steps (the constant fixed-pruning policy)."""
-    return DecodeSettings(depth_policy="constant", depth_target=float(k))
+def forced_depth_options(config, k: int) -> DecodeOptions:
+    """Options that give every token exactly k additional steps (the constant fixed-pruning policy)."""
+    return DecodeOptions.resolve(config, **config.method_class.fixed_depth_knobs("constant", float(k)))
 
 
 def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -> TokenStats:
@@ -42,7 +43,7 @@ def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -
     method = model.config.method
     if model.config.max_steps == 0:
         return collect_token_stats(model, batches, progress=progress, desc="depth 0")
-    if not model.config.method_class.adaptive:
+    if model.config.method_class.fixed_depth_knobs("constant", 0.0) is None:
         raise PonderError(
             f"method {method!r} always runs K={model.config.max_steps} steps and cannot be forced to 0 steps, so "
             f"its tokens have no 0-step difficulty; use an adaptive method ({', '.join(method_names(adaptive=True))})"
@@ -52,7 +53,7 @@ def zero_step_stats(model, batches: list[torch.Tensor], progress: bool = True) -
 
 def forced_depth_stats(model, batches: list[torch.Tensor], k: int, progress: bool = True) -> TokenStats:
     """Per-token stats with every token at exactly k additional steps (an adaptive method's checkpoint)."""
-    stats = collect_token_stats(model, batches, forced_depth_settings(model.config, k), progress=progress,
+    stats = collect_token_stats(model, batches, forced_depth_options(model.config, k), progress=progress,
                                 desc=f"depth {k}")
     # Guards against a fixed-pruning policy that is not degenerate at k: the analysis would silently mix depths.
     if stats.steps.size and not np.allclose(stats.steps, k):
@@ -114,21 +115,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ difficulty
 def difficulty_analysis(
-    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *, num_buckets: int = 5,
-    progress: bool = True,
+    model, batches: list[torch.Tensor], options: DecodeOptions | None = None, *, num_buckets: int = 5,
+    progress: bool = True, **knobs: Any,
 ) -> dict[str, Any]:
     """Bucket tokens by 0-step NLL; CE gain per bucket at each forced depth; learned depth per bucket.
 
-    `settings` are the learned-depth decoding options (tau, alpha) for panel (b).
+    `options` / `knobs` are the learned-depth decoding options (tau, alpha, ...) for panel (b).
     """
     K = model.config.max_steps
     base = zero_step_stats(model, batches, progress)
     difficulty = base.nll
     edges, bucket = difficulty_buckets(difficulty, num_buckets)
     nll_by_depth = {0: base.nll} | {k: forced_depth_stats(model, batches, k, progress).nll for k in range(1, K + 1)}
-    learned = collect_token_stats(model, batches, replace(settings, depth_policy="learned")
-                                  if model.config.method_class.adaptive else settings,
-                                  progress=progress, desc="learned depth")
+    learned_knobs = {**knobs, **(model.config.method_class.fixed_depth_knobs("learned") or {})}
+    learned = collect_token_stats(model, batches, options, progress=progress, desc="learned depth", **learned_knobs)
 
     # Steps of a K = 1 model are 0/1 (their mean is a proportion: Wilson), otherwise counts (mean +- 1.96 SE).
     binary = K == 1 and bool(np.isin(learned.steps, (0.0, 1.0)).all())
@@ -162,40 +162,46 @@ def difficulty_analysis(
     }
 
 
-# ------------------------------------------------------------------ alpha sweep
-def alpha_analysis(
-    model, batches: list[torch.Tensor], alphas: list[float], settings: DecodeSettings = AS_SAVED, *,
-    progress: bool = True,
+# ------------------------------------------------------------------ knob sweep
+def knob_analysis(
+    model, batches: list[torch.Tensor], knob: str, values: list[float], options: DecodeOptions | None = None, *,
+    progress: bool = True, **knobs: Any,
 ) -> dict[str, Any]:
-    """Easy / hard halves by 0-step NLL; per alpha, each half's ΔLoss vs alpha = 0 and its avg steps."""
+    """Easy / hard halves by 0-step NLL; per value of `knob` (its declared default always added: the reference of
+    every delta), each half's ΔLoss vs the default and its avg steps."""
     method = model.config.method
-    if not model.config.method_class.uses_alpha:
-        raise PonderError(f"analyze alpha needs a method with an inference router bias "
-                          f"({', '.join(method_names(uses_alpha=True))}); this checkpoint is {method!r}")
-    alphas = sorted(set(float(a) for a in alphas) | {0.0})  # alpha = 0 is the reference of every delta
+    declared = model.config.method_class.knobs().get(knob)
+    if declared is None:
+        first, takers = knob_table().get(knob, (None, ()))
+        what = f"the knob {knob}" + (f", the {first.help}" if first is not None and first.help else "")
+        raise PonderError(f"analyze {knob} needs a method with {what} ({', '.join(takers) or 'none'}); "
+                          f"this checkpoint is {method!r}")
+    ref_value = declared.default
+    values = sorted(set(float(v) for v in values) | {ref_value})
     difficulty = zero_step_stats(model, batches, progress).nll
     median = float(np.median(difficulty))
     subsets = {"easy": difficulty <= median, "hard": difficulty > median}
-    runs = {a: collect_token_stats(model, batches, replace(settings, alpha=a, depth_policy="learned"),
-                                   progress=progress, desc=f"alpha {a:g}") for a in alphas}
+    learned = model.config.method_class.fixed_depth_knobs("learned") or {}
+    runs = {v: collect_token_stats(model, batches, options, progress=progress, desc=f"{knob} {v:g}",
+                                   **{**knobs, knob: v, **learned}) for v in values}
     out = {}
     for name, sel in subsets.items():
-        ref = _mean(runs[0.0].nll, sel)
-        out[name] = [{"alpha": a, "loss": _mean(r.nll, sel), "delta_loss": _mean(r.nll, sel) - ref,
-                      "avg_steps": _mean(r.steps, sel)} for a, r in runs.items()]
+        ref = _mean(runs[ref_value].nll, sel)
+        out[name] = [{knob: v, "loss": _mean(r.nll, sel), "delta_loss": _mean(r.nll, sel) - ref,
+                      "avg_steps": _mean(r.steps, sel)} for v, r in runs.items()]
     return {
-        "analysis": "alpha", "method": method, "max_steps": model.config.max_steps,
+        "analysis": knob, "method": method, "max_steps": model.config.max_steps,
         "tokens": int(difficulty.size), "median_difficulty": median,
         "subset_tokens": {name: int(sel.sum()) for name, sel in subsets.items()},
-        "overall": [{"alpha": a, "loss": r.loss, "avg_steps": r.avg_steps} for a, r in runs.items()],
+        "overall": [{knob: v, "loss": r.loss, "avg_steps": r.avg_steps} for v, r in runs.items()],
         "subsets": out,
     }
 
 
 # ------------------------------------------------------------------ gates
 def gates_analysis(
-    model, tokenizer, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
-    top: int = 20, min_count: int = 5, progress: bool = True,
+    model, tokenizer, batches: list[torch.Tensor], options: DecodeOptions | None = None, *,
+    top: int = 20, min_count: int = 5, progress: bool = True, **knobs: Any,
 ) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """NLL distribution per executed steps and the most / least pondered token strings.
 
@@ -205,7 +211,7 @@ def gates_analysis(
     if not model.config.method_class.adaptive:  # halting: a per-token, content-dependent depth
         raise PonderError(f"analyze gates needs a halting method ({', '.join(method_names(adaptive=True))}); "
                           f"{method!r} gives every token the same depth")
-    stats = collect_token_stats(model, batches, settings, progress=progress, desc="gates")
+    stats = collect_token_stats(model, batches, options, progress=progress, desc="gates", **knobs)
     steps = np.rint(stats.steps).astype(int)
     nll_by_steps = {int(k): stats.nll[steps == k] for k in np.unique(steps)}
     by_steps = {}
@@ -240,13 +246,13 @@ def jacobi_analysis(model, input_ids: torch.Tensor, max_sweeps: int = 8) -> dict
     """Per-sweep RMSE of the parallel Jacobi solution to the sequential decode (`jacobi_rmse`)."""
     from ponderlm.inference.jacobi import jacobi_rmse
 
-    if not hasattr(model.method, "jacobi"):
-        raise PonderError(f"analyze jacobi needs a method with a Jacobi solver (ponderlm2, ponderlm3); "
-                          f"{model.config.method!r} has none")
     if max_sweeps < 1:
         raise PonderError(f"--sweeps must be >= 1, got {max_sweeps}")
     device = next(model.parameters()).device
-    rmse = jacobi_rmse(model, input_ids.to(device), None, max_sweeps)
+    try:
+        rmse = jacobi_rmse(model, input_ids.to(device), None, max_sweeps)
+    except ValueError as exc:
+        raise PonderError(f"analyze jacobi traces the sweeps of a Jacobi (iterative parallel) solver: {exc}") from None
     ratios = [b / a if a > 0 else None for a, b in zip(rmse, rmse[1:])]
     # Once the error reaches float round-off it stops contracting; the mean covers the sweeps before that.
     floor = JACOBI_FLOOR * max(rmse[0], 1.0)

@@ -1,12 +1,13 @@
-"""Run lm-evaluation-harness on a ponderlm checkpoint through its Python API, at a chosen tau / alpha.
+"""Run lm-evaluation-harness on a ponderlm checkpoint through its Python API, at chosen knob values (tau, alpha, ...).
 
 The model is handed to `HFLM` as an object (it is a Hugging Face `PreTrainedModel` registered with
 Auto*), so log-likelihood tasks call our parallel eval forward, which for PonderLM-3 is the
 thresholded evaluation that agrees with decoding. Generation tasks (`generate_until`) go through
-`model.generate` (real early exit) with lm-eval's own stopping criteria. tau / alpha are set on the model
-config for the whole run. Task names starting with `ponder_` are the offline tasks of
-`ponderlm.eval.tasks`; a `.yaml` path or a name found under `include_paths` is the user's own task; any
-other name is passed to lm-eval unchanged (hub tasks, for online users).
+`model.generate` (real early exit) with lm-eval's own stopping criteria. lm-eval calls both without our
+options, so the knob values are set on the model config for the whole run (and restored after). Task names
+starting with `ponder_` are the offline tasks of `ponderlm.eval.tasks`; a `.yaml` path or a name found under
+`include_paths` is the user's own task; any other name is passed to lm-eval unchanged (hub tasks, for online
+users).
 
 lm-eval is an optional dependency: `pip install 'ponderlm[eval]'` (lm-eval with its `hf` extra).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, applied
+from ponderlm.eval.perplexity import resolve
 from ponderlm.eval.tasks import TASK_NAMES, build_tasks
 
 INSTALL_HINT = "lm-eval is not installed; install it with: pip install 'ponderlm[eval]'  (or pip install 'lm-eval[hf]')"
@@ -86,17 +87,18 @@ def run_lm_eval(
     tokenizer,
     tasks: list[str],
     *,
-    settings: DecodeSettings = AS_SAVED,
+    options: Any = None,
     limit: float | None = None,
     batch_size: int = 8,
     num_fewshot: int | None = None,
     bootstrap_iters: int = 1000,
     include_paths: list[str] | tuple[str, ...] = (),
     log_samples: bool = False,
+    **knobs: Any,
 ) -> dict[str, Any]:
     """Evaluate `model` on lm-eval `tasks` (names, or paths of task YAML files; `include_paths`: directories of
-    the user's own task YAMLs); returns lm-eval's results dict (JSON-serialisable parts), with lm-eval's
-    per-document `samples` (task -> list) when `log_samples`."""
+    the user's own task YAMLs) under `options` (a `DecodeOptions`, None: the saved) with `knobs`; returns lm-eval's
+    results dict (JSON-serialisable parts), with lm-eval's per-document `samples` (task -> list) when `log_samples`."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -123,13 +125,18 @@ def run_lm_eval(
               max_length=model.config.max_position_embeddings)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model.eval()
-    with applied(model, settings) as opts:
+    effective = resolve(model, options, **knobs).as_dict()
+    saved = {key: getattr(model.config, key) for key in effective}
+    try:
+        for key, value in effective.items():
+            setattr(model.config, key, value)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
             bootstrap_iters=bootstrap_iters, log_samples=log_samples,
         )
-        effective = {"tau": opts.tau, "alpha": opts.alpha, "depth_policy": opts.depth_policy,
-                     "depth_target": opts.depth_target}
+    finally:
+        for key, value in saved.items():
+            setattr(model.config, key, value)
     if results is None:  # non-zero ranks under torchrun
         return {}
     keys = ("results", "versions", "n-shot", "higher_is_better", "n-samples") + (("samples",) if log_samples else ())

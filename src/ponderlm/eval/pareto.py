@@ -1,11 +1,11 @@
 """Quality vs compute: sweep each checkpoint's inference knob and its iso-FLOPs fixed-pruning controls.
 
 Per checkpoint:
-- adaptive methods trace a curve with the knob their config supports: PonderLM-3 sweeps the router
-  bias alpha (and tau if several are given); AdaPonderLM and adaptive latent CoT sweep the halting
-  threshold tau;
-- fixed-depth methods (vanilla, pause, looped, ponderlm, ponderlm2) give one point;
-- fixed-pruning controls (METHODS.md §9) of adaptive methods run the same checkpoint with depths drawn
+- a method that declares a sweep axis (a knob declared with `sweep=`: PonderLM-3's router bias alpha,
+  AdaPonderLM's and latent CoT's threshold tau) traces a curve over it (its declared points unless given),
+  crossed with any other of its knobs given a list (e.g. several taus for PonderLM-3);
+- the others (vanilla, pause, looped, ponderlm, ponderlm2) give one point;
+- fixed-pruning controls (METHODS.md §9) of methods with a depth control run the same checkpoint with depths drawn
   independently of content. By default their targets are the average steps measured at the adaptive
   points, so each control point sits at the same compute as a learned point (iso-FLOPs). Policies that
   draw the same depths (uniform and geometric at K = 1) are run once (`identical_policies`).
@@ -14,6 +14,7 @@ x = average executed additional steps per token, y = perplexity.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -21,11 +22,10 @@ from typing import Any
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import DecodeSettings, collect_token_stats, in_force
+from ponderlm.eval.perplexity import collect_token_stats, flops_ratio, resolve
 from ponderlm.methods.fixed_pruning import policy_probs
+from ponderlm.methods.options import DecodeOptions, sweep_knobs
 
-DEFAULT_ALPHAS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0)
-DEFAULT_TAUS = (1e-4, 0.05, 0.2, 0.4, 0.6, 0.8)
 FIXED_POLICIES = ("uniform", "geometric")
 
 
@@ -35,9 +35,8 @@ class ParetoPoint:
     method: str
     curve: str  # legend label: one curve per (model, policy)
     policy: str  # "learned" | "uniform" | "geometric" | "fixed" (a method without a depth choice)
-    alpha: float | None
-    tau: float | None
-    depth_target: float | None
+    knobs: dict[str, Any]  # value of every swept knob (`sweep_knobs`) in force, None if the method has none
+    depth_target: float | None  # a fixed-pruning control's target average steps
     avg_steps: float
     ppl: float
     loss: float
@@ -46,47 +45,55 @@ class ParetoPoint:
     same_as: tuple[str, ...] = ()  # other fixed policies whose depths are these exactly (run once: K = 1)
 
 
-def adaptive_grid(config, alphas: list[float] | None, taus: list[float] | None) -> list[DecodeSettings]:
-    """The learned-depth settings to sweep for this method (empty list: nothing to sweep)."""
+def sweep_grid(config, sweeps: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
+    """The knob settings of the method's learned curve (empty: it declares no sweep axis): its sweep axis over the
+    given values or its declared points, innermost, crossed with its other knobs given values in `sweeps`."""
     cls = config.method_class
-    if cls.uses_alpha:
-        return [DecodeSettings(alpha=a, tau=t, depth_policy="learned")
-                for t in (taus or [config.tau]) for a in (alphas or DEFAULT_ALPHAS)]
-    if cls.adaptive:
-        if alphas:
-            print(f"note: --alpha ignored for {config.method!r} (no router bias); sweeping tau", file=sys.stderr)
-        return [DecodeSettings(tau=t, depth_policy="learned") for t in (taus or DEFAULT_TAUS)]
-    return []
+    knobs = cls.knobs()
+    axis = next((name for name, declared in knobs.items() if declared.sweep), None)
+    given = {k: list(v) for k, v in (sweeps or {}).items() if v}
+    if axis is None:
+        return []
+    for name in sorted(set(given) - set(knobs)):
+        print(f"note: --{name.replace('_', '-')} ignored for {config.method!r} (not one of its knobs); "
+              f"sweeping {axis}", file=sys.stderr)
+    names = [*(k for k in knobs if k in given and k != axis), axis]
+    learned = cls.fixed_depth_knobs("learned") or {}
+    return [{**learned, **dict(zip(names, values))}
+            for values in itertools.product(*(given.get(k) or knobs[k].sweep for k in names))]
 
 
 def sweep_model(
-    model, name: str, batches: list[torch.Tensor], *, alphas: list[float] | None = None,
-    taus: list[float] | None = None, fixed: tuple[str, ...] = FIXED_POLICIES, targets: list[float] | None = None,
-    jacobi_iters: int | None = None, progress: bool = True,
+    model, name: str, batches: list[torch.Tensor], *, sweeps: dict[str, list[Any]] | None = None,
+    fixed: tuple[str, ...] = FIXED_POLICIES, targets: list[float] | None = None,
+    options: DecodeOptions | None = None, progress: bool = True,
 ) -> list[ParetoPoint]:
-    """All Pareto points of one checkpoint (see the module docstring)."""
+    """All Pareto points of one checkpoint (see the module docstring); `options`: the knob values every point
+    starts from (e.g. a Jacobi sweep count), None: the saved ones."""
     config, cls = model.config, model.config.method_class
     seq_len = int(batches[0].shape[1])
     K = config.max_steps
     points: list[ParetoPoint] = []
+    shown = sweep_knobs()
 
-    def run(settings: DecodeSettings, curve: str, policy: str, desc: str) -> ParetoPoint:
-        settings = replace(settings, jacobi_iters=jacobi_iters)
-        stats = collect_token_stats(model, batches, settings, progress=progress, desc=desc)
-        opts, ratio = in_force(model, settings, seq_len, stats.avg_steps)
-        alpha, tau = opts["alpha"] if cls.uses_alpha else None, opts["tau"] if cls.adaptive else None
-        return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy, alpha=alpha, tau=tau,
-                           depth_target=settings.depth_target, avg_steps=stats.avg_steps, ppl=stats.ppl,
-                           loss=stats.loss, flops_ratio=ratio, tokens=int(stats.nll.size))
+    def run(knobs: dict[str, Any], curve: str, policy: str, desc: str, target: float | None = None) -> ParetoPoint:
+        opts = resolve(model, options, **knobs)
+        stats = collect_token_stats(model, batches, opts, progress=progress, desc=desc)
+        return ParetoPoint(model=name, method=config.method, curve=curve, policy=policy,
+                           knobs={k: opts.as_dict().get(k) for k in shown}, depth_target=target,
+                           avg_steps=stats.avg_steps, ppl=stats.ppl, loss=stats.loss,
+                           flops_ratio=flops_ratio(model.config, seq_len, stats.avg_steps), tokens=int(stats.nll.size))
 
-    grid = adaptive_grid(config, alphas, taus)
+    grid = sweep_grid(config, sweeps)
+    for knobs in grid:
+        label = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items() if k in shown)
+        points.append(run(knobs, curve_label(name, config.method), "learned", f"{name} {label}"))
     if not grid:
+        points.append(run({}, curve_label(name, config.method, f"K={K}"), "fixed", f"{name}"))
+    if not grid or cls.fixed_depth_knobs("learned") is None:
         if fixed and targets:
             print(f"note: {name} ({config.method}) has no per-token depth; no fixed-pruning controls", file=sys.stderr)
-        return [run(DecodeSettings(), curve_label(name, config.method, f"K={K}"), "fixed", f"{name}")]
-    for s in grid:
-        label = f"alpha={s.alpha:g}" if cls.uses_alpha else f"tau={s.tau:g}"
-        points.append(run(s, curve_label(name, config.method), "learned", f"{name} {label}"))
+        return points
     goal = sorted(targets) if targets else iso_flops_targets([p.avg_steps for p in points], K)
     for target in goal:
         if not 0.0 <= target <= K:
@@ -98,8 +105,9 @@ def sweep_model(
             print(f"note: {name}: at K={K} the {' and '.join((policy, *same))} policies draw the same depth for "
                   f"every token (one extra step, taken with probability = target); run once", file=sys.stderr)
         for target in goal:
-            s = DecodeSettings(depth_policy=policy, depth_target=float(target))
-            points.append(replace(run(s, curve, policy, f"{name} {policy} {target:.2f}"), same_as=same))
+            point = run(cls.fixed_depth_knobs(policy, float(target)), curve, policy, f"{name} {policy} {target:.2f}",
+                        float(target))
+            points.append(replace(point, same_as=same))
     return points
 
 
@@ -141,21 +149,30 @@ def pareto_table(points: list[ParetoPoint]) -> str:
         return "-" if v is None else format(v, fmt)
 
     width = max([len("curve"), *(len(p.curve) for p in points)])
-    lines = [f"{'curve':{width}}  {'policy':9}  {'alpha':>6}  {'tau':>7}  {'target':>6}  {'steps':>6}  "
+    knobs = [k for k in dict.fromkeys(k for p in points for k in p.knobs) if any(p.knobs[k] is not None
+                                                                                 for p in points)]
+    lines = [f"{'curve':{width}}  {'policy':9}  {''.join(f'{k:>7}  ' for k in knobs)}{'target':>6}  {'steps':>6}  "
              f"{'ppl':>9}  {'FLOPs':>6}"]
     for p in points:
-        learned = p.policy == "learned"  # a fixed-pruning control ignores the alpha / tau still set on the config
-        alpha, tau = (p.alpha, p.tau) if learned else (None, None)
-        lines.append(f"{p.curve:{width}}  {p.policy:9}  {num(alpha, 'g'):>6}  {num(tau, 'g'):>7}  "
-                     f"{num(p.depth_target, '.3f'):>6}  {p.avg_steps:6.3f}  {p.ppl:9.3f}  "
-                     f"{num(p.flops_ratio, '.3f'):>6}")
+        learned = p.policy == "learned"  # a fixed-pruning control ignores the knob values still set on the config
+        values = "".join(f"{num(p.knobs[k] if learned else None, 'g'):>7}  " for k in knobs)
+        lines.append(f"{p.curve:{width}}  {p.policy:9}  {values}{num(p.depth_target, '.3f'):>6}  "
+                     f"{p.avg_steps:6.3f}  {p.ppl:9.3f}  {num(p.flops_ratio, '.3f'):>6}")
     return "\n".join(lines)
+
+
+def point_dict(point: ParetoPoint) -> dict[str, Any]:
+    """A point as pareto.json holds it: its fields, with the knob values flat after `policy`."""
+    out = {}
+    for key, value in asdict(point).items():
+        out.update(value if key == "knobs" else {key: value})
+    return out
 
 
 def pareto_result(points: list[ParetoPoint], seq_len: int, sequences: int) -> dict[str, Any]:
     return {
         "x": "avg executed additional steps per token", "y": "perplexity",
         "seq_len": seq_len, "sequences": sequences,
-        "points": [asdict(p) for p in points],
+        "points": [point_dict(p) for p in points],
         "curves": sorted({p.curve for p in points}),
     }

@@ -1,9 +1,10 @@
 """Perplexity, executed steps and FLOPs of a checkpoint on held-out text, through the parallel eval forward.
 
 Everything in `ponderlm.eval` is built on `collect_token_stats`: one eval-mode forward per batch under
-given decoding options (tau, alpha, fixed-pruning policy, Jacobi sweeps), keeping the per-token NLL
-and executed steps. For PonderLM-3 the eval forward is the thresholded Jacobi solve that agrees with
-sequential decoding (METHODS.md §6), so these numbers are what decoding would give.
+given decoding options (a `DecodeOptions` and / or the knobs the method declares: tau, alpha, the
+fixed-pruning policy, Jacobi sweeps, ...), keeping the per-token NLL and executed steps. For PonderLM-3
+the eval forward is the thresholded Jacobi solve that agrees with sequential decoding (METHODS.md §6), so
+these numbers are what decoding would give.
 
 Token alignment: position t of a window consumes token x_t, spends `executed_steps[t]` additional
 steps on it and predicts x_{t+1}; its NLL is -log p(x_{t+1}). The last position of a window has no
@@ -16,7 +17,6 @@ import functools
 import math
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,8 @@ import torch
 from ponderlm.errors import PonderError
 from ponderlm.flops import flops
 from ponderlm.loading import load_model, resolve_device, resolve_model_dir  # noqa: F401  (public here too)
-from ponderlm.registry import method_class, method_names
+from ponderlm.methods.options import DecodeOptions
+from ponderlm.registry import method_class
 
 
 # ------------------------------------------------------------------ evaluation data
@@ -106,61 +107,19 @@ def _tokenize_documents(texts: Iterable[str], tokenizer, limit: int | None = Non
     return np.asarray(out, dtype=np.int64)
 
 
-# ------------------------------------------------------------------ decoding settings
-@dataclass(frozen=True)
-class DecodeSettings:
-    """Inference options applied to the model config for one evaluation (None = the checkpoint's value)."""
-
-    tau: float | None = None
-    alpha: float | None = None
-    depth_policy: str | None = None
-    depth_target: float | None = None
-    jacobi_iters: int | None = None
-
-    def options(self) -> dict[str, Any]:
-        return {"tau": self.tau, "alpha": self.alpha, "depth_policy": self.depth_policy,
-                "depth_target": self.depth_target, "jacobi_iters_eval": self.jacobi_iters}
-
-
-# No overrides: decode with the options saved in the checkpoint's config.
-AS_SAVED = DecodeSettings()
-
-
-def check_settings(config, settings: DecodeSettings) -> list[str]:
-    """Refuse settings the method cannot honour; return notes for options it silently ignores."""
-    method, cls = config.method, method_class(config.method)
-    if settings.depth_policy not in (None, "learned") and not cls.adaptive:
-        raise PonderError(f"fixed pruning (--depth-policy {settings.depth_policy}) needs an adaptive method "
-                          f"({', '.join(method_names(adaptive=True))}); this checkpoint is {method!r}")
-    if settings.depth_policy not in (None, "learned") and settings.depth_target is None:
-        raise PonderError(f"--depth-policy {settings.depth_policy} needs --depth-target")
-    policy = settings.depth_policy or getattr(config, "depth_policy", None) or "learned"
-    if settings.depth_target is not None and policy == "learned":  # it would be silently ignored
-        raise PonderError(f"--depth-target is the target of a fixed-pruning --depth-policy (uniform or geometric), "
-                          f"and this run's policy is {policy}; pass --depth-policy too or leave --depth-target out")
-    notes = []
-    if settings.alpha not in (None, 0.0) and not cls.uses_alpha:
-        notes.append(f"alpha has no effect on method {method!r} (only {', '.join(method_names(uses_alpha=True))} "
-                     "has a router bias)")
-    if settings.tau is not None and not cls.adaptive:
-        notes.append(f"tau has no effect on method {method!r} (it always runs K={config.max_steps} steps)")
-    if settings.jacobi_iters is not None and not cls.uses_jacobi:
-        notes.append(f"--jacobi-iters has no effect on method {method!r} (no Jacobi solver)")
-    return notes
-
-
-@contextmanager
-def applied(model, settings: DecodeSettings) -> Iterator[Any]:
-    """`decode_options` with config validation errors turned into one-line user errors; gives the
-    `DecodeOptions` in force (the config keeps its saved values)."""
+# ------------------------------------------------------------------ decoding options
+def resolve(model, options: DecodeOptions | None = None, **knobs: Any) -> DecodeOptions:
+    """`ponderlm.inference.decode_options` with validation errors as one-line user errors and its notes (a knob
+    this method does not take) said on stderr, once each."""
     from ponderlm.inference import decode_options
 
-    with ExitStack() as stack:
-        try:
-            opts = stack.enter_context(decode_options(model, **settings.options()))
-        except ValueError as exc:
-            raise PonderError(str(exc)) from None
-        yield opts
+    try:
+        options = decode_options(model, options, **knobs)
+    except ValueError as exc:
+        raise PonderError(str(exc)) from None
+    for note in options.notes:
+        _note_once(note)
+    return options
 
 
 # ------------------------------------------------------------------ per-token statistics
@@ -191,34 +150,38 @@ class TokenStats:
 
 @torch.no_grad()
 def eval_forwards(
-    model, batches: Iterable[torch.Tensor], settings: DecodeSettings, *, progress: bool, desc: str,
+    model, batches: Iterable[torch.Tensor], options: DecodeOptions, *, progress: bool, desc: str,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Eval-mode forward of every batch under `settings`: (input_ids on the model's device, logits [B,T,V],
+    """Eval-mode forward of every batch under `options`: (input_ids on the model's device, logits [B,T,V],
     executed steps [B,T] as float, zeros for a method without per-token steps) per batch; the model's
     train / eval mode is restored afterwards."""
     from tqdm.auto import tqdm
 
+    from ponderlm.inference.sequential import eval_mode
+
     device = next(model.parameters()).device
-    with applied(model, settings):  # eval mode, restored after
+    with eval_mode(model):
         for x in tqdm(batches, desc=desc, unit="batch", disable=not progress, file=sys.stderr, leave=False):
             x = x.to(device)
-            out = model(input_ids=x)
+            out = model(input_ids=x, decode_options=options)
             steps = out.executed_steps
             yield x, out.logits, torch.zeros(x.shape, device=device) if steps is None else steps.float()
 
 
 @torch.no_grad()
 def collect_token_stats(
-    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *,
-    progress: bool = True, desc: str = "eval",
+    model, batches: list[torch.Tensor], options: DecodeOptions | None = None, *,
+    progress: bool = True, desc: str = "eval", **knobs: Any,
 ) -> TokenStats:
-    """Eval-mode forward of every batch under `settings`; per-token NLL and executed steps."""
+    """Eval-mode forward of every batch under `options` (None: the saved knob values) with `knobs` overridden;
+    per-token NLL and executed steps."""
     import time
 
     nlls, steps, tokens = [], [], []
     total_steps, positions = 0.0, 0
     start = time.perf_counter()
-    for x, logits, step in eval_forwards(model, batches, settings, progress=progress, desc=desc):
+    options = resolve(model, options, **knobs)
+    for x, logits, step in eval_forwards(model, batches, options, progress=progress, desc=desc):
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
         nlls.append(nll.cpu().reshape(-1))
         steps.append(step[:, :-1].cpu().reshape(-1))
@@ -248,14 +211,6 @@ def flops_ratio(config, seq_len: int, avg_steps: float) -> float | None:
         return None
 
 
-def in_force(model, settings: DecodeSettings, seq_len: int, avg_steps: float) -> tuple[dict[str, Any], float | None]:
-    """What a result reports: the decoding options actually in force under `settings` (including the checkpoint's
-    own values), and `flops_ratio` at `avg_steps` under them."""
-    with applied(model, settings) as opts:
-        return ({key: getattr(opts, key) for key in AS_SAVED.options()},
-                flops_ratio(model.config, seq_len, avg_steps))
-
-
 @functools.cache  # once per distinct message
 def _note_once(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
@@ -281,16 +236,17 @@ class PerplexityResult:
 
 
 def perplexity(
-    model, batches: list[torch.Tensor], settings: DecodeSettings = AS_SAVED, *, progress: bool = True,
+    model, batches: list[torch.Tensor], options: DecodeOptions | None = None, *, progress: bool = True,
+    **knobs: Any,
 ) -> PerplexityResult:
-    """Perplexity, average executed additional steps per token, and the FLOPs ratio at those steps."""
-    for note in check_settings(model.config, settings):
-        print(f"note: {note}", file=sys.stderr)
-    stats = collect_token_stats(model, batches, settings, progress=progress, desc="ppl")
+    """Perplexity, average executed additional steps per token, and the FLOPs ratio at those steps, under
+    `options` (None: the saved knob values) with `knobs` overridden."""
+    options = resolve(model, options, **knobs)
+    stats = collect_token_stats(model, batches, options, progress=progress, desc="ppl")
     seq_len = int(batches[0].shape[1])
-    effective, ratio = in_force(model, settings, seq_len, stats.avg_steps)
+    ratio = flops_ratio(model.config, seq_len, stats.avg_steps)
     return PerplexityResult(
         ppl=stats.ppl, loss=stats.loss, avg_steps=stats.avg_steps, flops_ratio=ratio, tokens=int(stats.nll.size),
         method=model.config.method, max_steps=model.config.max_steps, seq_len=seq_len,
-        sequences=sum(int(b.shape[0]) for b in batches), settings=effective, seconds=stats.seconds,
+        sequences=sum(int(b.shape[0]) for b in batches), settings=options.as_dict(), seconds=stats.seconds,
     )

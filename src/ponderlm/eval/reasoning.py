@@ -4,13 +4,12 @@
 window (`example_len` tokens). An answer token at position j is predicted at position j - 1 (the query
 symbol): it counts as correct when the argmax of that position's logits is the answer, and the executed
 additional steps of position j - 1 are the compute spent on it. Scores come from the model's parallel
-eval forward under the decoding options (tau, alpha, fixed pruning, Jacobi sweeps), the same forward
+eval forward under the decoding options (the method's knobs: tau, alpha, fixed pruning, ...), the same forward
 `eval ppl` uses, which agrees with token-by-token decoding.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from ponderlm.errors import PonderError
-from ponderlm.eval.perplexity import AS_SAVED, DecodeSettings, check_settings, eval_forwards, in_force
+from ponderlm.eval.perplexity import eval_forwards, flops_ratio, resolve
 
 
 def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
@@ -67,16 +66,16 @@ def score_answers(correct: np.ndarray, difficulty: np.ndarray, steps: np.ndarray
 
 
 @torch.no_grad()
-def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = AS_SAVED, *, split: str = "test",
+def reasoning_eval(model: Any, data_dir: str | Path, options: Any = None, *, split: str = "test",
                    batch_size: int = 64, max_examples: int | None = None, progress: bool = True,
-                   tokenizer: Any = None) -> dict[str, Any]:
-    """Score a model on a synthetic split; returns the JSON-ready result (see docs/REASONING.md).
+                   tokenizer: Any = None, **knobs: Any) -> dict[str, Any]:
+    """Score a model on a synthetic split under `options` (a `DecodeOptions`, None: the saved knob values) with
+    `knobs` overridden; returns the JSON-ready result (see docs/REASONING.md).
 
     With `tokenizer` (the one saved with the model) a set written with another vocabulary is refused."""
     from ponderlm.data.synth import read_split
 
-    for note in check_settings(model.config, settings):
-        print(f"note: {note}", file=sys.stderr)
+    options = resolve(model, options, **knobs)
     data = read_split(data_dir, split, max_examples)
     if batch_size < 1:
         raise PonderError(f"--batch-size must be at least 1, got {batch_size}")
@@ -97,12 +96,12 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
     preds, steps_all = [], []
     start = time.perf_counter()
     batches = torch.from_numpy(data.tokens).split(batch_size)
-    for _, logits, st in eval_forwards(model, batches, settings, progress=progress, desc="reasoning"):
+    for _, logits, st in eval_forwards(model, batches, options, progress=progress, desc="reasoning"):
         preds.append(logits.argmax(-1).cpu())
         steps_all.append(st.cpu())
     pred = torch.cat(preds).numpy()
     steps = torch.cat(steps_all).double().numpy()
-    effective, ratio = in_force(model, settings, L, float(steps.mean()))
+    ratio = flops_ratio(model.config, L, float(steps.mean()))
     ex, pos = np.nonzero(data.mask)  # answer tokens; each is predicted at pos - 1
     if (pos == 0).any():
         raise PonderError("an answer token sits at position 0 of an example; the set is malformed")
@@ -110,7 +109,7 @@ def reasoning_eval(model: Any, data_dir: str | Path, settings: DecodeSettings = 
                            steps[ex, pos - 1], example=ex)
     return {"method": model.config.method, "max_steps": int(model.config.max_steps), "task": data.task,
             "split": split, "examples": int(len(data.tokens)), **result,
-            "avg_steps": float(steps.mean()), "flops_ratio": ratio, "settings": effective,
+            "avg_steps": float(steps.mean()), "flops_ratio": ratio, "settings": options.as_dict(),
             "seconds": time.perf_counter() - start}
 
 

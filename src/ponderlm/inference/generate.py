@@ -33,9 +33,8 @@ from transformers.generation import (
     StoppingCriteriaList,
 )
 
-from ponderlm.inference.sequential import decode_options, new_state
-
-PONDER_OPTIONS = ("tau", "alpha", "depth_policy", "depth_target")
+from ponderlm.inference.sequential import decode_options, eval_mode, new_state
+from ponderlm.methods.options import DecodeOptions, knob_table
 
 
 def _special_tokens(cfg: GenerationConfig, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -133,8 +132,9 @@ def generate(
     Accepts what `GenerationMixin.generate` accepts for a decoder-only LM — a `GenerationConfig` and/or its
     fields as kwargs (greedy, sampling, beam search and beam sampling, num_return_sequences, min_new_tokens,
     bad_words_ids, no_repeat_ngram_size, repetition_penalty, max_time, ...), `logits_processor`,
-    `stopping_criteria`, `prefix_allowed_tokens_fn`, `streamer` — plus `tau`, `alpha`, `depth_policy`,
-    `depth_target`, `stop_strings` with `tokenizer`, and a `generator` for sampling. Options it cannot honour
+    `stopping_criteria`, `prefix_allowed_tokens_fn`, `streamer` — plus the knobs the methods declare (tau=, alpha=,
+    depth_policy=, ...) or `decode_options=` (a `DecodeOptions`), `stop_strings` with `tokenizer`, and a `generator`
+    for sampling. Options it cannot honour
     raise a ValueError naming them. Returns the sequences (prompt + new tokens), or with
     `return_dict_in_generate` a `PonderGenerateOutput` / `PonderGenerateBeamOutput` that also carries
     `executed_steps` (so `model.compute_transition_scores` works as for any HF model).
@@ -151,7 +151,8 @@ def generate(
     num_beams = kwargs.get("num_beams") or getattr(generation_config or model.generation_config, "num_beams", 1) or 1
     if streamer is not None and num_beams > 1:  # checked before transformers streams the expanded prompt
         raise ValueError("generate: streamer cannot be used with beam search (num_beams > 1), as in transformers")
-    ponder = {k: kwargs.pop(k) for k in PONDER_OPTIONS if k in kwargs}
+    options = decode_options(model, kwargs.pop("decode_options", None),
+                             **{k: kwargs.pop(k) for k in knob_table() if k in kwargs})
     kwargs.pop("output_steps", None)  # steps are always in the dict output
     if return_dict_in_generate is not None:
         kwargs["return_dict_in_generate"] = return_dict_in_generate
@@ -173,9 +174,9 @@ def generate(
     def decode_loop(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                     **model_kwargs):
         return _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-                       streamer=streamer, generator=generator, row_wise=not custom_lists and not stops)
+                       streamer=streamer, generator=generator, row_wise=not custom_lists and not stops, options=options)
 
-    with decode_options(model, **ponder):  # eval mode, restored after
+    with eval_mode(model):
         # transformers prepares the config, the expanded batch, the processors and the stopping criteria
         # exactly as for any causal LM, then runs `decode_loop` instead of its own loops.
         return GenerationMixin.generate(
@@ -197,7 +198,7 @@ class StopStringsInNewText(StoppingCriteria):
 
 def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, criteria: StoppingCriteriaList,
             cfg: GenerationConfig, model_kwargs: dict[str, Any], *, streamer: Any, generator: torch.Generator | None,
-            row_wise: bool):
+            row_wise: bool, options: DecodeOptions):
     """The decoding loop `GenerationMixin.generate` calls with its prepared batch, config, processors and criteria."""
     attention_mask = model_kwargs.pop("attention_mask", None)
     for ignored in ("cache", "past_key_values", "use_cache"):  # HF's own cache is never used; results are equal
@@ -216,7 +217,7 @@ def _decode(model, input_ids: torch.Tensor, processors: LogitsProcessorList, cri
                          f"max_position_embeddings ({model.config.max_position_embeddings})")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    state = new_state(model, batch, cfg.max_length)
+    state = new_state(model, batch, cfg.max_length, options=options)
     # The prompt in a few parallel passes where the method allows (see PonderMethod.prefill).
     prompt_logits, prompt_steps = model.method.prefill(model.backbone, state, input_ids, attention_mask)
     logits = prompt_logits[:, -1]

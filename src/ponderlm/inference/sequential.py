@@ -4,33 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 from ponderlm.methods.base import DecodeState, PonderMethod
-from ponderlm.methods.options import DecodeOptions, current, scope
+from ponderlm.methods.options import DecodeOptions
+
+
+def decode_options(model, options: DecodeOptions | None = None, **knobs: Any) -> DecodeOptions:
+    """The knob values to decode `model` with: its saved ones (or `options`) with `knobs` overridden (None keeps
+    a value; the names are the knobs the methods declare, e.g. tau, alpha, depth_policy), validated by the
+    declarations. The config itself is never changed."""
+    return DecodeOptions.resolve(model.config, options, **knobs)
 
 
 @contextmanager
-def decode_options(model, **options) -> Iterator[DecodeOptions]:
-    """Decode `model` in eval mode with inference options overridden (tau, alpha, depth_policy, depth_target,
-    depth_seed, jacobi_iters_eval; None keeps the saved value). Validated once; the config itself is never
-    changed, so scopes nest and concurrent threads / tasks do not see each other's options. The model's
-    train / eval mode is restored on exit."""
-    resolved = current(model.config).replace(model.config, **options)
+def eval_mode(model) -> Iterator[None]:
+    """The model in eval mode for a block; its train / eval mode is restored on exit."""
     was_training = model.training
     model.eval()
     try:
-        with scope(model.config, resolved):
-            yield resolved
+        yield
     finally:
         model.train(was_training)
 
 
-def new_state(model, batch_size: int, num_tokens: int, trace: bool = False) -> DecodeState:
+def new_state(model, batch_size: int, num_tokens: int, trace: bool = False,
+              options: DecodeOptions | None = None) -> DecodeState:
+    """A fresh decode state for `batch_size` rows of up to `num_tokens` tokens, carrying `options` (None: the
+    saved knob values)."""
     param = next(model.parameters())
     state = model.method.new_decode_state(
-        model.backbone, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype
+        model.backbone, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype, options
     )
     if trace:
         state.slot_trace = []
@@ -43,14 +49,13 @@ def sequential_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    tau: float | None = None,
-    alpha: float | None = None,
-    depth_policy: str | None = None,
-    depth_target: float | None = None,
+    options: DecodeOptions | None = None,
     return_state: bool = False,
     trace: bool = False,
+    **knobs: Any,
 ):
-    """Run `model` token by token through its KV-cached decode path.
+    """Run `model` token by token through its KV-cached decode path, with `options` / `knobs` (tau=, alpha=, ...:
+    see `decode_options`).
 
     Returns (logits [B,T,V], executed_steps [B,T]) — and the final `DecodeState` if `return_state`
     (cache, backbone call count, per-token slot states when `trace`). Padding (attention_mask == 0)
@@ -63,9 +68,10 @@ def sequential_logits(
                          f"({model.config.max_position_embeddings})")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    with decode_options(model, tau=tau, alpha=alpha, depth_policy=depth_policy, depth_target=depth_target):
+    options = decode_options(model, options, **knobs)
+    with eval_mode(model):
         batch, length = input_ids.shape
-        state = new_state(model, batch, length, trace=trace)
+        state = new_state(model, batch, length, trace=trace, options=options)
         # The base class's prefill is exactly one `decode_token` call per token (never a method's
         # parallel override): this function is the reference the parallel paths are tested against.
         logits, steps = PonderMethod.prefill(model.method, model.backbone, state, input_ids, attention_mask)

@@ -27,10 +27,9 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
-from ponderlm.config import check_finite, reject
+from ponderlm.config import option
 from ponderlm.methods.base import register_method
-from ponderlm.methods.fixed_pruning import fixed_depths
-from ponderlm.methods.options import current
+from ponderlm.methods.fixed_pruning import FixedPruning, fixed_depths
 from ponderlm.methods.ponderlm_v1 import RecurrentPonder
 
 
@@ -62,25 +61,18 @@ class HaltGate(nn.Module):
 
 
 @register_method("adaponder")
-class AdaPonder(RecurrentPonder):
+class AdaPonder(FixedPruning, RecurrentPonder):
     adaptive = True
     variable_passes = True
 
-    class Options(RecurrentPonder.Options):
-        gate_hidden_size: int | None = None  # None: d // 4
-        gate_init_bias: float = 3.0
-        halt_lambda: float = 0.1
-        halt_k_frac: float = 0.1
-        halt_k_frac_ramp_steps: int = 1000
-
-    @classmethod
-    def validate_options(cls, config) -> None:
-        for name in ("halt_lambda", "gate_init_bias"):
-            check_finite(config, name)
-        if config.halt_lambda < 0:
-            reject(f"halt_lambda must be >= 0, got {config.halt_lambda}")
-        if not (0.0 <= config.halt_k_frac <= 1.0):
-            reject(f"halt_k_frac must be in [0, 1], got {config.halt_k_frac}")
+    class Options(RecurrentPonder.Options, FixedPruning.Options):
+        gate_hidden_size: int | None = option(None)  # None: d // 4
+        gate_init_bias: float = option(3.0)
+        halt_lambda: float = option(0.1, low=0.0)
+        halt_k_frac: float = option(0.1, low=0.0, high=1.0)
+        halt_k_frac_ramp_steps: int = option(1000)
+        tau: float = option(1e-4, low=0.0, high=1.0, high_open=True, knob=True,  # a token continues while s >= tau
+                            help="pruning / halting threshold", sweep=(1e-4, 0.05, 0.2, 0.4, 0.6, 0.8))
 
     @staticmethod
     def gate_flops(config) -> int:
@@ -111,11 +103,10 @@ class AdaPonder(RecurrentPonder):
             for _ in range(config.max_steps)
         )
 
-    def halting(self, index, hidden, active, rows, positions):
+    def halting(self, index, hidden, active, rows, positions, options):
         """Gate `index` (1..K) on h^index; m^index = m^{index-1} * 1[s >= tau] (or the fixed depth >= index)."""
         s = self.gates[index - 1](hidden)
-        options = current(self.config)
-        depth = fixed_depths(options, rows, positions)
+        depth = fixed_depths(options, rows, positions, self.config.max_steps)
         keep = depth >= index if depth is not None else s >= options.tau
         return s, active & keep
 

@@ -23,7 +23,8 @@ from ponderlm.backbone.attention import NEG_INF, additive_mask
 from ponderlm.backbone.cache import SlotKVCache
 from ponderlm.backbone.interface import Backbone
 from ponderlm.backbone.packing import gather_tokens, pack_active, scatter_tokens  # noqa: F401  (used by methods)
-from ponderlm.config import PonderConfig, reject
+from ponderlm.config import Declared, PonderConfig, declarations, reject
+from ponderlm.methods.options import DecodeOptions
 from ponderlm.registry import REGISTRY as METHOD_REGISTRY  # noqa: F401  (re-exported by ponderlm.methods)
 from ponderlm.registry import method_names, register_method  # noqa: F401  (methods register with @register_method)
 
@@ -85,6 +86,7 @@ class DecodeState:
 
     caches: list[SlotKVCache]
     next_position: torch.Tensor  # [B] long
+    options: DecodeOptions  # the knob values this decode runs with (`DecodeOptions.resolve`)
     rows: RowState | None = None  # created on first use by per-slot methods (`PonderMethod.row_state`)
     # Lockstep decoding collects the predicting state of each row here as its token completes and runs the LM
     # head once per token (None: completing rows get their logits at once, as continuous batching needs).
@@ -195,9 +197,7 @@ class PonderMethod(nn.Module):
     """
 
     name = "base"
-    adaptive = False  # decides a per-token depth: tau and the fixed-pruning depth policies apply
-    uses_alpha = False  # its inference router takes the bias alpha * k
-    uses_jacobi = False  # solved by Jacobi sweeps: jacobi_iters_train / jacobi_iters_eval apply
+    adaptive = False  # decides a per-token depth (its cost depends on the depths it decides)
     interleaved = False  # K latent slots after each token (K+1 slots per token); latent_feedback=pre_norm applies
     takes_steps = True  # needs max_steps >= 1 (False: max_steps must be 0)
     variable_passes = False  # the number of passes depends on the data (DDP must look for unused parameters)
@@ -210,7 +210,8 @@ class PonderMethod(nn.Module):
     class Options:
         """The method's own config fields and defaults: flat in `PonderConfig` and config.json, like every field
         (every config carries every registered method's options). Subclasses extend it with annotated fields
-        (`class Options(PonderLM2.Options): ...`), made a dataclass by `__init_subclass__`."""
+        (`class Options(PonderLM2.Options): ...`), made a dataclass by `__init_subclass__`, declared with
+        `ponderlm.config.option` (checks, help; `knob=True`: an inference knob)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,8 +219,26 @@ class PonderMethod(nn.Module):
             cls.Options = dataclass(cls.Options)
 
     @classmethod
+    def knobs(cls) -> dict[str, Declared]:
+        """The inference knobs this method declares (`option(..., knob=True)`), in declaration order."""
+        return {name: d for name, d in declarations(cls.Options).items() if d.knob}
+
+    @classmethod
     def validate_options(cls, config: PonderConfig) -> None:
-        """Check this class's option values on `config` (called for every registered method); `reject` if bad."""
+        """Cross-field rules on this class's options on `config` (every registered method's, after the declared
+        checks); `reject` if bad."""
+
+    @classmethod
+    def check_knobs(cls, given: dict[str, Any], config: PonderConfig | None = None) -> None:
+        """Rules on the knob values a caller gives (`config`: the resolved values, None before a model is loaded);
+        a one-line ValueError if bad."""
+
+    @classmethod
+    def fixed_depth_knobs(cls, policy: str, target: float | None = None) -> dict[str, Any] | None:
+        """Knob values replacing the method's depth decision by a content-independent draw ('uniform',
+        'geometric'; 'constant': every token exactly `target` steps) or restoring it ('learned'); None if the
+        method decides no per-token depth."""
+        return None
 
     @classmethod
     def validate_config(cls, config: PonderConfig) -> None:
@@ -232,9 +251,6 @@ class PonderMethod(nn.Module):
         if config.latent_feedback == "pre_norm" and not cls.interleaved:  # ignoring it would fake a pre_norm result
             reject(f"latent_feedback='pre_norm' needs an interleaved method "
                    f"({', '.join(method_names(interleaved=True))}); method {cls.name!r} has no latent slots")
-        if config.depth_policy in ("uniform", "geometric", "constant") and not cls.adaptive:
-            reject(f"depth_policy={config.depth_policy!r} needs an adaptive method "
-                   f"({', '.join(method_names(adaptive=True))})")
 
     # -- cost model (ponderlm.flops; docs/COMPUTE.md) ------------------------------------------------
     @classmethod
@@ -273,16 +289,24 @@ class PonderMethod(nn.Module):
     # -- parallel path ---------------------------------------------------------------------------
     def forward(
         self, backbone: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-        labels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None, options: DecodeOptions | None = None,  # the knob values; None: saved
     ) -> MethodOutput:
         raise NotImplementedError
+
+    def options_or_saved(self, options: DecodeOptions | None) -> DecodeOptions:
+        return options if options is not None else DecodeOptions.resolve(self.config)
+
+    # (backbone, input_ids, attention_mask, sweeps, options) -> the slot states [B,T,n,D] of the parallel path's
+    # iterative solver after stage building and after each sweep (the Jacobi analysis); None: it solves nothing.
+    solver_trace = None
 
     # -- sequential path -------------------------------------------------------------------------
     def num_caches(self) -> int:
         return 1
 
     def new_decode_state(
-        self, backbone: Backbone, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
+        self, backbone: Backbone, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype,
+        options: DecodeOptions | None = None,
     ) -> DecodeState:
         cfg = self.config
         caches = [
@@ -290,7 +314,8 @@ class PonderMethod(nn.Module):
                         capacity=capacity, device=device, dtype=dtype)
             for _ in range(self.num_caches())
         ]
-        return DecodeState(caches=caches, next_position=torch.zeros(batch_size, dtype=torch.long, device=device))
+        return DecodeState(caches=caches, next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
+                           options=self.options_or_saved(options))
 
     def prefill(
         self, backbone: Backbone, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor

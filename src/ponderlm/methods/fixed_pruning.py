@@ -2,7 +2,8 @@
 
 Any adaptive method can replace its learned depth with one of these (`depth_policy`), so the
 same checkpoint and decoding code run at a requested average number of executed steps: the
-iso-FLOPs comparison is exact by construction.
+iso-FLOPs comparison is exact by construction. The adaptive methods inherit `FixedPruning`, which
+declares the three knobs (`depth_policy`, `depth_target`, `depth_seed`) and draws the depths.
 
 Families (one parameter each, solved by bisection so the *expected* depth equals the target):
 - "uniform": depth uniform over the c lowest levels {0, .., c-1} (fractional c allowed: the last
@@ -18,9 +19,14 @@ over a few thousand tokens matches the target to well under 1%, not just in expe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
+
+from ponderlm.config import option, reject
+from ponderlm.registry import REGISTRY, method_names
 
 
 def _mean_uniform_low(c: float, K: int) -> float:
@@ -140,13 +146,60 @@ def _policy_cdf(policy: str, target: float, K: int) -> tuple[float, ...]:
     return tuple(policy_probs(policy, target, K).cumsum(0).tolist())
 
 
-def fixed_depths(config, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
-    """Depths (long, same shape as positions) under the config's fixed policy, or None if depth is learned."""
-    policy = getattr(config, "depth_policy", None)
-    if policy in (None, "learned"):
+FIXED = ("uniform", "geometric", "constant")
+
+
+class FixedPruning:
+    """Mixin of the adaptive methods (listed first among the bases): the fixed-pruning knobs and draws."""
+
+    @dataclass
+    class Options:
+        depth_policy: str | None = option(
+            None, choices=(None, "learned", *FIXED), knob=True,
+            help="learned (the method decides), or a fixed-pruning control drawn independently of content: uniform "
+                 "| geometric with mean --depth-target, constant (every token exactly --depth-target steps)")
+        depth_target: float | None = option(None, low=0.0, knob=True,
+                                            help="average additional steps per token for fixed pruning")
+        depth_seed: int = option(0, knob=True, help="seed of the fixed-pruning depth draws")
+
+    @classmethod
+    def validate_options(cls, config) -> None:
+        policy, target = config.depth_policy, config.depth_target
+        if policy in FIXED:
+            if not issubclass(config.method_class, FixedPruning):
+                reject(f"depth_policy={policy!r} needs an adaptive method "
+                       f"({', '.join(n for n in method_names() if issubclass(REGISTRY[n], FixedPruning))})")
+            if target is None or not (0.0 <= target <= config.max_steps):
+                reject(f"depth_target must be in [0, max_steps={config.max_steps}] for fixed pruning, got {target!r}")
+            if policy == "constant" and float(target) != round(target):
+                reject(f"depth_policy='constant' needs an integer depth_target, got {target!r}")
+        super().validate_options(config)
+
+    @classmethod
+    def check_knobs(cls, given: dict[str, Any], config=None) -> None:
+        policy = given.get("depth_policy")
+        if policy in FIXED and given.get("depth_target") is None:
+            raise ValueError(f"--depth-policy {policy} needs --depth-target")
+        in_force = policy or (config.depth_policy if config is not None else None) or "learned"
+        if given.get("depth_target") is not None and in_force == "learned":  # it would be silently ignored
+            raise ValueError("--depth-target only applies to --depth-policy uniform or geometric (--depth-target is "
+                             "the target of a fixed-pruning --depth-policy such as uniform, and this run's policy is "
+                             "learned); pass --depth-policy too or leave --depth-target out")
+        super().check_knobs(given, config)
+
+    @classmethod
+    def fixed_depth_knobs(cls, policy: str, target: float | None = None) -> dict[str, Any]:
+        return {"depth_policy": policy, "depth_target": target}
+
+
+def fixed_depths(options, rows: torch.Tensor, positions: torch.Tensor, max_steps: int | None = None
+                 ) -> torch.Tensor | None:
+    """Depths (long, same shape as positions) under the options' fixed policy (K = `max_steps`, default
+    `options.max_steps`: a config's), or None if depth is learned."""
+    if options.depth_policy in (None, "learned"):
         return None
-    cdf = torch.tensor(_policy_cdf(policy, float(config.depth_target), config.max_steps),
+    K = options.max_steps if max_steps is None else max_steps
+    cdf = torch.tensor(_policy_cdf(options.depth_policy, float(options.depth_target), K),
                        dtype=torch.float64, device=positions.device)
-    u = stratified_uniform(config.depth_seed, rows, positions)
-    depth = torch.searchsorted(cdf, u.contiguous(), right=True)
-    return depth.clamp(max=config.max_steps)
+    u = stratified_uniform(options.depth_seed, rows, positions)
+    return torch.searchsorted(cdf, u.contiguous(), right=True).clamp(max=K)

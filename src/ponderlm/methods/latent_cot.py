@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from transformers import initialization as init
 
 from ponderlm.backbone.attention import additive_mask
-from ponderlm.config import check_finite, reject
+from ponderlm.config import option
 from ponderlm.flops import Pass
 from ponderlm.methods.base import (
     DecodeState,
@@ -48,8 +48,7 @@ from ponderlm.methods.base import (
     register_method,
     scatter_tokens,
 )
-from ponderlm.methods.fixed_pruning import fixed_depths
-from ponderlm.methods.options import current
+from ponderlm.methods.fixed_pruning import FixedPruning, fixed_depths
 
 
 class ContinueRouter(nn.Module):
@@ -111,31 +110,20 @@ def exit_weights(gates: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor
 
 
 @register_method("latent_cot")
-class LatentCoT(PonderMethod):
+class LatentCoT(FixedPruning, PonderMethod):
     adaptive = True
     interleaved = True
     variable_passes = True
     embed_scale_factor = 2.5  # sqrt(2.5 d), as PonderLM-2
 
-    class Options(PonderMethod.Options):
-        cot_router: str = "shared"  # "shared", "step" or "mlp"
-        cot_router_init_bias: float = 2.0
-        cot_lambda: float = 0.1
-        cot_lambda_delay_steps: int = 0  # training steps before the penalty applies (the router cannot close early)
-        cot_beta: float = 1.0
-
-    @classmethod
-    def validate_options(cls, config) -> None:
-        for name in ("cot_lambda", "cot_beta", "cot_router_init_bias"):
-            check_finite(config, name)
-        if config.cot_lambda < 0:
-            reject(f"cot_lambda must be >= 0, got {config.cot_lambda}")
-        if config.cot_router not in ("shared", "step", "mlp"):
-            reject(f"cot_router must be 'shared', 'step' or 'mlp', got {config.cot_router!r}")
-        if config.cot_beta < 0:
-            reject(f"cot_beta must be >= 0, got {config.cot_beta}")
-        if not isinstance(config.cot_lambda_delay_steps, int) or config.cot_lambda_delay_steps < 0:
-            reject(f"cot_lambda_delay_steps must be an integer >= 0, got {config.cot_lambda_delay_steps!r}")
+    class Options(FixedPruning.Options):
+        cot_router: str = option("shared", choices=("shared", "step", "mlp"))
+        cot_router_init_bias: float = option(2.0)
+        cot_lambda: float = option(0.1, low=0.0)
+        cot_lambda_delay_steps: int = option(0, low=0)  # training steps before the penalty applies (no early close)
+        cot_beta: float = option(1.0, low=0.0)
+        tau: float = option(1e-4, low=0.0, high=1.0, high_open=True, knob=True,  # slot k+1 runs while r_k+1 > tau
+                            help="pruning / halting threshold", sweep=(1e-4, 0.05, 0.2, 0.4, 0.6, 0.8))
 
     @staticmethod
     def router_flops(config) -> int:
@@ -166,16 +154,18 @@ class LatentCoT(PonderMethod):
                                      config.cot_router_init_bias, config.initializer_range)
 
     def continue_step(self, h: torch.Tensor, step: int, gates: list[torch.Tensor], reach: torch.Tensor,
-                      active: torch.Tensor, fixed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      active: torch.Tensor, fixed: torch.Tensor | None, tau: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """After slot `step` (states h): append its continue gate to `gates`; return the new reach and
         which tokens run slot step+1 (shared by decoding and prefill)."""
         gates.append(self.router(h, step))
         reach = reach * gates[-1]
-        return reach, active & self.keep_going(reach, step, fixed)
+        return reach, active & self.keep_going(reach, step, fixed, tau)
 
-    def keep_going(self, reach: torch.Tensor, step: int, fixed: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def keep_going(reach: torch.Tensor, step: int, fixed: torch.Tensor | None, tau: float) -> torch.Tensor:
         """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth."""
-        return reach > current(self.config).tau if fixed is None else fixed > step
+        return reach > tau if fixed is None else fixed > step
 
     # ------------------------------------------------------------------ parallel path
     def depth_pass(
@@ -211,17 +201,20 @@ class LatentCoT(PonderMethod):
         hidden = backbone.run(inputs, positions, mask, kv_hook=hook, apply_norm=apply_norm)
         return hidden, ([fresh[i] for i in range(len(fresh))], key_tok, key_valid)
 
-    def depth_loop(self, backbone, inputs: torch.Tensor, valid: torch.Tensor, fixed: torch.Tensor | None, run_depth
+    def depth_loop(self, backbone, inputs: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor,
+                   positions: torch.Tensor, options, run_depth
                    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """The K+1 depth passes, shared by the parallel forward and prefill (they differ only in `run_depth`).
 
-        inputs [B,T,D]: the token slots' inputs; run_depth(k, index [B,A], present [B,A], inputs [B,A,D]) runs
-        depth k on the packed slots of tokens `index` (present False: packing filler) and returns their outputs
+        inputs [B,T,D]: the token slots' inputs (rows, positions [B,T]: theirs, for fixed pruning); options: the
+        knob values; run_depth(k, index [B,A], present [B,A], inputs [B,A,D]) runs depth k on the packed slots of
+        tokens `index` (present False: packing filler) and returns their outputs
         (pre-norm if not `feedback_apply_norm`). Depth 0 is a plain dense pass over every token (padding
         included, like vanilla); later depths pack the tokens still active. Returns the slot states [B,T,n,D]
         (post-norm, zeros at non-executed slots), the continue gates of the executed steps and the depths K^.
         """
         B, T = valid.shape
+        fixed = fixed_depths(options, rows, positions, self.config.max_steps)
         index, present, active = torch.arange(T, device=valid.device).expand(B, T), valid, valid
         reach, depth = torch.ones(B, T, device=valid.device), torch.zeros(B, T, dtype=torch.long, device=valid.device)
         slots, gates = [], []
@@ -232,13 +225,13 @@ class LatentCoT(PonderMethod):
                 depth += active.long()
             if k == self.config.max_steps:
                 break
-            reach, active = self.continue_step(slots[-1], k, gates, reach, active, fixed)
+            reach, active = self.continue_step(slots[-1], k, gates, reach, active, fixed, options.tau)
             if not active.any():
                 break
             index, present = pack_active(active)
         return torch.stack(slots, dim=2), gates, depth
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         """K+1 exact depth passes over the still-active tokens (METHODS.md §8)."""
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
@@ -252,8 +245,8 @@ class LatentCoT(PonderMethod):
                                         apply_norm=self.feedback_apply_norm)
             return out
 
-        slot_hidden, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid,
-                                                    fixed_depths(current(self.config), rows, positions), run_depth)
+        slot_hidden, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid, rows, positions,
+                                                    self.options_or_saved(options), run_depth)
         gate_t = stack_gates(gates, valid.shape, input_ids.device)
         r, p = exit_weights(gate_t, depth)
         fused = fuse_exits(slot_hidden, p)
@@ -306,8 +299,8 @@ class LatentCoT(PonderMethod):
                                          self.token_bias(present), allowed_extra_fn=_depth_at_most(k),
                                          apply_norm=self.feedback_apply_norm)
 
-        slots, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid,
-                                              fixed_depths(current(self.config), rows, positions), run_depth)
+        slots, gates, depth = self.depth_loop(backbone, backbone.embed(input_ids), valid, rows, positions,
+                                              state.options, run_depth)
         state.next_position += valid.long().sum(-1)
         _, p = exit_weights(stack_gates(gates, valid.shape, valid.device), depth)
         return backbone.head(fuse_exits(slots, p)), depth.float() * valid
@@ -338,14 +331,14 @@ class LatentCoT(PonderMethod):
         slots = row.store(hidden)
         keep = torch.zeros_like(busy)
         gates = row.gates.clone()
-        fixed = fixed_depths(current(self.config), rows, state.next_position)
+        fixed = fixed_depths(state.options, rows, state.next_position, K)
         for step in range(K):
             at = busy & (k == step)
             if bool(at.any()):
                 g = self.router(hidden, step)
                 gates[:, step] = torch.where(at, g, gates[:, step])
                 reach = torch.where(at, row.reach * g, row.reach)
-                keep = keep | (at & self.keep_going(reach, step, fixed))
+                keep = keep | (at & self.keep_going(reach, step, fixed, state.options.tau))
                 row.reach = reach
         row.gates = gates
         done = busy & ~keep

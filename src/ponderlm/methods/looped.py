@@ -45,7 +45,7 @@ class Looped(PonderMethod):
         return self.config.max_steps + 1
 
     # ------------------------------------------------------------------ parallel path
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         mask = slot_causal_mask(valid)  # built once, shared by every loop and layer

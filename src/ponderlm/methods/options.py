@@ -1,68 +1,78 @@
-"""Decoding options: a frozen value in scope, never written into the model's config.
+"""Decoding options: the values of a method's inference knobs for one call, never written into the config.
 
-Inference knobs (tau, alpha, the fixed-depth policy, the eval Jacobi sweep count) default to the
-saved config. `decode_options(model, tau=...)` (`ponderlm.inference`) validates overrides once and
-puts a `DecodeOptions` in scope for that model; methods read `current(config)`. The scope is a
-`contextvars.ContextVar`, so nested scopes restore their outer value, and threads and asyncio tasks
-(the server) each see their own: nothing shared is mutated, unlike setting config attributes.
+A method declares its knobs next to its other options (`option(..., knob=True)` in its `Options`); their
+saved values are the config's. `DecodeOptions.resolve(config, **overrides)` validates a caller's overrides
+by the declarations and the method's rules and returns a frozen value that travels explicitly: in the
+decode state (`DecodeState.options`) and as the `options` argument of the eval-mode parallel forward.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field
+from typing import Any
 
-_IN_SCOPE: ContextVar[dict[int, DecodeOptions] | None] = ContextVar("ponderlm_decode_options", default=None)
+from ponderlm.config import Declared
+from ponderlm.registry import REGISTRY
+
+
+def knob_table() -> dict[str, tuple[Declared, tuple[str, ...]]]:
+    """Every knob a registered method declares: its first declaration and the methods that declare it."""
+    table: dict[str, tuple[Declared, tuple[str, ...]]] = {}
+    for name, cls in REGISTRY.items():
+        for knob, declared in cls.knobs().items():
+            table[knob] = (table.get(knob, (declared, ()))[0], (*table.get(knob, (None, ()))[1], name))
+    return table
+
+
+def sweep_knobs() -> list[str]:
+    """The knobs some registered method sweeps (declared with `sweep=`), sorted: the Pareto command's list flags
+    and the knob values each Pareto point records."""
+    return sorted(name for name, (_, methods) in knob_table().items()
+                  if any(REGISTRY[m].knobs()[name].sweep for m in methods))
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """What decoding (and the eval-mode parallel forward) reads instead of the config's saved values.
+    """The knob values of one model's method for a decode or an eval-mode forward (read as attributes:
+    `options.tau`), and notes on the caller's overrides that this method ignores."""
 
-    `max_steps` is the model's K (the fixed-depth draw needs it), not an option: it cannot be overridden."""
+    method: str
+    values: tuple[tuple[str, Any], ...]
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
-    tau: float
-    alpha: float
-    depth_policy: str | None
-    depth_target: float | None
-    depth_seed: int
-    jacobi_iters_eval: int
-    max_steps: int
+    def __getattr__(self, name: str) -> Any:
+        for key, value in self.__dict__.get("values", ()):
+            if key == name:
+                return value
+        raise AttributeError(f"method {self.__dict__.get('method')!r} has no knob {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
 
     @classmethod
-    def from_config(cls, config) -> DecodeOptions:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
-
-    def replace(self, config, **overrides) -> DecodeOptions:
-        """These options with `overrides` (None = keep), validated by the config's own rules."""
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        overridable = {f.name for f in fields(self)} - {"max_steps"}
-        unknown = sorted(set(overrides) - overridable)
-        if unknown:
-            raise ValueError(f"unknown decoding option {unknown[0]!r}")
-        if not overrides:
-            return self
-        trial = copy.copy(config)  # validate on a copy: the model's config is never written
-        for key, value in {**asdict(self), **overrides}.items():
+    def resolve(cls, config, options: DecodeOptions | None = None, **overrides: Any) -> DecodeOptions:
+        """The config's saved knob values (or `options`) with `overrides` (None = keep), checked by the
+        declarations and the method's rules on a copy of the config. A knob only other methods declare is
+        checked too and gives a note; a name no method declares is an error naming this method's knobs."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given and options is not None:
+            return options
+        method = config.method_class
+        own = method.knobs()
+        values = options.as_dict() if options is not None else {k: getattr(config, k) for k in own}
+        if not given:
+            return cls(config.method, tuple(values.items()))
+        table = knob_table()
+        for name in given:
+            if name not in table:
+                raise ValueError(f"unknown decoding option {name!r}; method {config.method!r} takes "
+                                 f"{', '.join(own) or 'none'}")
+        trial = copy.copy(config)  # validated on a copy: the model's config is never written
+        for key, value in {**values, **given}.items():
             setattr(trial, key, value)
+        method.check_knobs(given, trial)
         trial.validate()
-        return replace(self, **overrides)
-
-
-def current(config) -> DecodeOptions:
-    """The options in scope for the model owning `config`, else its saved values."""
-    scoped = (_IN_SCOPE.get() or {}).get(id(config))
-    return scoped if scoped is not None else DecodeOptions.from_config(config)
-
-
-@contextmanager
-def scope(config, options: DecodeOptions) -> Iterator[DecodeOptions]:
-    """Put `options` in scope for the model owning `config` (already validated: see `DecodeOptions.replace`)."""
-    token = _IN_SCOPE.set({**(_IN_SCOPE.get() or {}), id(config): options})
-    try:
-        yield options
-    finally:
-        _IN_SCOPE.reset(token)
+        notes = tuple(f"{name} has no effect on method {config.method!r} (only {', '.join(table[name][1])} "
+                      f"take{'s' if len(table[name][1]) == 1 else ''} it)" for name in given if name not in own)
+        return cls(config.method, tuple((k, getattr(trial, k)) for k in own), notes)

@@ -57,7 +57,7 @@ class Pause(PonderMethod):
         return self.pause_embeds * self.config.resolved_embed_scale
 
     # ------------------------------------------------------------------ parallel path (one pass, exact)
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         valid = attention_mask.bool()
         b, t = input_ids.shape
         tokens = backbone.embed(input_ids)  # [B,T,D]

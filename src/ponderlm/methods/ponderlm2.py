@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ponderlm.backbone.attention import CausalKeyBias, slot_causal_mask
-from ponderlm.config import reject
+from ponderlm.config import option
 from ponderlm.flops import full_pass
 from ponderlm.methods.base import (
     DecodeState,
@@ -35,7 +35,6 @@ from ponderlm.methods.base import (
     register_method,
     scatter_tokens,
 )
-from ponderlm.methods.options import current
 
 
 def interleave(slots: torch.Tensor) -> torch.Tensor:
@@ -98,21 +97,12 @@ class PonderLM2(PonderMethod):
     """PonderLM-2: fixed K latent thoughts per token."""
 
     interleaved = True
-    uses_jacobi = True
     embed_scale_factor = 2.5  # sqrt(2.5 d): the token slot's input RMS is near 1 under the ponder init
 
     class Options(PonderMethod.Options):
-        jacobi_iters_train: list[int] | tuple[int, ...] = (2, 3)  # R is drawn from these at each training step
-        jacobi_iters_eval: int = 3  # R in eval mode
-        jacobi_detach: bool = False  # stop gradients through all but the final pass
-
-    @classmethod
-    def validate_options(cls, config) -> None:
-        iters = config.jacobi_iters_train
-        if not iters or any((not isinstance(r, int)) or r < 0 for r in iters):
-            reject(f"jacobi_iters_train must be a non-empty list of integers >= 0, got {iters!r}")
-        if not isinstance(config.jacobi_iters_eval, int) or config.jacobi_iters_eval < 0:
-            reject(f"jacobi_iters_eval must be an integer >= 0, got {config.jacobi_iters_eval!r}")
+        jacobi_iters_train: list[int] | tuple[int, ...] = option((2, 3), low=0)  # R drawn from these per training step
+        jacobi_iters_eval: int = option(3, low=0, knob=True, help="Jacobi sweeps R of the eval-mode parallel forward")
+        jacobi_detach: bool = option(False)  # stop gradients through all but the final pass
 
     @staticmethod
     def jacobi_passes(config, T: int, sweeps: float, grad: bool = True) -> list:
@@ -133,21 +123,21 @@ class PonderLM2(PonderMethod):
         return cls.jacobi_passes(config, T, sweeps, grad=not (training and config.jacobi_detach)), []
 
     # ------------------------------------------------------------------ hook for PonderLM-3
-    def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor | None:
+    def latent_key_bias(self, token_hidden: torch.Tensor, options) -> torch.Tensor | None:
         """Additive bias [B,T,K] for latent keys (t,1..K) given the token slots' states h^(0) [B,T,D]."""
         return None
 
     # ------------------------------------------------------------------ parallel path
     _sweep_step, _sweep_draws = -1, 0  # the optimizer step of the last sweep draw, draws made in it
 
-    def num_sweeps(self) -> int:
-        """R: drawn from `jacobi_iters_train` in training, `jacobi_iters_eval` (a decode option) otherwise.
+    def num_sweeps(self, options) -> int:
+        """R: drawn from `jacobi_iters_train` in training, the knob `jacobi_iters_eval` otherwise.
 
         The draw is a function of (optimizer step, draw index within the step) through its own
         `torch.Generator`: the same on every rank (they must run the same passes) and after a resume,
         and independent of the global RNGs that data order and dropout use."""
         if not self.training:
-            return current(self.config).jacobi_iters_eval
+            return options.jacobi_iters_eval
         if self._sweep_step != self.training_progress:
             self._sweep_step, self._sweep_draws = self.training_progress, 0
         self._sweep_draws += 1
@@ -164,12 +154,15 @@ class PonderLM2(PonderMethod):
         num_sweeps: int,
         slot_valid_fn=None,
         trace: list[torch.Tensor] | None = None,
+        options=None,
     ) -> torch.Tensor:
         """Solve the slot grid; return the final pass's (post-norm) hidden grid [B,T,K+1,D].
 
         slot_valid_fn(token_hidden [B,T,D]) -> [B,T,K+1] bool, if given, prunes slots (threshold eval).
         trace, if a list, receives the hidden grid of the last stage and of every sweep (Jacobi RMSE).
+        options: the knob values (None: the config's).
         """
+        options = self.options_or_saved(options)
         K = self.config.max_steps
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
@@ -191,7 +184,7 @@ class PonderLM2(PonderMethod):
             out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias,
                             None if slot_valid is None else slot_valid[:, :, :n], apply_norm=apply_norm)
             latents = [out[:, :, j] for j in range(n)]
-            latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
+            latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn, options)
         # (b) R Jacobi sweeps over the full grid and (c) the final pass (the last iteration here).
         for sweep in range(num_sweeps + 1):
             out = grid_pass(backbone, inputs_grid(), positions, valid, latent_bias, slot_valid, apply_norm=apply_norm)
@@ -199,17 +192,25 @@ class PonderLM2(PonderMethod):
                 trace.append(self.final_norm(backbone, out).detach())
             if sweep < num_sweeps:
                 latents = [out[:, :, j] for j in range(K)]
-                latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn)
+                latent_bias, slot_valid = self._refresh(self.final_norm(backbone, out[:, :, 0]), slot_valid_fn,
+                                                        options)
         return self.final_norm(backbone, out)
 
-    def _refresh(self, token_hidden: torch.Tensor, slot_valid_fn) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        bias = self.latent_key_bias(token_hidden)
+    def _refresh(self, token_hidden: torch.Tensor, slot_valid_fn,
+                 options) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        bias = self.latent_key_bias(token_hidden, options)
         slot_valid = slot_valid_fn(token_hidden) if slot_valid_fn is not None else None
         return bias, slot_valid
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def solver_trace(self, backbone, input_ids, attention_mask, sweeps, options):
+        trace: list[torch.Tensor] = []
+        self.jacobi(backbone, input_ids, attention_mask, sweeps, trace=trace, options=options)
+        return trace
+
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         valid = attention_mask.bool()
-        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps())
+        options = self.options_or_saved(options)
+        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps(options), options=options)
         steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
         return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps,
                             stats={"slot_hidden": hidden})

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from transformers import initialization as init
 
-from ponderlm.config import check_finite, reject
+from ponderlm.config import option
 from ponderlm.methods.base import (
     DecodeState,
     MethodOutput,
@@ -34,8 +34,7 @@ from ponderlm.methods.base import (
     padding_positions,
     register_method,
 )
-from ponderlm.methods.fixed_pruning import fixed_depths
-from ponderlm.methods.options import current
+from ponderlm.methods.fixed_pruning import FixedPruning, fixed_depths
 from ponderlm.methods.ponderlm2 import PonderLM2
 
 
@@ -75,34 +74,22 @@ def tail_cdf(step_probs: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("ponderlm3")
-class PonderLM3(PonderLM2):
+class PonderLM3(FixedPruning, PonderLM2):
     adaptive = True
-    uses_alpha = True
     stand_in_options = {"router_init": "uniform"}  # an undecided router, spread by `spread_stand_in`
 
-    class Options(PonderLM2.Options):
-        router_hidden_size: int = 0  # 0 = linear router
-        router_init: str = "full_depth"  # or "uniform"
-        router_init_bias: float = 2.0
-        mask_eps: float = 1e-6
-        lambda_steps: float = 0.0
-        renormalize_pruned: bool = False
-        router_warmup_steps: int = 0  # training steps with s held at the router's initial prior
-
-    @classmethod
-    def validate_options(cls, config) -> None:
-        for name in ("lambda_steps", "router_init_bias"):
-            check_finite(config, name)
-        if config.router_init not in ("full_depth", "uniform"):
-            reject(f"router_init must be 'full_depth' or 'uniform', got {config.router_init!r}")
-        if config.router_hidden_size < 0:
-            reject(f"router_hidden_size must be >= 0, got {config.router_hidden_size}")
-        if not (0.0 < config.mask_eps < 1.0):
-            reject(f"mask_eps must be in (0, 1), got {config.mask_eps}")
-        if config.lambda_steps < 0:
-            reject(f"lambda_steps must be >= 0, got {config.lambda_steps}")
-        if not isinstance(config.router_warmup_steps, int) or config.router_warmup_steps < 0:
-            reject(f"router_warmup_steps must be an integer >= 0, got {config.router_warmup_steps!r}")
+    class Options(PonderLM2.Options, FixedPruning.Options):
+        router_hidden_size: int = option(0, low=0)  # 0 = linear router
+        router_init: str = option("full_depth", choices=("full_depth", "uniform"))
+        router_init_bias: float = option(2.0)
+        mask_eps: float = option(1e-6, low=0.0, high=1.0, low_open=True, high_open=True)
+        lambda_steps: float = option(0.0, low=0.0)
+        renormalize_pruned: bool = option(False)
+        router_warmup_steps: int = option(0, low=0)  # training steps with s held at the router's initial prior
+        tau: float = option(1e-4, low=0.0, high=1.0, high_open=True, knob=True,
+                            help="pruning / halting threshold")  # depth K^ = max{k : w_k >= tau}
+        alpha: float = option(0.0, knob=True, help="router bias at inference",  # logits + alpha * k
+                              sweep=(-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0))
 
     @staticmethod
     def router_flops(config) -> int:
@@ -129,13 +116,14 @@ class PonderLM3(PonderLM2):
                                   config.router_init, config.router_init_bias)
 
     # ------------------------------------------------------------------ router
-    def route(self, token_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0)."""
+    def route(self, token_hidden: torch.Tensor, options=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step distribution s and tail-CDF w ([..., K+1]) from the token slots' states h^(0) (options: the knob
+        values, None: the config's)."""
         logits = self.router(token_hidden).float()
         if self.training and self.training_progress < self.config.router_warmup_steps:
             # Held at the prior; `0 * logits` keeps the router in the graph (zero gradient, no unused parameter).
             logits = 0.0 * logits + self.router.prior(logits.device)
-        alpha = current(self.config).alpha
+        alpha = self.options_or_saved(options).alpha
         if not self.training and alpha != 0.0:
             steps = torch.arange(self.config.max_steps + 1, device=logits.device, dtype=logits.dtype)
             logits = logits + alpha * steps
@@ -145,17 +133,16 @@ class PonderLM3(PonderLM2):
     def mask_bias(self, w: torch.Tensor) -> torch.Tensor:
         return torch.log(w.clamp(min=self.config.mask_eps))
 
-    def depth(self, w: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def depth(self, w: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, options) -> torch.Tensor:
         """Inference depth K^ (long): a fixed-pruning draw if configured, else max{k : w_k >= tau}."""
-        options = current(self.config)
-        fixed = fixed_depths(options, rows, positions)
+        fixed = fixed_depths(options, rows, positions, self.config.max_steps)
         if fixed is not None:
             return fixed
         return ((w >= options.tau).long().sum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ Jacobi hooks
-    def latent_key_bias(self, token_hidden: torch.Tensor) -> torch.Tensor:
-        _, w = self.route(token_hidden)
+    def latent_key_bias(self, token_hidden: torch.Tensor, options) -> torch.Tensor:
+        _, w = self.route(token_hidden, options)
         return self.mask_bias(w[..., 1:]).to(token_hidden.dtype)
 
     def fuse(self, slot_hidden: torch.Tensor, s: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
@@ -168,7 +155,8 @@ class PonderLM3(PonderLM2):
                 weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
         return (weights.to(slot_hidden.dtype)[..., None] * slot_hidden).sum(-2)
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None):
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None):
+        options = self.options_or_saved(options)
         valid = attention_mask.bool()
         K = self.config.max_steps
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(input_ids)
@@ -178,16 +166,17 @@ class PonderLM3(PonderLM2):
             kk = torch.arange(K + 1, device=input_ids.device)
 
             def slot_valid_fn(token_hidden: torch.Tensor) -> torch.Tensor:
-                return kk <= self.depth(self.route(token_hidden)[1], rows, positions)[..., None]
+                return kk <= self.depth(self.route(token_hidden, options)[1], rows, positions, options)[..., None]
 
-        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps(), slot_valid_fn=slot_valid_fn)
-        s, w = self.route(hidden[:, :, 0])
+        hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps(options), slot_valid_fn=slot_valid_fn,
+                             options=options)
+        s, w = self.route(hidden[:, :, 0], options)
         expected = w[..., 1:].sum(-1)  # expected extra steps per token
         if self.training:
             depth = None
             steps = torch.full(valid.shape, float(K), device=valid.device)
         else:
-            depth = self.depth(w, rows, positions)
+            depth = self.depth(w, rows, positions, options)
             steps = depth.float()
         fused = self.fuse(hidden, s, depth)
         aux = None
@@ -222,8 +211,8 @@ class PonderLM3(PonderLM2):
         slots = row.store(hidden)
         started = busy & (k == 0)
         if bool(started.any()):  # the depth is decided from h^(0), before any latent slot runs
-            s, w = self.route(hidden)
-            target = self.depth(w, rows, state.next_position)
+            s, w = self.route(hidden, state.options)
+            target = self.depth(w, rows, state.next_position, state.options)
             row.s = torch.where(started[:, None], s, row.s)
             row.w = torch.where(started[:, None], w, row.w)
             row.target = torch.where(started, target, row.target)

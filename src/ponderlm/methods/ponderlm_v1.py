@@ -59,7 +59,8 @@ class RecurrentPonder(PonderMethod):
 
     # ------------------------------------------------------------------ hooks for subclasses
     def halting(
-        self, index: int, hidden: torch.Tensor, active: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+        self, index: int, hidden: torch.Tensor, active: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+        options,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """After pass `index` (1..K): (update scale s or None for 1, mask of tokens active in the next pass).
 
@@ -88,7 +89,7 @@ class RecurrentPonder(PonderMethod):
 
     # ------------------------------------------------------------------ parallel path
     def pass_loop(self, backbone, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
-                  run_pass, on_halt=None) -> tuple[torch.Tensor, torch.Tensor, list]:
+                  run_pass, options, on_halt=None) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Passes 0..K, shared by the parallel forward and the prefill: `run_pass(j, inputs, active)` computes
         pass j for the active tokens (the others keep their last state), then the gates decide who continues,
         `on_halt(j, halted)` sees the tokens that stop, and the continuing ones take U + s e as next inputs.
@@ -101,7 +102,7 @@ class RecurrentPonder(PonderMethod):
             hidden = run_pass(j, inputs, active)
             if j == self.config.max_steps:
                 break
-            scale, nxt = self.halting(j + 1, hidden, active, rows, positions)
+            scale, nxt = self.halting(j + 1, hidden, active, rows, positions, options)
             if scale is not None:
                 gates.append((scale, active))
             if on_halt is not None:
@@ -113,7 +114,7 @@ class RecurrentPonder(PonderMethod):
             active = nxt
         return hidden, steps * valid, gates
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         valid = attention_mask.bool()
         positions = padding_positions(attention_mask)
         mask = slot_causal_mask(valid)
@@ -130,7 +131,8 @@ class RecurrentPonder(PonderMethod):
             last["kv"] = kv_out
             return last["hidden"]
 
-        hidden, steps, gates = self.pass_loop(backbone, input_ids, valid, positions, dense_pass)
+        hidden, steps, gates = self.pass_loop(backbone, input_ids, valid, positions, dense_pass,
+                                              self.options_or_saved(options))
         return MethodOutput(hidden=hidden, executed_steps=steps, aux_loss=self.aux_loss(gates, valid),
                             stats={"gates": gates})
 
@@ -165,7 +167,8 @@ class RecurrentPonder(PonderMethod):
                 selected = gather_tokens(halted, last["index"]) & last["owned"]
                 cache.set_depth_last(slice(last["start"], cache.length), self.config.max_steps, selected)
 
-        hidden, steps, _ = self.pass_loop(backbone, input_ids, valid, positions, cached_pass, alias_halted)
+        hidden, steps, _ = self.pass_loop(backbone, input_ids, valid, positions, cached_pass, state.options,
+                                          alias_halted)
         state.next_position += valid.long().sum(-1)
         return backbone.head(hidden), steps
 
@@ -189,7 +192,7 @@ class RecurrentPonder(PonderMethod):
         for index in range(1, K + 1):
             at = busy & (j + 1 == index)
             if bool(at.any()):
-                s, nxt = self.halting(index, hidden, at, rows, state.next_position)
+                s, nxt = self.halting(index, hidden, at, rows, state.next_position, state.options)
                 keep = keep | (at & nxt)
                 if s is not None:
                     scale = torch.where(at, s, scale)

@@ -24,7 +24,7 @@ class Vanilla(PonderMethod):
     def parallel_cost(cls, config, costs, T, a, sweeps, training):
         return [full_pass(1, T)], []
 
-    def forward(self, backbone, input_ids, attention_mask, labels=None) -> MethodOutput:
+    def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
         valid = attention_mask.bool()
         hidden = backbone.run(backbone.embed(input_ids), padding_positions(attention_mask), slot_causal_mask(valid))
         return MethodOutput(hidden=hidden, executed_steps=torch.zeros_like(input_ids, dtype=torch.float32))

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ponderlm.methods.options import knob_table
 from ponderlm.serve.limits import Limits
 from ponderlm.serve.metrics import CONTENT_TYPE
 from ponderlm.serve.page import page_html
@@ -33,6 +34,7 @@ from ponderlm.serve.protocol import (
     chat_chunk_choice,
     check_prompt_chars,
     chunk_choice,
+    knob_fields,
     parse_json,
     parse_request,
     token_prompts,
@@ -92,6 +94,7 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
     context = config.max_position_embeddings
     max_chars = limits.prompt_chars(context)
     has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+    knobs = knob_table()  # a request may set any knob a method declares
 
     async def off_loop(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(prepare_pool, fn, *args)
@@ -124,8 +127,7 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
         # max_model_len (vLLM's name): the context length clients must respect (lm-eval's max_length).
         return {"id": model_name, "object": "model", "created": created, "owned_by": "ponderlm", "root": model_name,
                 "max_model_len": context, "method": config.method, "max_steps": config.max_steps,
-                "tau": engine.defaults["tau"], "alpha": engine.defaults["alpha"],
-                "chat": has_chat_template}
+                **engine.options.as_dict(), "chat": has_chat_template}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -149,6 +151,19 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
         if n > engine.max_batch:
             raise RequestError(400, f"n={n} exceeds the server's --max-batch ({engine.max_batch})", "n")
 
+    def parse(raw: bytes, kind: Any) -> tuple[Any, dict[str, Any]]:
+        body = parse_json(raw)
+        found = knob_fields(body, knobs)  # each checked by its declaration; `with_knobs`: the method's rules
+        return parse_request(body, kind), found
+
+    def with_knobs(params: SamplingParams, found: dict[str, Any]) -> SamplingParams:
+        params.knobs = found
+        try:
+            engine.options_for(params)
+        except ValueError as exc:
+            raise RequestError(400, str(exc), next(iter(found), None)) from None
+        return params
+
     def check_context(prompts: list[list[int]], params: SamplingParams) -> None:
         for ids in prompts:
             if len(ids) + params.max_tokens > context:
@@ -156,9 +171,9 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
                                         f"{len(ids)} and max_tokens is {params.max_tokens}.", "prompt")
 
     def prepare_completion(raw: bytes) -> tuple[CompletionRequest, SamplingParams, list[list[int]]]:
-        req = parse_request(parse_json(raw), CompletionRequest)
+        req, found = parse(raw, CompletionRequest)
         check_model(req.model)
-        params = req.sampling()
+        params = with_knobs(req.sampling(), found)
         check_n(req.n)
         prompts = token_prompts(req, tokenizer, config.vocab_size, max_chars, engine.max_queue)
         check_context(prompts, params)
@@ -168,7 +183,7 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
         if not has_chat_template:
             raise RequestError(400, f"the model `{model_name}` is completions-only: its tokenizer has no chat "
                                     "template; use /v1/completions", "messages")
-        req = parse_request(parse_json(raw), ChatRequest)
+        req, found = parse(raw, ChatRequest)
         check_model(req.model)
         check_n(req.n)
         conversation = req.conversation()
@@ -183,7 +198,7 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise RequestError(400, "the chat template formats these messages as an empty prompt", "messages")
-        params = req.sampling(default_max_tokens=max(context - len(ids), 0))
+        params = with_knobs(req.sampling(default_max_tokens=max(context - len(ids), 0)), found)
         check_context([ids], params)
         return req, params, [ids]
 

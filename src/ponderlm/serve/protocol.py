@@ -80,8 +80,9 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields both endpoints share, plus the ponderlm extensions `tau` and `alpha`. Unknown fields are
-    errors; known fields this server cannot honour are accepted only at their neutral values."""
+    """Fields both endpoints share (ponderlm's decoding knobs, e.g. tau and alpha, are taken out of the body before,
+    by `knob_fields`). Unknown fields are errors; known fields this server cannot honour are accepted only at their
+    neutral values."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -98,10 +99,8 @@ class _Sampling(BaseModel):
     frequency_penalty: float | None = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # extensions: vLLM's ignore_eos (benchmarks: fixed output lengths), ponderlm's tau / alpha
+    # extension: vLLM's ignore_eos (benchmarks: fixed output lengths)
     ignore_eos: bool = False
-    tau: float | None = Field(None, ge=0.0, lt=1.0)
-    alpha: float | None = None
 
     def _check_common(self) -> list[str]:
         for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0)):
@@ -109,8 +108,6 @@ class _Sampling(BaseModel):
                 raise RequestError(400, f"{name} is not supported by this server (use 0)", name)
         if self.logit_bias:
             raise RequestError(400, "logit_bias is not supported by this server", "logit_bias")
-        if self.alpha is not None and not math.isfinite(self.alpha):
-            raise RequestError(400, "alpha must be finite", "alpha")
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise RequestError(400, "stop must be at most 4 non-empty strings", "stop")
@@ -120,8 +117,7 @@ class _Sampling(BaseModel):
         return SamplingParams(max_tokens=16 if max_tokens is None else max_tokens,
                               temperature=1.0 if self.temperature is None else self.temperature,
                               top_p=1.0 if self.top_p is None else self.top_p, stop=self._check_common(),
-                              seed=self.seed, logprobs=logprobs, echo=echo, tau=self.tau, alpha=self.alpha,
-                              ignore_eos=self.ignore_eos)
+                              seed=self.seed, logprobs=logprobs, echo=echo, ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_Sampling):
@@ -175,6 +171,16 @@ class ChatRequest(_Sampling):
 
     def conversation(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in self.messages]
+
+
+def knob_fields(body: Any, knobs: dict[str, Any]) -> dict[str, Any]:
+    """Take the decoding knobs (`knobs`: `knob_table()`, every knob a method declares) out of a request body, each
+    checked by its declaration; null keeps the server's value."""
+    found = {name: body.pop(name) for name in [k for k in body if k in knobs]} if isinstance(body, dict) else {}
+    for name, value in found.items():
+        if value is not None and (problem := knobs[name][0].problem(value)) is not None:
+            raise RequestError(400, problem, name)
+    return found
 
 
 def parse_request(body: Any, kind: type[_Sampling] = CompletionRequest) -> Any:

@@ -5,9 +5,9 @@ free rows (each prompt prefilled alone by the method's own `prefill`, then splic
 batch, see `DecodeState.splice_row`), removes finished and cancelled ones, and advances every running row by
 one backbone call of the library's schedule: `PonderMethod.step_rows` (one slot of each row's own token: real
 per-token early exit, skipped steps never computed) for methods with a per-row schedule,
-the method's `decode_token` (one token per running row) for the others. Rows with different
-`tau` / `alpha` cannot share a call (the threshold is read from the config), so each distinct pair
-runs as its own batch and the engine visits the batches in turn.
+the method's `decode_token` (one token per running row) for the others. Rows with different knob values
+(a request may set any knob the methods declare: tau, alpha, ...) cannot share a call (the decode state carries
+one `DecodeOptions`), so each distinct set runs as its own batch and the engine visits the batches in turn.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from transformers.generation.logits_process import LogitsProcessorList, Temperat
 
 from ponderlm.inference.sequential import decode_options, new_state
 from ponderlm.methods.options import DecodeOptions
-from ponderlm.methods.options import scope as options_scope
 from ponderlm.serve.metrics import Metrics
 
 
@@ -41,8 +40,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: the chosen token's plus the top k
     echo: bool = False
-    tau: float | None = None  # None: the server's default
-    alpha: float | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)  # decoding knobs over the server's (checked by the protocol)
     ignore_eos: bool = False
 
 
@@ -102,7 +100,7 @@ class _Batch:
         self.model = model
         self.options = options  # validated once, when the batch's first requests were prefilled
         self.max_batch = max_batch
-        self.state = new_state(model, rows, 64)
+        self.state = new_state(model, rows, 64, options=options)
         self.choices: list[_Choice | None] = [None] * rows
         self.released = False  # a row left since the last compaction check
 
@@ -129,14 +127,13 @@ class Engine:
     compact_min_entries = 64
     compact_ratio = 2.0
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256, tau: float | None = None,
-                 alpha: float | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
+                 options: DecodeOptions | None = None, metrics: Metrics | None = None, **knobs: Any) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.defaults = {"tau": model.config.tau if tau is None else tau,
-                         "alpha": model.config.alpha if alpha is None else alpha}
+        self.options = decode_options(model, options, **knobs)  # the server's knob values (requests override them)
         self.metrics = metrics or Metrics(model.config.max_steps)
         self.row_schedule = model.method.supports_row_schedule
         self.device = next(model.parameters()).device
@@ -148,7 +145,7 @@ class Engine:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
-        self._batches: dict[tuple, _Batch] = {}
+        self._batches: dict[DecodeOptions, _Batch] = {}
         self._thread: threading.Thread | None = None
         self.peak_running = 0  # most choices ever decoded together (tests check that batching happened)
         self.compactions = 0
@@ -229,23 +226,27 @@ class Engine:
                 free -= need
                 admitted.append(self._waiting.popleft())
             self.metrics.set_queue(len(self._waiting))
-        groups: dict[tuple, list[EngineRequest]] = {}
+        groups: dict[DecodeOptions, list[EngineRequest]] = {}
         for req in admitted:
-            groups.setdefault(tuple(sorted(self._options(req.params).items())), []).append(req)
-        for key, reqs in groups.items():
             try:
-                self._prefill_and_place(dict(key), reqs)
+                groups.setdefault(self.options_for(req.params), []).append(req)
+            except ValueError as exc:  # checked when the request was parsed; never take the engine down
+                req.emit(exc)
+                self.metrics.finished("error")
+        for options, reqs in groups.items():
+            try:
+                self._prefill_and_place(options, reqs)
             except Exception as exc:  # a request must never take the engine down
                 for req in reqs:
                     req.emit(exc)
                     self.metrics.finished("error")
 
-    def _options(self, params: SamplingParams) -> dict[str, Any]:
-        return {"tau": self.defaults["tau"] if params.tau is None else params.tau,
-                "alpha": self.defaults["alpha"] if params.alpha is None else params.alpha}
+    def options_for(self, params: SamplingParams) -> DecodeOptions:
+        """The knob values a request decodes with: the server's, with the request's (a ValueError if bad)."""
+        return decode_options(self.model, self.options, **params.knobs)
 
     @torch.no_grad()
-    def _prefill_and_place(self, options: dict[str, Any], reqs: list[EngineRequest]) -> None:
+    def _prefill_and_place(self, options: DecodeOptions, reqs: list[EngineRequest]) -> None:
         """Prefill `reqs` (same options) with the method's own `prefill`, then splice each into free rows."""
         model = self.model
         width = max(len(r.prompt_ids) for r in reqs)
@@ -254,10 +255,9 @@ class Engine:
         for i, req in enumerate(reqs):  # left padding, as `generate` batches prompts
             ids[i, width - len(req.prompt_ids):] = torch.tensor(req.prompt_ids)
             mask[i, width - len(req.prompt_ids):] = 1
-        with decode_options(model, **options) as resolved:
-            state = new_state(model, len(reqs), width + max(r.params.max_tokens for r in reqs))
-            logits, steps = model.method.prefill(model.backbone, state, ids, mask)
-        key = tuple(sorted(options.items()))
+        state = new_state(model, len(reqs), width + max(r.params.max_tokens for r in reqs), options=options)
+        logits, steps = model.method.prefill(model.backbone, state, ids, mask)
+        key = options
         batch, starts = self._batches.get(key), []  # all of reqs go to this one batch (same options)
         for i, req in enumerate(reqs):
             params = req.params
@@ -275,7 +275,7 @@ class Engine:
             if batch is None:  # start at the rows this admission needs; grown by doubling later
                 need = sum(r.n for r in reqs if r.params.max_tokens > 0)
                 rows = min(self.max_batch, 1 << max(need - 1, 0).bit_length())
-                batch = self._batches[key] = _Batch(model, resolved, rows, self.max_batch)
+                batch = self._batches[key] = _Batch(model, options, rows, self.max_batch)
             for c in range(req.n):
                 row = batch.free_row()
                 batch.state.splice_row(row, state, src_row=i)
@@ -308,8 +308,7 @@ class Engine:
         mask = torch.zeros(len(batch.choices), dtype=torch.bool, device=self.device)
         for row in rows:
             tokens[row], mask[row] = batch.choices[row].pending, True
-        with options_scope(self.model.config, batch.options):
-            self.model.method.row_start(self.model.backbone, state, tokens, mask)
+        self.model.method.row_start(self.model.backbone, state, tokens, mask)
 
     @torch.no_grad()
     def _step(self, batch: _Batch) -> None:
@@ -317,16 +316,14 @@ class Engine:
         model, state = self.model, batch.state
         calls = state.backbone_calls
         try:
-            with options_scope(self.model.config, batch.options):
-                if self.row_schedule:
-                    done, logits, steps = model.method.step_rows(model.backbone, state)
-                    finished = done.nonzero()[:, 0].tolist()
-                else:
-                    running = torch.tensor([c is not None for c in batch.choices], device=self.device)
-                    tokens = torch.tensor([c.pending if c is not None else 0 for c in batch.choices],
-                                          device=self.device)
-                    logits, steps = model.method.decode_token(model.backbone, state, tokens, running)
-                    finished = running.nonzero()[:, 0].tolist()
+            if self.row_schedule:
+                done, logits, steps = model.method.step_rows(model.backbone, state)
+                finished = done.nonzero()[:, 0].tolist()
+            else:
+                running = torch.tensor([c is not None for c in batch.choices], device=self.device)
+                tokens = torch.tensor([c.pending if c is not None else 0 for c in batch.choices], device=self.device)
+                logits, steps = model.method.decode_token(model.backbone, state, tokens, running)
+                finished = running.nonzero()[:, 0].tolist()
         except Exception as exc:  # fail this batch's requests, keep serving the others
             for row, choice in enumerate(batch.choices):
                 if choice is not None:

@@ -398,14 +398,11 @@ def provenance(cfg: RunConfig) -> dict[str, Any]:
                                       for d in differences(cfg)}}
 
 
-# Decode options a recipe tunes for its own method (METHODS.md: thresholds and router bias of adaptive methods).
-DECODE_KEYS = ("tau", "alpha", "depth_policy", "depth_target", "depth_seed")
-
-
 def _drop_foreign_method_options(cfg: RunConfig, parsed: list[tuple[str, Any]]) -> None:
     """When an override switches the recipe to another method, the recipe's options the new method does not have
-    (its method's `Options` fields) and its decode thresholds give way: they were chosen for the recipe's method
-    (e.g. the quickstart's PonderLM-3 compute penalty and tau), not for the new one. Overrides still apply."""
+    (its method's `Options` fields) and its inference knobs (every method's `knob=True` options) give way: they were
+    chosen for the recipe's method (e.g. the quickstart's PonderLM-3 compute penalty and tau), not for the new one.
+    Overrides still apply."""
     method = next((value for key, value in parsed if key == "model.method"), None)
     recipe_method = cfg.model.get("method")
     if not isinstance(method, str) or method == recipe_method or recipe_method not in REGISTRY \
@@ -415,7 +412,8 @@ def _drop_foreign_method_options(cfg: RunConfig, parsed: list[tuple[str, Any]]) 
     def options(name: str) -> set[str]:
         return {f.name for f in dataclasses.fields(REGISTRY[name].Options)}
 
-    for key in (options(recipe_method) - options(method)) | set(DECODE_KEYS):
+    knobs = {k for cls in REGISTRY.values() for k in cls.knobs()}
+    for key in (options(recipe_method) - options(method)) | knobs:
         cfg.model.pop(key, None)
 
 

@@ -509,7 +509,7 @@ def eval_conditions(cfg: RunConfig, config: Any, data_dir: Path, tokens: int) ->
     """The conditions of the trainer's validation perplexity, recorded beside it: another evaluation of the same
     model (`ponderlm eval ppl` defaults to other windows) gives another number."""
     t = cfg.train
-    tau_alpha = f"tau {config.tau:g}" + (f", alpha {config.alpha:g}" if config.method_class.uses_alpha else "")
+    tau_alpha = f"tau {config.tau:g}" + (f", alpha {config.alpha:g}" if "alpha" in config.method_class.knobs() else "")
     return {"split": "val", "data_dir": str(data_dir), "seq_len": cfg.data.seq_len, "batch_size": t.batch_size,
             "batches": t.eval_batches, "tokens": tokens, "tau": config.tau, "alpha": config.alpha,
             "description": f"the val split's {describe_windows(t.eval_batches, t.batch_size, cfg.data.seq_len, tokens)}"
