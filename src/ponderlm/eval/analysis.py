@@ -173,9 +173,8 @@ def knob_analysis(
     declared = model.config.method_class.knobs().get(knob)
     if declared is None:
         first, takers = knob_table().get(knob, (None, ()))
-        what = f"the knob {knob}" + (f", the {first.help}" if first is not None and first.help else "")
-        raise PonderError(f"analyze {knob} needs a method with {what} ({', '.join(takers) or 'none'}); "
-                          f"this checkpoint is {method!r}")
+        raise PonderError(f"analyze {knob} needs a method with the knob {knob} ({first.help if first else ''}: "
+                          f"{', '.join(takers) or 'none'}); this checkpoint is {method!r}")
     ref_value = declared.default
     values = sorted(set(float(v) for v in values) | {ref_value})
     difficulty = zero_step_stats(model, batches, progress).nll

@@ -31,9 +31,7 @@ def eval_mode(model) -> Iterator[None]:
 
 
 def new_state(model, batch_size: int, num_tokens: int, trace: bool = False,
-              options: DecodeOptions | None = None) -> DecodeState:
-    """A fresh decode state for `batch_size` rows of up to `num_tokens` tokens, carrying `options` (None: the
-    saved knob values)."""
+              options: DecodeOptions | None = None) -> DecodeState:  # options: the knob values, None: the saved
     param = next(model.parameters())
     state = model.method.new_decode_state(
         model.backbone, batch_size, model.method.decode_capacity(num_tokens), param.device, param.dtype, options

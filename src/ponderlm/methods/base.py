@@ -230,14 +230,12 @@ class PonderMethod(nn.Module):
 
     @classmethod
     def check_knobs(cls, given: dict[str, Any], config: PonderConfig | None = None) -> None:
-        """Rules on the knob values a caller gives (`config`: the resolved values, None before a model is loaded);
-        a one-line ValueError if bad."""
+        """Rules on the knob values a caller gives (config: the resolved ones, None before a model is loaded)."""
 
     @classmethod
     def fixed_depth_knobs(cls, policy: str, target: float | None = None) -> dict[str, Any] | None:
-        """Knob values replacing the method's depth decision by a content-independent draw ('uniform',
-        'geometric'; 'constant': every token exactly `target` steps) or restoring it ('learned'); None if the
-        method decides no per-token depth."""
+        """Knob values that draw depths independently of content ('uniform' | 'geometric' with mean `target`,
+        'constant') or restore the method's own ('learned'); None: it decides no per-token depth."""
         return None
 
     @classmethod

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ponderlm.config import option, reject
-from ponderlm.registry import REGISTRY, method_names
+from ponderlm.registry import method_names
 
 
 def _mean_uniform_low(c: float, K: int) -> float:
@@ -167,8 +167,7 @@ class FixedPruning:
         policy, target = config.depth_policy, config.depth_target
         if policy in FIXED:
             if not issubclass(config.method_class, FixedPruning):
-                reject(f"depth_policy={policy!r} needs an adaptive method "
-                       f"({', '.join(n for n in method_names() if issubclass(REGISTRY[n], FixedPruning))})")
+                reject(f"depth_policy={policy!r} needs an adaptive method ({', '.join(method_names(adaptive=True))})")
             if target is None or not (0.0 <= target <= config.max_steps):
                 reject(f"depth_target must be in [0, max_steps={config.max_steps}] for fixed pruning, got {target!r}")
             if policy == "constant" and float(target) != round(target):

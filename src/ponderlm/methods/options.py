@@ -1,10 +1,6 @@
-"""Decoding options: the values of a method's inference knobs for one call, never written into the config.
-
-A method declares its knobs next to its other options (`option(..., knob=True)` in its `Options`); their
-saved values are the config's. `DecodeOptions.resolve(config, **overrides)` validates a caller's overrides
-by the declarations and the method's rules and returns a frozen value that travels explicitly: in the
-decode state (`DecodeState.options`) and as the `options` argument of the eval-mode parallel forward.
-"""
+"""Decoding options: the values of a method's inference knobs (`option(..., knob=True)`) for one call, the saved
+ones with a caller's overrides, never written into the config. The frozen value travels explicitly: in the decode
+state (`DecodeState.options`) and as the `options` argument of the parallel forward."""
 
 from __future__ import annotations
 
@@ -21,7 +17,8 @@ def knob_table() -> dict[str, tuple[Declared, tuple[str, ...]]]:
     table: dict[str, tuple[Declared, tuple[str, ...]]] = {}
     for name, cls in REGISTRY.items():
         for knob, declared in cls.knobs().items():
-            table[knob] = (table.get(knob, (declared, ()))[0], (*table.get(knob, (None, ()))[1], name))
+            first, methods = table.get(knob, (declared, ()))
+            table[knob] = (first, (*methods, name))
     return table
 
 
