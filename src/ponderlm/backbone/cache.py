@@ -75,10 +75,8 @@ class SlotKVCache:
             self.values = [empty] * self.num_layers
         self.keys = [grow(k, 2) for k in self.keys]
         self.values = [grow(v, 2) for v in self.values]
-        self.position = grow(self.position, 1)
-        self.depth = grow(self.depth, 1)
-        self.depth_last = grow(self.depth_last, 1)
-        self.bias = grow(self.bias, 1)
+        for name in self._META:
+            setattr(self, name, grow(getattr(self, name), 1))
         self.capacity = capacity
 
     def _reserve_capacity(self, length: int) -> None:
@@ -227,19 +225,10 @@ class SlotKVCache:
             setattr(self, name, getattr(self, name).index_select(0, index))
 
     # ------------------------------------------------------------------ reading
-    @property
-    def pending_end(self) -> int:
-        return self.length if self._pending is None else self._pending[0] + self._pending[1]
-
     def entry_view(self) -> dict[str, torch.Tensor]:
         """Metadata of all entries including the reserved ones: tensors [B, N]."""
-        end = self.pending_end
-        return {
-            "position": self.position[:, :end],
-            "depth": self.depth[:, :end],
-            "depth_last": self.depth_last[:, :end],
-            "bias": self.bias[:, :end],
-        }
+        end = self.length if self._pending is None else sum(self._pending)
+        return {name: getattr(self, name)[:, :end] for name in self._META}
 
     def set_depth_last(self, index: int | slice, depth_last: int, rows: torch.Tensor) -> None:
         """Re-point entries `index` (one or a slice) of the rows where `rows` ([B] or [B, n] bool) is set so
