@@ -8,9 +8,10 @@ well under a second. Its public names are loaded on first use (PEP 562), so
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ponderlm import registry
+from ponderlm.lazy import lazy_exports
 from ponderlm.version import __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` imports these on demand
@@ -18,7 +19,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time `__getattr__` 
     from ponderlm.config import PonderConfig
     from ponderlm.modeling import PonderForCausalLM
 
-# public name -> module that defines it ("" = the name is the submodule itself)
 _EXPORTS = {
     "PonderConfig": "ponderlm.config",
     "PonderForCausalLM": "ponderlm.modeling",
@@ -36,15 +36,7 @@ def _fill_registry() -> None:
 
 
 registry.add_loader(_fill_registry)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name] or f"{__name__}.{name}")
-        value = module if not _EXPORTS[name] else getattr(module, name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module 'ponderlm' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

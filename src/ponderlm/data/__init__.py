@@ -5,7 +5,7 @@ Imports are lazy so `import ponderlm.data` stays light (torch loads only with th
 
 from __future__ import annotations
 
-import importlib
+from ponderlm.lazy import lazy_exports
 
 _EXPORTS = {
     "train_tokenizer": "ponderlm.data.tokenizer",
@@ -20,9 +20,4 @@ _EXPORTS = {
     "CORPUS_DIR": "ponderlm.data.corpus",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ponderlm.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

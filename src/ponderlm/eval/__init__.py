@@ -6,7 +6,7 @@ Imports are lazy so `ponderlm --help` does not load torch.
 
 from __future__ import annotations
 
-import importlib
+from ponderlm.lazy import lazy_exports
 
 _EXPORTS = {
     "DecodeOptions": "ponderlm.methods.options",
@@ -27,9 +27,4 @@ _EXPORTS = {
     "build_tasks": "ponderlm.eval.tasks",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ponderlm.eval' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,10 +5,11 @@ Imports are lazy so `import ponderlm.inference` does not load torch.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from ponderlm.lazy import lazy_exports
 
 _EXPORTS = {
     "decode_options": "ponderlm.inference.sequential",
@@ -16,14 +17,7 @@ _EXPORTS = {
     "generate": "ponderlm.inference.generate",
 }
 __all__ = ["decode_options", "generate", "sequential_logits"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ponderlm.inference' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

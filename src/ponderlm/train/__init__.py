@@ -9,7 +9,7 @@ Names are imported lazily so `ponderlm --help` does not pay for torch.
 
 from __future__ import annotations
 
-from typing import Any
+from ponderlm.lazy import lazy_exports
 
 _EXPORTS = {
     "RunConfig": "ponderlm.train.config",
@@ -21,11 +21,4 @@ _EXPORTS = {
     "read_metrics": "ponderlm.train.logging",
 }
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ponderlm.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
