@@ -18,7 +18,7 @@ from typing import NoReturn
 from ponderlm.errors import PonderError
 from ponderlm.version import __version__
 
-# Modules that expose `register(subparsers)`. Missing optional areas are skipped.
+# Modules that expose `register(subparsers)`.
 COMMAND_MODULES = (
     "ponderlm.commands.train",
     "ponderlm.commands.data",
@@ -49,13 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -41,14 +41,15 @@ def _data_args(p: argparse.ArgumentParser, max_batches: int | None, seq_len: int
 
 
 def _analysis_parser(sub: argparse._SubParsersAction, name: str, func, help: str, description: str | None = None,
-                     max_batches: int = 16, seq_len: int | None = None) -> argparse.ArgumentParser:
-    """`ponderlm analyze NAME`: one --model, held-out data, --out results/NAME."""
+                     max_batches: int = 16, seq_len: int | None = None, late_arguments: Any = knob_flags
+                     ) -> argparse.ArgumentParser:
+    """`ponderlm analyze NAME`: one --model, held-out data, --out results/NAME, the knob flags (`late_arguments`)."""
     p = sub.add_parser(name, help=help, description=description)
     _model_arg(p)
     _data_args(p, max_batches, seq_len)
     p.add_argument("--out", default=f"results/{name}", metavar="DIR",
                    help=f"output directory for the JSON and plot (default results/{name})")
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, late_arguments=late_arguments)
     return p
 
 
@@ -139,20 +140,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="CE gain per difficulty bucket vs steps; difficulty vs learned steps",
                          description="Difficulty = NLL with 0 additional steps. Plots (a) the CE gain per difficulty "
                                      "bucket at each forced number of steps and (b) mean learned steps per bucket.")
-    p.set_defaults(late_arguments=knob_flags)
     p.add_argument("--buckets", type=int, default=5, metavar="N", help="difficulty quantile buckets (default 5)")
 
     p = _analysis_parser(an_sub, "alpha", cmd_alpha,
                          help="alpha sweep: Δloss vs induced steps on easy and hard tokens (PonderLM-3)",
                          description="Split tokens into easy / hard halves by 0-step NLL, sweep the router bias alpha "
-                                     "and plot each half's loss change relative to alpha = 0 against its avg steps.")
+                                     "and plot each half's loss change relative to alpha = 0 against its avg steps.",
+                         late_arguments=functools.partial(knob_flags, skip=("alpha",)))
     p.add_argument("--alpha", type=float_list, default=[-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0], metavar="LIST",
                    help="alphas (0 is always added; default -4,-2,-1,0,1,2,4)")
-    p.set_defaults(late_arguments=functools.partial(knob_flags, skip=("alpha",)))
 
     p = _analysis_parser(an_sub, "gates", cmd_gates,
                          help="NLL by executed steps and most / least pondered tokens (halting methods)")
-    p.set_defaults(late_arguments=knob_flags)
     p.add_argument("--top", type=int, default=20, metavar="N", help="tokens listed at each end (default 20)")
     p.add_argument("--min-count", type=int, default=5, metavar="N", help="min occurrences of a listed token")
 
@@ -160,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="Jacobi convergence: RMSE to the sequential solution per sweep",
                          description="RMSE of the slot hidden states of the parallel Jacobi solve to token-by-token "
                                      "decoding after each sweep (ponderlm2, ponderlm3).",
-                         max_batches=1, seq_len=64)
+                         max_batches=1, seq_len=64, late_arguments=None)
     p.add_argument("--sweeps", type=int, default=8, metavar="N", help="Jacobi sweeps to trace (default 8)")
     p.add_argument("--num-seqs", type=int, default=2, metavar="N", help="sequences to trace (default 2)")
 

@@ -542,6 +542,10 @@ class PonderMethod(nn.Module):
         out = backbone.head(hidden.index_select(0, index))
         return out.new_zeros(hidden.shape[0], out.shape[-1]).index_copy(0, index, out)
 
+    def full_steps(self, valid: torch.Tensor) -> torch.Tensor:
+        """Executed steps of a method that runs every token at full depth: K at real tokens, 0 at padding."""
+        return float(self.config.max_steps) * valid.float()
+
     @staticmethod
     def token_bias(valid: torch.Tensor) -> torch.Tensor:
         """Key bias of a token's slots: 0 for real tokens, -inf for padding."""

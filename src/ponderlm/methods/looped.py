@@ -52,9 +52,7 @@ class Looped(PonderMethod):
         x = backbone.embed(input_ids)  # [B,T,D]
         for _ in range(self.num_loops()):
             x = backbone.run_layers(x, positions, mask)
-        hidden = backbone.norm(x)
-        steps = float(self.config.max_steps) * valid.float()
-        return MethodOutput(hidden=hidden, executed_steps=steps)
+        return MethodOutput(hidden=backbone.norm(x), executed_steps=self.full_steps(valid))
 
     # ------------------------------------------------------------------ sequential path
     def num_caches(self) -> int:
@@ -71,8 +69,7 @@ class Looped(PonderMethod):
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(loops, dim=1))
-        steps = float(self.config.max_steps) * valid.float()
-        return backbone.head(backbone.norm(x)), steps
+        return backbone.head(backbone.norm(x)), self.full_steps(valid)
 
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """K+1 cached passes over the whole prompt, loop i writing cache i."""
@@ -83,5 +80,4 @@ class Looped(PonderMethod):
         for i in range(self.num_loops()):
             x = self.run_cached_block(backbone, state, x, positions, i, bias, cache_index=i, apply_norm=False)
         state.next_position += valid.long().sum(-1)
-        steps = float(self.config.max_steps) * valid.float()
-        return backbone.head(backbone.norm(x)), steps
+        return backbone.head(backbone.norm(x)), self.full_steps(valid)

@@ -65,8 +65,8 @@ class Pause(PonderMethod):
         grid = torch.cat([tokens[:, :, None], pauses], dim=2)  # [B,T,K+1,D]
         # `grid_pass` builds the interleaved positions and the slot-causal mask, as for PonderLM-2's grid.
         hidden = grid_pass(backbone, grid, padding_positions(attention_mask), valid, None)
-        steps = float(self.config.max_steps) * valid.float()
-        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps, stats={"slot_hidden": hidden})
+        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=self.full_steps(valid),
+                            stats={"slot_hidden": hidden})
 
     # ------------------------------------------------------------------ sequential path
     def decode_token(self, backbone, state: DecodeState, input_ids, valid):
@@ -80,8 +80,7 @@ class Pause(PonderMethod):
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(slots, dim=1))
-        steps = float(self.config.max_steps) * valid.float()
-        return backbone.head(h), steps
+        return backbone.head(h), self.full_steps(valid)
 
     def prefill(self, backbone, state: DecodeState, input_ids, attention_mask):
         """The prompt's T(K+1) interleaved slots in one cached pass (no slot reads another's output)."""
@@ -96,5 +95,4 @@ class Pause(PonderMethod):
         bias = self.token_bias(valid).repeat_interleave(slots, dim=1)
         hidden = self.run_cached_block(backbone, state, grid, positions, depth, bias).view(b, t, slots, -1)
         state.next_position += valid.long().sum(-1)
-        steps = float(self.config.max_steps) * valid.float()
-        return backbone.head(hidden[:, :, -1]), steps
+        return backbone.head(hidden[:, :, -1]), self.full_steps(valid)

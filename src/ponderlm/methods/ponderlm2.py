@@ -208,11 +208,9 @@ class PonderLM2(PonderMethod):
         return trace
 
     def forward(self, backbone, input_ids, attention_mask, labels=None, options=None) -> MethodOutput:
-        valid = attention_mask.bool()
         options = self.options_or_saved(options)
         hidden = self.jacobi(backbone, input_ids, attention_mask, self.num_sweeps(options), options=options)
-        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
-        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=steps,
+        return MethodOutput(hidden=hidden[:, :, -1], executed_steps=self.full_steps(attention_mask.bool()),
                             stats={"slot_hidden": hidden})
 
     # ------------------------------------------------------------------ sequential path
@@ -227,5 +225,4 @@ class PonderLM2(PonderMethod):
         state.next_position += valid.long()
         if state.slot_trace is not None:
             state.slot_trace.append(torch.stack(slots, dim=1))
-        steps = torch.full(valid.shape, float(self.config.max_steps), device=valid.device) * valid
-        return backbone.head(slots[-1]), steps
+        return backbone.head(slots[-1]), self.full_steps(valid)

@@ -98,9 +98,8 @@ class _Batch:
 
     def __init__(self, model, options: DecodeOptions, rows: int, max_batch: int) -> None:
         self.model = model
-        self.options = options  # validated once, when the batch's first requests were prefilled
         self.max_batch = max_batch
-        self.state = new_state(model, rows, 64, options=options)
+        self.state = new_state(model, rows, 64, options=options)  # validated when its first requests were prefilled
         self.choices: list[_Choice | None] = [None] * rows
         self.released = False  # a row left since the last compaction check
 
@@ -257,8 +256,7 @@ class Engine:
             mask[i, width - len(req.prompt_ids):] = 1
         state = new_state(model, len(reqs), width + max(r.params.max_tokens for r in reqs), options=options)
         logits, steps = model.method.prefill(model.backbone, state, ids, mask)
-        key = options
-        batch, starts = self._batches.get(key), []  # all of reqs go to this one batch (same options)
+        batch, starts = self._batches.get(options), []  # all of reqs go to this one batch (same options)
         for i, req in enumerate(reqs):
             params = req.params
             self.metrics.prompt_tokens(len(req.prompt_ids))
@@ -271,11 +269,11 @@ class Engine:
                 for c in range(req.n):
                     req.emit(Event(choice=c, finish_reason="length"))
                 continue
-            batch = self._batches.get(key)
+            batch = self._batches.get(options)
             if batch is None:  # start at the rows this admission needs; grown by doubling later
                 need = sum(r.n for r in reqs if r.params.max_tokens > 0)
                 rows = min(self.max_batch, 1 << max(need - 1, 0).bit_length())
-                batch = self._batches[key] = _Batch(model, options, rows, self.max_batch)
+                batch = self._batches[options] = _Batch(model, options, rows, self.max_batch)
             for c in range(req.n):
                 row = batch.free_row()
                 batch.state.splice_row(row, state, src_row=i)
