@@ -10,7 +10,8 @@ That loader also registers the methods of installed plugins (`load_plugins`, ent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from ponderlm.errors import PonderError
@@ -31,38 +32,18 @@ def _load() -> None:
 class _Registry(dict):
     """A dict that runs the pending loaders before any read; writes (registration) never trigger them."""
 
-    def __getitem__(self, key: str) -> Any:
-        _load()
-        return super().__getitem__(key)
 
-    def __contains__(self, key: object) -> bool:
+def _after_load(read: Callable) -> Callable:
+    @functools.wraps(read)
+    def wrapper(self: _Registry, *args: Any) -> Any:
         _load()
-        return super().__contains__(key)
+        return read(self, *args)
 
-    def __iter__(self) -> Iterator[str]:
-        _load()
-        return super().__iter__()
+    return wrapper
 
-    def __len__(self) -> int:
-        _load()
-        return super().__len__()
 
-    def get(self, key: str, default: Any = None) -> Any:
-        _load()
-        return super().get(key, default)
-
-    def keys(self):
-        _load()
-        return super().keys()
-
-    def values(self):
-        _load()
-        return super().values()
-
-    def items(self):
-        _load()
-        return super().items()
-
+for _read in ("__getitem__", "__contains__", "__iter__", "__len__", "get", "keys", "values", "items"):
+    setattr(_Registry, _read, _after_load(getattr(dict, _read)))
 
 REGISTRY: dict[str, Any] = _Registry()
 

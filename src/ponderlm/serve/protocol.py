@@ -288,10 +288,8 @@ class ChoiceBuffer:
             self.finish_reason, self.stop_reason = event.finish_reason, event.stop_reason
 
     def body(self, with_logprobs: bool) -> dict[str, Any]:
-        return {"index": self.index, "text": self.text,
-                "logprobs": _logprobs_body(self.logprobs, 0) if with_logprobs else None,
-                "finish_reason": self.finish_reason, "stop_reason": self.stop_reason,
-                "ponder_steps": self.steps}
+        return chunk_choice(self.index, self.text, self.logprobs if with_logprobs else None, 0, self.steps,
+                            self.finish_reason, self.stop_reason)
 
     def chat_body(self, top_logprobs: int | None) -> dict[str, Any]:
         return {"index": self.index, "message": {"role": "assistant", "content": self.text},
