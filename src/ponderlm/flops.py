@@ -94,20 +94,14 @@ def full_pass(slots_per_token: int, T: int, grad: bool = True, count: float = 1)
     return Pass(slots_per_token, s, (s + 1) / 2, grad, count)
 
 
-def _parallel_plan(config, costs: Costs, T: int, a: list[float], sweeps: float, training: bool
-                   ) -> tuple[list[Pass], list[tuple[float, bool]]]:
-    """Passes and extra (non-stack) matmul FLOPs per token [(flops, differentiated)] of one parallel forward."""
-    passes, extras = method_class(config.method).parallel_cost(config, costs, T, a, sweeps, training)
-    return passes, [(costs.head, True), *extras]  # + the readout of every token
-
-
 def _decode_extras(config, costs: Costs, a: list[float]) -> float:
     """Non-stack matmul FLOPs of decoding one token with step fractions a."""
     return costs.head + method_class(config.method).decode_cost(config, costs, a)
 
 
 def _totals(config, T: int, a: list[float], sweeps: float, training: bool, costs: Costs) -> dict[str, float]:
-    passes, extras = _parallel_plan(config, costs, T, a, sweeps, training)
+    passes, extras = method_class(config.method).parallel_cost(config, costs, T, a, sweeps, training)
+    extras = [(costs.head, True), *extras]  # + the readout of every token
     matmul = sum(p.slots for p in passes) * costs.slot + sum(f for f, _ in extras)
     exec_attn = sum(p.slots * p.keys_exec for p in passes) * costs.attn_key
     useful_attn = sum(p.slots * p.keys_useful for p in passes) * costs.attn_key

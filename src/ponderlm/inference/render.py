@@ -115,6 +115,13 @@ def _html_colour(steps: float | None, max_steps: int) -> tuple[str, str]:
     return HTML_RAMP[level], "#fff" if level >= len(HTML_RAMP) - 2 else "#000"
 
 
+def html_legend(max_steps: int) -> str:
+    """The step counts 0..K as coloured spans: the legend of the depth-view page and of the server's page."""
+    colours = [_html_colour(k, max_steps) for k in range(max_steps + 1)]
+    return "".join(f'<span class="tok" style="background:{bg};color:{fg}">{k}</span> '
+                   for k, (bg, fg) in enumerate(colours))
+
+
 def render_html(view: list[TokenView], max_steps: int, title: str = "ponderlm depth view",
                 subtitle: str = "") -> str:
     """A standalone page: each token a span with its colour and a tooltip giving its step count."""
@@ -127,9 +134,6 @@ def render_html(view: list[TokenView], max_steps: int, title: str = "ponderlm de
         cls = "tok gen" if tok.generated else "tok prompt"
         spans.append(f'<span class="{cls}" style="background:{bg};color:{fg}" data-steps="{html.escape(label)}" '
                      f'title="{html.escape(label)}">{html.escape(tok.text)}</span>')
-    legend = "".join(
-        f'<span class="tok" style="background:{_html_colour(k, max_steps)[0]};color:{_html_colour(k, max_steps)[1]}">'
-        f"{k}</span> " for k in range(max_steps + 1))
     consumed = [t.steps for t in view if t.steps is not None]
     avg = sum(consumed) / len(consumed) if consumed else 0.0
     return f"""<!DOCTYPE html>
@@ -152,7 +156,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem;
 <body>
 <h2>{html.escape(title)}</h2>
 <p class="meta">{html.escape(subtitle)}</p>
-<div class="legend">additional steps per token: {legend} &nbsp; (dotted underline: prompt;
+<div class="legend">additional steps per token: {html_legend(max_steps)} &nbsp; (dotted underline: prompt;
 average {avg:.2f} over {len(consumed)} consumed tokens; hover a token for its count)</div>
 <div class="text">{"".join(spans)}</div>
 </body>

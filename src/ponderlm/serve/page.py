@@ -10,31 +10,17 @@ from __future__ import annotations
 import html
 import json
 
-from ponderlm.inference.render import HTML_RAMP
+from ponderlm.inference.render import HTML_RAMP, html_legend
 
 
 def page_html(model_name: str, max_steps: int, needs_key: bool = False) -> str:
     """The page; `needs_key` (the server runs with --api-key) shows a field for the key, sent as a Bearer token."""
-    legend = "".join(f'<span class="tok" style="background:{_bg(k, max_steps)};color:{_fg(k, max_steps)}">{k}</span> '
-                     for k in range(max_steps + 1))
-    return _PAGE.replace("__TITLE__", html.escape(model_name)).replace("__LEGEND__", legend) \
+    # The page's script colours streamed tokens with render.py's mapping of a step count onto the ramp, written again
+    # in JavaScript (`level`).
+    return _PAGE.replace("__TITLE__", html.escape(model_name)).replace("__LEGEND__", html_legend(max_steps)) \
         .replace("__RAMP__", json.dumps(list(HTML_RAMP))).replace("__K__", str(max_steps)) \
         .replace("__MODEL__", json.dumps(model_name)) \
         .replace("__KEY_STYLE__", "" if needs_key else "display:none")
-
-
-def _level(steps: float, max_steps: int) -> int:
-    # render.py's mapping of a step count onto the ramp, kept identical in the page's script below.
-    n = len(HTML_RAMP)
-    return 0 if max_steps <= 0 else min(n - 1, max(0, round(steps / max_steps * (n - 1))))
-
-
-def _bg(steps: float, max_steps: int) -> str:
-    return HTML_RAMP[_level(steps, max_steps)]
-
-
-def _fg(steps: float, max_steps: int) -> str:
-    return "#fff" if _level(steps, max_steps) >= len(HTML_RAMP) - 2 else "#000"
 
 
 _PAGE = """<!DOCTYPE html>
