@@ -107,20 +107,21 @@ def rate_name(rate: float) -> str:
 
 
 class Grid:
-    def __init__(self, work: Path, workers: int, threads: int = 1):
-        self.work, self.workers, self.threads = work, workers, threads
+    def __init__(self, work: Path, workers: int, threads: int = 1, docs: Path = DOCS):
+        """work: the runs' directories (not committed); docs: the committed records the grid resumes from."""
+        self.work, self.workers, self.threads, self.docs = work, workers, threads, docs
         self.data = work / "data"
         self.arms = arms()
 
     # ------------------------------------------------------------------ bookkeeping
     def record_path(self, run: str) -> Path:
-        return DOCS / "runs" / f"{run}.json"
+        return self.docs / "runs" / f"{run}.json"
 
     def done(self, run: str) -> bool:
         return self.record_path(run).is_file()
 
     def sweep_result(self, arm: str) -> dict[str, Any] | None:
-        path = DOCS / "lr" / f"{arm}.json"
+        path = self.docs / "lr" / f"{arm}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def best_rate(self, arm: str) -> float | None:
@@ -223,7 +224,7 @@ class Grid:
         result["losses"] = {rate_name(r): v for r, v in sorted(losses.items())}
         result["rule"] = ("lowest final trainer val loss at seed 0 over a quarter-budget run; range extended by 2x "
                           "past a winning end, at most twice (docs/protocols/DECISIVE.md)")
-        path = DOCS / "lr" / f"{arm}.json"
+        path = self.docs / "lr" / f"{arm}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
 
@@ -280,7 +281,7 @@ class Grid:
     def backfill(self) -> None:
         """Fill what records made before a field existed lack, while their work dir survives: the held-out score,
         and `train_seconds` (a record's `wall_seconds` covers only the stretch that finished the run)."""
-        for path in sorted((DOCS / "runs").glob("*.json")) if (DOCS / "runs").is_dir() else []:
+        for path in sorted((self.docs / "runs").glob("*.json")) if (self.docs / "runs").is_dir() else []:
             record = json.loads(path.read_text())
             run_dir = self.work / "runs" / record["run"]
             changed = False

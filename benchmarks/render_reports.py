@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import decisive  # noqa: E402
 import decisive_report  # noqa: E402
 import reasoning_report  # noqa: E402
 import report_blocks  # noqa: E402
@@ -135,6 +136,12 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def decisive_planned(root: Path) -> list[str]:
+    """The decisive grid's main runs that have no record yet, in the protocol's order (what did not fit so far)."""
+    folder = root / "docs" / "results" / "decisive"
+    return [job["run"] for job in decisive.Grid(root / "results" / "decisive", 1, docs=folder).main_jobs()]
+
+
 def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
     """(whole files and their rendered text, documents and their block renderers), all read from `root`."""
     study = _json(root / "docs" / "results" / "summary.json")
@@ -143,7 +150,8 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
     n8_table = (root / "docs" / "results" / "reasoning" / "n8-hops12" / "table.md").read_text(encoding="utf-8")
     decisive_sweeps = decisive_report.load(root / "docs" / "results" / "decisive")[1]
     whole = {root / "docs" / "RESULTS.md": study_document.render_results(study, decisive_sweeps),
-             root / "docs" / "DECISIVE.md": decisive_report.render(root / "docs" / "results" / "decisive")}
+             root / "docs" / "DECISIVE.md": decisive_report.render(root / "docs" / "results" / "decisive",
+                                                                    planned=decisive_planned(root))}
     blocks = {
         root / "docs" / "REASONING.md": {
             "reasoning-settings": lambda: reasoning_report.settings_md(reasoning),

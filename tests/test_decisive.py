@@ -28,9 +28,8 @@ def _record(folder: Path, run: str, arm: str, seed: int, loss: float, phase: str
     path.write_text(json.dumps(record))
 
 
-def test_the_rate_range_is_extended_past_a_winning_end_then_closed(tmp_path, monkeypatch):
-    monkeypatch.setattr(decisive, "DOCS", tmp_path)
-    grid = decisive.Grid(tmp_path / "work", workers=1)
+def test_the_rate_range_is_extended_past_a_winning_end_then_closed(tmp_path):
+    grid = decisive.Grid(tmp_path / "work", workers=1, docs=tmp_path)
     losses = {1e-3: 3.0, 2e-3: 2.5, 4e-3: 2.2, 8e-3: 2.0, 1.6e-2: 1.9, 3.2e-2: 1.8}  # keeps improving upwards
     for rate in decisive.RATES:
         _record(tmp_path, f"lr{decisive.rate_name(rate)}-ponderlm2-s0", "ponderlm2", 0, losses[rate], "lr", rate)
@@ -49,9 +48,8 @@ def test_the_rate_range_is_extended_past_a_winning_end_then_closed(tmp_path, mon
     assert grid.best_rate("vanilla_deep") is None  # it takes vanilla_scaled's rate, which is not known yet
 
 
-def test_an_interior_best_closes_the_sweep(tmp_path, monkeypatch):
-    monkeypatch.setattr(decisive, "DOCS", tmp_path)
-    grid = decisive.Grid(tmp_path / "work", workers=1)
+def test_an_interior_best_closes_the_sweep(tmp_path):
+    grid = decisive.Grid(tmp_path / "work", workers=1, docs=tmp_path)
     for rate, loss in zip(decisive.RATES, (3.0, 2.1, 2.0, 2.4)):
         _record(tmp_path, f"lr{decisive.rate_name(rate)}-vanilla_scaled-s0", "vanilla_scaled", 0, loss, "lr", rate)
     grid.close_sweep("vanilla_scaled")
