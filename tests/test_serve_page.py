@@ -225,3 +225,13 @@ def test_page_sends_the_api_key_typed_into_it(checkpoint, browser):
         assert browser.js("document.querySelectorAll('#out .tok.gen').length") >= 1
     finally:
         srv.close()
+
+
+def test_page_offers_the_served_methods_knobs_only():
+    """The knob fields come from the method's declarations: PonderLM-3's page has tau and alpha, vanilla's none."""
+    from ponderlm.registry import method_class
+    from ponderlm.serve.page import page_html
+
+    p3 = page_html("m", 1, knobs=method_class("ponderlm3").knobs())
+    assert 'id="tau" type="text"' in p3 and 'id="alpha" type="text"' in p3 and 'data-knob="float"' in p3
+    assert "data-knob=" not in page_html("m", 0, knobs=method_class("vanilla").knobs()).split("<script>")[0]

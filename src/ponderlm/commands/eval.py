@@ -196,17 +196,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_ppl(args: argparse.Namespace) -> int:
     from ponderlm.data.loader import describe_windows
     from ponderlm.eval.perplexity import perplexity
+    from ponderlm.methods.options import DecodeOptions
 
     model, _, batches = _load(args)
     result = perplexity(model, batches, progress=not args.no_progress, **knob_values(args))
-    knobs = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.settings.items()
-                      if v is not None)
+    knobs = DecodeOptions(model.config.method, tuple(result.settings.items())).describe()
     # A perplexity means nothing without its windows: another split, window or token count gives another number.
     conditions = {"data": args.data, "split": args.split, "seq_len": result.seq_len, "batch_size": args.batch_size,
                   "batches": len(batches), "windows": result.sequences, "tokens": result.tokens,
                   "description": f"{args.data}:{args.split}, the "
-                                 f"{describe_windows(len(batches), args.batch_size, result.seq_len, result.tokens)}, "
-                                 f"{knobs}"}
+                                 f"{describe_windows(len(batches), args.batch_size, result.seq_len, result.tokens)}"
+                                 + (f", {knobs}" if knobs else "")}
     if args.json:
         print(json.dumps({**result.as_dict(), "conditions": conditions}))
         return 0

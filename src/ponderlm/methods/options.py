@@ -47,6 +47,10 @@ class DecodeOptions:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.values)
 
+    def describe(self) -> str:
+        """'tau 0.0001, alpha 0, ...': the values set, as every reported evaluation states them beside its number."""
+        return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.values if v is not None)
+
     @classmethod
     def resolve(cls, config, options: DecodeOptions | None = None, **overrides: Any) -> DecodeOptions:
         """The config's saved knob values (or `options`) with `overrides` (None = keep), checked by the

@@ -117,7 +117,8 @@ def build_app(engine: Engine, model_name: str, *, api_key: str | None = None, li
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
-        return page_html(model_name, config.max_steps, needs_key=api_key is not None)
+        return page_html(model_name, config.max_steps, needs_key=api_key is not None,
+                         knobs=config.method_class.knobs())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

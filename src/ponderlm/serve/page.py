@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Any
 
 from ponderlm.inference.render import HTML_RAMP, html_legend
 
 
-def page_html(model_name: str, max_steps: int, needs_key: bool = False) -> str:
-    """The page; `needs_key` (the server runs with --api-key) shows a field for the key, sent as a Bearer token."""
+def page_html(model_name: str, max_steps: int, needs_key: bool = False, knobs: dict[str, Any] | None = None) -> str:
+    """The page; `needs_key` (the server runs with --api-key) shows a field for the key, sent as a Bearer token;
+    `knobs` (name -> declaration: the served method's inference knobs) gives a field each, sent when filled."""
     # The page's script colours streamed tokens with render.py's mapping of a step count onto the ramp, written again
     # in JavaScript (`level`).
+    fields = " ".join(f'{html.escape(name)} <input id="{html.escape(name)}" type="text" placeholder="default" '
+                      f'data-knob="{getattr(d.type, "__name__", "str")}" title="{html.escape(d.help)}">'
+                      for name, d in (knobs or {}).items())
     return _PAGE.replace("__TITLE__", html.escape(model_name)).replace("__LEGEND__", html_legend(max_steps)) \
         .replace("__RAMP__", json.dumps(list(HTML_RAMP))).replace("__K__", str(max_steps)) \
-        .replace("__MODEL__", json.dumps(model_name)) \
+        .replace("__MODEL__", json.dumps(model_name)).replace("__KNOBS__", fields) \
         .replace("__KEY_STYLE__", "" if needs_key else "display:none")
 
 
@@ -50,7 +55,7 @@ textarea { width: 100%; font: 15px ui-monospace, monospace; box-sizing: border-b
 <div class="controls">
 max tokens <input id="max_tokens" type="number" value="64" min="1">
 temperature <input id="temperature" type="number" value="0" min="0" max="2" step="0.1">
-tau <input id="tau" type="text" placeholder="default">
+__KNOBS__
 <span style="__KEY_STYLE__">API key <input id="api_key" type="password" autocomplete="off"></span>
 <button id="go">Generate</button> <button id="stop" disabled>Stop</button>
 </div>
@@ -82,8 +87,11 @@ async function run() {
   const body = { model: MODEL, prompt: prompt, stream: true,
     max_tokens: parseInt(document.getElementById("max_tokens").value, 10),
     temperature: parseFloat(document.getElementById("temperature").value) };
-  const tau = document.getElementById("tau").value.trim();
-  if (tau) body.tau = parseFloat(tau);
+  for (const el of document.querySelectorAll("[data-knob]")) {  // the served method's knobs, typed as declared
+    const v = el.value.trim(), kind = el.dataset.knob;
+    if (v) body[el.id] = kind === "float" ? parseFloat(v) : kind === "int" ? parseInt(v, 10)
+      : kind === "bool" ? v === "true" : v;
+  }
   controller = new AbortController();
   document.getElementById("stop").disabled = false;
   statusEl.textContent = "streaming...";
@@ -127,7 +135,8 @@ document.getElementById("go").onclick = run;
 document.getElementById("stop").onclick = () => controller && controller.abort();
 // /?prompt=...&max_tokens=...&autorun=1 starts a generation on load (links, headless screenshots).
 const query = new URLSearchParams(location.search);
-for (const key of ["prompt", "max_tokens", "temperature", "tau"]) {
+for (const key of ["prompt", "max_tokens", "temperature",
+                   ...Array.from(document.querySelectorAll("[data-knob]"), el => el.id)]) {
   if (query.has(key)) document.getElementById(key).value = query.get(key);
 }
 if (query.get("autorun")) run();

@@ -39,6 +39,7 @@ from ponderlm.data.loader import (
     unigram_perplexity,
 )
 from ponderlm.errors import PonderError
+from ponderlm.methods.options import DecodeOptions
 from ponderlm.paths import cache_dir
 from ponderlm.train import checkpoint as ckpt
 from ponderlm.train import dist_checkpoint as dckpt
@@ -508,12 +509,11 @@ class _StopOnSignal:
 def eval_conditions(cfg: RunConfig, config: Any, data_dir: Path, tokens: int) -> dict[str, Any]:
     """The conditions of the trainer's validation perplexity, recorded beside it: another evaluation of the same
     model (`ponderlm eval ppl` defaults to other windows) gives another number."""
-    t = cfg.train
-    tau_alpha = f"tau {config.tau:g}" + (f", alpha {config.alpha:g}" if "alpha" in config.method_class.knobs() else "")
+    t, knobs = cfg.train, DecodeOptions.resolve(config)  # the method's inference knobs at their saved values
     return {"split": "val", "data_dir": str(data_dir), "seq_len": cfg.data.seq_len, "batch_size": t.batch_size,
-            "batches": t.eval_batches, "tokens": tokens, "tau": config.tau, "alpha": config.alpha,
+            "batches": t.eval_batches, "tokens": tokens, "knobs": knobs.as_dict(),
             "description": f"the val split's {describe_windows(t.eval_batches, t.batch_size, cfg.data.seq_len, tokens)}"
-                           f", the trainer's final evaluation, {tau_alpha}"}
+                           f", the trainer's final evaluation" + (f", {knobs.describe()}" if knobs.values else "")}
 
 
 def _data_description(data_dir: Path) -> str:
