@@ -19,6 +19,8 @@ from typing import Any
 
 from decisive import SEEDS  # every arm's seeds in the protocol (a third where time allows)
 from paired_stats import interval
+from reasoning_report import _multi_hop as multi_hop
+from reasoning_report import _paired_points as paired_points
 
 PONDERING = ("ponderlm", "ponderlm2", "ponderlm3", "latent_cot")
 # The protocol's training-FLOP-matched control of each arm's cost (PonderLM v1's cost has none: A2 is not testable).
@@ -155,14 +157,6 @@ WITHIN = 0.05  # the validity check: 1-layer vanilla within 5 points of chance o
 CONTROL_BAR = 0.90  # the positive control: 4-layer vanilla on depth-2 queries
 
 
-def _deep_accuracy(result: dict[str, Any], depths: set[int] | None = None) -> float:
-    """Count-weighted accuracy over the answers of 2 or more steps (or of the given depths)."""
-    pts = [p for p in result["per_difficulty"]
-           if (p["difficulty"] >= 2 if depths is None else p["difficulty"] in depths)]
-    n = sum(p["count"] for p in pts)
-    return sum(p["accuracy"] * p["count"] for p in pts) / n if n else float("nan")
-
-
 def _arms(summary: dict[str, Any]) -> dict[tuple[str, int, str], dict[int, dict[str, Any]]]:
     """(method, K, variant) -> seed -> run, over the setting's main and variant runs alike."""
     arms: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
@@ -189,19 +183,19 @@ def validity(summary: dict[str, Any]) -> tuple[str, str]:
         return "The validity check has not run yet.\n", "not yet run"
     chance = max(found.values())
     readers = ", ".join(f"{k} {v * 100:.1f} %" for k, v in sorted(found.items()))
-    near = all(abs(_deep_accuracy(r["learned"]) - chance) <= WITHIN for r in base.values())
+    near = all(abs(multi_hop(r["learned"]) - chance) <= WITHIN for r in base.values())
     text = (f"Chance on the depth >= 2 test queries is the best context-only reader: {chance * 100:.1f} % "
             f"(benchmarks/scripted_readers.py on the test split: {readers}).\n\n"
             f"- **Validity check** (1-layer vanilla within {WITHIN * 100:.0f} points of chance on depths >= 2, "
-            f"{len(base)} seeds): {_seed_list(base, lambda r: _deep_accuracy(r['learned']))} % -> "
+            f"{len(base)} seeds): {_seed_list(base, lambda r: multi_hop(r['learned']))} % -> "
             f"{'passes' if near else 'fails'}.\n")
     if not near:
         return text + "\nThe task still leaks: it is dropped from the claims.\n", "leaking"
     if not control:
         return text + "- **Positive control** (4-layer vanilla): not yet run.\n", "not yet run"
-    learns = all(_deep_accuracy(r["learned"], {2}) >= CONTROL_BAR for r in control.values())
+    learns = all(multi_hop(r["learned"], {2}) >= CONTROL_BAR for r in control.values())
     text += (f"- **Positive control** (4-layer vanilla >= {CONTROL_BAR * 100:.0f} % on depth-2 queries, "
-             f"{len(control)} seeds): {_seed_list(control, lambda r: _deep_accuracy(r['learned'], {2}))} % -> "
+             f"{len(control)} seeds): {_seed_list(control, lambda r: multi_hop(r['learned'], {2}))} % -> "
              f"{'passes' if learns else 'fails'}.\n")
     if not learns:
         return text + ("\nNo model here learns to follow a chain two steps within the budget, so no method can be "
@@ -216,13 +210,9 @@ def _sweep_point(summary: dict[str, Any], run: str, tau: float) -> dict[str, Any
                  if p.get("alpha") is None and p.get("tau") == tau), None)
 
 
-def _paired_points(ours: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+def _gain(ours: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
     """Multi-hop accuracy difference in points, ours minus control, paired by seed."""
-    seeds = sorted(ours.keys() & control.keys())
-    if not seeds:
-        return None
-    diffs = [100 * (_deep_accuracy(ours[s]["learned"]) - _deep_accuracy(control[s]["learned"])) for s in seeds]
-    return {**interval(diffs, lower_is_better=False), "seeds": seeds}
+    return paired_points(list(ours.values()), list(control.values()), lambda r: 100 * multi_hop(r["learned"]))
 
 
 def reasoning_claims(summary: dict[str, Any]) -> str:
@@ -234,7 +224,7 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
         method, k, _ = key
         if method in ("vanilla", "looped"):
             continue
-        r1, r2 = _paired_points(runs, base), _paired_points(runs, arms.get(("vanilla", 0, f"layers{k + 1}"), {}))
+        r1, r2 = _gain(runs, base), _gain(runs, arms.get(("vanilla", 0, f"layers{k + 1}"), {}))
         r1_met = "not yet run" if r1 is None else "met" if r1["low"] >= 30 else "not met"
         r2_met = "not yet run" if r2 is None else "met" if r2["low"] > 0 else "not met"
         r3 = r4 = "n/a (fixed depth)"

@@ -42,9 +42,10 @@ def _acc_at(result: dict[str, Any], difficulty: int) -> float | None:
     return None
 
 
-def _multi_hop(result: dict[str, Any]) -> float:
-    """Accuracy over answers with 2 or more hops (count-weighted)."""
-    pts = [p for p in result["per_difficulty"] if p["difficulty"] >= 2]
+def _multi_hop(result: dict[str, Any], depths: set[int] | None = None) -> float:
+    """Accuracy over answers with 2 or more hops, or of the given hop counts (count-weighted)."""
+    pts = [p for p in result["per_difficulty"]
+           if (p["difficulty"] >= 2 if depths is None else p["difficulty"] in depths)]
     n = sum(p["count"] for p in pts)
     return sum(p["accuracy"] * p["count"] for p in pts) / n if n else float("nan")
 
