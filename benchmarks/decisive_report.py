@@ -38,11 +38,13 @@ def load(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, A
 
 
 def _main(runs: dict[str, dict[str, Any]], arm: str) -> dict[int, dict[str, Any]]:
-    """seed -> the arm's main run at its own best rate (run name `<arm>-s<seed>`)."""
+    """seed -> the main run named `<arm>-s<seed>`: the arm at its own best rate, or with `arm` carrying a run tag
+    (`vanilla_official-shared`, `ponderlm2-seq64`) that variant of it."""
     return {r["seed"]: r for name, r in runs.items() if name == f"{arm}-s{r['seed']}" and r["phase"] == "main"}
 
 
 def paired(runs: dict[str, dict[str, Any]], arm: str, control: str, split: str = "val") -> dict[str, Any] | None:
+    """The per-seed paired loss difference `arm - control` (run names as in `_main`) over their common seeds."""
     ours, theirs = _main(runs, arm), _main(runs, control)
     seeds = sorted(s for s in ours.keys() & theirs.keys() if ours[s].get(split) and theirs[s].get(split))
     if not seeds:
@@ -53,8 +55,9 @@ def paired(runs: dict[str, dict[str, Any]], arm: str, control: str, split: str =
 def _ci(p: dict[str, Any] | None) -> str:
     if p is None:
         return "not yet run"
-    interval = "no interval (1 seed)" if math.isinf(p["high"]) else f"[{p['low']:+.3f}, {p['high']:+.3f}]"
-    return f"{p['mean']:+.3f} {interval}, {len(p['seeds'])} seeds: {p['verdict']}"
+    if math.isinf(p["high"]):
+        return f"{p['mean']:+.3f}, 1 seed (no interval): {p['verdict']}"
+    return f"{p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}], {len(p['seeds'])} seeds: {p['verdict']}"
 
 
 def sweep_table(sweeps: dict[str, dict[str, Any]]) -> str:
@@ -145,6 +148,31 @@ def claims(runs: dict[str, dict[str, Any]]) -> str:
                "over the last three evaluations, per seed):\n\n| arm | slope per seed | criterion |\n|---|---|---|\n"
                + "\n".join(a4) + "\n")
     return "\n".join(out)
+
+
+# The protocol's exploratory comparisons (no criterion): (what is compared, arm, control) as run-name stems.
+EXPLORATORY = (
+    ("the official K = 3 looped LM vs `vanilla_scaled`", "looped_k3", "vanilla_scaled"),
+    ("the official K = 3 pause tokens vs `vanilla_scaled`", "pause_k3", "vanilla_scaled"),
+    ("the official K = 3 PonderLM v1 vs `vanilla_scaled`", "ponderlm_k3", "vanilla_scaled"),
+    ("PonderLM v1 K = 3 vs K = 1", "ponderlm_k3", "ponderlm"),
+    ("`vanilla_official` at the shared rate vs at its own", "vanilla_official-shared", "vanilla_official"),
+    ("PonderLM-2 vs `vanilla_scaled`, 64-token windows", "ponderlm2-seq64", "vanilla_scaled-seq64"),
+    ("PonderLM-2 vs `vanilla_scaled`, 128-token windows (the main runs)", "ponderlm2", "vanilla_scaled"),
+    ("PonderLM-2 vs `vanilla_scaled`, 256-token windows", "ponderlm2-seq256", "vanilla_scaled-seq256"),
+)
+
+
+def exploratory(runs: dict[str, dict[str, Any]]) -> str:
+    """The comparisons the protocol runs without a criterion, in the same paired statistic as the claims. The
+    sequence-length rows compare arms at one window length each (losses at different lengths are not comparable:
+    a longer window gives later tokens more context), so the question is whether the gap moves with the window."""
+    lines = ["| comparison | validation | held-out |", "|---|---|---|"]
+    for what, arm, control in EXPLORATORY:
+        v, h = paired(runs, arm, control), paired(runs, arm, control, "heldout")
+        lines.append(f"| {what} | {_ci(v)} | {_ci(h)} |")
+    return ("Exploratory comparisons (the protocol sets no criterion for them; loss difference, nats, first minus "
+            "second, paired by seed):\n\n" + "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- Part B
@@ -313,6 +341,7 @@ the same records).
 ## The protocol's claims
 
 {claims(runs)}
+{exploratory(runs)}
 ## Part B: reasoning
 
 Per task, in the protocol's order: what "chance" is for it, then R1-R4 (multi-hop accuracy in points, paired by

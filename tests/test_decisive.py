@@ -89,7 +89,26 @@ def test_claims_follow_the_protocols_rule(tmp_path):
     (tmp_path / "runs" / "ponderlm2-s1.json").unlink()
     (tmp_path / "runs" / "ponderlm2-s2.json").unlink()
     one = decisive_report.paired(decisive_report.load(tmp_path)[0], "ponderlm2", "vanilla_scaled")
-    assert one["verdict"] == "not resolved" and "no interval (1 seed)" in decisive_report._ci(one)
+    assert one["verdict"] == "not resolved" and "1 seed (no interval)" in decisive_report._ci(one)
+
+
+def test_exploratory_rows_pair_each_window_length_with_itself(tmp_path):
+    """A sequence-length row pairs runs of that length only: the main (128-token) runs of the same arms, whose losses
+    are not comparable with a 64-token window's, must not leak into it, and a row without records says so."""
+    for seed in (0, 1):
+        _record(tmp_path, f"ponderlm2-s{seed}", "ponderlm2", seed, 4.0)
+        _record(tmp_path, f"vanilla_scaled-s{seed}", "vanilla_scaled", seed, 4.1)
+        _record(tmp_path, f"ponderlm2-seq64-s{seed}", "ponderlm2", seed, 4.5 + 0.01 * seed)
+        _record(tmp_path, f"vanilla_scaled-seq64-s{seed}", "vanilla_scaled", seed, 4.3)
+    runs, _ = decisive_report.load(tmp_path)
+    short = decisive_report.paired(runs, "ponderlm2-seq64", "vanilla_scaled-seq64")
+    assert short["seeds"] == [0, 1] and short["mean"] == pytest.approx(0.205) and short["verdict"] == "worse"
+    assert decisive_report.paired(runs, "ponderlm2", "vanilla_scaled")["mean"] == pytest.approx(-0.1)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in decisive_report.exploratory(runs).splitlines()
+            if line.startswith("| PonderLM-2")}
+    assert "+0.205" in rows["PonderLM-2 vs `vanilla_scaled`, 64-token windows"]
+    assert "-0.100" in rows["PonderLM-2 vs `vanilla_scaled`, 128-token windows (the main runs)"]
+    assert "not yet run" in rows["PonderLM-2 vs `vanilla_scaled`, 256-token windows"]
 
 
 def test_part_b_settings_follow_the_protocol():
