@@ -29,28 +29,26 @@ from ponderlm.config import option, reject
 from ponderlm.registry import method_names
 
 
-def _mean_uniform_low(c: float, K: int) -> float:
+def _uniform_low(c: float, K: int) -> torch.Tensor:
+    """P(depth = j), j = 0..K: 1/c on each of the floor(c) lowest levels, the remaining mass on the next one."""
+    probs = torch.zeros(K + 1, dtype=torch.float64)
     full = math.floor(c)
-    probs = [1.0 / c] * min(full, K + 1)
-    if full < K + 1 and c > full:
-        probs.append(1.0 - sum(probs))
-    return sum(j * p for j, p in enumerate(probs))
+    probs[: min(full, K + 1)] = 1.0 / c
+    if full < K + 1:
+        probs[full] = 1.0 - probs[:full].sum()
+    return probs
 
 
 def uniform_probs(target: float, K: int) -> torch.Tensor:
     """P(depth = j), j = 0..K, of the uniform family with mean `target`."""
     mirror = target > K / 2
     goal = K - target if mirror else target
+    levels = torch.arange(K + 1, dtype=torch.float64)
     lo, hi = 1.0, K + 1.0
     for _ in range(100):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _mean_uniform_low(mid, K) < goal else (lo, mid)
-    c = (lo + hi) / 2
-    probs = torch.zeros(K + 1, dtype=torch.float64)
-    full = math.floor(c)
-    probs[: min(full, K + 1)] = 1.0 / c
-    if full < K + 1:
-        probs[full] = 1.0 - probs[:full].sum()
+        lo, hi = (mid, hi) if float((_uniform_low(mid, K) * levels).sum()) < goal else (lo, mid)
+    probs = _uniform_low((lo + hi) / 2, K)
     return probs.flip(0) if mirror else probs
 
 
