@@ -405,11 +405,9 @@ class Engine:
             self.metrics.finished(outcome)
 
     def _token_logprob(self, logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
-        top = None
-        if k is not None:
-            values, ids = logprobs.topk(k) if k > 0 else (logprobs[:0], torch.zeros(0, dtype=torch.long))
-            top = {self._piece(int(i)): float(v) for v, i in zip(values.tolist(), ids.tolist())}
-            top.setdefault(self._piece(token), float(logprobs[token]))  # as vLLM: the chosen token is always listed
+        values, ids = logprobs.topk(k) if k > 0 else (logprobs[:0], torch.zeros(0, dtype=torch.long))
+        top = {self._piece(int(i)): float(v) for v, i in zip(values.tolist(), ids.tolist())}
+        top.setdefault(self._piece(token), float(logprobs[token]))  # as vLLM: the chosen token is always listed
         return TokenLogprob(token=self._piece(token), logprob=float(logprobs[token]), top=top)
 
     def _prompt_logprobs(self, ids: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
