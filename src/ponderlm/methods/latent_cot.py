@@ -153,18 +153,10 @@ class LatentCoT(FixedPruning, PonderMethod):
         self.router = ContinueRouter(config.hidden_size, config.max_steps, config.cot_router,
                                      config.cot_router_init_bias, config.initializer_range)
 
-    def continue_step(self, h: torch.Tensor, step: int, gates: list[torch.Tensor], reach: torch.Tensor,
-                      active: torch.Tensor, fixed: torch.Tensor | None, tau: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """After slot `step` (states h): append its continue gate to `gates`; return the new reach and
-        which tokens run slot step+1 (shared by decoding and prefill)."""
-        gates.append(self.router(h, step))
-        reach = reach * gates[-1]
-        return reach, active & self.keep_going(reach, step, fixed, tau)
-
     @staticmethod
     def keep_going(reach: torch.Tensor, step: int, fixed: torch.Tensor | None, tau: float) -> torch.Tensor:
-        """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth."""
+        """Whether slot step+1 runs: r_{t,step+1} > tau, or step+1 <= the fixed-pruning depth (shared by the depth
+        passes and the per-row schedule)."""
         return reach > tau if fixed is None else fixed > step
 
     # ------------------------------------------------------------------ parallel path
@@ -225,7 +217,9 @@ class LatentCoT(FixedPruning, PonderMethod):
                 depth += active.long()
             if k == self.config.max_steps:
                 break
-            reach, active = self.continue_step(slots[-1], k, gates, reach, active, fixed, options.tau)
+            gates.append(self.router(slots[-1], k))  # the continue gate after slot k, then the reach of slot k+1
+            reach = reach * gates[-1]
+            active = active & self.keep_going(reach, k, fixed, options.tau)
             if not active.any():
                 break
             index, present = pack_active(active)
