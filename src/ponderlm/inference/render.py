@@ -20,6 +20,16 @@ ANSI_RAMP = (244, 39, 45, 48, 190, 220, 208, 202, 196)
 # Backgrounds for HTML, light to dark (readable with black text until the last two, which use white).
 HTML_RAMP = ("#f2f2f2", "#d6eaf8", "#aed6f1", "#a3e4d7", "#f9e79f", "#f8c471", "#f0a35e", "#e67e22", "#c0392b")
 RESET = "\x1b[0m"
+# The styles of a depth view page (token spans with their hover count, legend), shared by `render_html` and the
+# server's page (serve/page.py); each adds its own `.text` box.
+DEPTH_VIEW_CSS = """body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; color: #222; }
+.tok { position: relative; border-radius: 3px; padding: 1px 0; }
+.prompt { text-decoration: underline dotted #555; }
+.tok[data-steps]:hover::after { content: attr(data-steps); position: absolute; left: 0; top: 1.7em;
+  background: #222; color: #fff; font: 12px system-ui, sans-serif; padding: 2px 6px; border-radius: 3px;
+  white-space: nowrap; z-index: 1; }
+.legend { margin: 1rem 0; font-size: 14px; }
+.meta { color: #666; font-size: 13px; }"""
 
 
 @dataclass
@@ -142,15 +152,8 @@ def render_html(view: list[TokenView], max_steps: int, title: str = "ponderlm de
 <meta charset="utf-8">
 <title>{html.escape(title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; color: #222; }}
+{DEPTH_VIEW_CSS}
 .text {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; font-size: 15px; }}
-.tok {{ position: relative; border-radius: 3px; padding: 1px 0; }}
-.prompt {{ text-decoration: underline dotted #555; }}
-.tok[data-steps]:hover::after {{ content: attr(data-steps); position: absolute; left: 0; top: 1.7em;
-  background: #222; color: #fff; font: 12px system-ui, sans-serif; padding: 2px 6px; border-radius: 3px;
-  white-space: nowrap; z-index: 1; }}
-.legend {{ margin: 1rem 0; font-size: 14px; }}
-.meta {{ color: #666; font-size: 13px; }}
 </style>
 </head>
 <body>

@@ -11,7 +11,7 @@ import html
 import json
 from typing import Any
 
-from ponderlm.inference.render import HTML_RAMP, html_legend
+from ponderlm.inference.render import DEPTH_VIEW_CSS, HTML_RAMP, html_legend
 
 
 def page_html(model_name: str, max_steps: int, needs_key: bool = False, knobs: dict[str, Any] | None = None) -> str:
@@ -34,16 +34,9 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>ponderlm serve: __TITLE__</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 52rem; color: #222; }
+""" + DEPTH_VIEW_CSS + """
 .text { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; font-size: 15px;
   min-height: 4em; border: 1px solid #ddd; border-radius: 4px; padding: .5rem; }
-.tok { position: relative; border-radius: 3px; padding: 1px 0; }
-.prompt { text-decoration: underline dotted #555; }
-.tok[data-steps]:hover::after { content: attr(data-steps); position: absolute; left: 0; top: 1.7em;
-  background: #222; color: #fff; font: 12px system-ui, sans-serif; padding: 2px 6px; border-radius: 3px;
-  white-space: nowrap; z-index: 1; }
-.legend { margin: 1rem 0; font-size: 14px; }
-.meta { color: #666; font-size: 13px; }
 textarea { width: 100%; font: 15px ui-monospace, monospace; box-sizing: border-box; }
 .controls { margin: .5rem 0; font-size: 14px; }
 .controls input { width: 5em; }
