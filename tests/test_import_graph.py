@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Lowest first, by folder (or top-level module). A module may import modules of its own layer or below; folders of one
 # layer may import each other one way only (no folder-level cycle).
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "paths", "registry", "version", "hub", "lazy"),  # leaves: no ponderlm imports but these
+    ("errors", "paths", "registry", "version", "hub", "lazy", "declared"),  # leaves: no ponderlm imports but these
     ("config",),
     ("backbone",),
     ("flops",),  # cost-model vocabulary the methods build their cost models from

@@ -52,7 +52,7 @@ def test_wrong_types_are_errors():
 def test_values_are_validated():
     with pytest.raises(PonderError, match=r"dist\.backend must be one of ddp, fsdp2"):
         from_dict({"dist": {"backend": "horovod"}})
-    with pytest.raises(PonderError, match=r"train\.grad_accum must be >= 1"):
+    with pytest.raises(PonderError, match=r"train\.grad_accum must be an integer >= 1"):
         from_dict({"train": {"grad_accum": 0}})
     with pytest.raises(PonderError, match=r"seq_len \(512\) exceeds model\.max_position_embeddings \(256\)"):
         from_dict({"model": {"max_position_embeddings": 256}, "data": {"seq_len": 512}})

@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import inspect
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ponderlm.declared import option, problems
 from ponderlm.errors import PonderError
 from ponderlm.registry import REGISTRY
 
@@ -47,21 +47,22 @@ class DataConfig:
     inputs: list[str] = field(default_factory=lambda: ["default"])
     tokenizer: str = "default"
     data_dir: str | None = None
-    seq_len: int = 256
-    val_fraction: float | None = None  # None = prepare_data's default; inputs with their own split keep it
+    seq_len: int = option(256, low=2)
+    # None = prepare_data's default; inputs with their own split keep it
+    val_fraction: float | None = option(None, low=0, high=1, high_open=True)
 
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warmup and cosine decay to `min_lr_ratio * lr`."""
 
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    eps: float = 1e-8
-    warmup_frac: float = 0.02
-    warmup_steps: int | None = None  # overrides warmup_frac when set
-    min_lr_ratio: float = 0.1
+    lr: float = option(1e-3, low=0, low_open=True)
+    betas: tuple[float, float] = option((0.9, 0.95), low=0, high=1, high_open=True)
+    weight_decay: float = option(0.1, low=0)
+    eps: float = option(1e-8, low=0, low_open=True)
+    warmup_frac: float = option(0.02, low=0, high=1)
+    warmup_steps: int | None = option(None, low=0)  # overrides warmup_frac when set
+    min_lr_ratio: float = option(0.1, low=0, high=1)
     grad_clip: float = 1.0  # <= 0 disables clipping (the norm is still logged)
 
 
@@ -69,23 +70,24 @@ class OptimConfig:
 class TrainConfig:
     """The loop: `steps` optimizer steps of `batch_size * grad_accum` sequences each (per process)."""
 
-    steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1
+    steps: int = option(1000, low=1)
+    batch_size: int = option(8, low=1)
+    grad_accum: int = option(1, low=1)
     global_batch_size: int | None = None  # sequences per step over all ranks; sets grad_accum per world size
     seed: int = 0
     device: str = "auto"
-    dtype: str = "auto"  # auto = bf16 autocast on CUDA when supported, else fp32 (never autocast on CPU)
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    keep_last: int = 2
+    # auto = bf16 autocast on CUDA when supported, else fp32 (never autocast on CPU)
+    dtype: str = option("auto", choices=DTYPES)
+    eval_every: int = option(200, low=1)
+    eval_batches: int = option(20, low=1)
+    save_every: int = option(500, low=1)
+    keep_last: int = option(2, low=1)
     out: str | None = None  # empty = runs/<name>-<timestamp>
     sample_prompt: str = "Once upon a time"
-    sample_tokens: int = 32
-    sample_temperature: float = 0.8  # 0 = greedy; the end-of-run sample only
-    sample_top_k: int = 40
-    freeze_backbone_steps: int = 0  # AdaPonderLM continued pretraining: train only the gates for N steps
+    sample_tokens: int = option(32, low=0)
+    sample_temperature: float = option(0.8, low=0)  # 0 = greedy; the end-of-run sample only
+    sample_top_k: int = option(40, low=0)  # 0 = no top-k cut
+    freeze_backbone_steps: int = option(0, low=0)  # AdaPonderLM continued pretraining: train only the gates for N steps
     compile: bool = False  # torch.compile each decoder layer (dynamic shapes); docs/PERFORMANCE.md has the gain
 
 
@@ -94,17 +96,19 @@ class LogConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "ponderlm"
-    log_every: int = 10  # console lines when stderr is not a TTY; metrics.jsonl gets every step
+    log_every: int = option(10, low=1)  # console lines when stderr is not a TTY; metrics.jsonl gets every step
 
 
 @dataclass
 class DistConfig:
     """Multi-process settings, applied by `train/parallel.py` under torchrun (see docs/DISTRIBUTED.md)."""
 
-    backend: str = "ddp"  # ddp | fsdp2
+    backend: str = option("ddp", choices=DIST_BACKENDS)
     activation_checkpointing: bool = False  # per decoder layer; also in one process
-    checkpoint: str = "auto"  # auto = sharded (torch.distributed.checkpoint) when world size > 1; dcp = always
-    timeout_minutes: float = 30.0  # collective timeout (in-job data preparation must finish within it)
+    # auto = sharded (torch.distributed.checkpoint) when world size > 1; dcp = always
+    checkpoint: str = option("auto", choices=DIST_CHECKPOINTS)
+    # collective timeout (in-job data preparation must finish within it)
+    timeout_minutes: float = option(30.0, low=0, low_open=True)
 
 
 @dataclass
@@ -470,43 +474,20 @@ def validate(cfg: RunConfig) -> None:
         if not ok:
             raise PonderError(msg)
 
-    d, o, t, lg, ds = cfg.data, cfg.optim, cfg.train, cfg.log, cfg.dist
+    t = cfg.train
+    for section in ("data", "optim", "train", "log", "dist"):  # the ranges declared on the fields (`option`)
+        for problem in problems(getattr(cfg, section), section):
+            raise PonderError(problem)
     need(t.out is None or t.out.strip() != "",
          "train.out (--out) is empty; give a run directory or leave it out for runs/<name>-<time>")
-    need(bool(d.inputs), "data.inputs must list at least one input")
-    need(d.seq_len >= 2, f"data.seq_len must be >= 2, got {d.seq_len}")
-    need(d.val_fraction is None or 0.0 <= d.val_fraction < 1.0,
-         f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
-    need(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    need(all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}")
-    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    need(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
-    need(0.0 <= o.warmup_frac <= 1.0, f"optim.warmup_frac must be in [0, 1], got {o.warmup_frac}")
-    need(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-    for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "keep_last",
-                 "log_every"):
-        value = getattr(lg if name == "log_every" else t, name)
-        need(value >= 1, f"{'log' if name == 'log_every' else 'train'}.{name} must be >= 1, got {value}")
-    need(t.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {t.sample_tokens}")
-    need(math.isfinite(t.sample_temperature) and t.sample_temperature >= 0,
-         f"train.sample_temperature must be a finite number >= 0, got {t.sample_temperature}")
-    need(t.sample_top_k >= 0, f"train.sample_top_k must be >= 0 (0 = no top-k cut), got {t.sample_top_k}")
+    need(bool(cfg.data.inputs), "data.inputs must list at least one input")
     # numpy's seed is the narrowest of the three RNGs train() seeds: it takes [0, 2**32).
     need(0 <= t.seed < 2**32, f"train.seed must be in [0, 2**32), got {t.seed}")
-    for name in ("lr", "eps", "weight_decay", "warmup_frac", "min_lr_ratio"):  # grad_clip=.inf is "off"
-        need(math.isfinite(getattr(o, name)), f"optim.{name} must be a finite number, got {getattr(o, name)}")
     need(t.device in DEVICES or t.device.startswith("cuda:"),
          f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {t.device!r}")
-    need(t.dtype in DTYPES, f"train.dtype must be one of {', '.join(DTYPES)}, got {t.dtype!r}")
-    need(ds.backend in DIST_BACKENDS, f"dist.backend must be one of {', '.join(DIST_BACKENDS)}, got {ds.backend!r}")
-    need(ds.checkpoint in DIST_CHECKPOINTS,
-         f"dist.checkpoint must be one of {', '.join(DIST_CHECKPOINTS)}, got {ds.checkpoint!r}")
-    need(ds.timeout_minutes > 0, f"dist.timeout_minutes must be > 0, got {ds.timeout_minutes}")
     need(t.global_batch_size is None or (t.global_batch_size > 0 and t.global_batch_size % t.batch_size == 0),
          f"train.global_batch_size ({t.global_batch_size}) must be a positive multiple of train.batch_size "
          f"({t.batch_size})")
-    need(t.freeze_backbone_steps >= 0, f"train.freeze_backbone_steps must be >= 0, got {t.freeze_backbone_steps}")
     method = cfg.model.get("method", "vanilla")
     freezable = [n for n, c in REGISTRY.items() if c.freeze_backbone is not None]
     need(t.freeze_backbone_steps == 0 or method in freezable,
@@ -514,8 +495,8 @@ def validate(cfg: RunConfig) -> None:
          f"parameters alone first), got method {method!r}")
     max_pos = cfg.model.get("max_position_embeddings")
     if max_pos is not None:
-        need(d.seq_len <= max_pos,
-             f"data.seq_len ({d.seq_len}) exceeds model.max_position_embeddings ({max_pos})")
+        need(cfg.data.seq_len <= max_pos,
+             f"data.seq_len ({cfg.data.seq_len}) exceeds model.max_position_embeddings ({max_pos})")
 
 
 def grad_accum_for(cfg: RunConfig, world_size: int) -> int:
