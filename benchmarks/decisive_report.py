@@ -183,6 +183,7 @@ PART_B_TASKS = (("task 2: `chains`, shortcut closed", "chains-closed"),
 ADAPTIVE = ("ponderlm3", "adaponder", "latent_cot")
 WITHIN = 0.05  # the validity check: 1-layer vanilla within 5 points of chance on the multi-step queries
 CONTROL_BAR = 0.90  # the positive control: 4-layer vanilla on depth-2 queries
+PART_B_SEEDS = 3  # the protocol judges R1-R4 on 3 seeds
 
 
 def _arms(summary: dict[str, Any]) -> dict[tuple[str, int, str], dict[int, dict[str, Any]]]:
@@ -253,15 +254,20 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
         if method in ("vanilla", "looped"):
             continue
         r1, r2 = _gain(runs, base), _gain(runs, arms.get(("vanilla", 0, f"layers{k + 1}"), {}))
-        r1_met = "not yet run" if r1 is None else "met" if r1["low"] >= 30 else "not met"
-        r2_met = "not yet run" if r2 is None else "met" if r2["low"] > 0 else "not met"
+        r1_met, r2_met = _verdict(r1, lambda p: p["low"] >= 30), _verdict(r2, lambda p: p["low"] > 0)
+        looped = _gain(runs, arms.get(("looped", 1, ""), {}))  # the protocol's equal-parameter control, no criterion
         r3 = r4 = "n/a (fixed depth)"
         if method in ADAPTIVE:
             points = {s: _sweep_point(summary, r["run"], 0.5) for s, r in runs.items()}
             rhos = {s: p["learned"]["spearman_steps_difficulty"] for s, p in points.items() if p}
+            follows = sum(v is not None and v >= 0.5 for v in rhos.values())
+            # 2 of the protocol's 3 seeds: met at the second seed that follows, out of reach at the second that
+            # does not, pending in between
+            r3_met = ("met" if follows >= 2 else "not met" if len(rhos) - follows > PART_B_SEEDS - 2
+                      else f"pending ({len(rhos)} of {PART_B_SEEDS} seeds)")
             r3 = "not yet run" if not rhos else (
                 ", ".join(f"s{s}: {'n/a' if v is None else f'{v:.2f}'}" for s, v in sorted(rhos.items()))
-                + f" -> {'met' if sum(v is not None and v >= 0.5 for v in rhos.values()) >= 2 else 'not met'}")
+                + f" -> {r3_met}")
             usable = {s: p for s, p in points.items() if p and "uniform" in p.get("fixed", {})
                       and p["learned"]["avg_steps"] < k}
             skipped = sum(1 for p in points.values() if p and p["learned"]["avg_steps"] >= k)
@@ -270,21 +276,37 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
             else:
                 p4 = interval([100 * (p["learned"]["accuracy"] - p["fixed"]["uniform"]["accuracy"])
                                for p in usable.values()], lower_is_better=False)
-                r4 = f"{_points(p4)} -> {'met' if p4['low'] > 0 else 'not met'} ({skipped} excluded: skip no step)"
-        rows.append(f"| {_arm_name(key)} | {_points(r1)} -> {r1_met} | {_points(r2)} -> {r2_met} | {r3} | {r4} |")
+                r4 = f"{_points(p4)} -> {_verdict(p4, lambda p: p['low'] > 0)} ({skipped} excluded: skip no step)"
+        rows.append(f"| {_arm_name(key)} | {_judged(r1, r1_met)} | {_judged(r2, r2_met)} | {r3} | {r4} | "
+                    f"{_points(looped)} |")
     if not rows:
         return "No run of this task has finished yet: R1-R4 **not yet run**.\n"
     return ("| arm | R1: vs 1-layer vanilla, points (need lower bound >= 30) | R2: vs vanilla with K + 1 layers "
             "(lower bound > 0) | R3: Spearman(steps, depth) at tau 0.5 (>= 0.5 on 2 of 3 seeds) | R4: learned minus "
-            "uniform fixed pruning at tau 0.5, points (lower bound > 0) |\n|---|---|---|---|---|\n"
+            "uniform fixed pruning at tau 0.5, points (lower bound > 0) | vs looped K = 1 (equal parameters; no "
+            "criterion) |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
 
 def _points(p: dict[str, Any] | None) -> str:
     if p is None:
         return "not yet run"
-    spread = "no interval (1 seed)" if math.isinf(p["high"]) else f"[{p['low']:+.1f}, {p['high']:+.1f}]"
-    return f"{p['mean']:+.1f} {spread}, {p['n']} seeds"
+    if math.isinf(p["high"]):
+        return f"{p['mean']:+.1f}, 1 seed (no interval)"
+    return f"{p['mean']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}], {p['n']} seeds"
+
+
+def _judged(p: dict[str, Any] | None, verdict: str) -> str:
+    return "not yet run" if p is None else f"{_points(p)} -> {verdict}"
+
+
+def _verdict(p: dict[str, Any] | None, passes) -> str:
+    """A Part B criterion on a paired interval: judged only once the protocol's seeds are all in."""
+    if p is None:
+        return "not yet run"
+    if p["n"] < PART_B_SEEDS:
+        return f"pending ({p['n']} of {PART_B_SEEDS} seeds)"
+    return "met" if passes(p) else "not met"
 
 
 def part_b(reasoning_docs: Path) -> str:

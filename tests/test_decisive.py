@@ -171,6 +171,13 @@ def test_part_b_validity_gate_and_claims():
     assert "+30.0" in p3.split("|")[3] and "-> met (0 excluded" in p3.split("|")[3]  # R4: 80 vs 50 points
     assert "n/a (fixed depth)" in v1
     assert "R1-R4 **not yet run**" in decisive_report.reasoning_claims({"runs": []})
+    # before the protocol's third seed no interval criterion is judged, however large the gain
+    two = dict(hops, runs=[r for r in hops["runs"] if r["seed"] < 2])
+    p3 = decisive_report.reasoning_claims(two).split("| ponderlm3 K=1 |")[1].split("\n")[0].split("|")
+    assert "pending (2 of 3 seeds)" in p3[0] and "-> met" in p3[2]  # R3: 2 seeds at >= 0.5 already meet it
+    two["sweeps"] = {k: [dict(v[0], learned=dict(v[0]["learned"], spearman_steps_difficulty=0.1))]
+                     for k, v in hops["sweeps"].items()}
+    assert "-> not met" in decisive_report.reasoning_claims(two).split("| ponderlm3 K=1 |")[1].split("|")[2]
 
 
 def test_train_seconds_counts_every_stretch(tmp_path):
