@@ -327,8 +327,21 @@ def part_b(reasoning_docs: Path) -> str:
         floor = (summary.get("floors") or {}).get("stop_guess")
         note = "" if floor is None else (f"Guessing floor on the queries of 2 or more hops (a one-edge reader "
                                          f"guessing among the stops, test split): {floor * 100:.1f} %.\n\n")
-        out.append(head + source + note + reasoning_claims(summary))
+        out.append(head + source + note + reasoning_claims(summary) + post_hoc(summary, setting))
     return "\n".join(out)
+
+
+def post_hoc(summary: dict[str, Any], setting: str) -> str:
+    """The task's investigation runs (benchmarks/reasoning.py EXTRA), chosen after seeing its results: listed and
+    marked post hoc, never judged."""
+    from reasoning import EXTRA
+
+    chosen = {variant for _, _, _, variant in EXTRA.get(setting, ())}
+    runs = sorted((r for r in summary.get("extra_runs", []) if r.get("variant") in chosen), key=lambda r: r["run"])
+    if not runs:
+        return ""
+    return ("\n**Post hoc** (runs chosen after seeing this task's results; no criterion): multi-hop accuracy "
+            + "; ".join(f"{r['run']} {100 * multi_hop(r['learned']):.1f} %" for r in runs) + ".\n")
 
 
 def render(folder: Path, planned: list[str] | None = None, reasoning_docs: Path | None = None) -> str:

@@ -161,6 +161,10 @@ VARIANTS.update({
     "from-p2": ["model.init_from={runs}/ponderlm2-k1-s{seed}/final", "train.steps=1000", "train.eval_every=1000",
                 "optim.lr=0.001", "model.lambda_steps=0.05"],
     "delay2000": ["model.cot_lambda_delay_steps=2000"],
+    # Post hoc (after task 1's seed 0): is the 2-layer vanilla control, far below looped K = 1 (the same network with
+    # its two layers tied), held back by the one shared learning rate?
+    "layers2-lr1e-3": ["model.num_hidden_layers=2", "optim.lr=0.001"],
+    "layers2-lr1e-2": ["model.num_hidden_layers=2", "optim.lr=0.01"],
 })
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
@@ -181,6 +185,7 @@ EXTRA = {
                     ("latent_cot", 1, 0, "steps3000-delay2000"), ("latent_cot", 1, 1, "steps3000-delay2000"),
                     ("latent_cot", 1, 2, "steps3000-delay2000"), ("latent_cot", 1, 0, "steps4500-delay3000"),
                     ("latent_cot", 1, 1, "steps4500-delay3000"), ("latent_cot", 1, 2, "steps4500-delay3000")],
+    "nomarker-n12": [("vanilla", 0, 0, "layers2-lr1e-3"), ("vanilla", 0, 0, "layers2-lr1e-2")],
 }
 
 

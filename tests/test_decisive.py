@@ -188,3 +188,20 @@ def test_train_seconds_counts_every_stretch(tmp_path):
     rows.insert(2, {"kind": "eval", "step": 2, "val_loss": 1.0})
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert decisive.train_seconds(tmp_path) == pytest.approx(1 + 2 + 1 + 4 + 1)
+
+
+def test_post_hoc_runs_are_listed_as_such_and_never_judged():
+    """A task's investigation runs (reasoning.EXTRA) appear under 'Post hoc'; the protocol's own variant runs (the
+    2-layer control) do not, and a post-hoc variant never replaces the protocol's control in R2."""
+    reasoning = importlib.import_module("reasoning")
+    variant = reasoning.EXTRA["nomarker-n12"][0][3]
+    runs = [_reasoning_run("vanilla", 0, s, {1: 1.0, 2: 0.3, 3: 0.3}) for s in range(3)]
+    runs += [_reasoning_run("ponderlm", 1, s, {1: 1.0, 2: 0.9, 3: 0.8}) for s in range(3)]
+    extra = [_reasoning_run("vanilla", 0, s, {1: 1.0, 2: 0.3, 3: 0.3}, "layers2") for s in range(3)]
+    extra.append(_reasoning_run("vanilla", 0, 0, {1: 1.0, 2: 1.0, 3: 1.0}, variant))
+    summary = {"runs": runs, "extra_runs": extra}
+    text = decisive_report.post_hoc(summary, "nomarker-n12")
+    assert f"vanilla-k0-{variant}-s0 100.0 %" in text and "layers2-s0 " not in text
+    assert decisive_report.post_hoc(summary, "hops-n10") == ""
+    r2 = decisive_report.reasoning_claims(summary).split("| ponderlm K=1 |")[1].split("|")[1]
+    assert "+55.0 [+55.0, +55.0], 3 seeds -> met" in r2  # against the protocol's 2-layer runs (30 %), not the post-hoc
