@@ -248,7 +248,7 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
     """R1-R4 of the protocol for one task, from its runs (paired by seed, 95 % t interval, accuracy points)."""
     arms = _arms(summary)
     base = arms.get(("vanilla", 0, ""), {})
-    rows = []
+    rows, against_looped = [], {}
     for key, runs in sorted(arms.items()):
         method, k, _ = key
         if method in ("vanilla", "looped"):
@@ -279,13 +279,25 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
                 r4 = f"{_points(p4)} -> {_verdict(p4, lambda p: p['low'] > 0)} ({skipped} excluded: skip no step)"
         rows.append(f"| {_arm_name(key)} | {_judged(r1, r1_met)} | {_judged(r2, r2_met)} | {r3} | {r4} | "
                     f"{_points(looped)} |")
+        if looped is not None:
+            against_looped.setdefault(looped["verdict"], []).append(_arm_name(key))
     if not rows:
         return "No run of this task has finished yet: R1-R4 **not yet run**.\n"
     return ("| arm | R1: vs 1-layer vanilla, points (need lower bound >= 30) | R2: vs vanilla with K + 1 layers "
             "(lower bound > 0) | R3: Spearman(steps, depth) at tau 0.5 (>= 0.5 on 2 of 3 seeds) | R4: learned minus "
             "uniform fixed pruning at tau 0.5, points (lower bound > 0) | vs looped K = 1 (equal parameters; no "
             "criterion) |\n|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(rows) + "\n" + _looped_line(against_looped))
+
+
+def _looped_line(verdicts: dict[str, list[str]]) -> str:
+    """Which arms the equal-parameter looped control separates from (the same paired interval, no criterion)."""
+    if not verdicts:
+        return ""
+    parts = [f"{verdict}: {', '.join(arms)}" for verdict in ("better", "not resolved", "worse")
+             if (arms := verdicts.get(verdict))]
+    return ("\nAgainst looped K = 1 (equal parameters; the same backbone passes as the K = 1 arms): "
+            + "; ".join(parts) + ".\n")
 
 
 def _points(p: dict[str, Any] | None) -> str:

@@ -205,3 +205,14 @@ def test_post_hoc_runs_are_listed_as_such_and_never_judged():
     assert decisive_report.post_hoc(summary, "hops-n10") == ""
     r2 = decisive_report.reasoning_claims(summary).split("| ponderlm K=1 |")[1].split("|")[1]
     assert "+55.0 [+55.0, +55.0], 3 seeds -> met" in r2  # against the protocol's 2-layer runs (30 %), not the post-hoc
+
+
+def test_the_looped_control_is_compared_without_a_criterion():
+    """The equal-parameter looped K = 1 runs give every arm a paired column and one summary line by verdict."""
+    runs = [_reasoning_run("vanilla", 0, s, {1: 1.0, 2: 0.3, 3: 0.3}) for s in range(3)]
+    runs += [_reasoning_run("looped", 1, s, {1: 1.0, 2: 0.9, 3: 0.8 + 0.01 * s}) for s in range(3)]
+    runs += [_reasoning_run("ponderlm2", 1, s, {1: 1.0, 2: 0.9, 3: 0.8 + 0.02 * s}) for s in range(3)]  # level
+    runs += [_reasoning_run("ponderlm", 1, s, {1: 1.0, 2: 0.5, 3: 0.4 + 0.01 * s}) for s in range(3)]  # 40 below
+    text = decisive_report.reasoning_claims({"runs": runs})
+    assert "worse: ponderlm K=1" in text and "not resolved: ponderlm2 K=1" in text
+    assert "Against looped" not in decisive_report.reasoning_claims({"runs": runs[:3] + runs[6:]})
