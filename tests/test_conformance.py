@@ -204,14 +204,8 @@ def analytic(model: PonderForCausalLM, steps: torch.Tensor, **kw) -> dict:
     return flops(model.config, T, avg_steps=steps if adaptive else None, **kw)
 
 
-# Known gap, found by this suite: PonderLM-3's eval-mode forward removes pruned slots from its Jacobi passes
-# (`grid_pass` packs the kept ones), while its cost model charges them dense. Strict: fixing it must remove this.
-PRUNED_DENSE = pytest.mark.xfail(strict=True, reason="ponderlm3's parallel_cost ignores the slots its eval-mode "
-                                 "Jacobi passes prune (charged dense)")
-
-
 @pytest.mark.usefixtures("dense_key_bias")
-@pytest.mark.parametrize("method", [pytest.param(m, marks=PRUNED_DENSE) if m == "ponderlm3" else m for m in METHODS])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("backbone", ["llama", "gpt_neox"])
 def test_parallel_forward_flops_equal_the_flop_counter(method, backbone):
     model, ids = build(method, backbone), counted_ids()

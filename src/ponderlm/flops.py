@@ -88,7 +88,7 @@ class Pass:
         return self.queries * self.count
 
 
-def full_pass(slots_per_token: int, T: int, grad: bool = True, count: float = 1) -> Pass:
+def full_pass(slots_per_token: float, T: int, grad: bool = True, count: float = 1) -> Pass:
     """`count` causal passes over all T(slots_per_token) slots (count may be an expectation, e.g. mean R)."""
     s = slots_per_token * T
     return Pass(slots_per_token, s, (s + 1) / 2, grad, count)

@@ -105,11 +105,17 @@ class PonderLM2(PonderMethod):
         jacobi_detach: bool = option(False)  # stop gradients through all but the final pass
 
     @staticmethod
-    def jacobi_passes(config, T: int, sweeps: float, grad: bool = True) -> list:
-        """K stage passes over growing prefixes (1..K slots per token), R sweeps + 1 final pass over K+1 slots."""
+    def jacobi_passes(config, T: int, sweeps: float, grad: bool = True, kept: list[float] | None = None) -> list:
+        """K stage passes over growing prefixes (1..K slots per token), R sweeps + 1 final pass over K+1 slots.
+        `kept` (step fractions a_0..a_K): a pass runs only the kept slots, packed (PonderLM-3's pruned evaluation),
+        so a pass over n leading slots has a_0 + ... + a_{n-1} slots per token."""
         K = config.max_steps
-        return [*(full_pass(n, T, grad=grad) for n in range(1, K + 1)), full_pass(K + 1, T, grad=grad, count=sweeps),
-                full_pass(K + 1, T)]
+
+        def width(n: int) -> float:
+            return n if kept is None else sum(kept[:n])
+
+        return [*(full_pass(width(n), T, grad=grad) for n in range(1, K + 1)),
+                full_pass(width(K + 1), T, grad=grad, count=sweeps), full_pass(width(K + 1), T)]
 
     @classmethod
     def sweeps(cls, config, training: bool, peak: bool = False) -> float:

@@ -98,10 +98,12 @@ class PonderLM3(FixedPruning, PonderLM2):
 
     @classmethod
     def parallel_cost(cls, config, costs, T, a, sweeps, training):
-        # Dense Jacobi passes (jacobi_detach not priced); one router call per refresh (x2 in eval: the mask bias
-        # and the pruning rule) + the final one.
+        # Training: dense Jacobi passes (jacobi_detach not priced). Eval: every pass after the first runs only the
+        # slots the pruning rule keeps, packed (`grid_pass`), priced at the final depths' step fractions a. One
+        # router call per refresh (x2 in eval: the mask bias and the pruning rule) + the final one.
         calls = (config.max_steps + sweeps) * (1 if training else 2) + 1
-        return cls.jacobi_passes(config, T, sweeps), [(calls * cls.router_flops(config), True)]
+        return cls.jacobi_passes(config, T, sweeps, kept=None if training else a), \
+            [(calls * cls.router_flops(config), True)]
 
     @classmethod
     def decode_cost(cls, config, costs, a):
