@@ -165,6 +165,9 @@ VARIANTS.update({
     # its two layers tied), held back by the one shared learning rate?
     "layers2-lr1e-3": ["model.num_hidden_layers=2", "optim.lr=0.001"],
     "layers2-lr1e-2": ["model.num_hidden_layers=2", "optim.lr=0.01"],
+    # ... and neither rate helped (seed 0): does it learn with twice the steps, as circuits that compose two layers
+    # often do only after a plateau?
+    "layers2-steps6000": ["model.num_hidden_layers=2", "train.steps=6000", "train.eval_every=6000"],
 })
 EXTRA = {
     "n8-hops12": [("ponderlm3", 3, 0, "lam0.1"), ("adaponder", 3, 0, "ramp200")],
@@ -185,7 +188,8 @@ EXTRA = {
                     ("latent_cot", 1, 0, "steps3000-delay2000"), ("latent_cot", 1, 1, "steps3000-delay2000"),
                     ("latent_cot", 1, 2, "steps3000-delay2000"), ("latent_cot", 1, 0, "steps4500-delay3000"),
                     ("latent_cot", 1, 1, "steps4500-delay3000"), ("latent_cot", 1, 2, "steps4500-delay3000")],
-    "nomarker-n12": [("vanilla", 0, 0, "layers2-lr1e-3"), ("vanilla", 0, 0, "layers2-lr1e-2")],
+    "nomarker-n12": [("vanilla", 0, 0, "layers2-lr1e-3"), ("vanilla", 0, 0, "layers2-lr1e-2"),
+                     ("vanilla", 0, 0, "layers2-steps6000")],
 }
 
 
