@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from decisive import SEEDS  # every arm's seeds in the protocol (a third where time allows)
+from decisive import BATCH, LAYERS, SEEDS, SEQ_LEN, STEPS, D  # SEEDS: every arm's (a third where time allows)
 from paired_stats import interval
 from reasoning_report import _multi_hop as multi_hop
 from reasoning_report import _paired_points as paired_points
@@ -104,49 +104,58 @@ def _criterion(*found: dict[str, Any] | None) -> str:
     return "met" if all(p["verdict"] == "better" for p in found) else "not met"
 
 
-def claims(runs: dict[str, dict[str, Any]]) -> str:
-    out = []
-    a1 = []
+def _slopes(runs: dict[str, dict[str, Any]], arm: str) -> list[float]:
+    """Per seed: the slope of the arm's paired gap to `vanilla_scaled` against log2 tokens, last three evaluations."""
+    ours, base = _main(runs, arm), _main(runs, "vanilla_scaled")
+    slopes = []
+    for seed in sorted(ours.keys() & base.keys()):
+        a = {c["tokens"]: c["val_loss"] for c in ours[seed]["curve"]}
+        b = {c["tokens"]: c["val_loss"] for c in base[seed]["curve"]}
+        pts = sorted((t, a[t] - b[t]) for t in a.keys() & b.keys())[-3:]
+        if len(pts) >= 2:
+            xs, ys = [math.log2(t) for t, _ in pts], [g for _, g in pts]
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            slopes.append(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+    return slopes
+
+
+def claim_rows(runs: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, list[str], str]]]:
+    """A1-A4: claim -> one (arm, table cells, criterion) per pondering arm, judged by the protocol's rule."""
+    rows: dict[str, list[tuple[str, list[str], str]]] = {"A1": [], "A2": [], "A3": [], "A4": []}
     for arm in PONDERING:
         v, h = paired(runs, arm, "vanilla_scaled"), paired(runs, arm, "vanilla_scaled", "heldout")
-        a1.append(f"| {arm} | {_ci(v)} | {_ci(h)} | {_criterion(v, h)} |")
-    out.append("**A1: better than `vanilla_scaled` on the validation split and the held-out text** (loss difference, "
-               "nats, method minus control):\n\n| arm | validation | held-out | criterion |\n|---|---|---|---|\n"
-               + "\n".join(a1) + "\n")
-    a2 = []
-    for arm in PONDERING:
-        deep = paired(runs, arm, "vanilla_deep")
-        if COST_CONTROL[arm] is None:
-            a2.append(f"| {arm} | {_ci(deep)} | none in the protocol | not testable |")
-            continue
-        long = paired(runs, arm, COST_CONTROL[arm])
-        a2.append(f"| {arm} | {_ci(deep)} | `{COST_CONTROL[arm]}`: {_ci(long)} | {_criterion(deep, long)} |")
-    out.append("**A2: better than the compute-matched controls** (validation):\n\n| arm | vs `vanilla_deep` "
-               "(inference FLOPs) | vs the training-FLOP-matched control | criterion |\n|---|---|---|---|\n"
-               + "\n".join(a2) + "\n")
-    a3 = []
-    for arm in PONDERING:
-        p = paired(runs, arm, "vanilla_official")
-        a3.append(f"| {arm} | {_ci(p)} | {_criterion(p)} |")
-    out.append("**A3: better than `vanilla_official`** (validation):\n\n| arm | vs `vanilla_official` | criterion |\n"
-               "|---|---|---|\n" + "\n".join(a3) + "\n")
-    a4 = []
-    for arm in PONDERING:
-        ours, base = _main(runs, arm), _main(runs, "vanilla_scaled")
-        slopes = []
-        for seed in sorted(ours.keys() & base.keys()):
-            a = {c["tokens"]: c["val_loss"] for c in ours[seed]["curve"]}
-            b = {c["tokens"]: c["val_loss"] for c in base[seed]["curve"]}
-            pts = sorted((t, a[t] - b[t]) for t in a.keys() & b.keys())[-3:]
-            if len(pts) >= 2:
-                xs, ys = [math.log2(t) for t, _ in pts], [g for _, g in pts]
-                mx, my = statistics.fmean(xs), statistics.fmean(ys)
-                slopes.append(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+        rows["A1"].append((arm, [_ci(v), _ci(h)], _criterion(v, h)))
+        deep, cost = paired(runs, arm, "vanilla_deep"), COST_CONTROL[arm]
+        if cost is None:
+            rows["A2"].append((arm, [_ci(deep), "none in the protocol"], "not testable"))
+        else:
+            long = paired(runs, arm, cost)
+            rows["A2"].append((arm, [_ci(deep), f"`{cost}`: {_ci(long)}"], _criterion(deep, long)))
+        official = paired(runs, arm, "vanilla_official")
+        rows["A3"].append((arm, [_ci(official)], _criterion(official)))
+        slopes = _slopes(runs, arm)
         met = "not yet run" if not slopes else "met" if all(s < 0 for s in slopes) else "not met"
-        a4.append(f"| {arm} | {', '.join(f'{s:+.3f}' for s in slopes) or '-'} | {met} |")
-    out.append("**A4: the gap to `vanilla_scaled` shrinks with tokens** (slope of the paired gap against log2 tokens "
-               "over the last three evaluations, per seed):\n\n| arm | slope per seed | criterion |\n|---|---|---|\n"
-               + "\n".join(a4) + "\n")
+        rows["A4"].append((arm, [", ".join(f"{s:+.3f}" for s in slopes) or "-"], met))
+    return rows
+
+
+CLAIM_HEADS = {
+    "A1": ("**A1: better than `vanilla_scaled` on the validation split and the held-out text** (loss difference, "
+           "nats, method minus control):", "| arm | validation | held-out | criterion |"),
+    "A2": ("**A2: better than the compute-matched controls** (validation):",
+           "| arm | vs `vanilla_deep` (inference FLOPs) | vs the training-FLOP-matched control | criterion |"),
+    "A3": ("**A3: better than `vanilla_official`** (validation):", "| arm | vs `vanilla_official` | criterion |"),
+    "A4": ("**A4: the gap to `vanilla_scaled` shrinks with tokens** (slope of the paired gap against log2 tokens "
+           "over the last three evaluations, per seed):", "| arm | slope per seed | criterion |"),
+}
+
+
+def claims(runs: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for claim, rows in claim_rows(runs).items():
+        title, head = CLAIM_HEADS[claim]
+        lines = [f"| {arm} | {' | '.join(cells)} | {criterion} |" for arm, cells, criterion in rows]
+        out.append(f"{title}\n\n{head}\n|{'---|' * head.count(' | ')}---|\n" + "\n".join(lines) + "\n")
     return "\n".join(out)
 
 
@@ -244,11 +253,12 @@ def _gain(ours: dict[int, dict[str, Any]], control: dict[int, dict[str, Any]]) -
     return paired_points(list(ours.values()), list(control.values()), lambda r: 100 * multi_hop(r["learned"]))
 
 
-def reasoning_claims(summary: dict[str, Any]) -> str:
-    """R1-R4 of the protocol for one task, from its runs (paired by seed, 95 % t interval, accuracy points)."""
+def reasoning_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """R1-R4 of the protocol for one task, one row per pondering arm: its table cells (`cells`), each claim's
+    verdict (`verdicts`: met / not met / pending / not yet run / n/a) and the looped control's (`looped`)."""
     arms = _arms(summary)
     base = arms.get(("vanilla", 0, ""), {})
-    rows, against_looped = [], {}
+    rows = []
     for key, runs in sorted(arms.items()):
         method, k, _ = key
         if method in ("vanilla", "looped"):
@@ -257,6 +267,7 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
         r1_met, r2_met = _verdict(r1, lambda p: p["low"] >= 30), _verdict(r2, lambda p: p["low"] > 0)
         looped = _gain(runs, arms.get(("looped", 1, ""), {}))  # the protocol's equal-parameter control, no criterion
         r3 = r4 = "n/a (fixed depth)"
+        r3_met = r4_met = "n/a"
         if method in ADAPTIVE:
             points = {s: _sweep_point(summary, r["run"], 0.5) for s, r in runs.items()}
             rhos = {s: p["learned"]["spearman_steps_difficulty"] for s, p in points.items() if p}
@@ -265,6 +276,7 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
             # does not, pending in between
             r3_met = ("met" if follows >= 2 else "not met" if len(rhos) - follows > PART_B_SEEDS - 2
                       else f"pending ({len(rhos)} of {PART_B_SEEDS} seeds)")
+            r3_met = r3_met if rhos else "not yet run"
             r3 = "not yet run" if not rhos else (
                 ", ".join(f"s{s}: {'n/a' if v is None else f'{v:.2f}'}" for s, v in sorted(rhos.items()))
                 + f" -> {r3_met}")
@@ -272,22 +284,35 @@ def reasoning_claims(summary: dict[str, Any]) -> str:
                       and p["learned"]["avg_steps"] < k}
             skipped = sum(1 for p in points.values() if p and p["learned"]["avg_steps"] >= k)
             if not usable:
+                r4_met = "not yet run" if not rhos else "not met"
                 r4 = "not yet run" if not rhos else f"no usable run ({skipped} skip no step)"
             else:
                 p4 = interval([100 * (p["learned"]["accuracy"] - p["fixed"]["uniform"]["accuracy"])
                                for p in usable.values()], lower_is_better=False)
-                r4 = f"{_points(p4)} -> {_verdict(p4, lambda p: p['low'] > 0)} ({skipped} excluded: skip no step)"
-        rows.append(f"| {_arm_name(key)} | {_judged(r1, r1_met)} | {_judged(r2, r2_met)} | {r3} | {r4} | "
-                    f"{_points(looped)} |")
-        if looped is not None:
-            against_looped.setdefault(looped["verdict"], []).append(_arm_name(key))
+                r4_met = _verdict(p4, lambda p: p["low"] > 0)
+                r4 = f"{_points(p4)} -> {r4_met} ({skipped} excluded: skip no step)"
+        rows.append({"arm": _arm_name(key),
+                     "cells": [_judged(r1, r1_met), _judged(r2, r2_met), r3, r4, _points(looped)],
+                     "verdicts": {"R1": r1_met, "R2": r2_met, "R3": r3_met, "R4": r4_met},
+                     "looped": None if looped is None else looped["verdict"]})
+    return rows
+
+
+def reasoning_claims(summary: dict[str, Any]) -> str:
+    """R1-R4 of the protocol for one task, from its runs (paired by seed, 95 % t interval, accuracy points)."""
+    rows = reasoning_rows(summary)
+    against_looped: dict[str, list[str]] = {}
+    for row in rows:
+        if row["looped"] is not None:
+            against_looped.setdefault(row["looped"], []).append(row["arm"])
     if not rows:
         return "No run of this task has finished yet: R1-R4 **not yet run**.\n"
     return ("| arm | R1: vs 1-layer vanilla, points (need lower bound >= 30) | R2: vs vanilla with K + 1 layers "
             "(lower bound > 0) | R3: Spearman(steps, depth) at tau 0.5 (>= 0.5 on 2 of 3 seeds) | R4: learned minus "
             "uniform fixed pruning at tau 0.5, points (lower bound > 0) | vs looped K = 1 (equal parameters; no "
             "criterion) |\n|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n" + _looped_line(against_looped))
+            + "\n".join(f"| {row['arm']} | {' | '.join(row['cells'])} |" for row in rows) + "\n"
+            + _looped_line(against_looped))
 
 
 def _looped_line(verdicts: dict[str, list[str]]) -> str:
@@ -354,6 +379,50 @@ def post_hoc(summary: dict[str, Any], setting: str) -> str:
         return ""
     return ("\n**Post hoc** (runs chosen after seeing this task's results; no criterion): multi-hop accuracy "
             + "; ".join(f"{r['run']} {100 * multi_hop(r['learned']):.1f} %" for r in runs) + ".\n")
+
+
+def _met(verdicts: list[tuple[str, str]]) -> str:
+    """'a, b' for the (name, verdict) pairs that are met, 'none of N', or what is still pending."""
+    met = [name for name, verdict in verdicts if verdict == "met"]
+    open_ = sum(1 for _, verdict in verdicts if verdict.startswith(("pending", "not yet run")))
+    text = ", ".join(met) if met else f"none of {len(verdicts)}"
+    return text + (f" ({open_} not yet judged)" if open_ else "")
+
+
+def readme_rows(folder: Path, reasoning_docs: Path | None = None) -> str:
+    """The README's results rows for the decisive experiments: which protocol claims are met, and by which arm."""
+    runs, _ = load(folder)
+    if not any(r["phase"] == "main" for r in runs.values()):
+        return ""
+    rows = claim_rows(runs)
+    met = {claim: _met([(arm, criterion) for arm, _, criterion in found]) for claim, found in rows.items()}
+    text = (f"| decisive LM grid (d={D}, {LAYERS} layers, {STEPS * BATCH * SEQ_LEN:,} tokens per run, each arm at "
+            f"its own swept rate, paired seeds; protocol fixed before the runs) | protocol claims met, of "
+            f"{', '.join(PONDERING)}: A1 better than `vanilla_scaled` on validation and held-out text: {met['A1']}; "
+            f"A2 better than the FLOP-matched controls: {met['A2']}; A3 better than the official unscaled vanilla: "
+            f"{met['A3']}; A4 gap to `vanilla_scaled` shrinking with tokens: {met['A4']} | "
+            "[DECISIVE.md](docs/DECISIVE.md) |\n")
+    reasoning_docs = reasoning_docs or folder.parent / "reasoning"
+    tasks = []
+    for title, setting in PART_B_TASKS:
+        path = reasoning_docs / setting / "summary.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        if setting == "chains-closed" and validity(summary)[1] != "valid":
+            tasks.append(f"{title.split(': ', 1)[1]}: {validity(summary)[1]}")
+            continue
+        found = reasoning_rows(summary)
+        claim = {c: _met([(r["arm"], r["verdicts"][c]) for r in found if r["verdicts"][c] != "n/a"])
+                 for c in ("R1", "R2", "R3")}
+        looped = [r["arm"] for r in found if r["looped"] == "better"]
+        tasks.append(f"{title.split(': ', 1)[1]}: R1 (>= 30 points over 1-layer vanilla) {claim['R1']}; R2 (beats "
+                     f"vanilla with K + 1 layers, equal FLOPs) {claim['R2']}; R3 (depth follows difficulty) "
+                     f"{claim['R3']}; better than looped K = 1 (equal parameters): {', '.join(looped) or 'none'}")
+    if tasks:
+        text += ("| decisive reasoning tasks (1 layer d=64, 3 seeds, vanilla with K + 1 layers and looped K = 1 as "
+                 "controls) | " + " — ".join(tasks) + " | [DECISIVE.md](docs/DECISIVE.md#part-b-reasoning) |\n")
+    return text
 
 
 def render(folder: Path, planned: list[str] | None = None, reasoning_docs: Path | None = None) -> str:

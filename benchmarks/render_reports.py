@@ -166,7 +166,8 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
         root / "README.md": {
             "readme-results": lambda: "| what | result | details |\n|---|---|---|\n"
             + quickstart_row(root / "docs" / "results" / "quickstart")
-            + study_document.readme_row(study) + reasoning_report.readme_row(reasoning, reasoning_table),
+            + study_document.readme_row(study) + reasoning_report.readme_row(reasoning, reasoning_table)
+            + decisive_report.readme_rows(root / "docs" / "results" / "decisive"),
         },
     }
     return whole, blocks

@@ -216,3 +216,15 @@ def test_the_looped_control_is_compared_without_a_criterion():
     text = decisive_report.reasoning_claims({"runs": runs})
     assert "worse: ponderlm K=1" in text and "not resolved: ponderlm2 K=1" in text
     assert "Against looped" not in decisive_report.reasoning_claims({"runs": runs[:3] + runs[6:]})
+
+
+def test_the_readme_rows_name_the_arms_that_meet_each_claim(tmp_path):
+    """The README's decisive rows come from the same verdicts as DECISIVE.md: an arm is named only where its claim
+    is met, and an unmet claim reads 'none of N'."""
+    for seed, (ours, control) in enumerate(((5.00, 5.10), (5.01, 5.12))):
+        _record(tmp_path, f"ponderlm2-s{seed}", "ponderlm2", seed, ours, heldout=ours + 0.5)
+        _record(tmp_path, f"vanilla_scaled-s{seed}", "vanilla_scaled", seed, control, heldout=control + 0.5)
+    row = decisive_report.readme_rows(tmp_path, reasoning_docs=tmp_path / "none").splitlines()
+    assert len(row) == 1 and "held-out text: ponderlm2 (3 not yet judged);" in row[0]
+    assert "A3 better than the official unscaled vanilla: none of 4 (4 not yet judged)" in row[0]
+    assert decisive_report.readme_rows(tmp_path / "empty") == ""
