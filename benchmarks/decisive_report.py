@@ -356,7 +356,10 @@ def part_b(reasoning_docs: Path) -> str:
         if summary is None:
             out.append(head + "No run yet: every claim **not yet run**.\n")
             continue
-        source = f"Runs: [results/reasoning/{setting}/](results/reasoning/{setting}/table.md).\n\n"
+        done = summary.get("runs", []) + summary.get("extra_runs", [])
+        hours = sum(r.get("train_seconds", 0.0) for r in done) / 3600
+        source = (f"Runs: [results/reasoning/{setting}/](results/reasoning/{setting}/table.md) ({len(done)} recorded, "
+                  f"{hours:.2f} hours of single-thread training).\n\n")
         if setting == "chains-closed":
             text, verdict = validity(summary)
             out.append(head + source + text + ("\n" + reasoning_claims(summary) if verdict == "valid" else ""))
