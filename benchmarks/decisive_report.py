@@ -52,12 +52,16 @@ def paired(runs: dict[str, dict[str, Any]], arm: str, control: str, split: str =
     return {**interval([ours[s][split]["loss"] - theirs[s][split]["loss"] for s in seeds]), "seeds": seeds}
 
 
-def _ci(p: dict[str, Any] | None) -> str:
-    if p is None:
-        return "not yet run"
+def _estimate(p: dict[str, Any], digits: int) -> str:
+    """'+0.012 [-0.003, +0.027], 3 seeds', or '+0.012, 1 seed (no interval)': a paired difference as every table
+    shows it (nats at 3 digits, accuracy points at 1)."""
     if math.isinf(p["high"]):
-        return f"{p['mean']:+.3f}, 1 seed (no interval): {p['verdict']}"
-    return f"{p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}], {len(p['seeds'])} seeds: {p['verdict']}"
+        return f"{p['mean']:+.{digits}f}, 1 seed (no interval)"
+    return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}], {p['n']} seeds"
+
+
+def _ci(p: dict[str, Any] | None) -> str:
+    return "not yet run" if p is None else f"{_estimate(p, 3)}: {p['verdict']}"
 
 
 def sweep_table(sweeps: dict[str, dict[str, Any]]) -> str:
@@ -326,11 +330,7 @@ def _looped_line(verdicts: dict[str, list[str]]) -> str:
 
 
 def _points(p: dict[str, Any] | None) -> str:
-    if p is None:
-        return "not yet run"
-    if math.isinf(p["high"]):
-        return f"{p['mean']:+.1f}, 1 seed (no interval)"
-    return f"{p['mean']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}], {p['n']} seeds"
+    return "not yet run" if p is None else _estimate(p, 1)
 
 
 def _judged(p: dict[str, Any] | None, verdict: str) -> str:
