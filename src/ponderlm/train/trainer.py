@@ -510,10 +510,11 @@ def eval_conditions(cfg: RunConfig, config: Any, data_dir: Path, tokens: int) ->
     """The conditions of the trainer's validation perplexity, recorded beside it: another evaluation of the same
     model (`ponderlm eval ppl` defaults to other windows) gives another number."""
     t, knobs = cfg.train, DecodeOptions.resolve(config)  # the method's inference knobs at their saved values
+    described = knobs.describe()  # empty when the method has no knob set (as eval ppl's conditions)
     return {"split": "val", "data_dir": str(data_dir), "seq_len": cfg.data.seq_len, "batch_size": t.batch_size,
             "batches": t.eval_batches, "tokens": tokens, "knobs": knobs.as_dict(),
             "description": f"the val split's {describe_windows(t.eval_batches, t.batch_size, cfg.data.seq_len, tokens)}"
-                           f", the trainer's final evaluation" + (f", {knobs.describe()}" if knobs.values else "")}
+                           f", the trainer's final evaluation" + (f", {described}" if described else "")}
 
 
 def _data_description(data_dir: Path) -> str:
