@@ -22,7 +22,7 @@ import argparse
 import math
 
 import torch
-from common import interleaved_medians, print_table, setup_threads
+from common import add_json_flag, interleaved_medians, print_table, setup_threads
 
 from ponderlm import PonderConfig, PonderForCausalLM
 from ponderlm.benchmarking import decode_run
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    add_json_flag(parser)
     args = parser.parse_args()
     setup_threads(args.threads)
     model = build(args)
@@ -141,9 +142,10 @@ def main() -> None:
                          "speedup/ideal": t["full"] / t["adaptive"] / ideal,
                          "KV MiB": ada["kv_bytes"] / 2**20, "KV MiB full": full["kv_bytes"] / 2**20,
                          "KV ratio": full["kv_bytes"] / ada["kv_bytes"], "stored MiB": ada["kv_bytes"] / 2**20})
-    print(f"d={model.config.hidden_size} L={model.config.num_hidden_layers} K={K} tau={tau} tokens={args.tokens} "
+    print(f"# adaponder decode d={model.config.hidden_size} L={model.config.num_hidden_layers} K={K} tau={tau} "
+          f"tokens={args.tokens} "
           f"threads={torch.get_num_threads()} repeats={args.repeats} (medians, interleaved)")
-    print_table(rows)
+    print_table(rows, args.json)
 
 
 if __name__ == "__main__":

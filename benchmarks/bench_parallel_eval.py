@@ -12,7 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_medians, print_table, setup_threads
+from common import add_json_flag, interleaved_medians, print_table, setup_threads
 
 from ponderlm.benchmarking import synthetic_model
 from ponderlm.eval.perplexity import load_model
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=1e-2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    add_json_flag(parser)
     args = parser.parse_args()
     setup_threads(args.threads)
     if args.model:
@@ -55,13 +56,16 @@ def main() -> None:
 
     times = interleaved_medians({"parallel": parallel, "sequential": sequential}, repeats=args.repeats, warmup=0)
     diff = float((out["parallel"][0] - out["sequential"][0]).abs().max())
+    speedup = times["sequential"] / times["parallel"]
     rows = [{"path": name, "seconds": times[name], "ppl": math.exp(float(out[name][0].mean())),
-             "avg steps": out[name][1]} for name in ("parallel", "sequential")]
-    print(f"{model.config.method} K={model.config.max_steps} d={model.config.hidden_size} tau={args.tau} "
-          f"sweeps={args.sweeps} tokens={ids.numel()} threads={torch.get_num_threads()}")
-    print_table(rows)
-    print(f"speedup parallel vs sequential: {times['sequential'] / times['parallel']:.2f}x; "
-          f"max |NLL difference|: {diff:.2e}")
+             "avg steps": out[name][1], "speedup": speedup, "max NLL diff": diff}
+            for name in ("parallel", "sequential")]
+    print(f"# {model.config.method} d={model.config.hidden_size} L={model.config.num_hidden_layers} "
+          f"K={model.config.max_steps} tau={args.tau} sweeps={args.sweeps} T={args.seq} B={args.batch} "
+          f"threads={torch.get_num_threads()}")
+    print_table(rows, args.json)
+    if not args.json:
+        print(f"speedup parallel vs sequential: {speedup:.2f}x; max |NLL difference|: {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import interleaved_medians, print_table, setup_threads
+from common import add_json_flag, interleaved_medians, print_table, setup_threads
 
 from ponderlm.benchmarking import synthetic_model
 from ponderlm.inference.sequential import decode_options, new_state
@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--depth-target", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    add_json_flag(p)
     args = p.parse_args()
     setup_threads(args.threads)
     rows = []
@@ -48,7 +49,8 @@ def main() -> None:
             def run(prefill, model=model, options=options, ids=ids, mask=mask):
                 def fn() -> None:
                     with torch.inference_mode():
-                        prefill(model, new_state(model, ids.shape[0], ids.shape[1], options=options), ids, mask)
+                        state = new_state(model, ids.shape[0], ids.shape[1], options=options)
+                        prefill(model.backbone, state, ids, mask)
                 return fn
 
             times = interleaved_medians({"token_by_token": run(PonderMethod.prefill.__get__(model.method)),
@@ -59,7 +61,7 @@ def main() -> None:
                          "speedup": times["token_by_token"] / times["parallel"]})
     print(f"# prefill d={args.hidden} L={args.layers} K={args.K} threads={torch.get_num_threads()} "
           f"(adaptive methods: uniform depths, mean {args.depth_target})")
-    print_table(rows)
+    print_table(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
     python benchmarks/render_reports.py --check   # exit 1 and name each drifted block (what tests/test_reports.py does)
 
 Sources (committed): docs/results/summary.json (the study, benchmarks/study.py), docs/results/reasoning/summary.json
-(the reasoning testbed, benchmarks/reasoning.py). Targets: docs/RESULTS.md (whole file), the generated blocks of
-docs/REASONING.md, docs/METHODS.md and README.md (`<!-- generated: NAME -->`, see report_blocks.py).
+(the reasoning testbed, benchmarks/reasoning.py), docs/results/decisive/ (benchmarks/decisive.py),
+docs/results/perf/headline/ (benchmarks/perf_suite.py). Targets: docs/RESULTS.md and docs/DECISIVE.md (whole files),
+the generated blocks of docs/REASONING.md, docs/METHODS.md, docs/TRAINING.md, docs/PERFORMANCE.md and README.md
+(`<!-- generated: NAME -->`, see report_blocks.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import decisive  # noqa: E402
 import decisive_report  # noqa: E402
+import perf_report  # noqa: E402
 import reasoning_report  # noqa: E402
 import report_blocks  # noqa: E402
 import study_document  # noqa: E402
@@ -149,6 +152,7 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
     reasoning_table = (root / "docs" / "results" / "reasoning" / "table.md").read_text(encoding="utf-8")
     n8_table = (root / "docs" / "results" / "reasoning" / "n8-hops12" / "table.md").read_text(encoding="utf-8")
     decisive_sweeps = decisive_report.load(root / "docs" / "results" / "decisive")[1]
+    perf = root / "docs" / "results" / "perf" / "headline"
     whole = {root / "docs" / "RESULTS.md": study_document.render_results(study, decisive_sweeps),
              root / "docs" / "DECISIVE.md": decisive_report.render(root / "docs" / "results" / "decisive",
                                                                     planned=decisive_planned(root))}
@@ -161,6 +165,7 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
             "reasoning-n8-tables": lambda: n8_table,
         },
         root / "docs" / "METHODS.md": {"methods-defaults": methods_defaults},
+        root / "docs" / "PERFORMANCE.md": {"perf-headline": lambda: perf_report.headline_md(perf)},
         root / "docs" / "TRAINING.md": {
             "training-quickstart": lambda: quickstart_md(root / "docs" / "results" / "quickstart")},
         root / "README.md": {
@@ -168,6 +173,7 @@ def targets(root: Path = ROOT) -> tuple[dict[Path, str], dict[Path, dict]]:
             + quickstart_row(root / "docs" / "results" / "quickstart")
             + study_document.readme_row(study) + reasoning_report.readme_row(reasoning, reasoning_table)
             + decisive_report.readme_rows(root / "docs" / "results" / "decisive"),
+            "readme-perf": lambda: perf_report.readme_md(perf),
         },
     }
     return whole, blocks

@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--repeats", type=int, default=3, metavar="N",
                     help="timed repeats; the best is reported (default 3)")
     tr.add_argument("--no-hf", action="store_true", help="skip the transformers LlamaForCausalLM reference row")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     tr.add_argument("--json", action="store_true", help="print rows as JSON")
     tr.set_defaults(func=_cmd_train)
 
@@ -106,6 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise PonderError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())}")
     if "vanilla" not in methods:
         methods.insert(0, "vanilla")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows, peak = bench_train(methods, args.hidden, args.layers, args.max_steps, args.vocab, args.seq_len,
                              args.batch, args.repeats, hf_reference=not args.no_hf)
     print(f"# train d={args.hidden} L={args.layers} K={args.max_steps} T={args.seq_len} B={args.batch} "
