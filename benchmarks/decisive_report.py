@@ -392,19 +392,17 @@ def _met(verdicts: list[tuple[str, str]]) -> str:
     return text + (f" ({open_} not yet judged)" if open_ else "")
 
 
-def readme_rows(folder: Path, reasoning_docs: Path | None = None) -> str:
-    """The README's results rows for the decisive experiments: which protocol claims are met, and by which arm."""
+def verdicts(folder: Path, reasoning_docs: Path | None = None) -> tuple[str | None, list[str]]:
+    """Which protocol claims are met and by which arm: (the LM grid's sentence or None before its first main run,
+    one sentence per reasoning task with results), shared by the README rows and the report's summary."""
     runs, _ = load(folder)
-    if not any(r["phase"] == "main" for r in runs.values()):
-        return ""
-    rows = claim_rows(runs)
-    met = {claim: _met([(arm, criterion) for arm, _, criterion in found]) for claim, found in rows.items()}
-    text = (f"| decisive LM grid (d={D}, {LAYERS} layers, {STEPS * BATCH * SEQ_LEN:,} tokens per run, each arm at "
-            f"its own swept rate, paired seeds; protocol fixed before the runs) | protocol claims met, of "
-            f"{', '.join(PONDERING)}: A1 better than `vanilla_scaled` on validation and held-out text: {met['A1']}; "
-            f"A2 better than the FLOP-matched controls: {met['A2']}; A3 better than the official unscaled vanilla: "
-            f"{met['A3']}; A4 gap to `vanilla_scaled` shrinking with tokens: {met['A4']} | "
-            "[DECISIVE.md](docs/DECISIVE.md) |\n")
+    lm = None
+    if any(r["phase"] == "main" for r in runs.values()):
+        met = {claim: _met([(arm, criterion) for arm, _, criterion in found])
+               for claim, found in claim_rows(runs).items()}
+        lm = (f"protocol claims met, of {', '.join(PONDERING)}: A1 better than `vanilla_scaled` on validation and "
+              f"held-out text: {met['A1']}; A2 better than the FLOP-matched controls: {met['A2']}; A3 better than the "
+              f"official unscaled vanilla: {met['A3']}; A4 gap to `vanilla_scaled` shrinking with tokens: {met['A4']}")
     reasoning_docs = reasoning_docs or folder.parent / "reasoning"
     tasks = []
     for title, setting in PART_B_TASKS:
@@ -417,15 +415,35 @@ def readme_rows(folder: Path, reasoning_docs: Path | None = None) -> str:
             continue
         found = reasoning_rows(summary)
         claim = {c: _met([(r["arm"], r["verdicts"][c]) for r in found if r["verdicts"][c] != "n/a"])
-                 for c in ("R1", "R2", "R3")}
+                 for c in ("R1", "R2", "R3", "R4")}
         looped = [r["arm"] for r in found if r["looped"] == "better"]
         tasks.append(f"{title.split(': ', 1)[1]}: R1 (>= 30 points over 1-layer vanilla) {claim['R1']}; R2 (beats "
                      f"vanilla with K + 1 layers, equal FLOPs) {claim['R2']}; R3 (depth follows difficulty) "
-                     f"{claim['R3']}; better than looped K = 1 (equal parameters): {', '.join(looped) or 'none'}")
+                     f"{claim['R3']}; R4 (learned depth beats uniform pruning at equal steps) {claim['R4']}; better "
+                     f"than looped K = 1 (equal parameters): {', '.join(looped) or 'none'}")
+    return lm, tasks
+
+
+def readme_rows(folder: Path, reasoning_docs: Path | None = None) -> str:
+    """The README's results rows for the decisive experiments: which protocol claims are met, and by which arm."""
+    lm, tasks = verdicts(folder, reasoning_docs)
+    if lm is None:
+        return ""
+    text = (f"| decisive LM grid (d={D}, {LAYERS} layers, {STEPS * BATCH * SEQ_LEN:,} tokens per run, each arm at "
+            f"its own swept rate, paired seeds; protocol fixed before the runs) | {lm} | "
+            "[DECISIVE.md](docs/DECISIVE.md) |\n")
     if tasks:
         text += ("| decisive reasoning tasks (1 layer d=64, 3 seeds, vanilla with K + 1 layers and looped K = 1 as "
                  "controls) | " + " — ".join(tasks) + " | [DECISIVE.md](docs/DECISIVE.md#part-b-reasoning) |\n")
     return text
+
+
+def summary_md(folder: Path, reasoning_docs: Path | None = None) -> str:
+    """The report's opening verdicts, one line per part and task, from the same judgements as the sections below."""
+    lm, tasks = verdicts(folder, reasoning_docs)
+    lines = [f"- **LM grid (Part A)**: {lm}." if lm else "- **LM grid (Part A)**: no main run recorded yet."]
+    lines += [f"- **Reasoning, {task.split(': ', 1)[0]}** (Part B): {task.split(': ', 1)[1]}." for task in tasks]
+    return "\n".join(lines) + "\n"
 
 
 def render(folder: Path, planned: list[str] | None = None, reasoning_docs: Path | None = None) -> str:
@@ -447,6 +465,11 @@ in all (the sum of every step's time over all of a run's stretches; evaluation a
 time and the machine's load are in its record; the 2-core machine ran two runs at a time beside other work).
 The grid resumes from these records: `python benchmarks/decisive.py run`.
 
+## In short
+
+Each claim as the protocol judges it (a paired interval per seed, never a mean); "none of N" is a result, not a gap.
+
+{summary_md(folder, reasoning_docs)}
 ## Learning-rate sweeps
 
 {sweep_table(sweeps)}

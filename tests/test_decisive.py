@@ -228,3 +228,15 @@ def test_the_readme_rows_name_the_arms_that_meet_each_claim(tmp_path):
     assert len(row) == 1 and "held-out text: ponderlm2 (3 not yet judged);" in row[0]
     assert "A3 better than the official unscaled vanilla: none of 4 (4 not yet judged)" in row[0]
     assert decisive_report.readme_rows(tmp_path / "empty") == ""
+
+
+def test_the_report_opens_with_the_same_verdicts_as_the_readme(tmp_path):
+    for seed, (ours, control) in enumerate(((5.00, 5.10), (5.01, 5.12))):
+        _record(tmp_path, f"ponderlm2-s{seed}", "ponderlm2", seed, ours, heldout=ours + 0.5)
+        _record(tmp_path, f"vanilla_scaled-s{seed}", "vanilla_scaled", seed, control, heldout=control + 0.5)
+    report = decisive_report.render(tmp_path, reasoning_docs=tmp_path / "none")
+    short = report.split("## In short")[1].split("## ")[0]
+    assert "**LM grid (Part A)**" in short and "held-out text: ponderlm2 (3 not yet judged);" in short
+    assert "Reasoning" not in short  # no reasoning task has results here
+    empty = decisive_report.render(tmp_path / "empty", reasoning_docs=tmp_path / "none")
+    assert "no main run recorded yet" in empty
