@@ -116,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {command}\n    {what}")
         return 0
     names = args.only or list(SUITE)
-    print(f"{len(names)} benchmark(s); load average {os.getloadavg()[0]:.2f} at the start "
-          "(run on a quiet machine: other work skews every ratio)", flush=True)
+    load = os.getloadavg()[0]
+    print(f"{len(names)} benchmark(s); load average {load:.2f} at the start", flush=True)
+    if load > 0.5:
+        print(f"warning: the machine is not quiet (1-minute load {load:.2f}); other work skews every ratio, and the "
+              "records say so", file=sys.stderr, flush=True)
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name}: {SUITE[name][0]}", flush=True)
         record = run_one(name, args.out)
