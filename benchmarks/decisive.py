@@ -262,6 +262,8 @@ class Grid:
                         extra=[f"data.seq_len={seq}", f"train.batch_size={batch}"])
         for arm in THIRD_SEED:
             add(arm, 2, self.best_rate(arm))
+        for arm in ("looped_k3", "pause_k3", "ponderlm_k3"):  # amendment 2026-12-08: a second seed, for an interval
+            add(arm, 1, shared)
         return jobs
 
     def plan(self) -> list[dict[str, Any]]:

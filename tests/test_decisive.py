@@ -240,3 +240,23 @@ def test_the_report_opens_with_the_same_verdicts_as_the_readme(tmp_path):
     assert "Reasoning" not in short  # no reasoning task has results here
     empty = decisive_report.render(tmp_path / "empty", reasoning_docs=tmp_path / "none")
     assert "no main run recorded yet" in empty
+
+
+def test_the_report_lists_every_dated_amendment_and_marks_post_hoc_seeds(tmp_path):
+    protocol = tmp_path / "protocols" / "DECISIVE.md"
+    protocol.parent.mkdir(parents=True)
+    protocol.write_text("# Protocol\n\n**2026-01-01, not an amendment.** Body.\n\n## Amendments\n\n"
+                        "**2026-02-03, before the runs.** Why.\n\nText **2026-02-04, inline** is not one.\n\n"
+                        "**2026-02-05, after them (post hoc).** Why.\n")
+    assert decisive_report.amendments(protocol) == ["2026-02-03, before the runs", "2026-02-05, after them (post hoc)"]
+    assert decisive_report.amendments(tmp_path / "missing.md") == []
+    folder = tmp_path / "results" / "decisive"
+    for seed in (0, 1):
+        _record(folder, f"looped_k3-s{seed}", "looped_k3", seed, 5.0 + seed / 100)
+        _record(folder, f"vanilla_scaled-s{seed}", "vanilla_scaled", seed, 5.1)
+    report = decisive_report.render(folder, reasoning_docs=tmp_path / "none")
+    assert "Its dated amendments (read from its text): 2026-02-03, before the runs; 2026-02-05" in report
+    row = next(line for line in report.splitlines() if line.startswith("| the official K = 3 looped LM"))
+    assert "seed 1 post hoc (amendment 2026-12-08)" in row and "2 seeds" in row
+    pause = next(line for line in report.splitlines() if line.startswith("| the official K = 3 pause"))
+    assert "post hoc" not in pause  # no seed-1 record: nothing to mark

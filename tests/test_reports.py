@@ -19,7 +19,8 @@ report_blocks = importlib.import_module("report_blocks")
 INPUTS = ["README.md", "docs/RESULTS.md", "docs/DECISIVE.md", "docs/results/decisive", "docs/REASONING.md",
           "docs/METHODS.md", "docs/TRAINING.md", "docs/results/summary.json", "docs/results/reasoning",
           "docs/results/quickstart/summary.json", "docs/results/quickstart/timing.json",
-          "docs/results/quickstart/tau.json", "docs/PERFORMANCE.md", "docs/results/perf/headline"]
+          "docs/results/quickstart/tau.json", "docs/PERFORMANCE.md", "docs/results/perf/headline",
+          "docs/protocols/DECISIVE.md"]
 
 
 @pytest.fixture()
