@@ -143,8 +143,7 @@ def main() -> None:
                          "KV MiB": ada["kv_bytes"] / 2**20, "KV MiB full": full["kv_bytes"] / 2**20,
                          "KV ratio": full["kv_bytes"] / ada["kv_bytes"], "stored MiB": ada["kv_bytes"] / 2**20})
     print(f"# adaponder decode d={model.config.hidden_size} L={model.config.num_hidden_layers} K={K} tau={tau} "
-          f"tokens={args.tokens} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} (medians, interleaved)")
+          f"tokens={args.tokens} threads={torch.get_num_threads()} repeats={args.repeats} (medians, interleaved)")
     print_table(rows, args.json)
 
 

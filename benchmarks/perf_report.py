@@ -105,10 +105,10 @@ def decode_md(records: list[dict]) -> str:
     for rec in records:
         for r in decode_rows(rec):
             ratio = r["speedup"] / r["ideal"]
+            bold = "**" if ratio >= IDEAL_TARGET else ""
             lines.append(f"| {r['method']} | {r['batch']} | {'-' if r['batch'] == 1 else r['schedule']} | "
                          f"{r['avg']:.2f} | {r['calls']} / {r['full calls']} | {_n(r['tok/s'])} / "
-                         f"{_n(r['full tok/s'])} | {r['speedup']:.2f} | {r['ideal']:.2f} | "
-                         f"{'**' if ratio >= IDEAL_TARGET else ''}{ratio:.2f}{'**' if ratio >= IDEAL_TARGET else ''} | "
+                         f"{_n(r['full tok/s'])} | {r['speedup']:.2f} | {r['ideal']:.2f} | {bold}{ratio:.2f}{bold} | "
                          f"{_n(r['kv'])} / {_n(r['full kv'])} |")
     return "\n".join(lines) + "\n"
 
@@ -139,8 +139,7 @@ def parallel_eval_md(rec: dict) -> str:
                       for name, r in (("parallel", par), ("sequential", seq)))
             + f"\n{_field(rec, 'sweeps')} Jacobi sweeps, T={_field(rec, 'T')}, B={_field(rec, 'B')}, tau "
             f"{_field(rec, 'tau')}: speedup {par['speedup']:.2f}x, max |NLL difference| {par['max NLL diff']:.1e}. "
-            "Target "
-            f">= {PARALLEL_EVAL_TARGET:g}x: {_met(par['speedup'] >= PARALLEL_EVAL_TARGET)}.\n")
+            f"Target >= {PARALLEL_EVAL_TARGET:g}x: {_met(par['speedup'] >= PARALLEL_EVAL_TARGET)}.\n")
 
 
 def headline_md(folder: Path) -> str:
@@ -199,8 +198,7 @@ def readme_md(folder: Path) -> str:
         hf = (f"{v['tok/s'] / rows['transformers Llama']['tok/s']:.2f}x its throughput, "
               if "transformers Llama" in rows else "")
         lines.append(f"| vanilla training vs transformers' `LlamaForCausalLM` ({_shape(recs['train'])}) | "
-                     f"{hf}{v['of peak']:.0%} "
-                     f"of the measured fp32 matmul peak | {link} |")
+                     f"{hf}{v['of peak']:.0%} of the measured fp32 matmul peak | {link} |")
     one = _decode(recs, "decode-ponderlm3", 1, "lockstep")
     if one:
         lines.append(f"| PonderLM-3 early-exit decode, batch 1 | {one['speedup']:.2f}x faster than full depth (ideal "
@@ -208,8 +206,8 @@ def readme_md(folder: Path) -> str:
     one, many = _decode(recs, "decode-adaponder", 1, "lockstep"), _decode(recs, "decode-adaponder", 32, "rows")
     if one and many:
         lines.append("| AdaPonderLM early-exit decode, batch 1 / batch 32 (continuous batching) | "
-                     f"{one['speedup']:.2f}x "
-                     f"(ideal {one['ideal']:.2f}x) / {many['speedup']:.2f}x (ideal {many['ideal']:.2f}x) | {link} |")
+                     f"{one['speedup']:.2f}x (ideal {one['ideal']:.2f}x) / {many['speedup']:.2f}x (ideal "
+                     f"{many['ideal']:.2f}x) | {link} |")
     if "prefill" in recs:
         ups = [r["speedup"] for r in recs["prefill"]["rows"] if r["batch"] == 1]
         prompt = recs["prefill"]["rows"][0]["prompt"]
@@ -230,10 +228,9 @@ def readme_md(folder: Path) -> str:
         notes.append(f"Parallel thresholded evaluation is {par['speedup']:.1f}x faster than sequential decoding at "
                      f"{_field(recs['parallel-eval'], 'sweeps')} Jacobi sweeps (target {PARALLEL_EVAL_TARGET:g}x: "
                      f"{_met(par['speedup'] >= PARALLEL_EVAL_TARGET)}).")
-    if recs:
-        dates = sorted(r["date"][:10] for r in recs.values())
-        loads = [r["load_start"] for r in recs.values()]
-        notes.append(f"Measured by `python benchmarks/perf_suite.py run` ({dates[0]}"
-                     f"{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, 1-minute load {min(loads):.1f}-"
-                     f"{max(loads):.1f} before each benchmark, the suite's own previous benchmark included).")
-    return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "")
+    dates = sorted(r["date"][:10] for r in recs.values())
+    loads = [r["load_start"] for r in recs.values()]
+    notes.append(f"Measured by `python benchmarks/perf_suite.py run` ({dates[0]}"
+                 f"{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}, 1-minute load {min(loads):.1f}-"
+                 f"{max(loads):.1f} before each benchmark, the suite's own previous benchmark included).")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
