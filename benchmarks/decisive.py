@@ -93,6 +93,9 @@ def train_ratio(method: str) -> float:
 SWEEP_ARMS = ("vanilla_scaled", "ponderlm2", "vanilla_official", "ponderlm3", "latent_cot", "ponderlm")
 MAIN_ARMS = ("vanilla_scaled", "vanilla_official", "ponderlm2", "ponderlm3", "latent_cot", "ponderlm", "vanilla_deep")
 THIRD_SEED = ("vanilla_scaled", "ponderlm2", "ponderlm3", "latent_cot", "vanilla_official", "ponderlm", "vanilla_deep")
+# Runs added by a dated post-hoc amendment of the protocol, run last at the shared rate: (arm, seed) -> its date.
+# The report marks them (decisive_report.exploratory). 2026-12-08: a second seed of the K = 3 runs, for an interval.
+POST_HOC_SEEDS = {("looped_k3", 1): "2026-12-08", ("pause_k3", 1): "2026-12-08", ("ponderlm_k3", 1): "2026-12-08"}
 
 
 def portable(text: str) -> str:
@@ -262,8 +265,8 @@ class Grid:
                         extra=[f"data.seq_len={seq}", f"train.batch_size={batch}"])
         for arm in THIRD_SEED:
             add(arm, 2, self.best_rate(arm))
-        for arm in ("looped_k3", "pause_k3", "ponderlm_k3"):  # amendment 2026-12-08: a second seed, for an interval
-            add(arm, 1, shared)
+        for arm, seed in POST_HOC_SEEDS:
+            add(arm, seed, shared)
         return jobs
 
     def plan(self) -> list[dict[str, Any]]:

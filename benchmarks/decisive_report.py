@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from decisive import BATCH, LAYERS, SEEDS, SEQ_LEN, STEPS, D  # SEEDS: every arm's (a third where time allows)
+from decisive import BATCH, LAYERS, POST_HOC_SEEDS, SEEDS, SEQ_LEN, STEPS, D  # SEEDS: every arm's
 from paired_stats import interval
 from reasoning_report import _multi_hop as multi_hop
 from reasoning_report import _paired_points as paired_points
@@ -175,10 +175,6 @@ EXPLORATORY = (
     ("PonderLM-2 vs `vanilla_scaled`, 128-token windows (the main runs)", "ponderlm2", "vanilla_scaled"),
     ("PonderLM-2 vs `vanilla_scaled`, 256-token windows", "ponderlm2-seq256", "vanilla_scaled-seq256"),
 )
-
-
-# Runs added by a post-hoc amendment of the protocol: (arm, seed) -> the amendment's date.
-POST_HOC_SEEDS = {("looped_k3", 1): "2026-12-08", ("pause_k3", 1): "2026-12-08", ("ponderlm_k3", 1): "2026-12-08"}
 
 
 def amendments(protocol: Path) -> list[str]:
@@ -427,8 +423,9 @@ def verdicts(folder: Path, reasoning_docs: Path | None = None) -> tuple[str | No
         if not path.is_file():
             continue
         summary = json.loads(path.read_text())
-        if setting == "chains-closed" and validity(summary)[1] != "valid":
-            tasks.append(f"{title.split(': ', 1)[1]}: {validity(summary)[1]}")
+        verdict = validity(summary)[1] if setting == "chains-closed" else "valid"
+        if verdict != "valid":
+            tasks.append(f"{title.split(': ', 1)[1]}: {verdict}")
             continue
         found = reasoning_rows(summary)
         claim = {c: _met([(r["arm"], r["verdicts"][c]) for r in found if r["verdicts"][c] != "n/a"])
