@@ -165,7 +165,8 @@ def headline_md(folder: Path) -> str:
     for title, names, render in sections:
         parts += [f"### {title}", ""]
         have = [recs[n] for n in names if n in recs]
-        parts += [f"{SUITE[n][1][0].upper() + SUITE[n][1][1:]}: " + _provenance(recs[n]) for n in names if n in recs]
+        parts += [f"{recs[n]['what'][0].upper() + recs[n]['what'][1:]}: " + _provenance(recs[n])
+                  for n in names if n in recs]
         parts += [_missing(n).rstrip("\n") for n in names if n not in recs]
         if have:
             parts += ["", render(have[0]) if render else decode_md(have)]

@@ -84,6 +84,8 @@ def run_one(name: str, out_dir: Path = RECORDS) -> dict:
     """Run benchmark `name` once and write its record; returns the record."""
     import torch
 
+    from ponderlm.train.rundir import write_text_atomic
+
     command, what = SUITE[name]
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
@@ -97,9 +99,7 @@ def run_one(name: str, out_dir: Path = RECORDS) -> dict:
               "cpu_count": os.cpu_count(), "load_start": round(load_start, 2),
               "load_end": round(os.getloadavg()[0], 2), "wall_seconds": round(time.perf_counter() - started, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / f"{name}.json")
+    write_text_atomic(out_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
     return record
 
 
